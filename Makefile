@@ -1,0 +1,44 @@
+# modlab — set-up, tests and benchmarks.
+#
+#   make install        create .venv, install torch (CPU wheel by default) then modlab
+#   make test           fast test suite (< 10 min on 2 CPU cores)
+#   make test-full      everything, including the slow end-to-end training tests
+#   make bench          speed benchmarks (prints ratios; never part of the tests)
+#
+# Torch: TORCH is the pip requirement used when .venv has no torch yet. The default is the
+# CPU build. GPU users either put their own torch into .venv first (it is kept), or pass e.g.
+#   make install TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
+# Whatever torch ends up installed is pinned as a constraint while modlab's dependencies are
+# installed, so no dependency can upgrade or replace it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+PYTEST_ARGS ?=
+
+.PHONY: install test test-full bench clean
+
+install: $(BIN)/modlab
+
+$(BIN)/modlab: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH)
+	$(BIN)/python -c "import warnings; warnings.simplefilter("ignore"); import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(PIP) install --quiet -c $(VENV)/torch-constraint.txt -e ".[dev,hf]"
+	@touch $(BIN)/modlab
+	@echo "modlab installed in $(VENV) with $$(cat $(VENV)/torch-constraint.txt)"
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-full: install
+	$(BIN)/python -m pytest -q -n 2 -m "" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m modlab.bench
+
+clean:
+	rm -rf outputs multirun .pytest_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

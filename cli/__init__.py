@@ -1,0 +1,1 @@
+"""The `modlab` command line: a thin dispatcher (main.py) in front of one Hydra app (app.py)."""

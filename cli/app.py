@@ -1,0 +1,50 @@
+"""The one Hydra app behind every `modlab` command (see main.py for the argv rewriting)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import modlab.conf
+from modlab.cli.schema import register_schemas
+
+CONF_DIR = str(Path(modlab.conf.__file__).parent)
+
+# One id per process, so two runs started in the same second never share a directory (the pid
+# differs) and every interpolation of it within a run agrees.
+RUN_ID = time.strftime("%Y-%m-%d_%H-%M-%S") + f"_{os.getpid()}"
+
+
+def experiment_of_checkpoint(path: str) -> str:
+    """`outputs/train/<experiment>/<run>/checkpoints/x.ckpt` -> `<experiment>`."""
+    m = re.search(r"train/([^/]+)/[^/]+/checkpoints/[^/]+$", str(path))
+    return m.group(1) if m else "checkpoint"
+
+
+OmegaConf.register_new_resolver("modlab_run_id", lambda: RUN_ID, replace=True)
+OmegaConf.register_new_resolver("modlab_experiment_of", experiment_of_checkpoint, replace=True)
+register_schemas()
+
+
+# User errors raised inside a job are kept here instead of propagating: Hydra would first print
+# an extra "Error executing job with overrides" line, and in a sweep the other jobs still run.
+JOB_ERRORS: list[BaseException] = []
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=None)
+def hydra_main(cfg: DictConfig):
+    from modlab.cli.commands import run_command
+    from modlab.cli.errors import user_error_types
+
+    try:
+        return run_command(cfg)
+    except user_error_types() as e:
+        if os.environ.get("MODLAB_DEBUG", "") not in ("", "0"):
+            raise
+        JOB_ERRORS.append(e)
+        return None

@@ -1,0 +1,22 @@
+"""Dispatch a composed config to its command (`cfg.command`). Imported only inside a run, so
+torch and Lightning load only when a command really runs."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+
+def run_command(cfg: DictConfig):
+    if cfg.command == "train":
+        from modlab.cli.train import train
+
+        return train(cfg)
+    if cfg.command == "eval":
+        from modlab.cli.evaluate import evaluate
+
+        return evaluate(cfg)
+    if cfg.command == "generate":
+        from modlab.cli.generate import generate
+
+        return generate(cfg)
+    raise ValueError(f"no command '{cfg.command}'")

@@ -1,0 +1,61 @@
+"""Run the Hydra app and turn user errors into one line on stderr and exit code 2.
+
+Hydra normally prints its own multi-line report; with HYDRA_FULL_ERROR=1 it re-raises instead,
+which lets us format known user errors (bad override, unknown config, failed validation,
+missing or unreadable checkpoint) as `modlab: error: ...`. Anything else is a bug and keeps its
+traceback. MODLAB_DEBUG=1 shows tracebacks for user errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from modlab.cli.main import UserError, fail
+from modlab.errors import ModlabError
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` and of its causes, folded onto one line."""
+    missing = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
+    if missing:
+        return f"{missing.group(1)} is required (add {missing.group(1)}=...)"
+    parts: list[str] = []
+    for _ in range(4):
+        if exc is None:
+            break
+        text = " ".join(str(exc).split())
+        # OmegaConf / Hydra append context that is long and rarely helps on one line
+        for tail in (" full_key:", " Config search path:", " To append to your config"):
+            text = text.split(tail)[0].strip()
+        if text and "$VALUE" not in text and not any(text in p for p in parts):
+            parts.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return ": ".join(parts) if parts else "invalid input"
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return (UserError, ModlabError, HydraException, OmegaConfBaseException)
+
+
+def run_reporting_errors() -> None:
+    debug = os.environ.get("MODLAB_DEBUG", "") not in ("", "0")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    from modlab.cli import app
+
+    try:
+        app.hydra_main()
+    except user_error_types() as e:
+        if debug:
+            raise
+        fail(one_line(e))
+    except KeyboardInterrupt:
+        sys.stderr.write("modlab: interrupted\n")
+        raise SystemExit(130)
+    if app.JOB_ERRORS:  # user errors inside jobs (see app.hydra_main)
+        more = len(app.JOB_ERRORS) - 1
+        fail(one_line(app.JOB_ERRORS[0]) + (f" (and {more} more failed jobs)" if more else ""))

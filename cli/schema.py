@@ -1,0 +1,139 @@
+"""Structured-config schemas: every config group is backed by a dataclass, so a key typo or a
+wrong type fails at start with Hydra's message, and `validate` range-checks the values by
+building the dataclasses (their __post_init__ raise ConfigError).
+
+The library's own dataclasses (ModelConfig, DataConfig, ...) are the schemas of their groups;
+only the edge-only groups (trainer, callbacks, logger, paths) are defined here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from modlab.data.config import DataConfig
+from modlab.errors import ConfigError
+from modlab.models.config import ModelConfig
+from modlab.tasks.config import EvalConfig, TaskConfig
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+
+
+@dataclass
+class RoutingConfig:
+    kind: str = "dense"
+
+    def __post_init__(self) -> None:
+        if self.kind != "dense":
+            raise ConfigError(f"routing.kind '{self.kind}' is unknown (known: dense)")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"  # auto: bf16-mixed where the hardware has fast bf16, else 32-true
+    max_steps: int = 600
+    val_check_interval: int = 200  # optimiser steps between validations
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 25
+    gradient_clip_val: float = 1.0
+    fast_dev_run: int = 0  # > 0: run that many batches of fit and test, no checkpoints
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision '{self.precision}' is unknown ({', '.join(PRECISIONS)})")
+        if self.max_steps < 1 or self.devices < 1 or self.num_nodes < 1:
+            raise ConfigError("trainer.max_steps, trainer.devices and trainer.num_nodes must be >= 1")
+        if self.val_check_interval < 1 or self.log_every_n_steps < 1 or self.fast_dev_run < 0:
+            raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
+        if self.gradient_clip_val < 0 or not 0 <= self.limit_val_batches <= 1:
+            raise ConfigError("trainer.gradient_clip_val must be >= 0 and trainer.limit_val_batches in [0, 1]")
+
+
+@dataclass
+class CallbacksConfig:
+    progress_bar: bool = True  # rich progress bar
+    model_summary: bool = True  # rich model summary at the start
+    checkpoint: bool = True  # last.ckpt + best-*.ckpt (by `monitor`)
+    monitor: str = "val/loss"
+    lr_monitor: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"  # csv | none
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("csv", "none"):
+            raise ConfigError(f"logger.kind '{self.kind}' is unknown (csv, none)")
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+
+
+@dataclass
+class TrainConfig:
+    command: str = "train"
+    experiment_name: str = "default"
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class EvalCommandConfig:
+    command: str = "eval"
+    experiment_name: str = "default"
+    ckpt_path: str = MISSING
+    seed: int = 42
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class GenerateConfig:
+    command: str = "generate"
+    experiment_name: str = "default"
+    ckpt_path: str = MISSING
+    seed: int = 42
+    prompts: list[str] = field(default_factory=list)  # empty: "a handwritten <d>" for d = 0..9
+    samples_per_prompt: int = 8
+    mmu_images: int = 16  # test images to answer "what digit is this?" about
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 1 or self.mmu_images < 0:
+            raise ConfigError("samples_per_prompt must be >= 1 and mmu_images >= 0")
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalCommandConfig, "generate": GenerateConfig}
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        cs.store(name=f"{name}_schema", node=node)
+
+
+def validate(cfg: DictConfig) -> Any:
+    """The typed, range-checked config object (a dataclass instance) for a composed config."""
+    return OmegaConf.to_object(cfg)

@@ -1,0 +1,43 @@
+"""`modlab train`: fit, test the best checkpoint, write metrics.json and a summary table."""
+
+from __future__ import annotations
+
+import time
+
+from omegaconf import DictConfig
+
+from modlab.cli.runtime import build_trainer, flatten_test_results, log, print_summary, run_dir, write_metrics
+from modlab.cli.schema import validate
+
+
+def train(cfg: DictConfig) -> dict:
+    c = validate(cfg)
+    import lightning as L
+
+    from modlab.tasks.digits_datamodule import DigitsDataModule
+    from modlab.tasks.unified import UnifiedModule
+
+    out = run_dir()
+    L.seed_everything(c.seed, workers=True)
+    dm = DigitsDataModule(c.data, c.eval)
+    module = UnifiedModule.from_configs(c.model, c.data, c.task, c.eval, seed=c.seed)
+    module.image_tokenizer = dm.image_tokenizer
+    trainer = build_trainer(c.trainer, c.callbacks, c.logger, out)
+    log.info("training %s (%s parameters) in %s", c.experiment_name, f"{module.model.transformer.num_params():,}", out)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    train_seconds = time.perf_counter() - start
+
+    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results = trainer.test(module, datamodule=dm, ckpt_path=ckpt or None, verbose=False)
+    metrics = {
+        **flatten_test_results(results),
+        "params": module.model.transformer.num_params(),
+        "train_seconds": round(train_seconds, 2),
+        "train/steps": trainer.global_step,
+    }
+    if trainer.is_global_zero:
+        write_metrics(out, metrics)
+        print_summary(f"modlab train {c.experiment_name}", metrics, out)
+    return metrics

@@ -1,0 +1,1 @@
+"""Data: real handwritten digits (scikit-learn), image tokenizers, an offline text corpus, rows."""

@@ -1,0 +1,39 @@
+"""Data configuration (plain dataclass; the `data` config group's schema)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modlab.data.tokens import TASKS
+from modlab.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    split_seed: int = 0  # the train/val/test split of the 1,797 digits is fixed by this seed
+    image_tokenizer: str = "pixel"  # pixel | patch_kmeans
+    levels: int = 17  # pixel: grey levels (17 is lossless for load_digits)
+    codebook_size: int = 64  # patch_kmeans: number of codes
+    patch: int = 2  # patch_kmeans: patch side
+    lm_files: list[str] = field(default_factory=list)  # empty: Python's pydoc topics
+    lm_length: int = 96  # bytes per LM row
+    # rows of each task per training batch; 0 leaves a task out
+    batch_size: dict[str, int] = field(default_factory=lambda: {"t2i": 32, "mmu": 32, "lm": 16})
+    eval_batch_size: int = 128
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_tokenizer not in ("pixel", "patch_kmeans"):
+            raise ConfigError(f"data.image_tokenizer '{self.image_tokenizer}' is unknown (pixel, patch_kmeans)")
+        if not 2 <= self.levels <= 17:
+            raise ConfigError(f"data.levels must be in [2, 17], got {self.levels}")
+        if self.codebook_size < 2 or self.patch not in (1, 2, 4, 8):
+            raise ConfigError("data.codebook_size must be >= 2 and data.patch one of 1, 2, 4, 8")
+        unknown = set(self.batch_size) - set(TASKS)
+        if unknown:
+            raise ConfigError(f"data.batch_size has unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
+        if any(v < 0 for v in self.batch_size.values()) or not any(self.batch_size.values()):
+            raise ConfigError("data.batch_size values must be >= 0 and at least one task must be > 0")
+        if self.lm_length < 8 or self.eval_batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("data.lm_length must be >= 8, data.eval_batch_size >= 1, data.num_workers >= 0")

@@ -1,0 +1,1 @@
+"""Evaluation helpers that are not models: the reference digit classifier."""

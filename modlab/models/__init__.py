@@ -1,0 +1,1 @@
+"""Models: plain PyTorch, configured by plain dataclasses (no Lightning, no Hydra)."""

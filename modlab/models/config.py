@@ -1,0 +1,45 @@
+"""Model configuration (a plain dataclass; Hydra uses it as the `model` group's schema)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modlab.errors import ConfigError
+
+ARCHS = ("showo",)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "showo"  # showo: omni-attention + masked image modelling
+    d_model: int = 128
+    n_layer: int = 8
+    n_head: int = 4
+    mlp_hidden: int = 0  # 0: SwiGLU default, 8/3 * d_model rounded up to a multiple of 32
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"model.arch '{self.arch}' is unknown (known: {', '.join(ARCHS)})")
+        for name in ("d_model", "n_layer", "n_head"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ConfigError(f"model.d_model ({self.d_model}) must split into n_head ({self.n_head}) even-sized heads")
+        if self.mlp_hidden < 0:
+            raise ConfigError("model.mlp_hidden must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        h = int(8 * self.d_model / 3)
+        return (h + 31) // 32 * 32

@@ -1,0 +1,1 @@
+"""LightningModules and data modules: the training edge of the library."""

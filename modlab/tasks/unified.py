@@ -1,0 +1,142 @@
+"""LightningModule for the Show-o-like unified model: T2I + MMU + LM training and honest tests.
+
+Test metrics (all on the held-out test split, all torchmetrics):
+    test/mmu_acc            greedy-decoded answer names the right digit (and no other)
+    test/t2i_acc            MaskGIT samples for "a handwritten <d>" classified as d by the
+                            reference classifier, trained here on the real training digits
+    test/ref_classifier_acc that classifier's own accuracy on the real test digits
+    test/lm_ppl             per-byte perplexity of the held-out text
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from modlab.data.config import DataConfig
+from modlab.data.digits import answered_digit, load_digit_splits
+from modlab.data.image_tokenizer import image_tokenizer_from_state
+from modlab.data.rows import concat_batches
+from modlab.data.tokens import IGNORE_INDEX, TokenSpace
+from modlab.evaluation.reference_classifier import train_reference_classifier
+from modlab.models.config import ModelConfig
+from modlab.models.showo import ShowO
+from modlab.tasks.config import EvalConfig, TaskConfig
+from modlab.tasks.digits_datamodule import image_tokenizer_for
+
+MMU_TEST, T2I_TEST, LM_TEST = 0, 1, 2
+
+
+class UnifiedModule(L.LightningModule):
+    def __init__(self, model: dict, data: dict, task: dict, eval: dict, seed: int = 0):
+        super().__init__()
+        # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module
+        self.save_hyperparameters()
+        self.model_cfg, self.data_cfg = ModelConfig(**model), DataConfig(**data)
+        self.task_cfg, self.eval_cfg = TaskConfig(**task), EvalConfig(**eval)
+        self.image_tokenizer = image_tokenizer_for(self.data_cfg)  # replaced by the fitted one
+        self.space = TokenSpace(self.image_tokenizer.n_codes)
+        self.model = ShowO(self.model_cfg, self.space)
+        self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
+        self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.lm_ppl = Perplexity(ignore_index=IGNORE_INDEX)
+        self.val_loss = MeanMetric()
+
+    @classmethod
+    def from_configs(cls, model: ModelConfig, data: DataConfig, task: TaskConfig, eval: EvalConfig, seed: int = 0):
+        return cls(asdict(model), asdict(data), asdict(task), asdict(eval), seed)
+
+    # ---- checkpoint: the fitted image tokenizer travels with the weights ---------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["image_tokenizer"] = self.image_tokenizer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.image_tokenizer = image_tokenizer_from_state(checkpoint["image_tokenizer"])
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def _weighted_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.task_cfg.loss_weights
+        return sum(w.get(k, 0.0) * v for k, v in losses.items())
+
+    def _batch(self, combined) -> dict:
+        """A CombinedLoader yields (dict of task batches, idx, loader idx) or the dict itself."""
+        parts = combined[0] if isinstance(combined, tuple) else combined
+        return concat_batches([b for b in parts.values() if b is not None], self.space.pad)
+
+    def training_step(self, combined, batch_idx: int):
+        batch = self.model.mask_images(self._batch(combined), self.task_cfg.cond_dropout)
+        losses = self.model.task_losses(batch)
+        loss = self._weighted_loss(losses)
+        self.log("train/loss", loss, prog_bar=True)
+        for k, v in losses.items():
+            self.log(f"train/loss_{k}", v)
+        return loss
+
+    def validation_step(self, combined, batch_idx: int):
+        # a fixed masking per batch index so val/loss is comparable between evaluations
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        batch = self.model.mask_images(self._batch(combined), 0.0, generator=g)
+        losses = self.model.task_losses(batch)
+        for k, v in losses.items():
+            self.log(f"val/loss_{k}", v)
+        self.val_loss.update(self._weighted_loss(losses))
+        self.log("val/loss", self.val_loss, prog_bar=True)
+
+    def configure_optimizers(self):
+        t = self.task_cfg
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr, betas=tuple(t.betas),
+        )
+        total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches)
+
+        def schedule(step: int) -> float:
+            if step < t.warmup_steps:
+                return (step + 1) / (t.warmup_steps + 1)
+            progress = min(1.0, (step - t.warmup_steps) / max(1, total - t.warmup_steps))
+            return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- test ----------------------------------------------------------------------------------
+
+    def on_test_epoch_start(self) -> None:
+        e = self.eval_cfg
+        splits = load_digit_splits(self.data_cfg.split_seed)
+        self.ref_classifier = train_reference_classifier(
+            splits["train"].images, splits["train"].labels, seed=e.seed, epochs=e.ref_classifier_epochs
+        ).to(self.device)
+        real = torch.as_tensor(splits["test"].images, device=self.device)
+        pred = self.ref_classifier.predict(real)
+        self.log("test/ref_classifier_acc", (pred.cpu() == torch.as_tensor(splits["test"].labels)).float().mean())
+        self.sample_generator = torch.Generator(device=self.device).manual_seed(e.seed)
+        self.mmu_examples: list[tuple[int, str]] = []
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        e = self.eval_cfg
+        if dataloader_idx == MMU_TEST:
+            answers = self.model.answer(batch, e.max_answer_tokens)
+            pred = torch.tensor([answered_digit(a) for a in answers], device=self.device)
+            self.mmu_acc.update(pred.masked_fill(pred < 0, 10), batch["digit"])
+            self.mmu_examples += list(zip(batch["digit"].tolist(), answers))[: max(0, 20 - len(self.mmu_examples))]
+            self.log("test/mmu_acc", self.mmu_acc, add_dataloader_idx=False)
+        elif dataloader_idx == T2I_TEST:
+            codes = self.model.sample_images(batch, e.maskgit_steps, e.guidance, e.temperature, self.sample_generator)
+            images = self.image_tokenizer.decode(codes).to(self.device)
+            self.t2i_acc.update(self.ref_classifier.predict(images), batch["digit"])
+            self.log("test/t2i_acc", self.t2i_acc, add_dataloader_idx=False)
+        else:
+            logits = self.model(batch["ids"], batch["is_image"], batch["valid"])
+            self.lm_ppl.update(logits.float(), batch["labels"])
+            self.log("test/lm_ppl", self.lm_ppl, add_dataloader_idx=False)
