@@ -21,7 +21,7 @@ def evaluate(cfg: DictConfig) -> dict:
     dm = DigitsDataModule(module.data_cfg, c.eval, image_tokenizer=module.image_tokenizer)
     trainer = build_trainer(c.trainer, None, c.logger, out, training=False)
     results = trainer.test(module, datamodule=dm, verbose=False)
-    metrics = {**flatten_test_results(results), "params": module.model.transformer.num_params(), "ckpt_path": c.ckpt_path}
+    metrics = {**flatten_test_results(results), "params": module.model.num_params(), "ckpt_path": c.ckpt_path}
     write_metrics(out, metrics)
     print_summary("modlab eval", metrics, out)
     return metrics

@@ -57,7 +57,7 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, t.accelerator),
         max_steps=t.max_steps, val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
-        limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
+        limit_val_batches=t.val_batches or 1.0, log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val or None, fast_dev_run=t.fast_dev_run or False,
         deterministic=t.deterministic, callbacks=callbacks, logger=logger,
         enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),

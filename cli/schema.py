@@ -40,7 +40,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto: bf16-mixed where the hardware has fast bf16, else 32-true
     max_steps: int = 600
     val_check_interval: int = 200  # optimiser steps between validations
-    limit_val_batches: float = 1.0
+    val_batches: int = 0  # batches per validation; 0: the whole validation split
     log_every_n_steps: int = 25
     gradient_clip_val: float = 1.0
     fast_dev_run: int = 0  # > 0: run that many batches of fit and test, no checkpoints
@@ -53,8 +53,8 @@ class TrainerConfig:
             raise ConfigError("trainer.max_steps, trainer.devices and trainer.num_nodes must be >= 1")
         if self.val_check_interval < 1 or self.log_every_n_steps < 1 or self.fast_dev_run < 0:
             raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
-        if self.gradient_clip_val < 0 or not 0 <= self.limit_val_batches <= 1:
-            raise ConfigError("trainer.gradient_clip_val must be >= 0 and trainer.limit_val_batches in [0, 1]")
+        if self.gradient_clip_val < 0 or self.val_batches < 0:
+            raise ConfigError("trainer.gradient_clip_val and trainer.val_batches must be >= 0")
 
 
 @dataclass
@@ -94,6 +94,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    debug: Optional[dict[str, Any]] = None  # a debug profile, merged last (see validate)
 
 
 @dataclass
@@ -106,6 +107,7 @@ class EvalCommandConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    debug: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -135,5 +137,13 @@ def register_schemas() -> None:
 
 
 def validate(cfg: DictConfig) -> Any:
-    """The typed, range-checked config object (a dataclass instance) for a composed config."""
+    """The typed, range-checked config object (a dataclass instance) for a composed config.
+
+    A debug profile (`debug=fast`) is merged here, after everything else: `+experiment=X` is
+    appended to the defaults list after `debug`, so a profile composed by Hydra alone would
+    lose to any experiment that sets the same keys (e.g. trainer.max_steps)."""
+    debug = cfg.get("debug")
+    if debug:
+        cfg = OmegaConf.merge(cfg, debug)  # typed merge: a key the schema lacks is an error
+        cfg.debug = None
     return OmegaConf.to_object(cfg)

@@ -23,7 +23,7 @@ def train(cfg: DictConfig) -> dict:
     module = UnifiedModule.from_configs(c.model, c.data, c.task, c.eval, seed=c.seed)
     module.image_tokenizer = dm.image_tokenizer
     trainer = build_trainer(c.trainer, c.callbacks, c.logger, out)
-    log.info("training %s (%s parameters) in %s", c.experiment_name, f"{module.model.transformer.num_params():,}", out)
+    log.info("training %s (%s parameters) in %s", c.experiment_name, f"{module.model.num_params():,}", out)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> dict:
     results = trainer.test(module, datamodule=dm, ckpt_path=ckpt or None, verbose=False)
     metrics = {
         **flatten_test_results(results),
-        "params": module.model.transformer.num_params(),
+        "params": module.model.num_params(),
         "train_seconds": round(train_seconds, 2),
         "train/steps": trainer.global_step,
     }

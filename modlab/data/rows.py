@@ -46,9 +46,9 @@ def mmu_row(space: TokenSpace, codes: torch.Tensor, question: str, answer: str |
     prefix = [space.mmu, space.soi, *img, space.eoi, *text]
     ids = prefix + ([] if answer is None else [*space.encode_text(answer), space.eos])
     labels = [IGNORE_INDEX] * len(ids)
-    # next-token loss on the text after the image (question and answer); position i predicts i+1
-    first_text = 2 + len(img)  # index of [EOI]: it predicts the first text token
-    for i in range(first_text, len(ids) - 1):
+    # next-token loss on the answer and [EOS] (position i predicts i + 1), as in instruction
+    # tuning: the question is given, and a loss on it would only dilute the answer's gradient
+    for i in range(len(prefix) - 1, len(ids) - 1):
         labels[i] = ids[i + 1]
     is_image = [False, False] + [True] * len(img) + [False] * (len(ids) - 2 - len(img))
     return _row(ids, is_image, [False] * len(ids), labels, "mmu", digit)

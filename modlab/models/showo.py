@@ -24,13 +24,22 @@ from modlab.models.transformer import Transformer
 
 
 class ShowO(nn.Module):
-    def __init__(self, cfg: ModelConfig, space: TokenSpace):
+    def __init__(self, cfg: ModelConfig, space: TokenSpace, n_image_tokens: int):
         super().__init__()
         self.cfg, self.space = cfg, space
         self.transformer = Transformer(cfg, space.vocab_size)
+        # RoPE gives only 1-D offsets; a learned embedding of each image token's place in the
+        # image (its raster index) tells the model where a pixel / patch sits in 2-D.
+        self.image_pos = nn.Embedding(n_image_tokens, cfg.d_model)
+        nn.init.normal_(self.image_pos.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return self.transformer(ids, omni_attention_mask(is_image, valid))
+        raster = (is_image.long().cumsum(1) - 1).clamp(0, self.image_pos.num_embeddings - 1)
+        extra = self.image_pos(raster) * is_image[..., None]
+        return self.transformer(ids, omni_attention_mask(is_image, valid), extra_embed=extra)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     # ---- training -------------------------------------------------------------------------
 

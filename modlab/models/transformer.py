@@ -35,7 +35,8 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[t
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1, x2) of the two halves of the head dimension (GPT-NeoX / Llama layout)."""
+    """Rotate pairs (x1, x2) of the two halves of the head dimension (GPT-NeoX / Llama layout).
+    In fp32: bf16 elementwise arithmetic is no faster on CPU and loses precision."""
     x1, x2 = x.float().chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
@@ -48,7 +49,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Elsewhere scaled_dot_product_attention picks a fused kernel."""
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # scale the smaller tensor
     probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).type_as(v)
     if dropout:
         probs = F.dropout(probs, dropout)
@@ -126,10 +127,19 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor, attn_mask: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attn_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        extra_embed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab). `extra_embed` (B, T, d) is added to the token embeddings."""
         if positions is None:
             positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         x = self.embed(ids)
+        if extra_embed is not None:
+            x = x + extra_embed
         for block in self.blocks:
             x = x + block(x, positions, attn_mask)
         return self.head(self.norm(x))

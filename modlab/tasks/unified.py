@@ -42,7 +42,7 @@ class UnifiedModule(L.LightningModule):
         self.task_cfg, self.eval_cfg = TaskConfig(**task), EvalConfig(**eval)
         self.image_tokenizer = image_tokenizer_for(self.data_cfg)  # replaced by the fitted one
         self.space = TokenSpace(self.image_tokenizer.n_codes)
-        self.model = ShowO(self.model_cfg, self.space)
+        self.model = ShowO(self.model_cfg, self.space, self.image_tokenizer.n_tokens)
         self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
         self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.lm_ppl = Perplexity(ignore_index=IGNORE_INDEX)
@@ -75,9 +75,10 @@ class UnifiedModule(L.LightningModule):
         batch = self.model.mask_images(self._batch(combined), self.task_cfg.cond_dropout)
         losses = self.model.task_losses(batch)
         loss = self._weighted_loss(losses)
-        self.log("train/loss", loss, prog_bar=True)
+        n = batch["ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         for k, v in losses.items():
-            self.log(f"train/loss_{k}", v)
+            self.log(f"train/loss_{k}", v, batch_size=n)
         return loss
 
     def validation_step(self, combined, batch_idx: int):
@@ -85,10 +86,11 @@ class UnifiedModule(L.LightningModule):
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
         batch = self.model.mask_images(self._batch(combined), 0.0, generator=g)
         losses = self.model.task_losses(batch)
+        n = batch["ids"].shape[0]
         for k, v in losses.items():
-            self.log(f"val/loss_{k}", v)
+            self.log(f"val/loss_{k}", v, batch_size=n)
         self.val_loss.update(self._weighted_loss(losses))
-        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):
         t = self.task_cfg

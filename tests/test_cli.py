@@ -1,0 +1,131 @@
+"""The real `modlab` command in subprocesses: train -> eval -> generate, run directories, sweeps,
+and every user error as one line on stderr with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MODLAB, only_run_dir, run_modlab
+
+FAST = ("+experiment=showo_dense", "debug=fast", "model.d_model=32", "model.n_layer=2", "model.n_head=2")
+TEST_KEYS = {"test/mmu_acc", "test/t2i_acc", "test/ref_classifier_acc", "test/lm_ppl"}
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("modlab: error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One real `modlab train` run, shared by the eval / generate / error tests."""
+    out = tmp_path_factory.mktemp("runs")
+    proc = run_modlab("train", *FAST, out_dir=out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return only_run_dir(out)
+
+
+def test_help_lists_the_commands():
+    proc = subprocess.run([MODLAB, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for cmd in ("train", "eval", "generate"):
+        assert re.search(rf"^\s*{cmd}\s+\w", proc.stdout, re.M), proc.stdout
+    assert subprocess.run([MODLAB], capture_output=True, text=True).stdout == proc.stdout
+
+
+def test_train_writes_a_complete_run_directory(trained_run: Path):
+    run = trained_run
+    assert run.parts[-3:-1] == ("train", "showo_dense")
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
+    assert (run / "train.log").is_file()
+    assert (run / "metrics.csv").read_text().count("\n") > 2
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert TEST_KEYS | {"params", "train_seconds"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/mmu_acc", "test/t2i_acc", "test/ref_classifier_acc"))
+    assert metrics["test/lm_ppl"] > 1.0 and metrics["params"] > 0
+
+
+def test_eval_and_generate_on_the_written_checkpoint(trained_run: Path, tmp_path: Path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    proc = run_modlab("eval", f"ckpt_path={ckpt}", "debug=fast", out_dir=tmp_path / "e")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run_dir(tmp_path / "e")
+    assert run.parts[-3:-1] == ("eval", "showo_dense")
+    assert TEST_KEYS <= set(json.loads((run / "metrics.json").read_text()))
+
+    proc = run_modlab("generate", f"ckpt_path={ckpt}", "samples_per_prompt=2", "mmu_images=3",
+                      "eval.maskgit_steps=2", out_dir=tmp_path / "g")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run_dir(tmp_path / "g")
+    png = run / "t2i_samples.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    answers = json.loads((run / "mmu_answers.json").read_text())
+    assert len(answers) == 3 and {"digit", "answer", "correct"} <= set(answers[0])
+
+
+def test_two_runs_started_together_get_two_directories(tmp_path: Path):
+    env = {"MODLAB_OUTPUT_DIR": str(tmp_path)}
+    args = [MODLAB, "train", *FAST, "--cfg", "hydra", "--resolve"]
+    import os
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, **env}) for _ in range(2)]
+    dirs = {re.search(r"^\s+dir: (.*train/showo_dense/.*)$", p.communicate()[0], re.M).group(1) for p in procs}
+    assert len(dirs) == 2
+
+
+def test_multirun_sweep_runs_each_value(tmp_path: Path):
+    proc = run_modlab("train", "-m", *FAST, "trainer.max_steps=2,3", "callbacks.checkpoint=false", out_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = sorted(tmp_path.rglob("metrics.json"))
+    assert [p.parent.name for p in metrics] == ["0", "1"]
+    assert [json.loads(p.read_text())["train/steps"] for p in metrics] == [2, 3]
+
+
+# ---- bad input: one line, exit code 2, nothing written ----------------------------------------
+
+@pytest.mark.parametrize("args, needles", [
+    (("frobnicate",), ("unknown command 'frobnicate'", "train")),
+    (("train", "+experiment=nope"), ("experiment/nope", "showo_dense")),
+    (("train", "+experiment=showo_dense", "model.n_layre=3"), ("n_layre",)),
+    (("train", "+experiment=showo_dense", "model.n_layer=abc"), ("model.n_layer=abc", "Integer")),
+    (("train", "+experiment=showo_dense", "task.lr=-1"), ("task.lr must be > 0",)),
+    (("train", "+experiment=showo_dense", "data.batch_size={t2i: 8, vqa: 4}"), ("unknown task", "vqa")),
+    (("train", "+experiment=showo_dense", "trainer.precision=fp8"), ("trainer.precision",)),
+    (("train", "+experiment=showo_dense", "model.d_model=100", "model.n_head=3"), ("n_head",)),
+    (("train", "model=nope"), ("model/nope",)),
+    (("eval",), ("ckpt_path is required",)),
+    (("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needles):
+    proc = run_modlab(*args, out_dir=tmp_path)
+    assert_one_line_error(proc, *needles)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_empty_user_text_file_is_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    proc = run_modlab("train", *FAST, f"data.lm_files=[{empty}]", out_dir=tmp_path / "o")
+    assert_one_line_error(proc, "is empty")
+
+
+def test_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp_path):
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    assert_one_line_error(run_modlab("eval", f"ckpt_path={corrupt}", out_dir=tmp_path), "corrupt")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    assert_one_line_error(run_modlab("generate", f"ckpt_path={foreign}", out_dir=tmp_path), "not a modlab")
+    truncated = tmp_path / "truncated.ckpt"
+    assert_one_line_error(run_modlab("eval", f"ckpt_path={tmp_path}", out_dir=tmp_path), "does not exist")

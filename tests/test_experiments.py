@@ -1,0 +1,51 @@
+"""Every experiment config composes, validates and trains for a few steps (in-process, as in
+lightning-hydra-template), with the debug profile winning over the experiment's own budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from modlab.cli.app import CONF_DIR
+from modlab.cli.schema import validate
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+TINY = ["model.d_model=32", "model.n_layer=2", "model.n_head=2"]
+
+
+def composed(config_name: str, overrides: list[str], out_dir: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def test_there_are_experiments():
+    assert "showo_dense" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_validates_and_debug_profile_wins(name, tmp_path):
+    c = validate(composed("train", [f"+experiment={name}", "debug=fast"], tmp_path))
+    assert c.experiment_name == name
+    assert c.trainer.max_steps == 4  # debug=fast, although the experiment sets its own budget
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_trains_a_few_steps(name, tmp_path):
+    from modlab.cli.train import train
+
+    metrics = train(composed("train", [f"+experiment={name}", "debug=fast", "callbacks.progress_bar=false", *TINY], tmp_path))
+    assert metrics["train/steps"] == 4
+    assert json.loads((tmp_path / "metrics.json").read_text())["params"] == metrics["params"]
