@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -65,10 +66,8 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
     )
 
 
-def load_unified_module(ckpt_path: str):
-    """A UnifiedModule from a modlab checkpoint, with one-line errors for every way it can fail."""
-    from modlab.tasks.unified import UnifiedModule
-
+def read_unified_checkpoint(ckpt_path: str) -> dict:
+    """The raw checkpoint dict of a modlab unified model, or a one-line CheckpointError."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{ckpt_path}' does not exist")
@@ -78,6 +77,42 @@ def load_unified_module(ckpt_path: str):
         raise CheckpointError(f"checkpoint '{ckpt_path}' is corrupt or not a torch checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters", "image_tokenizer"} <= set(ckpt):
         raise CheckpointError(f"checkpoint '{ckpt_path}' is not a modlab unified-model checkpoint")
+    return ckpt
+
+
+def init_from_checkpoint(module, ckpt_path: str) -> None:
+    """Fine-tuning start: copy a (dense or routed) checkpoint's weights into `module`, whose
+    routed layers wrap the same blocks. Routers absent from the checkpoint keep their init."""
+    ckpt = read_unified_checkpoint(ckpt_path)
+    theirs, ours = ckpt["hyper_parameters"], module.hparams
+    if theirs.get("model") != ours["model"]:
+        raise CheckpointError(f"init_from '{ckpt_path}' has a different model config ({theirs.get('model')})")
+    tokenizer_keys = ("image_tokenizer", "levels", "codebook_size", "patch")
+    if any(theirs["data"].get(k) != ours["data"][k] for k in tokenizer_keys):
+        raise CheckpointError(f"init_from '{ckpt_path}' was trained with another image tokenizer")
+    source = {_dense_key(k): v for k, v in ckpt["state_dict"].items() if ".router." not in k}
+    target = module.state_dict()
+    by_dense_key = {_dense_key(k): k for k in target}
+    missing = [k for k in by_dense_key if k not in source and ".router." not in k]
+    if missing or any(k not in by_dense_key for k in source):
+        raise CheckpointError(f"init_from '{ckpt_path}' does not fit this model (e.g. {(missing or list(source))[0]})")
+    for k, v in source.items():
+        if target[by_dense_key[k]].shape != v.shape:
+            raise CheckpointError(f"init_from '{ckpt_path}': {k} has shape {tuple(v.shape)}, the model needs {tuple(target[by_dense_key[k]].shape)}")
+    module.load_state_dict({by_dense_key[k]: v for k, v in source.items()}, strict=False)
+    module.on_load_checkpoint(ckpt)  # the image tokenizer the weights were trained with
+
+
+def _dense_key(key: str) -> str:
+    """A routed layer's wrapped block is `blocks.i.block.*`; the dense name is `blocks.i.*`."""
+    return re.sub(r"(blocks\.\d+)\.block\.", r"\1.", key)
+
+
+def load_unified_module(ckpt_path: str):
+    """A UnifiedModule from a modlab checkpoint, with one-line errors for every way it can fail."""
+    from modlab.tasks.unified import UnifiedModule
+
+    ckpt = read_unified_checkpoint(ckpt_path)
     try:
         module = UnifiedModule(**ckpt["hyper_parameters"])
         module.on_load_checkpoint(ckpt)

@@ -17,18 +17,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from modlab.data.config import DataConfig
 from modlab.errors import ConfigError
 from modlab.models.config import ModelConfig
+from modlab.routing.config import RoutingConfig
 from modlab.tasks.config import EvalConfig, TaskConfig
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
-
-
-@dataclass
-class RoutingConfig:
-    kind: str = "dense"
-
-    def __post_init__(self) -> None:
-        if self.kind != "dense":
-            raise ConfigError(f"routing.kind '{self.kind}' is unknown (known: dense)")
 
 
 @dataclass
@@ -85,6 +77,7 @@ class TrainConfig:
     command: str = "train"
     experiment_name: str = "default"
     seed: int = 42
+    init_from: Optional[str] = None  # a checkpoint to fine-tune from (dense -> routed: UniMoD's protocol)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -139,11 +132,38 @@ def register_schemas() -> None:
 def validate(cfg: DictConfig) -> Any:
     """The typed, range-checked config object (a dataclass instance) for a composed config.
 
-    A debug profile (`debug=fast`) is merged here, after everything else: `+experiment=X` is
-    appended to the defaults list after `debug`, so a profile composed by Hydra alone would
-    lose to any experiment that sets the same keys (e.g. trainer.max_steps)."""
+    A debug profile (`debug=fast`) is applied here, after composition: `+experiment=X` is
+    appended to the defaults list after `debug`, so a profile composed by Hydra alone would lose
+    to any experiment that sets the same keys (e.g. trainer.max_steps). Values the user set on
+    the command line still win over the profile."""
     debug = cfg.get("debug")
     if debug:
-        cfg = OmegaConf.merge(cfg, debug)  # typed merge: a key the schema lacks is an error
+        explicit = _command_line_keys()
+        cfg = cfg.copy()
+        for key, value in _flatten(OmegaConf.to_container(debug)):
+            if key not in explicit:
+                if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+                    raise ConfigError(f"debug profile sets '{key}', which this command's config does not have")
+                OmegaConf.update(cfg, key, value, merge=False)
         cfg.debug = None
     return OmegaConf.to_object(cfg)
+
+
+_ABSENT = object()
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _command_line_keys() -> set[str]:
+    """Keys the user overrode on the command line (empty outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}

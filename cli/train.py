@@ -6,7 +6,9 @@ import time
 
 from omegaconf import DictConfig
 
-from modlab.cli.runtime import build_trainer, flatten_test_results, log, print_summary, run_dir, write_metrics
+from modlab.cli.runtime import (
+    build_trainer, flatten_test_results, init_from_checkpoint, log, print_summary, run_dir, write_metrics,
+)
 from modlab.cli.schema import validate
 
 
@@ -18,10 +20,13 @@ def train(cfg: DictConfig) -> dict:
     from modlab.tasks.unified import UnifiedModule
 
     out = run_dir()
+    dm = DigitsDataModule(c.data, c.eval)  # deterministic by itself; first, so bad data fails early
     L.seed_everything(c.seed, workers=True)
-    dm = DigitsDataModule(c.data, c.eval)
-    module = UnifiedModule.from_configs(c.model, c.data, c.task, c.eval, seed=c.seed)
+    module = UnifiedModule.from_configs(c.model, c.data, c.task, c.eval, c.routing, seed=c.seed)
     module.image_tokenizer = dm.image_tokenizer
+    if c.init_from:
+        init_from_checkpoint(module, c.init_from)  # also takes the checkpoint's image tokenizer
+        dm = DigitsDataModule(c.data, c.eval, image_tokenizer=module.image_tokenizer)
     trainer = build_trainer(c.trainer, c.callbacks, c.logger, out)
     log.info("training %s (%s parameters) in %s", c.experiment_name, f"{module.model.num_params():,}", out)
 
@@ -29,10 +34,12 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=dm)
     train_seconds = time.perf_counter() - start
 
+    flops = module.flops_summary()
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(module, datamodule=dm, ckpt_path=ckpt or None, verbose=False)
     metrics = {
         **flatten_test_results(results),
+        **flops,
         "params": module.model.num_params(),
         "train_seconds": round(train_seconds, 2),
         "train/steps": trainer.global_step,

@@ -33,28 +33,107 @@ def _median_seconds(fn, repeats: int = 5, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def training_step_precision() -> dict:
+def _experiment_batch():
+    """One training batch of the showo experiments (the default data config)."""
     from modlab.tasks.config import EvalConfig
     from modlab.tasks.digits_datamodule import DigitsDataModule
 
     dm = DigitsDataModule(DataConfig(), EvalConfig())
     loaders = dm.train_dataloader().iterables
-    batch = concat_batches([next(iter(loader)) for loader in loaders.values()], dm.space.pad)
-    torch.manual_seed(0)
-    model = ShowO(ModelConfig(), dm.space, dm.image_tokenizer.n_tokens)
+    return dm, concat_batches([next(iter(loader)) for loader in loaders.values()], dm.space.pad)
+
+
+def _train_step_seconds(model, batch, bf16: bool) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def step(bf16: bool):
+    def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = sum(model.task_losses(model.mask_images(batch, 0.1)).values())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    fp32 = _median_seconds(lambda: step(False))
-    bf16 = _median_seconds(lambda: step(True))
+    return _median_seconds(step)
+
+
+def training_step_precision() -> dict:
+    dm, batch = _experiment_batch()
+    torch.manual_seed(0)
+    model = ShowO(ModelConfig(), dm.space, dm.image_tokenizer.n_tokens)
+    fp32, bf16 = _train_step_seconds(model, batch, False), _train_step_seconds(model, batch, True)
     return {"rows": int(batch["ids"].shape[0]), "seq_len": int(batch["ids"].shape[1]),
             "fp32_s": fp32, "bf16_s": bf16, "speedup_bf16": fp32 / bf16}
+
+
+def routed_training_step() -> list[dict]:
+    """The showo_unimod / showo_mod training step against showo_dense on the same batch: time
+    cut beside the FLOPs cut (bf16 autocast, as `precision: auto` trains here)."""
+    from omegaconf import OmegaConf
+
+    from modlab.flops import train_step_flops
+    from modlab.routing.config import RoutingConfig
+    from modlab.routing.plan import install_routing
+    from modlab.routing.routed_block import RoutedBlock
+
+    import modlab.conf
+
+    conf = Path(modlab.conf.__file__).parent / "routing"  # the experiments' routing configs
+    dm, batch = _experiment_batch()
+    B, T = batch["ids"].shape
+    cfg = ModelConfig()
+    rows = []
+    for name in ("dense", "unimod", "mod"):
+        routing = RoutingConfig(**OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml")))
+        torch.manual_seed(0)
+        model = ShowO(cfg, dm.space, dm.image_tokenizer.n_tokens)
+        install_routing(model.transformer.blocks, cfg.d_model, routing.layer_capacities(cfg.n_layer), routing.weight)
+        seconds = _train_step_seconds(model, batch, bf16=True)
+        routed = {i: b.last_groups for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
+        routers = {i: b.router.n_routers for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
+        rows.append({"routing": name, "seconds": seconds, "flops": train_step_flops(cfg, dm.space.vocab_size, B, T, routed, routers)})
+    dense = rows[0]
+    for r in rows:
+        r["time_cut"] = 1 - r["seconds"] / dense["seconds"]
+        r["flops_cut"] = 1 - r["flops"] / dense["flops"]
+        r["time_cut_over_flops_cut"] = r["time_cut"] / r["flops_cut"] if r["flops_cut"] > 0 else float("nan")
+    return rows
+
+
+def routed_block_speed(capacities=(0.125, 0.25, 0.5), T: int = 1024, d: int = 512, n_head: int = 8, B: int = 1) -> list[dict]:
+    """A routed block's forward + backward against the dense block, beside the FLOPs-predicted
+    speed-up (dense FLOPs / routed FLOPs, router included). fp32, causal mask."""
+    from modlab.flops import block_forward_flops, router_forward_flops
+    from modlab.models.omni_attention import causal_mask
+    from modlab.models.transformer import Block
+    from modlab.routing.plan import RouteInfo
+    from modlab.routing.routed_block import RoutedBlock
+
+    cfg = ModelConfig(d_model=d, n_layer=1, n_head=n_head)
+    torch.manual_seed(0)
+    block = Block(cfg)
+    x = torch.randn(B, T, d, requires_grad=True)
+    positions = torch.arange(T).expand(B, T)
+    valid = torch.ones(B, T, dtype=torch.bool)
+    mask = causal_mask(valid)
+    route = RouteInfo(task=torch.zeros(B, dtype=torch.long), valid=valid)
+
+    def run(fn):
+        def step():
+            fn().sum().backward()
+        return _median_seconds(step)
+
+    dense_s = run(lambda: block(x, positions, mask))
+    dense_flops = block_forward_flops(cfg, B, T)
+    rows = []
+    for c in capacities:
+        rb = RoutedBlock(block, d, [c])
+        routed_s = run(lambda: rb(x, positions, mask, route))
+        k = rb.last_groups[0][1]
+        routed_flops = block_forward_flops(cfg, B, k) + router_forward_flops(cfg, B, T, 1)
+        predicted, measured = dense_flops / routed_flops, dense_s / routed_s
+        rows.append({"capacity": c, "dense_s": dense_s, "routed_s": routed_s, "predicted_speedup": predicted,
+                     "measured_speedup": measured, "measured_over_predicted": measured / predicted})
+    return rows
 
 
 def main() -> None:
@@ -69,6 +148,25 @@ def main() -> None:
     for col in ("fp32 s/step", "bf16 s/step", "bf16 speed-up"):
         table.add_column(col, justify="right")
     table.add_row(f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}", f"{r['speedup_bf16']:.2f}x")
+    console.print(table)
+
+    with console.status("routed block vs dense block, T=1024, d=512"):
+        results["routed_block"] = rows = routed_block_speed()
+    table = Table(title="Routed block forward+backward vs dense (T=1024, d=512, fp32)")
+    for col in ("capacity", "dense s", "routed s", "FLOPs-predicted speed-up", "measured speed-up", "measured / predicted"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(f"{r['capacity']}", f"{r['dense_s']:.4f}", f"{r['routed_s']:.4f}", f"{r['predicted_speedup']:.2f}x",
+                      f"{r['measured_speedup']:.2f}x", f"{r['measured_over_predicted']:.2f}")
+    console.print(table)
+    with console.status("showo training step: dense vs unimod vs mod"):
+        results["routed_training_step"] = rows = routed_training_step()
+    table = Table(title="Show-o-like training step, routed vs dense (same batch, bf16 autocast)")
+    for col in ("routing", "s/step", "GFLOPs/step", "FLOPs cut", "time cut", "time cut / FLOPs cut"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["routing"], f"{r['seconds']:.3f}", f"{r['flops'] / 1e9:.1f}", f"{r['flops_cut']:.1%}",
+                      f"{r['time_cut']:.1%}", "-" if r["routing"] == "dense" else f"{r['time_cut_over_flops_cut']:.2f}")
     console.print(table)
     out = Path("outputs/bench")
     out.mkdir(parents=True, exist_ok=True)

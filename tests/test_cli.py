@@ -14,7 +14,7 @@ import torch
 
 from conftest import MODLAB, only_run_dir, run_modlab
 
-FAST = ("+experiment=showo_dense", "debug=fast", "model.d_model=32", "model.n_layer=2", "model.n_head=2")
+FAST = ("+experiment=showo_dense", "debug=fast", "model.d_model=32", "model.n_layer=8", "model.n_head=2")
 TEST_KEYS = {"test/mmu_acc", "test/t2i_acc", "test/ref_classifier_acc", "test/lm_ppl"}
 
 
@@ -76,12 +76,13 @@ def test_eval_and_generate_on_the_written_checkpoint(trained_run: Path, tmp_path
 
 
 def test_two_runs_started_together_get_two_directories(tmp_path: Path):
-    env = {"MODLAB_OUTPUT_DIR": str(tmp_path)}
-    args = [MODLAB, "train", *FAST, "--cfg", "hydra", "--resolve"]
     import os
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, **env}) for _ in range(2)]
-    dirs = {re.search(r"^\s+dir: (.*train/showo_dense/.*)$", p.communicate()[0], re.M).group(1) for p in procs}
-    assert len(dirs) == 2
+    env = {**os.environ, "MODLAB_OUTPUT_DIR": str(tmp_path)}
+    args = [MODLAB, "train", *FAST, "callbacks.checkpoint=false"]
+    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    assert all(p.wait(timeout=600) == 0 for p in procs), [p.stderr.read()[-2000:] for p in procs]
+    runs = sorted(p.parent for p in tmp_path.rglob("metrics.json"))
+    assert len(runs) == 2 and runs[0].parent == runs[1].parent
 
 
 def test_multirun_sweep_runs_each_value(tmp_path: Path):
@@ -100,10 +101,17 @@ def test_multirun_sweep_runs_each_value(tmp_path: Path):
     (("train", "+experiment=showo_dense", "model.n_layre=3"), ("n_layre",)),
     (("train", "+experiment=showo_dense", "model.n_layer=abc"), ("model.n_layer=abc", "Integer")),
     (("train", "+experiment=showo_dense", "task.lr=-1"), ("task.lr must be > 0",)),
-    (("train", "+experiment=showo_dense", "data.batch_size={t2i: 8, vqa: 4}"), ("unknown task", "vqa")),
+    (("train", "+experiment=showo_dense", "data.batch_size={t2i: 8, vqa: 4}"), ("vqa",)),
+    (("train", "+experiment=showo_dense", "task.loss_weights={vqa: 1.0}"), ("vqa",)),
     (("train", "+experiment=showo_dense", "trainer.precision=fp8"), ("trainer.precision",)),
     (("train", "+experiment=showo_dense", "model.d_model=100", "model.n_head=3"), ("n_head",)),
     (("train", "model=nope"), ("model/nope",)),
+    (("train", "+experiment=showo_mod", "routing.capacity=1.5"), ("routing.capacity must be in (0, 1]",)),
+    (("train", "+experiment=showo_mod", "routing.capacity=0"), ("routing.capacity must be in (0, 1]",)),
+    (("train", "+experiment=showo_mod", "routing.layers=[1,8]"), ("out of range", "0..7")),
+    (("train", "+experiment=showo_unimod", "routing.task_capacity={vqa: [0.5]}"), ("vqa",)),
+    (("train", "+experiment=showo_unimod", "routing.task_capacity.mmu=[0.5,0.2]"), ("2 values for 4 routed layers",)),
+    (("train", "+experiment=showo_unimod", "init_from=/no/such.ckpt"), ("does not exist",)),
     (("eval",), ("ckpt_path is required",)),
     (("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),
 ])
@@ -129,3 +137,17 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp_path):
     assert_one_line_error(run_modlab("generate", f"ckpt_path={foreign}", out_dir=tmp_path), "not a modlab")
     truncated = tmp_path / "truncated.ckpt"
     assert_one_line_error(run_modlab("eval", f"ckpt_path={tmp_path}", out_dir=tmp_path), "does not exist")
+
+
+def test_unimod_fine_tunes_from_the_dense_checkpoint(trained_run: Path, tmp_path: Path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    proc = run_modlab("train", "+experiment=showo_unimod", *FAST[1:], f"init_from={ckpt}", out_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
+    assert 0 < m["train/flops_ratio"] < 1 and m["train/flops_per_step"] < m["train/flops_per_step_dense"]
+
+
+def test_init_from_an_incompatible_checkpoint_is_a_one_line_error(trained_run: Path, tmp_path: Path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    proc = run_modlab("train", "+experiment=showo_unimod", "debug=fast", f"init_from={ckpt}", out_dir=tmp_path)
+    assert_one_line_error(proc, "different model config")

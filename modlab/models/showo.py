@@ -21,6 +21,7 @@ from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS, TEXT_VOCAB, TokenSp
 from modlab.models.config import ModelConfig
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.transformer import Transformer
+from modlab.routing.plan import RouteInfo
 
 
 class ShowO(nn.Module):
@@ -33,10 +34,14 @@ class ShowO(nn.Module):
         self.image_pos = nn.Embedding(n_image_tokens, cfg.d_model)
         nn.init.normal_(self.image_pos.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab). `task` (B,) task ids are needed only by routed layers."""
         raster = (is_image.long().cumsum(1) - 1).clamp(0, self.image_pos.num_embeddings - 1)
         extra = self.image_pos(raster) * is_image[..., None]
-        return self.transformer(ids, omni_attention_mask(is_image, valid), extra_embed=extra)
+        if task is None:
+            task = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        route = RouteInfo(task=task, valid=valid)
+        return self.transformer(ids, omni_attention_mask(is_image, valid), extra_embed=extra, route=route)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -66,7 +71,7 @@ class ShowO(nn.Module):
 
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""
-        logits = self(batch["ids"], batch["is_image"], batch["valid"])
+        logits = self(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
         ce = F.cross_entropy(logits.float().transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none")
         has_label = batch["labels"] != IGNORE_INDEX
         out = {}
@@ -92,16 +97,16 @@ class ShowO(nn.Module):
         over `steps` steps so that cos(pi/2 * s/steps) of them remain masked after step s.
         Returns image codes (B, n_image_tokens) in [0, n_image_codes)."""
         sp = self.space
-        ids, is_image, valid = prompts["ids"].clone(), prompts["is_image"], prompts["valid"]
+        ids, is_image, valid, task = prompts["ids"].clone(), prompts["is_image"], prompts["valid"], prompts["task"]
         B = ids.shape[0]
         img_idx = is_image.nonzero()[:, 1].view(B, -1)  # (B, n) image positions per row
         n = img_idx.shape[1]
         lo, hi = sp.image_offset, sp.image_offset + sp.n_image_codes
         uncond_valid = valid & ~prompts["cond"]
         for s in range(steps):
-            logits = self(ids, is_image, valid)
+            logits = self(ids, is_image, valid, task)
             if guidance > 0:
-                uncond = self(ids, is_image, uncond_valid)
+                uncond = self(ids, is_image, uncond_valid, task)
                 logits = (1 + guidance) * logits - guidance * uncond
             logits = torch.gather(logits[..., lo:hi].float(), 1, img_idx[..., None].expand(-1, -1, hi - lo))
             probs = F.softmax(logits / max(temperature, 1e-6), dim=-1)
@@ -135,7 +140,7 @@ class ShowO(nn.Module):
         allowed[sp.eos] = True
         start = ids.shape[1]
         for _ in range(max_new_tokens):
-            logits = self(ids, is_image, valid)[:, -1].float().masked_fill(~allowed, float("-inf"))
+            logits = self(ids, is_image, valid, prompts["task"])[:, -1].float().masked_fill(~allowed, float("-inf"))
             nxt = logits.argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], 1)
             is_image = torch.cat([is_image, torch.zeros_like(nxt, dtype=torch.bool)], 1)

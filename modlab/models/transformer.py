@@ -100,7 +100,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, route=None) -> torch.Tensor:
+        """`route` is for routed wrappers (same call for every block); a dense block ignores it."""
         a = self.drop(self.attn(self.norm_attn(x), positions, attn_mask))
         m = self.drop(self.mlp(self.norm_mlp(x + a)))
         return a + m
@@ -133,15 +134,17 @@ class Transformer(nn.Module):
         attn_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
         extra_embed: torch.Tensor | None = None,
+        route=None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab). `extra_embed` (B, T, d) is added to the token embeddings."""
+        """Logits (B, T, vocab). `extra_embed` (B, T, d) is added to the token embeddings;
+        `route` (a RouteInfo) is handed to every block for routed ones."""
         if positions is None:
             positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         x = self.embed(ids)
         if extra_embed is not None:
             x = x + extra_embed
         for block in self.blocks:
-            x = x + block(x, positions, attn_mask)
+            x = x + block(x, positions, attn_mask, route)
         return self.head(self.norm(x))
 
     def num_params(self) -> int:

@@ -27,6 +27,10 @@ from modlab.data.tokens import IGNORE_INDEX, TokenSpace
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.models.config import ModelConfig
 from modlab.models.showo import ShowO
+from modlab.routing.config import RoutingConfig
+from modlab.flops import train_step_flops
+from modlab.routing.plan import install_routing
+from modlab.routing.routed_block import RoutedBlock
 from modlab.tasks.config import EvalConfig, TaskConfig
 from modlab.tasks.digits_datamodule import image_tokenizer_for
 
@@ -34,23 +38,28 @@ MMU_TEST, T2I_TEST, LM_TEST = 0, 1, 2
 
 
 class UnifiedModule(L.LightningModule):
-    def __init__(self, model: dict, data: dict, task: dict, eval: dict, seed: int = 0):
+    def __init__(self, model: dict, data: dict, task: dict, eval: dict, routing: dict | None = None, seed: int = 0):
         super().__init__()
         # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module
         self.save_hyperparameters()
         self.model_cfg, self.data_cfg = ModelConfig(**model), DataConfig(**data)
         self.task_cfg, self.eval_cfg = TaskConfig(**task), EvalConfig(**eval)
+        self.routing_cfg = RoutingConfig(**(routing or {}))
         self.image_tokenizer = image_tokenizer_for(self.data_cfg)  # replaced by the fitted one
         self.space = TokenSpace(self.image_tokenizer.n_codes)
         self.model = ShowO(self.model_cfg, self.space, self.image_tokenizer.n_tokens)
+        r = self.routing_cfg
+        install_routing(self.model.transformer.blocks, self.model_cfg.d_model, r.layer_capacities(self.model_cfg.n_layer), r.weight)
         self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
         self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.lm_ppl = Perplexity(ignore_index=IGNORE_INDEX)
         self.val_loss = MeanMetric()
+        self.flops_routed, self.flops_dense = MeanMetric(), MeanMetric()
 
     @classmethod
-    def from_configs(cls, model: ModelConfig, data: DataConfig, task: TaskConfig, eval: EvalConfig, seed: int = 0):
-        return cls(asdict(model), asdict(data), asdict(task), asdict(eval), seed)
+    def from_configs(cls, model: ModelConfig, data: DataConfig, task: TaskConfig, eval: EvalConfig,
+                     routing: RoutingConfig | None = None, seed: int = 0):
+        return cls(asdict(model), asdict(data), asdict(task), asdict(eval), asdict(routing or RoutingConfig()), seed)
 
     # ---- checkpoint: the fitted image tokenizer travels with the weights ---------------------
 
@@ -79,7 +88,26 @@ class UnifiedModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         for k, v in losses.items():
             self.log(f"train/loss_{k}", v, batch_size=n)
+        routed, dense = self.step_flops(*batch["ids"].shape)
+        self.flops_routed.update(routed)
+        self.flops_dense.update(dense)
+        self.log("train/flops_ratio", routed / dense, batch_size=n)
         return loss
+
+    def step_flops(self, B: int, T: int) -> tuple[float, float]:
+        """Analytic training FLOPs of the step just run, and of the same step without routing."""
+        kept, routers = {}, {}
+        for i, block in enumerate(self.model.transformer.blocks):
+            if isinstance(block, RoutedBlock):
+                kept[i], routers[i] = block.last_groups, block.router.n_routers
+        V = self.space.vocab_size
+        return (float(train_step_flops(self.model_cfg, V, B, T, kept, routers)),
+                float(train_step_flops(self.model_cfg, V, B, T)))
+
+    def flops_summary(self) -> dict[str, float]:
+        """Mean training FLOPs per step over the run (for metrics.json)."""
+        routed, dense = float(self.flops_routed.compute()), float(self.flops_dense.compute())
+        return {"train/flops_per_step": routed, "train/flops_per_step_dense": dense, "train/flops_ratio": routed / dense}
 
     def validation_step(self, combined, batch_idx: int):
         # a fixed masking per batch index so val/loss is comparable between evaluations
@@ -139,6 +167,6 @@ class UnifiedModule(L.LightningModule):
             self.t2i_acc.update(self.ref_classifier.predict(images), batch["digit"])
             self.log("test/t2i_acc", self.t2i_acc, add_dataloader_idx=False)
         else:
-            logits = self.model(batch["ids"], batch["is_image"], batch["valid"])
+            logits = self.model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
             self.lm_ppl.update(logits.float(), batch["labels"])
             self.log("test/lm_ppl", self.lm_ppl, add_dataloader_idx=False)

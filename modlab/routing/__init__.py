@@ -1,0 +1,1 @@
+"""Routing: routers, top-k selection, and the routed-block wrapper (MoD / UniMoD)."""

@@ -1,0 +1,98 @@
+"""The routed block (Mixture-of-Depths, and UniMoD's task-aware form).
+
+Each row keeps its k = ceil(C * n_eligible) highest-scoring eligible tokens; only those run the
+wrapped block (attention among themselves + MLP), the rest pass through unchanged:
+
+    x_i + w_i * f(x_sel)_i   for kept tokens,      x_i   otherwise.
+
+Which weight w scales the delta, and why: by default the *straight-through sigmoid*
+w = (sigmoid(s) - stopgrad(sigmoid(s))) + 1. Its forward value is exactly 1, so a routed model at
+C = 1 is the dense model bit for bit and a dense checkpoint fine-tunes from its own function
+(UniMoD's protocol); its gradient is the sigmoid's, dL/ds = sigmoid'(s) * <dL/dy_i, f(x)_i>, so the
+router learns which tokens gain from the block (MoD's reason for putting r on the path).
+`weight="sigmoid"` uses w = sigmoid(s) in the forward pass too (closer to the MoD paper's
+r * f(x), at the price of C = 1 no longer being the dense block).
+
+Rows are handled in one batched gather / scatter: the kept indices are sorted (causal order is
+preserved), their *original* positions are gathered for RoPE, and the attention mask is sliced on
+rows and columns, so omni-attention semantics hold among the kept tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from modlab.routing.router import TaskRouter
+from modlab.routing.topk import topk_select
+
+ROUTER_WEIGHTS = ("ste_sigmoid", "sigmoid")
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, T, ...) at idx (B, K) -> (B, K, ...)."""
+    shape = idx.shape + x.shape[2:]
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(shape))
+
+
+def slice_mask(mask: torch.Tensor, idx: torch.Tensor, slot_ok: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) attention mask restricted to the kept tokens, (B, 1, K, K). Unused slots are
+    never attended to; every slot still sees itself (no empty softmax rows)."""
+    B, K = idx.shape
+    T = mask.shape[-1]
+    rows = mask.gather(2, idx[:, None, :, None].expand(B, 1, K, T))
+    sub = rows.gather(3, idx[:, None, None, :].expand(B, 1, K, K))
+    sub = sub & slot_ok[:, None, None, :]
+    return sub | torch.eye(K, dtype=torch.bool, device=mask.device)
+
+
+class RoutedBlock(nn.Module):
+    """Wraps a block that returns its delta f(x); returns the routed delta (zeros where skipped).
+
+    `capacity` holds one capacity per router: a single entry is MoD (every row, one router); one
+    per task id is UniMoD. A capacity of 1.0 runs every eligible token of that task."""
+
+    def __init__(self, block: nn.Module, d_model: int, capacity: list[float], weight: str = "ste_sigmoid"):
+        super().__init__()
+        if weight not in ROUTER_WEIGHTS:
+            raise ValueError(f"router weight '{weight}' is unknown ({', '.join(ROUTER_WEIGHTS)})")
+        self.block = block
+        self.router = TaskRouter(d_model, n_routers=len(capacity))
+        self.register_buffer("capacity", torch.tensor(capacity, dtype=torch.float32), persistent=False)
+        self.weight = weight
+        self.last_kept: torch.Tensor | None = None  # (B,) tokens kept per row in the last call
+        # (rows, K) of each batched call in the last forward: what really ran (for FLOPs)
+        self.last_groups: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, route) -> torch.Tensor:
+        scores = self.router(x, route.task)  # (B, T) logits
+        self.last_kept = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.last_groups = []
+        tasks = route.task.clamp(max=len(self.capacity) - 1)
+        if len(self.capacity[tasks].unique()) == 1:  # MoD, or one capacity for all rows: one call
+            return self._route_rows(x, positions, attn_mask, route.valid, scores, self.capacity[tasks], None)
+        # Task routers with different capacities: the rows of each task go through together. Rows
+        # of one task keep similar k, so the batched K = max k wastes little; mixing tasks (e.g.
+        # dense LM rows with MMU rows at 0.2) would make every row pay for the largest k.
+        out = torch.zeros_like(x)
+        for t in route.task.unique().tolist():
+            rows = (route.task == t).nonzero().squeeze(1)
+            cap = self.capacity[min(t, len(self.capacity) - 1)]
+            out[rows] = self._route_rows(x[rows], positions[rows], attn_mask[rows], route.valid[rows], scores[rows], cap, rows)
+        return out
+
+    def _route_rows(self, x, positions, attn_mask, valid, scores, capacity, rows) -> torch.Tensor:
+        idx, slot_ok = topk_select(scores.detach(), valid, capacity)
+        kept = slot_ok.sum(1)
+        if rows is None:
+            self.last_kept = kept
+        else:
+            self.last_kept[rows] = kept
+        self.last_groups.append((x.shape[0], idx.shape[1]))
+        delta = self.block(gather_tokens(x, idx), positions.gather(1, idx), slice_mask(attn_mask, idx, slot_ok))
+        gate = torch.sigmoid(gather_tokens(scores, idx).float())
+        # (g - g) is exactly 0, so the straight-through weight is exactly 1 in the forward pass
+        w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
+        delta = delta * (w * slot_ok)[..., None].to(delta.dtype)
+        # unused slots point at token 0 with a zero delta, so scatter_add leaves it unchanged
+        return torch.zeros_like(x).scatter_add(1, idx[..., None].expand_as(delta), delta)

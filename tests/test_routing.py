@@ -1,0 +1,137 @@
+"""Correctness oracles for the routed block: a slow per-row reference loop, C = 1 equals dense,
+padding is never selected, routers get gradient, per-task kept counts match the capacities."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from modlab.errors import ConfigError
+from modlab.models.config import ModelConfig
+from modlab.models.omni_attention import omni_attention_mask
+from modlab.models.transformer import Block, Transformer
+from modlab.routing.plan import RouteInfo, install_routing
+from modlab.routing.routed_block import RoutedBlock
+from modlab.routing.topk import tokens_to_keep, topk_select
+
+CFG = ModelConfig(d_model=32, n_layer=4, n_head=2)
+
+
+def batch(B=4, T=12, n_tasks=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, CFG.d_model, generator=g)
+    lengths = torch.tensor([T, T - 3, T - 5, 4][:B])
+    valid = torch.arange(T)[None] < lengths[:, None]
+    is_image = torch.zeros(B, T, dtype=torch.bool)
+    is_image[:, 3:7] = True
+    is_image &= valid
+    task = torch.arange(B) % n_tasks
+    positions = torch.arange(T).expand(B, T)
+    return x, positions, omni_attention_mask(is_image, valid), RouteInfo(task=task, valid=valid)
+
+
+def reference_routed_delta(rb: RoutedBlock, x, positions, mask, route) -> torch.Tensor:
+    """One row at a time, plain Python selection: the slow oracle."""
+    out = torch.zeros_like(x)
+    scores = rb.router(x, route.task)
+    for b in range(x.shape[0]):
+        valid_idx = [i for i in range(x.shape[1]) if route.valid[b, i]]
+        cap = float(rb.capacity[min(int(route.task[b]), len(rb.capacity) - 1)])
+        k = min(len(valid_idx), max(1, math.ceil(round(cap * len(valid_idx), 6))))
+        chosen = sorted(sorted(valid_idx, key=lambda i: -float(scores[b, i].detach()))[:k])
+        sel = torch.tensor(chosen)
+        sub_mask = mask[b : b + 1, :, sel][:, :, :, sel]
+        delta = rb.block(x[b : b + 1, sel], positions[b : b + 1, sel], sub_mask)[0]
+        gate = torch.sigmoid(scores[b, sel])
+        w = torch.ones_like(gate) if rb.weight == "ste_sigmoid" else gate
+        out[b, sel] = delta * w[:, None]
+    return out
+
+
+@pytest.mark.parametrize("weight", ["ste_sigmoid", "sigmoid"])
+@pytest.mark.parametrize("capacity", [[0.125], [0.5], [0.25, 0.75], [1.0, 0.3]])
+def test_batched_routed_block_equals_per_row_reference(weight, capacity):
+    torch.manual_seed(0)
+    rb = RoutedBlock(Block(CFG), CFG.d_model, capacity, weight)
+    x, positions, mask, route = batch()
+    torch.testing.assert_close(rb(x, positions, mask, route), reference_routed_delta(rb, x, positions, mask, route))
+
+
+def test_capacity_one_is_the_dense_block_exactly():
+    torch.manual_seed(0)
+    block = Block(CFG)
+    rb = RoutedBlock(copy.deepcopy(block), CFG.d_model, [1.0, 1.0])
+    x, positions, mask, route = batch()
+    dense = block(x, positions, mask) * route.valid[..., None]
+    assert torch.equal(rb(x, positions, mask, route) * route.valid[..., None], dense)
+
+
+def test_routed_model_at_capacity_one_equals_the_dense_model():
+    torch.manual_seed(0)
+    dense = Transformer(CFG, vocab_size=50)
+    routed = copy.deepcopy(dense)
+    install_routing(routed.blocks, CFG.d_model, {1: [1.0], 3: [1.0]}, "ste_sigmoid")
+    ids = torch.randint(0, 50, (3, 10))
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    mask = omni_attention_mask(torch.zeros_like(valid), valid)
+    route = RouteInfo(task=torch.zeros(3, dtype=torch.long), valid=valid)
+    assert torch.equal(routed(ids, mask, route=route), dense(ids, mask))
+
+
+def test_padding_is_never_selected_and_kept_counts_match_capacity():
+    scores = torch.randn(3, 10)
+    scores[:, 7:] = 100.0  # padding has the best scores; it must still not be picked
+    eligible = torch.arange(10)[None].expand(3, 10) < 7
+    idx, ok = topk_select(scores, eligible, torch.tensor([0.5, 0.2, 1.0]))
+    assert ok.sum(1).tolist() == [4, 2, 7]  # ceil(0.5*7), ceil(0.2*7), 7
+    assert (idx[ok] < 7).all()
+    assert (idx[:, 1:] >= idx[:, :-1]).logical_or(~ok[:, 1:]).all()  # sorted where used
+
+
+def test_ceil_is_robust_to_float_error():
+    assert tokens_to_keep(torch.tensor([0.2]), torch.tensor([65])).item() == 13
+    assert tokens_to_keep(torch.tensor([0.125]), torch.tensor([64])).item() == 8
+    assert tokens_to_keep(torch.tensor([0.01]), torch.tensor([5])).item() == 1  # at least one
+    assert tokens_to_keep(torch.tensor([0.5]), torch.tensor([0])).item() == 0
+
+
+def test_per_task_kept_counts_equal_configured_capacities():
+    torch.manual_seed(0)
+    rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25, 0.75])
+    x, positions, mask, route = batch()
+    rb(x, positions, mask, route)
+    n_valid = route.valid.sum(1)
+    expected = [math.ceil([0.25, 0.75][int(t)] * int(n)) for t, n in zip(route.task, n_valid)]
+    assert rb.last_kept.tolist() == expected
+
+
+def test_unselected_tokens_pass_through_and_router_gets_gradient():
+    torch.manual_seed(0)
+    rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25])
+    x, positions, mask, route = batch()
+    x.requires_grad_(True)
+    delta = rb(x, positions, mask, route)
+    kept = (delta.abs().sum(-1) > 0)
+    assert (kept.sum(1) <= rb.last_kept).all()  # skipped tokens get exactly zero update
+    (delta.pow(2).sum()).backward()
+    assert rb.router.proj.weight.grad is not None and rb.router.proj.weight.grad.abs().sum() > 0
+
+
+def test_task_routers_score_each_row_with_its_own_task():
+    torch.manual_seed(0)
+    rb = RoutedBlock(Block(CFG), CFG.d_model, [0.5, 0.5])
+    x, _, _, route = batch()
+    s = rb.router(x, route.task)
+    for b in range(x.shape[0]):
+        torch.testing.assert_close(s[b], x[b] @ rb.router.proj.weight[int(route.task[b])])
+
+
+def test_bad_routing_plans_are_config_errors():
+    blocks = Transformer(CFG, 20).blocks
+    with pytest.raises(ConfigError, match="out of range"):
+        install_routing(blocks, CFG.d_model, {4: [0.5]}, "ste_sigmoid")
+    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+        install_routing(blocks, CFG.d_model, {1: [1.5]}, "ste_sigmoid")
