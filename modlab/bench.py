@@ -3,8 +3,9 @@
 Benchmarks are never part of the tests (timings on a shared 2-core machine are noisy); they
 report ratios measured back to back in one process, with the median of several repeats.
 
-Today: the Show-o-like training step (forward + backward + AdamW) in fp32 vs bf16 autocast,
-the choice `trainer.precision=auto` makes. The routing issue adds routed-vs-dense tables.
+Tables: the Show-o-like training step in fp32 vs bf16 autocast (the choice
+`trainer.precision=auto` makes); a routed block vs the dense block at several capacities beside
+the FLOPs-predicted speed-up; the routed experiments' training step vs showo_dense.
 """
 
 from __future__ import annotations
@@ -136,38 +137,49 @@ def routed_block_speed(capacities=(0.125, 0.25, 0.5), T: int = 1024, d: int = 51
     return rows
 
 
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def main() -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     results = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
     with console.status("showo_dense training step: fp32 vs bf16 autocast"):
         results["training_step_precision"] = r = training_step_precision()
-    table = Table(title=f"Show-o-like training step ({r['rows']} rows x {r['seq_len']} tokens, {results['threads']} threads)")
-    for col in ("fp32 s/step", "bf16 s/step", "bf16 speed-up"):
-        table.add_column(col, justify="right")
-    table.add_row(f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}", f"{r['speedup_bf16']:.2f}x")
-    console.print(table)
+    console.print(_table(
+        f"Show-o-like training step ({r['rows']} rows x {r['seq_len']} tokens, {results['threads']} threads)",
+        ("fp32 s/step", "bf16 s/step", "bf16 speed-up"),
+        [(f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}", f"{r['speedup_bf16']:.2f}x")],
+    ))
 
     with console.status("routed block vs dense block, T=1024, d=512"):
         results["routed_block"] = rows = routed_block_speed()
-    table = Table(title="Routed block forward+backward vs dense (T=1024, d=512, fp32)")
-    for col in ("capacity", "dense s", "routed s", "FLOPs-predicted speed-up", "measured speed-up", "measured / predicted"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(f"{r['capacity']}", f"{r['dense_s']:.4f}", f"{r['routed_s']:.4f}", f"{r['predicted_speedup']:.2f}x",
-                      f"{r['measured_speedup']:.2f}x", f"{r['measured_over_predicted']:.2f}")
-    console.print(table)
+    console.print(_table(
+        "Routed block forward+backward vs dense (T=1024, d=512, fp32)",
+        ("capacity", "dense s", "routed s", "FLOPs-predicted speed-up", "measured speed-up", "measured / predicted"),
+        [(f"{r['capacity']}", f"{r['dense_s']:.4f}", f"{r['routed_s']:.4f}", f"{r['predicted_speedup']:.2f}x",
+          f"{r['measured_speedup']:.2f}x", f"{r['measured_over_predicted']:.2f}") for r in rows],
+    ))
+
     with console.status("showo training step: dense vs unimod vs mod"):
         results["routed_training_step"] = rows = routed_training_step()
-    table = Table(title="Show-o-like training step, routed vs dense (same batch, bf16 autocast)")
-    for col in ("routing", "s/step", "GFLOPs/step", "FLOPs cut", "time cut", "time cut / FLOPs cut"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(r["routing"], f"{r['seconds']:.3f}", f"{r['flops'] / 1e9:.1f}", f"{r['flops_cut']:.1%}",
-                      f"{r['time_cut']:.1%}", "-" if r["routing"] == "dense" else f"{r['time_cut_over_flops_cut']:.2f}")
-    console.print(table)
+    console.print(_table(
+        "Show-o-like training step, routed vs dense (same batch, bf16 autocast)",
+        ("routing", "s/step", "GFLOPs/step", "FLOPs cut", "time cut", "time cut / FLOPs cut"),
+        [(r["routing"], f"{r['seconds']:.3f}", f"{r['flops'] / 1e9:.1f}", f"{r['flops_cut']:.1%}", f"{r['time_cut']:.1%}",
+          "-" if r["routing"] == "dense" else f"{r['time_cut_over_flops_cut']:.2f}") for r in rows],
+    ))
+
     out = Path("outputs/bench")
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench_{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"

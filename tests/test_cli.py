@@ -14,7 +14,7 @@ import torch
 
 from conftest import MODLAB, only_run_dir, run_modlab
 
-FAST = ("+experiment=showo_dense", "debug=fast", "model.d_model=32", "model.n_layer=8", "model.n_head=2")
+FAST = ("+experiment=showo_dense", "debug=fast", "model.d_model=32", "model.n_layer=4", "model.n_head=2")
 TEST_KEYS = {"test/mmu_acc", "test/t2i_acc", "test/ref_classifier_acc", "test/lm_ppl"}
 
 
@@ -85,6 +85,19 @@ def test_two_runs_started_together_get_two_directories(tmp_path: Path):
     assert len(runs) == 2 and runs[0].parent == runs[1].parent
 
 
+def test_hydra_flags_keep_working(tmp_path: Path):
+    proc = run_modlab("train", "+experiment=showo_unimod", "--cfg", "job", out_dir=tmp_path)
+    assert proc.returncode == 0 and "kind: unimod" in proc.stdout and "experiment_name: showo_unimod" in proc.stdout
+    proc = run_modlab("train", "--help", out_dir=tmp_path)
+    assert proc.returncode == 0 and "routing: dense, mod, unimod" in proc.stdout, proc.stdout
+    custom = tmp_path / "my_run"
+    proc = run_modlab("train", *FAST, "data.image_tokenizer=patch_kmeans", "callbacks.checkpoint=false",
+                      f"hydra.run.dir={custom}", out_dir=tmp_path / "unused")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (custom / "metrics.json").is_file() and (custom / ".hydra" / "config.yaml").is_file()
+    assert not (tmp_path / "unused").exists()
+
+
 def test_multirun_sweep_runs_each_value(tmp_path: Path):
     proc = run_modlab("train", "-m", *FAST, "trainer.max_steps=2,3", "callbacks.checkpoint=false", out_dir=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -108,9 +121,9 @@ def test_multirun_sweep_runs_each_value(tmp_path: Path):
     (("train", "model=nope"), ("model/nope",)),
     (("train", "+experiment=showo_mod", "routing.capacity=1.5"), ("routing.capacity must be in (0, 1]",)),
     (("train", "+experiment=showo_mod", "routing.capacity=0"), ("routing.capacity must be in (0, 1]",)),
-    (("train", "+experiment=showo_mod", "routing.layers=[1,8]"), ("out of range", "0..7")),
+    (("train", "+experiment=showo_mod", "routing.layers=[1,4]"), ("out of range", "0..3")),
     (("train", "+experiment=showo_unimod", "routing.task_capacity={vqa: [0.5]}"), ("vqa",)),
-    (("train", "+experiment=showo_unimod", "routing.task_capacity.mmu=[0.5,0.2]"), ("2 values for 4 routed layers",)),
+    (("train", "+experiment=showo_unimod", "routing.task_capacity.mmu=[0.5,0.3,0.2]"), ("3 values for 2 routed layers",)),
     (("train", "+experiment=showo_unimod", "init_from=/no/such.ckpt"), ("does not exist",)),
     (("eval",), ("ckpt_path is required",)),
     (("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),

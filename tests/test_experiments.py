@@ -16,7 +16,7 @@ from modlab.cli.app import CONF_DIR
 from modlab.cli.schema import validate
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-TINY = ["model.d_model=32", "model.n_layer=8", "model.n_head=2"]  # 8 layers: the routing lists are per layer
+TINY = ["model.d_model=32", "model.n_layer=4", "model.n_head=2"]  # 4 layers: the unimod capacity lists are per layer
 
 
 def composed(config_name: str, overrides: list[str], out_dir: Path):

@@ -19,7 +19,7 @@ class DataConfig:
     lm_files: list[str] = field(default_factory=list)  # empty: Python's pydoc topics
     lm_length: int = 96  # bytes per LM row
     # rows of each task per training batch; 0 leaves a task out
-    batch_size: dict[str, int] = field(default_factory=lambda: {"t2i": 32, "mmu": 32, "lm": 16})
+    batch_size: dict[str, int] = field(default_factory=lambda: {"t2i": 32, "mmu": 32, "lm": 4})
     eval_batch_size: int = 128
     num_workers: int = 0
 

@@ -13,7 +13,7 @@ ARCHS = ("showo",)
 class ModelConfig:
     arch: str = "showo"  # showo: omni-attention + masked image modelling
     d_model: int = 128
-    n_layer: int = 8
+    n_layer: int = 4
     n_head: int = 4
     mlp_hidden: int = 0  # 0: SwiGLU default, 8/3 * d_model rounded up to a multiple of 32
     rope_base: float = 10000.0

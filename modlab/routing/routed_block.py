@@ -93,6 +93,6 @@ class RoutedBlock(nn.Module):
         gate = torch.sigmoid(gather_tokens(scores, idx).float())
         # (g - g) is exactly 0, so the straight-through weight is exactly 1 in the forward pass
         w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
-        delta = delta * (w * slot_ok)[..., None].to(delta.dtype)
+        delta = (delta * (w * slot_ok)[..., None].to(delta.dtype)).to(x.dtype)  # bf16 under autocast
         # unused slots point at token 0 with a zero delta, so scatter_add leaves it unchanged
         return torch.zeros_like(x).scatter_add(1, idx[..., None].expand_as(delta), delta)
