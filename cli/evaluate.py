@@ -16,7 +16,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from modlab.tasks.digits_datamodule import DigitsDataModule
 
     out = run_dir()
-    L.seed_everything(c.seed, workers=True)
+    L.seed_everything(c.seed, workers=True, verbose=False)
     module.eval_cfg = c.eval
     dm = DigitsDataModule(module.data_cfg, c.eval, image_tokenizer=module.image_tokenizer)
     trainer = build_trainer(c.trainer, None, c.logger, out, training=False)
