@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from modlab.data.config import DataConfig
-from modlab.data.rows import concat_batches
 from modlab.models.config import ModelConfig
 from modlab.models.showo import ShowO
 
@@ -34,22 +33,22 @@ def _median_seconds(fn, repeats: int = 5, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def _experiment_batch():
-    """One training batch of the showo experiments (the default data config)."""
+def _experiment_batches():
+    """One training step's task batches of the showo experiments (the default data config)."""
     from modlab.tasks.config import EvalConfig
     from modlab.tasks.digits_datamodule import DigitsDataModule
 
     dm = DigitsDataModule(DataConfig(), EvalConfig())
-    loaders = dm.train_dataloader().iterables
-    return dm, concat_batches([next(iter(loader)) for loader in loaders.values()], dm.space.pad)
+    return dm, [next(iter(loader)) for loader in dm.train_dataloader().iterables.values()]
 
 
-def _train_step_seconds(model, batch, bf16: bool) -> float:
+def _train_step_seconds(model, batches: list[dict], bf16: bool) -> float:
+    """A step as UnifiedModule trains: one forward per task batch, one backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = sum(model.task_losses(model.mask_images(batch, 0.1)).values())
+            loss = sum(sum(model.task_losses(model.mask_images(b, 0.1)).values()) for b in batches)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -58,12 +57,11 @@ def _train_step_seconds(model, batch, bf16: bool) -> float:
 
 
 def training_step_precision() -> dict:
-    dm, batch = _experiment_batch()
+    dm, batches = _experiment_batches()
     torch.manual_seed(0)
     model = ShowO(ModelConfig(), dm.space, dm.image_tokenizer.n_tokens)
-    fp32, bf16 = _train_step_seconds(model, batch, False), _train_step_seconds(model, batch, True)
-    return {"rows": int(batch["ids"].shape[0]), "seq_len": int(batch["ids"].shape[1]),
-            "fp32_s": fp32, "bf16_s": bf16, "speedup_bf16": fp32 / bf16}
+    fp32, bf16 = _train_step_seconds(model, batches, False), _train_step_seconds(model, batches, True)
+    return {"rows": sum(int(b["ids"].shape[0]) for b in batches), "fp32_s": fp32, "bf16_s": bf16, "speedup_bf16": fp32 / bf16}
 
 
 def routed_training_step() -> list[dict]:
@@ -79,8 +77,7 @@ def routed_training_step() -> list[dict]:
     import modlab.conf
 
     conf = Path(modlab.conf.__file__).parent / "routing"  # the experiments' routing configs
-    dm, batch = _experiment_batch()
-    B, T = batch["ids"].shape
+    dm, batches = _experiment_batches()
     cfg = ModelConfig()
     rows = []
     for name in ("dense", "unimod", "mod"):
@@ -88,10 +85,14 @@ def routed_training_step() -> list[dict]:
         torch.manual_seed(0)
         model = ShowO(cfg, dm.space, dm.image_tokenizer.n_tokens)
         install_routing(model.transformer.blocks, cfg.d_model, routing.layer_capacities(cfg.n_layer), routing.weight)
-        seconds = _train_step_seconds(model, batch, bf16=True)
-        routed = {i: b.last_groups for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
-        routers = {i: b.router.n_routers for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
-        rows.append({"routing": name, "seconds": seconds, "flops": train_step_flops(cfg, dm.space.vocab_size, B, T, routed, routers)})
+        seconds = _train_step_seconds(model, batches, bf16=True)
+        flops = 0
+        for batch in batches:  # the FLOPs of each task batch's forward, as the training step counts
+            model.task_losses(model.mask_images(batch, 0.1))
+            routed = {i: b.last_groups for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
+            routers = {i: b.router.n_routers for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
+            flops += train_step_flops(cfg, dm.space.vocab_size, *batch["ids"].shape, routed, routers)
+        rows.append({"routing": name, "seconds": seconds, "flops": flops})
     dense = rows[0]
     for r in rows:
         r["time_cut"] = 1 - r["seconds"] / dense["seconds"]
@@ -157,7 +158,7 @@ def main() -> None:
     with console.status("showo_dense training step: fp32 vs bf16 autocast"):
         results["training_step_precision"] = r = training_step_precision()
     console.print(_table(
-        f"Show-o-like training step ({r['rows']} rows x {r['seq_len']} tokens, {results['threads']} threads)",
+        f"Show-o-like training step ({r['rows']} rows, {results['threads']} threads)",
         ("fp32 s/step", "bf16 s/step", "bf16 speed-up"),
         [(f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}", f"{r['speedup_bf16']:.2f}x")],
     ))
