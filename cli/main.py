@@ -11,7 +11,6 @@ child as `python <this script> <sys.argv[1:]> hydra.run.dir=...`, so argv that a
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 

@@ -20,13 +20,13 @@ def train(cfg: DictConfig) -> dict:
     from modlab.tasks.unified import UnifiedModule
 
     out = run_dir()
-    dm = DigitsDataModule(c.data, c.eval)  # deterministic by itself; first, so bad data fails early
     L.seed_everything(c.seed, workers=True, verbose=False)
     module = UnifiedModule.from_configs(c.model, c.data, c.task, c.eval, c.routing, seed=c.seed)
-    module.image_tokenizer = dm.image_tokenizer
     if c.init_from:
-        init_from_checkpoint(module, c.init_from)  # also takes the checkpoint's image tokenizer
-        dm = DigitsDataModule(c.data, c.eval, image_tokenizer=module.image_tokenizer)
+        init_from_checkpoint(module, c.init_from)  # also takes the checkpoint's fitted image tokenizer
+    # the data module fits the image tokenizer on the training digits unless the checkpoint has one
+    dm = DigitsDataModule(c.data, c.eval, image_tokenizer=module.image_tokenizer if c.init_from else None)
+    module.image_tokenizer = dm.image_tokenizer
     trainer = build_trainer(c.trainer, c.callbacks, c.logger, out)
     log.info("training %s (%s parameters, seed %d) in %s", c.experiment_name, f"{module.model.num_params():,}", c.seed, out)
 

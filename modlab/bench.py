@@ -69,10 +69,9 @@ def routed_training_step() -> list[dict]:
     cut beside the FLOPs cut (bf16 autocast, as `precision: auto` trains here)."""
     from omegaconf import OmegaConf
 
-    from modlab.flops import train_step_flops
+    from modlab.flops import last_train_step_flops
     from modlab.routing.config import RoutingConfig
     from modlab.routing.plan import install_routing
-    from modlab.routing.routed_block import RoutedBlock
 
     import modlab.conf
 
@@ -89,9 +88,7 @@ def routed_training_step() -> list[dict]:
         flops = 0
         for batch in batches:  # the FLOPs of each task batch's forward, as the training step counts
             model.task_losses(model.mask_images(batch, 0.1))
-            routed = {i: b.last_groups for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
-            routers = {i: b.router.n_routers for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
-            flops += train_step_flops(cfg, dm.space.vocab_size, *batch["ids"].shape, routed, routers)
+            flops += last_train_step_flops(cfg, dm.space.vocab_size, model.transformer.blocks, *batch["ids"].shape)
         rows.append({"routing": name, "seconds": seconds, "flops": flops})
     dense = rows[0]
     for r in rows:

@@ -44,3 +44,13 @@ def train_step_flops(cfg: ModelConfig, vocab_size: int, B: int, T: int,
                      routed: dict[int, list[tuple[int, int]]] | None = None,
                      n_routers: dict[int, int] | None = None) -> int:
     return 3 * model_forward_flops(cfg, vocab_size, B, T, routed, n_routers)
+
+
+def last_train_step_flops(cfg: ModelConfig, vocab_size: int, blocks, B: int, T: int) -> int:
+    """Training FLOPs of the forward just run on (B, T) through `blocks`, with what each routed
+    layer really ran in that forward (its `last_groups`)."""
+    from modlab.routing.routed_block import RoutedBlock
+
+    routed = {i: b for i, b in enumerate(blocks) if isinstance(b, RoutedBlock)}
+    return train_step_flops(cfg, vocab_size, B, T, {i: b.last_groups for i, b in routed.items()},
+                            {i: b.router.n_routers for i, b in routed.items()})

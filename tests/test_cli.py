@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -148,7 +147,7 @@ def test_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp_path):
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     assert_one_line_error(run_modlab("generate", f"ckpt_path={foreign}", out_dir=tmp_path), "not a modlab")
-    truncated = tmp_path / "truncated.ckpt"
+    # a directory is not a checkpoint file
     assert_one_line_error(run_modlab("eval", f"ckpt_path={tmp_path}", out_dir=tmp_path), "does not exist")
 
 

@@ -8,12 +8,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from modlab.data.rows import collate_rows, concat_batches, lm_row, mmu_row, t2i_row
 from modlab.data.tokens import TokenSpace
-from modlab.flops import train_step_flops
+from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
 from modlab.models.showo import ShowO
 from modlab.routing.config import RoutingConfig
 from modlab.routing.plan import install_routing
-from modlab.routing.routed_block import RoutedBlock
 
 SP = TokenSpace(17)
 CFG = ModelConfig(d_model=64, n_layer=4, n_head=4)
@@ -39,10 +38,8 @@ def test_analytic_flops_match_flop_counter(routing):
     with FlopCounterMode(display=False) as counter:
         loss = sum(model.task_losses(batch).values())
         loss.backward()
-    kept = {i: b.last_groups for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
-    routers = {i: b.router.n_routers for i, b in enumerate(model.transformer.blocks) if isinstance(b, RoutedBlock)}
     B, T = batch["ids"].shape
-    analytic = train_step_flops(CFG, SP.vocab_size, B, T, kept, routers)
+    analytic = last_train_step_flops(CFG, SP.vocab_size, model.transformer.blocks, B, T)
     measured = counter.get_total_flops()
     assert abs(analytic - measured) / measured < 0.05, (analytic, measured)
     if routing.kind != "dense":

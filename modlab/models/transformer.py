@@ -146,6 +146,3 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = x + block(x, positions, attn_mask, route)
         return self.head(self.norm(x))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

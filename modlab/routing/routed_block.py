@@ -68,17 +68,17 @@ class RoutedBlock(nn.Module):
         scores = self.router(x, route.task)  # (B, T) logits
         self.last_kept = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         self.last_groups = []
-        tasks = route.task.clamp(max=len(self.capacity) - 1)
-        if len(self.capacity[tasks].unique()) == 1:  # MoD, or one capacity for all rows: one call
-            return self._route_rows(x, positions, attn_mask, route.valid, scores, self.capacity[tasks], None)
+        row_capacity = self.capacity[route.task.clamp(max=len(self.capacity) - 1)]
+        if len(row_capacity.unique()) == 1:  # MoD, or one capacity for all rows: one call
+            return self._route_rows(x, positions, attn_mask, route.valid, scores, row_capacity, None)
         # Task routers with different capacities: the rows of each task go through together. Rows
         # of one task keep similar k, so the batched K = max k wastes little; mixing tasks (e.g.
         # dense LM rows with MMU rows at 0.2) would make every row pay for the largest k.
         out = torch.zeros_like(x)
         for t in route.task.unique().tolist():
             rows = (route.task == t).nonzero().squeeze(1)
-            cap = self.capacity[min(t, len(self.capacity) - 1)]
-            out[rows] = self._route_rows(x[rows], positions[rows], attn_mask[rows], route.valid[rows], scores[rows], cap, rows)
+            out[rows] = self._route_rows(x[rows], positions[rows], attn_mask[rows], route.valid[rows], scores[rows],
+                                         row_capacity[rows], rows)
         return out
 
     def _route_rows(self, x, positions, attn_mask, valid, scores, capacity, rows) -> torch.Tensor:

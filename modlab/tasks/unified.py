@@ -26,11 +26,10 @@ from modlab.data.image_tokenizer import image_tokenizer_from_state
 from modlab.data.tokens import IGNORE_INDEX, TokenSpace
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.models.config import ModelConfig
+from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.showo import ShowO
 from modlab.routing.config import RoutingConfig
-from modlab.flops import train_step_flops
 from modlab.routing.plan import install_routing
-from modlab.routing.routed_block import RoutedBlock
 from modlab.tasks.config import EvalConfig, TaskConfig
 from modlab.tasks.digits_datamodule import image_tokenizer_for
 
@@ -106,12 +105,8 @@ class UnifiedModule(L.LightningModule):
 
     def step_flops(self, B: int, T: int) -> tuple[float, float]:
         """Analytic training FLOPs of the step just run, and of the same step without routing."""
-        kept, routers = {}, {}
-        for i, block in enumerate(self.model.transformer.blocks):
-            if isinstance(block, RoutedBlock):
-                kept[i], routers[i] = block.last_groups, block.router.n_routers
         V = self.space.vocab_size
-        return (float(train_step_flops(self.model_cfg, V, B, T, kept, routers)),
+        return (float(last_train_step_flops(self.model_cfg, V, self.model.transformer.blocks, B, T)),
                 float(train_step_flops(self.model_cfg, V, B, T)))
 
     def flops_summary(self) -> dict[str, float]:
