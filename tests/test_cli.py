@@ -124,6 +124,8 @@ def test_multirun_sweep_runs_each_value(tmp_path: Path):
     (("train", "+experiment=showo_unimod", "routing.task_capacity={vqa: [0.5]}"), ("vqa",)),
     (("train", "+experiment=showo_unimod", "routing.task_capacity.mmu=[0.5,0.3,0.2]"), ("3 values for 2 routed layers",)),
     (("train", "+experiment=showo_unimod", "init_from=/no/such.ckpt"), ("does not exist",)),
+    (("train", "+experiment=showo_unimod", "routing.plan=/no/such/plan.yaml"), ("plan file not found",)),
+    (("train", "+experiment=showo_mod", "schedule=linear", "routing.schedule.anneal_steps=0"), ("anneal_steps",)),
     (("eval",), ("ckpt_path is required",)),
     (("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),
 ])
@@ -131,6 +133,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needles):
     proc = run_modlab(*args, out_dir=tmp_path)
     assert_one_line_error(proc, *needles)
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_plan_file_with_an_unknown_task_is_a_one_line_error(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {vqa: {layers: [2], capacity: [0.5]}}\n")
+    proc = run_modlab("train", "+experiment=showo_unimod", f"routing.plan={plan}", out_dir=tmp_path / "o")
+    assert_one_line_error(proc, "unknown task(s) ['vqa']")
 
 
 def test_empty_user_text_file_is_a_one_line_error(tmp_path):

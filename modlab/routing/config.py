@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Optional
 
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
+from modlab.routing.plan_file import load_plan
 from modlab.routing.routed_block import ROUTER_WEIGHTS
+from modlab.routing.schedule import SCHEDULES
 
 KINDS = ("dense", "mod", "unimod")
-PLACEMENTS = ("interleaved", "last_half", "all")
+PLACEMENTS = ("interleaved", "last_half", "last_n", "all")
+
+
+@dataclass
+class ScheduleConfig:
+    """Capacity during training: constant, or annealed from 1.0 (dense) down to the target over
+    the first `anneal_steps` optimiser steps (linear or cosine). Evaluation uses the target."""
+
+    kind: str = "constant"  # constant | linear | cosine
+    anneal_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ConfigError(f"routing.schedule.kind '{self.kind}' is unknown ({', '.join(SCHEDULES)})")
+        if self.anneal_steps < 0 or (self.kind != "constant" and self.anneal_steps == 0):
+            raise ConfigError(f"routing.schedule.anneal_steps must be >= 1 for an annealed schedule, got {self.anneal_steps}")
 
 
 @dataclass
 class RoutingConfig:
     kind: str = "dense"  # dense | mod (one router, all tokens compete) | unimod (one router per task)
     layers: list[int] = field(default_factory=list)  # routed layers; empty: chosen by `placement`
-    placement: str = "interleaved"  # interleaved (1, 3, 5, ...) | last_half | all
+    placement: str = "interleaved"  # interleaved (1, 3, 5, ...) | last_half | last_n | all
+    n_last: int = 0  # placement=last_n: the deepest n_last layers
     capacity: float = 0.125  # mod: the capacity of every routed layer
     # unimod: per task, one capacity per routed layer (or a single value for all of them);
     # a task that is not listed runs dense (capacity 1.0) in every layer
     task_capacity: dict[str, list[float]] = field(default_factory=dict)
+    # unimod: per task, its own routed layers (UniMoD's layer switch); default: the routed layers
+    task_layers: dict[str, list[int]] = field(default_factory=dict)
+    plan: Optional[str] = None  # unimod: a routing plan file; replaces task_layers / task_capacity
     weight: str = "ste_sigmoid"  # ste_sigmoid | sigmoid (see modlab.routing.routed_block)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -34,14 +57,21 @@ class RoutingConfig:
             raise ConfigError(f"routing.capacity must be in (0, 1], got {self.capacity}")
         if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
             raise ConfigError(f"routing.layers must be distinct layer indices >= 0, got {self.layers}")
-        unknown = set(self.task_capacity) - set(TASKS)
-        if unknown:
-            raise ConfigError(f"routing.task_capacity has unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
+        if isinstance(self.schedule, dict):  # built from a plain dict (e.g. checkpoint hparams)
+            self.schedule = ScheduleConfig(**self.schedule)
+        if self.placement == "last_n" and self.n_last < 1:
+            raise ConfigError("routing.placement=last_n needs routing.n_last >= 1")
+        for name, table in (("task_capacity", self.task_capacity), ("task_layers", self.task_layers)):
+            unknown = set(table) - set(TASKS)
+            if unknown:
+                raise ConfigError(f"routing.{name} has unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
         for task, caps in self.task_capacity.items():
             if not caps or not all(0.0 < c <= 1.0 for c in caps):
                 raise ConfigError(f"routing.task_capacity.{task} must be capacities in (0, 1], got {list(caps)}")
-        if self.kind == "unimod" and not self.task_capacity:
-            raise ConfigError("routing.kind=unimod needs routing.task_capacity (per task capacities)")
+        if self.plan is not None and self.kind != "unimod":
+            raise ConfigError("routing.plan needs task routers: use routing=unimod (or an experiment built on it)")
+        if self.kind == "unimod" and not self.task_capacity and self.plan is None:
+            raise ConfigError("routing.kind=unimod needs routing.task_capacity (per task capacities) or routing.plan")
 
     def routed_layers(self, n_layer: int) -> list[int]:
         if self.kind == "dense":
@@ -55,19 +85,48 @@ class RoutingConfig:
             return list(range(1, n_layer, 2))
         if self.placement == "last_half":
             return list(range(n_layer // 2, n_layer))
+        if self.placement == "last_n":
+            if self.n_last > n_layer:
+                raise ConfigError(f"routing.n_last={self.n_last} but the model has {n_layer} layers")
+            return list(range(n_layer - self.n_last, n_layer))
         return list(range(n_layer))
 
-    def layer_capacities(self, n_layer: int) -> dict[int, list[float]]:
-        """{layer: one capacity per router}: MoD has one router, UniMoD one per task id."""
-        layers = self.routed_layers(n_layer)
-        if self.kind == "mod":
-            return {i: [self.capacity] for i in layers}
-        per_task = {}
-        for task in TASKS:
-            caps = list(self.task_capacity.get(task, [1.0]))
-            if len(caps) == 1:
-                caps = caps * len(layers)
+    def task_layer_capacity(self, n_layer: int) -> dict[str, dict[int, float]]:
+        """unimod: {task: {layer: capacity}} for the tasks that are routed somewhere."""
+        if self.plan is not None:
+            plan = load_plan(self.plan)
+            if plan.n_layer != n_layer:
+                raise ConfigError(f"routing plan {self.plan} is for {plan.n_layer} layers; the model has {n_layer}")
+            return {t: dict(zip(p.layers, p.capacity)) for t, p in plan.tasks.items()}
+        default_layers = self.routed_layers(n_layer)
+        out = {}
+        for task, caps in self.task_capacity.items():
+            layers = list(self.task_layers.get(task, default_layers))
+            bad = [i for i in layers if not 0 <= i < n_layer]
+            if bad:
+                raise ConfigError(f"routing.task_layers.{task} {bad} out of range: the model has layers 0..{n_layer - 1}")
+            caps = list(caps) * len(layers) if len(caps) == 1 else list(caps)
             if len(caps) != len(layers):
                 raise ConfigError(f"routing.task_capacity.{task} has {len(caps)} values for {len(layers)} routed layers")
-            per_task[task] = caps
-        return {layer: [per_task[t][j] for t in TASKS] for j, layer in enumerate(layers)}
+            out[task] = dict(zip(layers, caps))
+        return out
+
+    def resolved(self, n_layer: int) -> "RoutingConfig":
+        """The same routing with a plan file read into task_layers / task_capacity, so a
+        checkpoint keeps the routing it was trained with even if the plan file goes away."""
+        if self.plan is None:
+            return self
+        per_task = self.task_layer_capacity(n_layer)
+        return replace(self, plan=None, task_layers={t: list(c) for t, c in per_task.items()},
+                       task_capacity={t: list(c.values()) for t, c in per_task.items()})
+
+    def layer_capacities(self, n_layer: int) -> dict[int, list[float]]:
+        """{layer: one capacity per router}: MoD has one router, UniMoD one per task id (a task
+        not routed in a layer gets capacity 1.0 there: all its tokens run the block)."""
+        if self.kind == "mod":
+            return {i: [self.capacity] for i in self.routed_layers(n_layer)}
+        if self.kind == "dense":
+            return {}
+        per_task = self.task_layer_capacity(n_layer)
+        layers = sorted({i for caps in per_task.values() for i in caps})
+        return {i: [per_task.get(t, {}).get(i, 1.0) for t in TASKS] for i in layers}

@@ -27,3 +27,10 @@ def install_routing(blocks: nn.ModuleList, d_model: int, layer_capacity: dict[in
         if not all(0.0 < c <= 1.0 for c in caps):
             raise ConfigError(f"capacities must be in (0, 1], got {caps} for layer {i}")
         blocks[i] = RoutedBlock(blocks[i], d_model, list(caps), weight)
+
+
+def set_anneal_fraction(model: nn.Module, fraction: float) -> None:
+    """Set the training-time capacity-anneal fraction of every routed block (modlab.routing.schedule)."""
+    for m in model.modules():
+        if isinstance(m, RoutedBlock):
+            m.anneal = fraction

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from modlab.routing.router import TaskRouter
+from modlab.routing.schedule import annealed_capacity
 from modlab.routing.topk import topk_select
 
 ROUTER_WEIGHTS = ("ste_sigmoid", "sigmoid")
@@ -60,6 +61,7 @@ class RoutedBlock(nn.Module):
         self.router = TaskRouter(d_model, n_routers=len(capacity))
         self.register_buffer("capacity", torch.tensor(capacity, dtype=torch.float32), persistent=False)
         self.weight = weight
+        self.anneal = 1.0  # training-time capacity schedule (modlab.routing.schedule); eval: target
         self.last_kept: torch.Tensor | None = None  # (B,) tokens kept per row in the last call
         # (rows, K) of each batched call in the last forward: what really ran (for FLOPs)
         self.last_groups: list[tuple[int, int]] = []
@@ -68,7 +70,10 @@ class RoutedBlock(nn.Module):
         scores = self.router(x, route.task)  # (B, T) logits
         self.last_kept = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         self.last_groups = []
-        row_capacity = self.capacity[route.task.clamp(max=len(self.capacity) - 1)]
+        capacity = self.capacity
+        if self.training and self.anneal < 1.0:
+            capacity = annealed_capacity(capacity, self.anneal)
+        row_capacity = capacity[route.task.clamp(max=len(capacity) - 1)]
         if len(row_capacity.unique()) == 1:  # MoD, or one capacity for all rows: one call
             return self._route_rows(x, positions, attn_mask, route.valid, scores, row_capacity, None)
         # Task routers with different capacities: the rows of each task go through together. Rows

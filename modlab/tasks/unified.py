@@ -29,7 +29,8 @@ from modlab.models.config import ModelConfig
 from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.showo import ShowO
 from modlab.routing.config import RoutingConfig
-from modlab.routing.plan import install_routing
+from modlab.routing.plan import install_routing, set_anneal_fraction
+from modlab.routing.schedule import anneal_fraction
 from modlab.tasks.config import EvalConfig, TaskConfig
 from modlab.tasks.digits_datamodule import image_tokenizer_for
 
@@ -43,7 +44,8 @@ class UnifiedModule(L.LightningModule):
         self.save_hyperparameters()
         self.model_cfg, self.data_cfg = ModelConfig(**model), DataConfig(**data)
         self.task_cfg, self.eval_cfg = TaskConfig(**task), EvalConfig(**eval)
-        self.routing_cfg = RoutingConfig(**(routing or {}))
+        self.routing_cfg = RoutingConfig(**(routing or {})).resolved(self.model_cfg.n_layer)
+        self.hparams["routing"] = asdict(self.routing_cfg)  # a plan file's content, not its path
         self.image_tokenizer = image_tokenizer_for(self.data_cfg)  # replaced by the fitted one
         self.space = TokenSpace(self.image_tokenizer.n_codes)
         self.model = ShowO(self.model_cfg, self.space, self.image_tokenizer.n_tokens)
@@ -91,6 +93,10 @@ class UnifiedModule(L.LightningModule):
             r, d = self.step_flops(*batch["ids"].shape)
             rows, routed, dense = rows + batch["ids"].shape[0], routed + r, dense + d
         return losses, rows, routed, dense
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        s = self.routing_cfg.schedule
+        set_anneal_fraction(self.model, anneal_fraction(s.kind, self.global_step, s.anneal_steps))
 
     def training_step(self, combined, batch_idx: int):
         losses, n, routed, dense = self._losses(combined, self.task_cfg.cond_dropout)
