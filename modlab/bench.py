@@ -71,7 +71,7 @@ def routed_training_step() -> list[dict]:
 
     from modlab.flops import last_train_step_flops
     from modlab.routing.config import RoutingConfig
-    from modlab.routing.plan import install_routing
+    from modlab.routing.plan import apply_routing
 
     import modlab.conf
 
@@ -83,7 +83,7 @@ def routed_training_step() -> list[dict]:
         routing = RoutingConfig(**OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml")))
         torch.manual_seed(0)
         model = ShowO(cfg, dm.space, dm.image_tokenizer.n_tokens)
-        install_routing(model.transformer.blocks, cfg.d_model, routing.layer_capacities(cfg.n_layer), routing.weight)
+        apply_routing(model.transformer.blocks, cfg.d_model, routing)
         seconds = _train_step_seconds(model, batches, bf16=True)
         flops = 0
         for batch in batches:  # the FLOPs of each task batch's forward, as the training step counts
@@ -128,7 +128,7 @@ def routed_block_speed(capacities=(0.125, 0.25, 0.5), T: int = 1024, d: int = 51
         rb = RoutedBlock(block, d, [c])
         routed_s = run(lambda: rb(x, positions, mask, route))
         k = rb.last_groups[0][1]
-        routed_flops = block_forward_flops(cfg, B, k) + router_forward_flops(cfg, B, T, 1)
+        routed_flops = block_forward_flops(cfg, B, k) + router_forward_flops(B, T, rb.routing_weights())
         predicted, measured = dense_flops / routed_flops, dense_s / routed_s
         rows.append({"capacity": c, "dense_s": dense_s, "routed_s": routed_s, "predicted_speedup": predicted,
                      "measured_speedup": measured, "measured_over_predicted": measured / predicted})

@@ -20,21 +20,23 @@ def block_forward_flops(cfg: ModelConfig, B: int, T: int) -> int:
     return linear + attention
 
 
-def router_forward_flops(cfg: ModelConfig, B: int, T: int, n_routers: int) -> int:
-    return 2 * B * T * cfg.d_model * n_routers
+def router_forward_flops(B: int, T: int, router_weights: int) -> int:
+    """Routers (and a causal-decision predictor) are matmuls over every token: 2 FLOPs per weight."""
+    return 2 * B * T * router_weights
 
 
 def model_forward_flops(cfg: ModelConfig, vocab_size: int, B: int, T: int,
                         routed: dict[int, list[tuple[int, int]]] | None = None,
-                        n_routers: dict[int, int] | None = None) -> int:
+                        router_weights: dict[int, int] | None = None) -> int:
     """Forward FLOPs. `routed[layer]` lists the (rows, K) batched calls a routed layer made
-    (rows of a group each run K tokens); other layers run all B rows at T tokens."""
-    routed, n_routers = routed or {}, n_routers or {}
+    (rows of a group each run K tokens); other layers run all B rows at T tokens.
+    `router_weights[layer]`: weights of that layer's router (+ predictor), d_model by default."""
+    routed, router_weights = routed or {}, router_weights or {}
     total = 2 * B * T * cfg.d_model * vocab_size  # output head
     for layer in range(cfg.n_layer):
         if layer in routed:
             total += sum(block_forward_flops(cfg, rows, k) for rows, k in routed[layer])
-            total += router_forward_flops(cfg, B, T, n_routers.get(layer, 1))
+            total += router_forward_flops(B, T, router_weights.get(layer, cfg.d_model))
         else:
             total += block_forward_flops(cfg, B, T)
     return total
@@ -42,8 +44,8 @@ def model_forward_flops(cfg: ModelConfig, vocab_size: int, B: int, T: int,
 
 def train_step_flops(cfg: ModelConfig, vocab_size: int, B: int, T: int,
                      routed: dict[int, list[tuple[int, int]]] | None = None,
-                     n_routers: dict[int, int] | None = None) -> int:
-    return 3 * model_forward_flops(cfg, vocab_size, B, T, routed, n_routers)
+                     router_weights: dict[int, int] | None = None) -> int:
+    return 3 * model_forward_flops(cfg, vocab_size, B, T, routed, router_weights)
 
 
 def last_train_step_flops(cfg: ModelConfig, vocab_size: int, blocks, B: int, T: int) -> int:
@@ -53,4 +55,4 @@ def last_train_step_flops(cfg: ModelConfig, vocab_size: int, blocks, B: int, T: 
 
     routed = {i: b for i, b in enumerate(blocks) if isinstance(b, RoutedBlock)}
     return train_step_flops(cfg, vocab_size, B, T, {i: b.last_groups for i, b in routed.items()},
-                            {i: b.router.n_routers for i, b in routed.items()})
+                            {i: b.routing_weights() for i, b in routed.items()})

@@ -12,7 +12,7 @@ from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
 from modlab.models.showo import ShowO
 from modlab.routing.config import RoutingConfig
-from modlab.routing.plan import install_routing
+from modlab.routing.plan import apply_routing, causal_routing_stats
 
 SP = TokenSpace(17)
 CFG = ModelConfig(d_model=64, n_layer=4, n_head=4)
@@ -28,15 +28,18 @@ def mixed_batch():
 @pytest.mark.parametrize("routing", [
     RoutingConfig(kind="dense"),
     RoutingConfig(kind="mod", capacity=0.125),
+    RoutingConfig(kind="mod", capacity=0.25, causal="predictor"),
     RoutingConfig(kind="unimod", placement="last_half", task_capacity={"t2i": [0.8], "mmu": [0.5, 0.2]}),
 ])
 def test_analytic_flops_match_flop_counter(routing):
     torch.manual_seed(0)
     model = ShowO(CFG, SP, 64)
-    install_routing(model.transformer.blocks, CFG.d_model, routing.layer_capacities(CFG.n_layer), routing.weight)
+    apply_routing(model.transformer.blocks, CFG.d_model, routing)
     batch = model.mask_images(mixed_batch())
     with FlopCounterMode(display=False) as counter:
         loss = sum(model.task_losses(batch).values())
+        aux, _ = causal_routing_stats(model)
+        loss = loss if aux is None else loss + aux
         loss.backward()
     B, T = batch["ids"].shape
     analytic = last_train_step_flops(CFG, SP.vocab_size, model.transformer.blocks, B, T)

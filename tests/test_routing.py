@@ -13,7 +13,7 @@ from modlab.errors import ConfigError
 from modlab.models.config import ModelConfig
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.transformer import Block, Transformer
-from modlab.routing.plan import RouteInfo, install_routing
+from modlab.routing.plan import RouteInfo, install_routing, routed_blocks, threshold_routing
 from modlab.routing.routed_block import RoutedBlock
 from modlab.routing.topk import tokens_to_keep, topk_select
 
@@ -135,3 +135,82 @@ def test_bad_routing_plans_are_config_errors():
         install_routing(blocks, CFG.d_model, {4: [0.5]}, "ste_sigmoid")
     with pytest.raises(ConfigError, match=r"\(0, 1\]"):
         install_routing(blocks, CFG.d_model, {1: [1.5]}, "ste_sigmoid")
+
+
+# ---- causal routing for decoding ---------------------------------------------------------------
+
+def causal_batch(B=2, T=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50, (B, T), generator=g)
+    valid = torch.ones(B, T, dtype=torch.bool)
+    return ids, omni_attention_mask(torch.zeros_like(valid), valid), RouteInfo(task=torch.zeros(B, dtype=torch.long), valid=valid)
+
+
+@pytest.mark.parametrize("causal", ["aux_bce", "predictor"])
+def test_threshold_routing_is_causal_and_top_k_is_not(causal):
+    torch.manual_seed(0)
+    model = Transformer(CFG, vocab_size=50)
+    install_routing(model.blocks, CFG.d_model, {1: [0.25], 2: [0.25], 3: [0.25]}, "ste_sigmoid", causal)
+    for b in routed_blocks(model):  # push the decision logits around 0 so both outcomes occur
+        torch.nn.init.normal_(b.router.proj.weight, std=1.0)
+    ids, mask, route = causal_batch()
+    future = ids.clone()
+    future[:, 8:] = (future[:, 8:] + 7) % 50  # change every token from position 8 on
+    with threshold_routing(model):
+        a, b = model(ids, mask, route=route), model(future, mask, route=route)
+        kept = [blk.last_kept for blk in routed_blocks(model)]
+    torch.testing.assert_close(a[:, :8], b[:, :8], rtol=0, atol=0)
+    assert all(((k > 0) & (k < 16)).all() for k in kept)  # a real choice was made
+    # top-k over the row sees the future: the same perturbation changes earlier outputs
+    a, b = model(ids, mask, route=route), model(future, mask, route=route)
+    assert not torch.equal(a[:, :8], b[:, :8])
+
+
+@pytest.mark.parametrize("causal", ["aux_bce", "predictor"])
+def test_threshold_routed_block_equals_per_row_reference(causal):
+    torch.manual_seed(0)
+    rb = RoutedBlock(Block(CFG), CFG.d_model, [0.5, 0.5], causal=causal)
+    x, positions, mask, route = batch()
+    rb.mode = "threshold"
+    out = rb(x, positions, mask, route)
+    decision = rb.decision_logits(x, route.task, rb.router(x, route.task))
+    expected = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        sel = [i for i in range(x.shape[1]) if route.valid[b, i] and decision[b, i] > 0]
+        if sel:
+            sel = torch.tensor(sel)
+            expected[b, sel] = rb.block(x[b : b + 1, sel], positions[b : b + 1, sel], mask[b : b + 1, :, sel][:, :, :, sel])[0]
+    torch.testing.assert_close(out, expected)
+
+
+def test_aux_bce_trains_the_router_and_the_predictor_leaves_it_alone():
+    torch.manual_seed(0)
+    x, positions, mask, route = batch()
+    rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25], causal="aux_bce")
+    rb(x, positions, mask, route)
+    rb.last_aux_loss.backward()
+    assert rb.router.proj.weight.grad.abs().sum() > 0
+    rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25], causal="predictor")
+    x.requires_grad_(True)
+    rb(x, positions, mask, route)
+    rb.last_aux_loss.backward()
+    assert rb.router.proj.weight.grad is None and x.grad is None  # stop-gradient input
+    assert all(p.grad.abs().sum() > 0 for p in rb.predictor.parameters())
+
+
+@pytest.mark.parametrize("causal", ["aux_bce", "predictor"])
+def test_causal_decision_learns_to_agree_with_top_k(causal):
+    torch.manual_seed(0)
+    rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25], causal=causal)
+    x, positions, mask, route = batch(B=4, T=32)
+    learnable = rb.router.parameters() if causal == "aux_bce" else rb.predictor.parameters()
+    opt = torch.optim.Adam(learnable, lr=1e-2)
+    rb(x, positions, mask, route)
+    before = float(rb.last_agreement)
+    for _ in range(150):
+        rb(x, positions, mask, route)
+        opt.zero_grad()
+        rb.last_aux_loss.backward()
+        opt.step()
+    rb(x, positions, mask, route)
+    assert float(rb.last_agreement) > max(0.9, before + 0.1), (before, float(rb.last_agreement))

@@ -21,7 +21,7 @@ from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS, TEXT_VOCAB, TokenSp
 from modlab.models.config import ModelConfig
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.transformer import Transformer
-from modlab.routing.plan import RouteInfo
+from modlab.routing.plan import RouteInfo, threshold_routing
 
 
 class ShowO(nn.Module):
@@ -130,7 +130,9 @@ class ShowO(nn.Module):
     @torch.no_grad()
     def answer(self, prompts: dict, max_new_tokens: int = 16) -> list[str]:
         """Greedy decoding of MMU answers. All prompts must have the same length (one question
-        template), so rows stay aligned without padding in between."""
+        template), so rows stay aligned without padding in between. Routed layers route by their
+        causal decision (threshold), as a token-by-token decoder must: top-k would let tokens
+        generated later change how the prompt was processed."""
         sp = self.space
         ids, is_image, valid = prompts["ids"], prompts["is_image"], prompts["valid"]
         if not bool(valid.all()):
@@ -139,12 +141,13 @@ class ShowO(nn.Module):
         allowed[:TEXT_VOCAB] = True
         allowed[sp.eos] = True
         start = ids.shape[1]
-        for _ in range(max_new_tokens):
-            logits = self(ids, is_image, valid, prompts["task"])[:, -1].float().masked_fill(~allowed, float("-inf"))
-            nxt = logits.argmax(-1, keepdim=True)
-            ids = torch.cat([ids, nxt], 1)
-            is_image = torch.cat([is_image, torch.zeros_like(nxt, dtype=torch.bool)], 1)
-            valid = torch.cat([valid, torch.ones_like(nxt, dtype=torch.bool)], 1)
-            if bool((ids[:, start:] == sp.eos).any(1).all()):
-                break
+        with threshold_routing(self):
+            for _ in range(max_new_tokens):
+                logits = self(ids, is_image, valid, prompts["task"])[:, -1].float().masked_fill(~allowed, float("-inf"))
+                nxt = logits.argmax(-1, keepdim=True)
+                ids = torch.cat([ids, nxt], 1)
+                is_image = torch.cat([is_image, torch.zeros_like(nxt, dtype=torch.bool)], 1)
+                valid = torch.cat([valid, torch.ones_like(nxt, dtype=torch.bool)], 1)
+                if bool((ids[:, start:] == sp.eos).any(1).all()):
+                    break
         return [sp.decode_text(row) for row in ids[:, start:].tolist()]

@@ -8,7 +8,7 @@ from typing import Optional
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 from modlab.routing.plan_file import load_plan
-from modlab.routing.routed_block import ROUTER_WEIGHTS
+from modlab.routing.routed_block import CAUSAL_MODES, ROUTER_WEIGHTS
 from modlab.routing.schedule import SCHEDULES
 
 KINDS = ("dense", "mod", "unimod")
@@ -45,12 +45,21 @@ class RoutingConfig:
     plan: Optional[str] = None  # unimod: a routing plan file; replaces task_layers / task_capacity
     weight: str = "ste_sigmoid"  # ste_sigmoid | sigmoid (see modlab.routing.routed_block)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # how decoding routes causally (top-k sees the future): aux_bce trains the router's logits to
+    # predict top-k (MoD's auxiliary loss, weight aux_weight); predictor trains a small
+    # stop-gradient MLP instead; none keeps top-k at decoding (not causal)
+    causal: str = "aux_bce"
+    aux_weight: float = 0.01
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"routing.kind '{self.kind}' is unknown ({', '.join(KINDS)})")
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"routing.placement '{self.placement}' is unknown ({', '.join(PLACEMENTS)})")
+        if self.causal not in CAUSAL_MODES:
+            raise ConfigError(f"routing.causal '{self.causal}' is unknown ({', '.join(CAUSAL_MODES)})")
+        if self.aux_weight < 0:
+            raise ConfigError(f"routing.aux_weight must be >= 0, got {self.aux_weight}")
         if self.weight not in ROUTER_WEIGHTS:
             raise ConfigError(f"routing.weight '{self.weight}' is unknown ({', '.join(ROUTER_WEIGHTS)})")
         if not 0.0 < self.capacity <= 1.0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,18 +20,50 @@ class RouteInfo:
     valid: torch.Tensor  # (B, T) tokens that may be selected (padding never is)
 
 
-def install_routing(blocks: nn.ModuleList, d_model: int, layer_capacity: dict[int, list[float]], weight: str) -> None:
+def install_routing(blocks: nn.ModuleList, d_model: int, layer_capacity: dict[int, list[float]], weight: str,
+                    causal: str = "none") -> None:
     """Wrap blocks[i] for every routed layer i; `layer_capacity[i]` has one capacity per router."""
     for i, caps in sorted(layer_capacity.items()):
         if not 0 <= i < len(blocks):
             raise ConfigError(f"routed layer {i} is out of range (the model has layers 0..{len(blocks) - 1})")
         if not all(0.0 < c <= 1.0 for c in caps):
             raise ConfigError(f"capacities must be in (0, 1], got {caps} for layer {i}")
-        blocks[i] = RoutedBlock(blocks[i], d_model, list(caps), weight)
+        blocks[i] = RoutedBlock(blocks[i], d_model, list(caps), weight, causal)
 
 
 def set_anneal_fraction(model: nn.Module, fraction: float) -> None:
     """Set the training-time capacity-anneal fraction of every routed block (modlab.routing.schedule)."""
-    for m in model.modules():
-        if isinstance(m, RoutedBlock):
-            m.anneal = fraction
+    for b in routed_blocks(model):
+        b.anneal = fraction
+
+
+def apply_routing(blocks: nn.ModuleList, d_model: int, cfg) -> None:
+    """Install the routing a RoutingConfig describes (no-op for dense)."""
+    install_routing(blocks, d_model, cfg.layer_capacities(len(blocks)), cfg.weight, cfg.causal)
+
+
+def routed_blocks(model: nn.Module) -> list[RoutedBlock]:
+    return [m for m in model.modules() if isinstance(m, RoutedBlock)]
+
+
+@contextmanager
+def threshold_routing(model: nn.Module):
+    """Route by the causal decision (logit > 0) instead of top-k inside the block, e.g. while
+    decoding token by token. Blocks without a causal decision (causal="none") keep top-k."""
+    blocks = [b for b in routed_blocks(model) if b.causal != "none"]
+    for b in blocks:
+        b.mode = "threshold"
+    try:
+        yield
+    finally:
+        for b in blocks:
+            b.mode = "topk"
+
+
+def causal_routing_stats(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Mean over routed layers of the last forward's causal-decision BCE and its agreement with
+    top-k; (None, None) if no layer learns a causal decision."""
+    blocks = [b for b in routed_blocks(model) if b.last_aux_loss is not None]
+    if not blocks:
+        return None, None
+    return (torch.stack([b.last_aux_loss for b in blocks]).mean(), torch.stack([b.last_agreement for b in blocks]).mean())

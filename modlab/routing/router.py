@@ -19,8 +19,25 @@ class TaskRouter(nn.Module):
         nn.init.normal_(self.proj.weight, std=d_model**-0.5)
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        scores = self.proj(x)  # (B, T, n_routers)
-        if self.n_routers == 1:
-            return scores[..., 0]
-        col = task.clamp(max=self.n_routers - 1)[:, None, None].expand(-1, x.shape[1], 1)
-        return scores.gather(-1, col)[..., 0]
+        return pick_task_column(self.proj(x), task)
+
+
+class RoutingPredictor(nn.Module):
+    """MoD's second option for causal decoding: a small MLP that predicts, from the layer input,
+    whether top-k will select a token. It is fed the stop-gradient input (modlab.routing.
+    routed_block detaches it) so learning to predict never changes the model or the router."""
+
+    def __init__(self, d_model: int, n_routers: int = 1, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_model, hidden, bias=False), nn.SiLU(), nn.Linear(hidden, n_routers, bias=False))
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return pick_task_column(self.net(x), task)
+
+
+def pick_task_column(scores: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    """(B, T, n_routers) -> (B, T): each row scored by the column of its task (one column: MoD)."""
+    if scores.shape[-1] == 1:
+        return scores[..., 0]
+    col = task.clamp(max=scores.shape[-1] - 1)[:, None, None].expand(-1, scores.shape[1], 1)
+    return scores.gather(-1, col)[..., 0]

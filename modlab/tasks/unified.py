@@ -29,7 +29,7 @@ from modlab.models.config import ModelConfig
 from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.showo import ShowO
 from modlab.routing.config import RoutingConfig
-from modlab.routing.plan import install_routing, set_anneal_fraction
+from modlab.routing.plan import apply_routing, causal_routing_stats, set_anneal_fraction
 from modlab.routing.schedule import anneal_fraction
 from modlab.tasks.config import EvalConfig, TaskConfig
 from modlab.tasks.digits_datamodule import image_tokenizer_for
@@ -49,8 +49,7 @@ class UnifiedModule(L.LightningModule):
         self.image_tokenizer = image_tokenizer_for(self.data_cfg)  # replaced by the fitted one
         self.space = TokenSpace(self.image_tokenizer.n_codes)
         self.model = ShowO(self.model_cfg, self.space, self.image_tokenizer.n_tokens)
-        r = self.routing_cfg
-        install_routing(self.model.transformer.blocks, self.model_cfg.d_model, r.layer_capacities(self.model_cfg.n_layer), r.weight)
+        apply_routing(self.model.transformer.blocks, self.model_cfg.d_model, self.routing_cfg)
         self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
         self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.lm_ppl = Perplexity(ignore_index=IGNORE_INDEX)
@@ -73,8 +72,15 @@ class UnifiedModule(L.LightningModule):
     # ---- training ------------------------------------------------------------------------------
 
     def _weighted_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Task losses by their weights, plus the causal-routing loss: aux_bce shares the router
+        with the main loss, so it is weighted (MoD: small); the predictor's loss trains only the
+        stop-gradient predictor, so it enters at full weight without touching the model."""
         w = self.task_cfg.loss_weights
-        return sum(w.get(k, 0.0) * v for k, v in losses.items())
+        loss = sum(w.get(k, 0.0) * v for k, v in losses.items() if k in w)
+        if "router_aux" in losses:
+            r = self.routing_cfg
+            loss = loss + (r.aux_weight if r.causal == "aux_bce" else 1.0) * losses["router_aux"]
+        return loss
 
     @staticmethod
     def _task_batches(combined) -> list[dict]:
@@ -85,13 +91,22 @@ class UnifiedModule(L.LightningModule):
     def _losses(self, combined, cond_dropout: float, generator=None) -> tuple[dict[str, torch.Tensor], int, float, float]:
         """Per-task losses, one forward per task batch: each is padded only to its own longest
         row (one concatenated batch padded T2I rows to the MMU length and wasted ~15 % compute).
-        Also returns the row count and the step's routed / dense training FLOPs."""
+        Also returns the row count and the step's routed / dense training FLOPs. With causal
+        routing, `router_aux` (the decision's BCE vs top-k) and `router_agreement` are added."""
         losses, rows, routed, dense = {}, 0, 0.0, 0.0
+        aux, agreement = [], []
         for part in self._task_batches(combined):
             batch = self.model.mask_images(part, cond_dropout, generator=generator)
             losses.update(self.model.task_losses(batch))
+            a, g = causal_routing_stats(self.model)
+            if a is not None:
+                aux.append(a)
+                agreement.append(g)
             r, d = self.step_flops(*batch["ids"].shape)
             rows, routed, dense = rows + batch["ids"].shape[0], routed + r, dense + d
+        if aux:
+            losses["router_aux"] = torch.stack(aux).mean()
+            losses["router_agreement"] = torch.stack(agreement).mean()
         return losses, rows, routed, dense
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -103,7 +118,7 @@ class UnifiedModule(L.LightningModule):
         loss = self._weighted_loss(losses)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         for k, v in losses.items():
-            self.log(f"train/loss_{k}", v, batch_size=n)
+            self.log(f"train/{k}" if k.startswith("router_") else f"train/loss_{k}", v, batch_size=n)
         self.flops_routed.update(routed)
         self.flops_dense.update(dense)
         self.log("train/flops_ratio", routed / dense, batch_size=n)
@@ -125,7 +140,7 @@ class UnifiedModule(L.LightningModule):
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
         losses, n, _, _ = self._losses(combined, 0.0, generator=g)
         for k, v in losses.items():
-            self.log(f"val/loss_{k}", v, batch_size=n)
+            self.log(f"val/{k}" if k.startswith("router_") else f"val/loss_{k}", v, batch_size=n)
         self.val_loss.update(self._weighted_loss(losses))
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
 
