@@ -19,7 +19,7 @@ import torch
 
 from modlab.data.config import DataConfig
 from modlab.models.config import ModelConfig
-from modlab.models.showo import ShowO
+from modlab.models.unified_models import build_unified_model
 
 
 def _median_seconds(fn, repeats: int = 5, warmup: int = 2) -> float:
@@ -48,7 +48,7 @@ def _train_step_seconds(model, batches: list[dict], bf16: bool) -> float:
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = sum(sum(model.task_losses(model.mask_images(b, 0.1)).values()) for b in batches)
+            loss = sum(sum(model.task_losses(model.training_batch(b, 0.1)).values()) for b in batches)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -59,7 +59,7 @@ def _train_step_seconds(model, batches: list[dict], bf16: bool) -> float:
 def training_step_precision() -> dict:
     dm, batches = _experiment_batches()
     torch.manual_seed(0)
-    model = ShowO(ModelConfig(), dm.space, dm.image_tokenizer.n_tokens)
+    model = build_unified_model(ModelConfig(), dm.space, dm.image_tokenizer.n_tokens)
     fp32, bf16 = _train_step_seconds(model, batches, False), _train_step_seconds(model, batches, True)
     return {"rows": sum(int(b["ids"].shape[0]) for b in batches), "fp32_s": fp32, "bf16_s": bf16, "speedup_bf16": fp32 / bf16}
 
@@ -82,12 +82,12 @@ def routed_training_step() -> list[dict]:
     for name in ("dense", "unimod", "mod"):
         routing = RoutingConfig(**OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml")))
         torch.manual_seed(0)
-        model = ShowO(cfg, dm.space, dm.image_tokenizer.n_tokens)
+        model = build_unified_model(cfg, dm.space, dm.image_tokenizer.n_tokens)
         apply_routing(model.transformer.blocks, cfg.d_model, routing)
         seconds = _train_step_seconds(model, batches, bf16=True)
         flops = 0
         for batch in batches:  # the FLOPs of each task batch's forward, as the training step counts
-            model.task_losses(model.mask_images(batch, 0.1))
+            model.task_losses(model.training_batch(batch, 0.1))
             flops += last_train_step_flops(cfg, dm.space.vocab_size, model.transformer.blocks, *batch["ids"].shape)
         rows.append({"routing": name, "seconds": seconds, "flops": flops})
     dense = rows[0]

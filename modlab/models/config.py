@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from modlab.errors import ConfigError
 
-ARCHS = ("showo",)
+ARCHS = ("showo", "emu3")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "showo"  # showo: omni-attention + masked image modelling
+    arch: str = "showo"  # showo: omni-attention + masked image modelling | emu3: causal, all next-token
     d_model: int = 128
     n_layer: int = 4
     n_head: int = 4

@@ -24,6 +24,17 @@ from modlab.models.transformer import Transformer
 from modlab.routing.plan import RouteInfo, threshold_routing
 
 
+def drop_captions(batch: dict, cond_dropout: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`valid` with the captions of a random `cond_dropout` share of T2I rows made invisible, so
+    the model also learns the unconditional distribution (classifier-free guidance)."""
+    valid = batch["valid"].clone()
+    if cond_dropout > 0:
+        t2i_rows = batch["task"] == TASK_ID["t2i"]
+        drop = (torch.rand(len(valid), generator=generator, device=valid.device) < cond_dropout) & t2i_rows
+        valid &= ~(batch["cond"] & drop[:, None])
+    return valid
+
+
 class ShowO(nn.Module):
     def __init__(self, cfg: ModelConfig, space: TokenSpace, n_image_tokens: int):
         super().__init__()
@@ -41,16 +52,23 @@ class ShowO(nn.Module):
         if task is None:
             task = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         route = RouteInfo(task=task, valid=valid)
-        return self.transformer(ids, omni_attention_mask(is_image, valid), extra_embed=extra, route=route)
+        return self.transformer(ids, self.attention_mask(is_image, valid), extra_embed=extra, route=route)
+
+    def attention_mask(self, is_image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return omni_attention_mask(is_image, valid)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     # ---- training -------------------------------------------------------------------------
 
+    def training_batch(self, batch: dict, cond_dropout: float = 0.0, generator: torch.Generator | None = None) -> dict:
+        """The batch with this model's training targets in place (Show-o: masked image tokens)."""
+        return self.mask_images(batch, cond_dropout, generator)
+
     def mask_images(self, batch: dict, cond_dropout: float = 0.0, generator: torch.Generator | None = None) -> dict:
         """Mask image tokens of the T2I rows (cosine schedule) and drop captions for CFG."""
-        ids, labels, valid = batch["ids"].clone(), batch["labels"].clone(), batch["valid"].clone()
+        ids, labels = batch["ids"].clone(), batch["labels"].clone()
         B, T = ids.shape
         t2i_rows = batch["task"] == TASK_ID["t2i"]
         target = batch["is_image"] & t2i_rows[:, None]
@@ -64,10 +82,7 @@ class ShowO(nn.Module):
         masked = target & (rank < n_mask[:, None])
         labels[masked] = ids[masked]
         ids[masked] = self.space.mask
-        if cond_dropout > 0:
-            drop = (torch.rand(B, generator=generator, device=dev) < cond_dropout) & t2i_rows
-            valid &= ~(batch["cond"] & drop[:, None])
-        return {**batch, "ids": ids, "labels": labels, "valid": valid}
+        return {**batch, "ids": ids, "labels": labels, "valid": drop_captions(batch, cond_dropout, generator)}
 
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""

@@ -27,7 +27,7 @@ from modlab.data.tokens import IGNORE_INDEX, TokenSpace
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.models.config import ModelConfig
 from modlab.flops import last_train_step_flops, train_step_flops
-from modlab.models.showo import ShowO
+from modlab.models.unified_models import build_unified_model
 from modlab.routing.config import RoutingConfig
 from modlab.routing.plan import apply_routing, causal_routing_stats, set_anneal_fraction
 from modlab.routing.schedule import anneal_fraction
@@ -48,7 +48,7 @@ class UnifiedModule(L.LightningModule):
         self.hparams["routing"] = asdict(self.routing_cfg)  # a plan file's content, not its path
         self.image_tokenizer = image_tokenizer_for(self.data_cfg)  # replaced by the fitted one
         self.space = TokenSpace(self.image_tokenizer.n_codes)
-        self.model = ShowO(self.model_cfg, self.space, self.image_tokenizer.n_tokens)
+        self.model = build_unified_model(self.model_cfg, self.space, self.image_tokenizer.n_tokens)
         apply_routing(self.model.transformer.blocks, self.model_cfg.d_model, self.routing_cfg)
         self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
         self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
@@ -96,7 +96,7 @@ class UnifiedModule(L.LightningModule):
         losses, rows, routed, dense = {}, 0, 0.0, 0.0
         aux, agreement = [], []
         for part in self._task_batches(combined):
-            batch = self.model.mask_images(part, cond_dropout, generator=generator)
+            batch = self.model.training_batch(part, cond_dropout, generator=generator)
             losses.update(self.model.task_losses(batch))
             a, g = causal_routing_stats(self.model)
             if a is not None:
