@@ -46,9 +46,16 @@ def _train_step_seconds(model, batches: list[dict], bf16: bool) -> float:
     """A step as UnifiedModule trains: one forward per task batch, one backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
+    from modlab.routing.plan import causal_routing_stats
+
+    def batch_loss(b: dict) -> torch.Tensor:
+        loss = sum(model.task_losses(model.training_batch(b, 0.1)).values())
+        aux, _ = causal_routing_stats(model)  # the routers' causal-decision loss, as in training
+        return loss if aux is None else loss + 0.01 * aux
+
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = sum(sum(model.task_losses(model.training_batch(b, 0.1)).values()) for b in batches)
+            loss = sum(batch_loss(b) for b in batches)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
