@@ -35,11 +35,14 @@ def train(cfg: DictConfig) -> dict:
     train_seconds = time.perf_counter() - start
 
     flops = module.flops_summary()
+    # the last validation's agreement of the causal routing decision with top-k (routed runs)
+    agreement = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "val/router_agreement"}
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(module, datamodule=dm, ckpt_path=ckpt or None, verbose=False)
     metrics = {
         **flatten_test_results(results),
         **flops,
+        **agreement,
         "params": module.model.num_params(),
         "train_seconds": round(train_seconds, 2),
         "train/steps": trainer.global_step,
