@@ -166,6 +166,7 @@ def test_unimod_fine_tunes_from_the_dense_checkpoint(trained_run: Path, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     assert 0 < m["train/flops_ratio"] < 1 and m["train/flops_per_step"] < m["train/flops_per_step_dense"]
+    assert 0 <= m["val/router_agreement"] <= 1  # causal routing decision vs top-k
 
 
 def test_init_from_an_incompatible_checkpoint_is_a_one_line_error(trained_run: Path, tmp_path: Path):
