@@ -78,6 +78,15 @@ def test_plan_for_another_depth_and_missing_plan_are_refused(tmp_path):
         RoutingConfig(kind="mod", plan=str(path))
 
 
+def test_mod_per_layer_capacity_list():
+    cfg = RoutingConfig(kind="mod", placement="last_half", layer_capacity=[0.5, 0.25])
+    assert cfg.layer_capacities(4) == {2: [0.5], 3: [0.25]}
+    with pytest.raises(ConfigError, match="3 values for 2 routed layers"):
+        RoutingConfig(kind="mod", placement="last_half", layer_capacity=[0.5, 0.25, 0.1]).layer_capacities(4)
+    with pytest.raises(ConfigError, match=re.escape("(0, 1]")):
+        RoutingConfig(kind="mod", layer_capacity=[0.5, 1.5])
+
+
 def test_last_n_placement():
     assert RoutingConfig(kind="mod", placement="last_n", n_last=3).routed_layers(4) == [1, 2, 3]
     with pytest.raises(ConfigError, match="n_last"):

@@ -36,7 +36,8 @@ class RoutingConfig:
     layers: list[int] = field(default_factory=list)  # routed layers; empty: chosen by `placement`
     placement: str = "interleaved"  # interleaved (1, 3, 5, ...) | last_half | last_n | all
     n_last: int = 0  # placement=last_n: the deepest n_last layers
-    capacity: float = 0.125  # mod: the capacity of every routed layer
+    capacity: float = 0.125  # mod: the capacity of every routed layer ...
+    layer_capacity: list[float] = field(default_factory=list)  # ... or one per routed layer
     # unimod: per task, one capacity per routed layer (or a single value for all of them);
     # a task that is not listed runs dense (capacity 1.0) in every layer
     task_capacity: dict[str, list[float]] = field(default_factory=dict)
@@ -64,6 +65,8 @@ class RoutingConfig:
             raise ConfigError(f"routing.weight '{self.weight}' is unknown ({', '.join(ROUTER_WEIGHTS)})")
         if not 0.0 < self.capacity <= 1.0:
             raise ConfigError(f"routing.capacity must be in (0, 1], got {self.capacity}")
+        if not all(0.0 < c <= 1.0 for c in self.layer_capacity):
+            raise ConfigError(f"routing.layer_capacity must be capacities in (0, 1], got {list(self.layer_capacity)}")
         if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
             raise ConfigError(f"routing.layers must be distinct layer indices >= 0, got {self.layers}")
         if isinstance(self.schedule, dict):  # built from a plain dict (e.g. checkpoint hparams)
@@ -133,7 +136,11 @@ class RoutingConfig:
         """{layer: one capacity per router}: MoD has one router, UniMoD one per task id (a task
         not routed in a layer gets capacity 1.0 there: all its tokens run the block)."""
         if self.kind == "mod":
-            return {i: [self.capacity] for i in self.routed_layers(n_layer)}
+            layers = self.routed_layers(n_layer)
+            caps = list(self.layer_capacity) or [self.capacity] * len(layers)
+            if len(caps) != len(layers):
+                raise ConfigError(f"routing.layer_capacity has {len(caps)} values for {len(layers)} routed layers {layers}")
+            return {i: [c] for i, c in zip(layers, caps)}
         if self.kind == "dense":
             return {}
         per_task = self.task_layer_capacity(n_layer)
