@@ -91,10 +91,13 @@ def attention_job(c, module, subject, batches, out: Path, progress) -> JobResult
     plots = [plot_per_layer(panels, "attention on image tokens", out / "attention_fractions.png",
                             "share of attention on image tokens (the rest is on text / special tokens)"),
              plot_attention_maps(maps, out / "attention_maps.png")]
-    shown = [(t, i, *[_fmt(by.get((t, i, q))) for q in ("all", "text", "image")]) for t in batches for i in range(subject.n_layer)]
+    even = {(r["task"], r["query"]): r["uniform_to_image"] for r in rows}
+    shown = [(t, i, *[f"{_fmt(by.get((t, i, q)))} ({_fmt(even.get((t, q)))})" if (t, i, q) in by else "-" for q in ("all", "text", "image")])
+             for t in batches for i in range(subject.n_layer)]
     return JobResult(
         tables={"attention_fractions": rows},
-        shown=[("attention on image tokens (1 - this is on text)", ["task", "layer", "all queries", "text queries", "image queries"], shown)],
+        shown=[("share of attention on image tokens (in brackets: if spread evenly over the visible keys)",
+                ["task", "layer", "all queries", "text queries", "image queries"], shown)],
         plots=plots,
     )
 
@@ -201,7 +204,7 @@ def interactions_job(c, module, subject, batches, out: Path, progress) -> JobRes
     tables, shown, plots, notes = {}, [], [], []
     if ic.joint_training:
         advance = progress.task("single-task vs joint training", ic.steps * (len(ic.tasks) + 1))
-        rows = joint_vs_single(lambda: ShowO(module.model_cfg, sp, tok.n_tokens), samplers(c.seed), held_out,
+        rows = joint_vs_single(lambda: ShowO(module.model_cfg, sp, tok.n_tokens), lambda: samplers(c.seed), held_out,
                                ic.steps, ic.lr, weights, drop, c.seed, advance)
         tables["joint_training"] = rows
         got = {(r["run"], r["task"]): r["loss"] for r in rows}

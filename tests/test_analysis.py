@@ -120,6 +120,8 @@ def test_attention_analysis_with_uniform_attention_matches_the_mask():
             if queries.any():
                 for i in range(4):
                     assert frac[(task, i, kind)] == pytest.approx(float(share[queries].mean()), abs=1e-5)
+                    uniform = next(r["uniform_to_image"] for r in rows if (r["task"], r["layer"], r["query"]) == (task, i, kind))
+                    assert uniform == pytest.approx(float(share[queries].mean()), abs=1e-5)
     assert ("lm", 0, "image") not in frac and frac[("lm", 0, "all")] == 0.0
     assert maps["t2i"].shape[0] == 4
     assert_close(maps["mmu"][0].sum(-1), torch.ones(maps["mmu"].shape[1]))  # each map row is a distribution

@@ -158,3 +158,15 @@ def test_compare_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     assert_one_line_error(run_modlab("compare", str(tmp_path / "nowhere"), out_dir=tmp_path), "does not exist")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run_modlab("compare", str(tmp_path / "empty"), out_dir=tmp_path / "o"), "no finished run")
+
+
+def test_compare_argv_quotes_run_directories_for_hydra():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from modlab.cli.main import compare_argv
+
+    argv = compare_argv(["out/a,b", "it's/x=", "-m", "paths.output_dir=o"])
+    assert argv[1:] == ["it's/x=", "-m", "paths.output_dir=o"]  # '=' makes it an override
+    argv = compare_argv(["out/a,b", "it's/run 1", "paths.output_dir=o"])
+    parsed = OverridesParser.create().parse_overrides([argv[0]])[0]
+    assert parsed.key_or_group == "runs" and parsed.value() == ["out/a,b", "it's/run 1"]

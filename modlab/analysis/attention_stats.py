@@ -33,10 +33,13 @@ def image_mass(probs: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor)
 @torch.no_grad()
 def attention_analysis(subject: Subject, batches: dict[str, list[dict]],
                        advance: Callable[[], None] | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Rows {task, layer, query, to_image, to_text, queries} and {task: (n_layer, T, T) mean map}."""
+    """Rows {task, layer, query, to_image, to_text, uniform_to_image, queries} and {task: (n_layer,
+    T, T) mean map}. uniform_to_image is the share a query would give image keys if it spread its
+    attention evenly over the keys it may see: the mask's own share, to read to_image against."""
     rows, maps = [], {}
     for task, task_batches in batches.items():
         mass = {(i, k): [0.0, 0] for i in range(subject.n_layer) for k in QUERY_KINDS}
+        uniform = {k: [0.0, 0] for k in QUERY_KINDS}
         T = max(b["ids"].shape[1] for b in task_batches)
         map_sum = torch.zeros(subject.n_layer, T, T)
         query_count = torch.zeros(T)
@@ -51,6 +54,11 @@ def attention_analysis(subject: Subject, batches: dict[str, list[dict]],
                     mass[(i, kind)][0] += s
                     mass[(i, kind)][1] += n
                 map_sum[i, :t, :t] += (probs.mean(1) * valid[:, :, None]).sum(0)
+                if i == 0:  # the baseline: attention spread evenly over the keys the mask allows
+                    allowed = mask.float()
+                    for kind, (s, n) in image_mass(allowed / allowed.sum(-1, keepdim=True), is_image, valid).items():
+                        uniform[kind][0] += s
+                        uniform[kind][1] += n
 
             with layer_inputs(subject.blocks, read):
                 subject.run(batch)
@@ -59,6 +67,8 @@ def attention_analysis(subject: Subject, batches: dict[str, list[dict]],
                 advance()
         for (i, kind), (s, n) in mass.items():
             if n:
-                rows.append({"task": task, "layer": i, "query": kind, "to_image": s / n, "to_text": 1 - s / n, "queries": n})
+                u = uniform[kind][0] / uniform[kind][1]
+                rows.append({"task": task, "layer": i, "query": kind, "to_image": s / n, "to_text": 1 - s / n,
+                             "uniform_to_image": u, "queries": n})
         maps[task] = map_sum / query_count.clamp(min=1)[None, :, None]
     return rows, maps

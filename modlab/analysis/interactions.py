@@ -72,15 +72,18 @@ def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) ->
 
 # ---- (a) single-task vs joint training -------------------------------------------------------
 
-def joint_vs_single(make_model: Callable[[], ShowO], samplers: dict[str, RowSampler], held_out: dict[str, list[dict]],
-                    steps: int, lr: float, weights: dict[str, float], cond_dropout: float, seed: int,
-                    advance: Callable[[], None] | None = None) -> list[dict]:
-    """Rows {run, task, loss}: run is `single:<task>` or `joint`; loss is the held-out loss."""
+def joint_vs_single(make_model: Callable[[], ShowO], make_samplers: Callable[[], dict[str, RowSampler]],
+                    held_out: dict[str, list[dict]], steps: int, lr: float, weights: dict[str, float],
+                    cond_dropout: float, seed: int, advance: Callable[[], None] | None = None) -> list[dict]:
+    """Rows {run, task, loss}: run is `single:<task>` or `joint`; loss is the held-out loss. Every
+    run starts from the same initial weights and draws the same rows of its tasks."""
     out = []
-    runs = {f"single:{t}": [t] for t in samplers} | {"joint": list(samplers)}
+    task_names = list(make_samplers())
+    runs = {f"single:{t}": [t] for t in task_names} | {"joint": task_names}
     for run, tasks in runs.items():
         torch.manual_seed(seed)
         model = make_model()
+        samplers = make_samplers()
 
         def loss_fn() -> torch.Tensor:
             losses = {}
