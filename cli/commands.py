@@ -19,4 +19,12 @@ def run_command(cfg: DictConfig):
         from modlab.cli.generate import generate
 
         return generate(cfg)
+    if cfg.command == "analyze":
+        from modlab.cli.analyze import analyze
+
+        return analyze(cfg)
+    if cfg.command == "compare":
+        from modlab.cli.compare import compare
+
+        return compare(cfg)
     raise ValueError(f"no command '{cfg.command}'")

@@ -30,7 +30,19 @@ COMMANDS: dict[str, Command] = {
         Command("eval", "eval", "evaluate a checkpoint on the held-out test split", "modlab eval ckpt_path=PATH"),
         Command("generate", "generate", "sample T2I images (PNG grid) and MMU answers (text) from a checkpoint",
                 "modlab generate ckpt_path=PATH"),
+        Command("analyze", "analyze", "analyse a checkpoint: attention, importance, redundancy (+ routing plan), interactions",
+                "modlab analyze redundancy ckpt_path=PATH"),
+        Command("compare", "compare", "one table of metrics and FLOPs across run directories, and a Pareto plot",
+                "modlab compare outputs/train/showo_dense/RUN outputs/train/showo_unimod/RUN"),
     )
+}
+
+# `modlab analyze <job>`: the jobs (modlab.analysis.config.JOBS) and what each writes
+ANALYSIS_JOBS = {
+    "attention": "attention to text vs image tokens per layer, task and query modality; mean attention maps",
+    "importance": "drop-one-layer task losses and metrics; LLM-Drop 1 - cos importance of every sublayer",
+    "redundancy": "ARank (rank of Q_h K_h^T) per layer and task; writes a routing plan (routing.plan=<file>)",
+    "interactions": "single-task vs joint training; a shared router with a joint budget vs task routers",
 }
 
 
@@ -67,13 +79,47 @@ def rewrite_argv(argv: list[str]) -> list[str]:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         raise UserError(f"unknown command '{command}' (commands: {', '.join(COMMANDS)})")
+    if command == "analyze":  # `analyze <job> ...` -> `--config-name=analyze analysis=<job> ...`
+        job = rest[0] if rest else ""
+        if job not in ANALYSIS_JOBS:
+            raise UserError(f"unknown analysis job '{job}' (jobs: {', '.join(ANALYSIS_JOBS)})")
+        rest = [f"analysis={job}", *rest[1:]]
+    if command == "compare":  # run directories are positional: `runs=[...]` for Hydra
+        rest = compare_argv(rest)
     return [f"--config-name={COMMANDS[command].config_name}", *rest]
+
+
+def compare_argv(args: list[str]) -> list[str]:
+    """`compare DIR... key=value...` -> `runs=['DIR',...] key=value...` (quoted: any path is fine)."""
+    dirs = [a for a in args if "=" not in a and not a.startswith("-")]
+    if not dirs:
+        return args
+    quoted = ",".join("'" + d.replace("\\", "\\\\").replace("'", "\\'") + "'" for d in dirs)
+    return [f"runs=[{quoted}]", *[a for a in args if a not in dirs]]
+
+
+def print_analysis_jobs() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print("usage: modlab analyze <job> ckpt_path=PATH [overrides...]\n", highlight=False)
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
+    table.add_column("job", style="bold cyan")
+    table.add_column("what it measures")
+    for name, summary in ANALYSIS_JOBS.items():
+        table.add_row(name, summary)
+    console.print(table)
+    console.print("\nEach job writes results.json, CSV tables and PNG plots into its run directory.", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_help()
+        return
+    if argv[0] == "analyze" and (len(argv) == 1 or argv[1] in ("-h", "--help", "help")):
+        print_analysis_jobs()
         return
     try:
         hydra_argv = rewrite_argv(argv)

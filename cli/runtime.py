@@ -136,6 +136,19 @@ def write_metrics(out_dir: Path, metrics: dict) -> Path:
     return path
 
 
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """A list of flat dicts as CSV (columns in first-seen order; lists are written as JSON)."""
+    import csv
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+    return path
+
+
 def print_summary(title: str, metrics: dict, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from modlab.analysis.config import AnalysisConfig, CalibrationConfig
 from modlab.data.config import DataConfig
 from modlab.errors import ConfigError
 from modlab.models.config import ModelConfig
@@ -120,7 +121,31 @@ class GenerateConfig:
             raise ConfigError("samples_per_prompt must be >= 1 and mmu_images >= 0")
 
 
-SCHEMAS = {"train": TrainConfig, "eval": EvalCommandConfig, "generate": GenerateConfig}
+@dataclass
+class AnalyzeConfig:
+    command: str = "analyze"
+    experiment_name: str = "default"
+    ckpt_path: str = MISSING
+    seed: int = 42
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class CompareConfig:
+    command: str = "compare"
+    experiment_name: str = "compare"
+    runs: list[str] = field(default_factory=list)  # run directories or sweep directories
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ConfigError("compare needs run directories: modlab compare DIR [DIR...] (or a sweep directory)")
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalCommandConfig, "generate": GenerateConfig,
+           "analyze": AnalyzeConfig, "compare": CompareConfig}
 
 
 def register_schemas() -> None:

@@ -41,6 +41,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) over the allowed keys, (B, H, T, T): also what the analyses read."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # scale the smaller tensor
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d), masked) v.
 
@@ -49,8 +55,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Elsewhere scaled_dot_product_attention picks a fused kernel."""
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # scale the smaller tensor
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).type_as(v)
+    probs = attention_probs(q, k, mask).type_as(v)
     if dropout:
         probs = F.dropout(probs, dropout)
     return probs @ v

@@ -1,0 +1,42 @@
+"""Calibration batches: N held-out rows per task, drawn with a seed, collated per task.
+
+Rows of one task go through the model together (as in training), so a task's statistics are
+never mixed with another task's padding. Digit rows use fixed caption / question templates
+(the evaluation form); LM rows are windows of the held-out text.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modlab.data.config import DataConfig
+from modlab.data.digits import load_digit_splits
+from modlab.data.rows import DigitRows, LMRows, collate_rows
+from modlab.data.text_corpus import load_corpus, split_corpus
+from modlab.data.tokens import TokenSpace
+from modlab.errors import DataError
+
+
+def calibration_batches(data_cfg: DataConfig, image_tokenizer, tasks: list[str], n_per_task: int, seed: int,
+                        split: str = "val", batch_size: int = 64) -> dict[str, list[dict]]:
+    """{task: [collated batch, ...]} with n_per_task rows per task (fewer if the split is smaller)."""
+    space = TokenSpace(image_tokenizer.n_codes)
+    g = torch.Generator().manual_seed(seed)
+    sets = {}
+    if {"t2i", "mmu"} & set(tasks):
+        digits = load_digit_splits(data_cfg.split_seed)[split]
+        codes = image_tokenizer.encode(digits.images)
+        for task in ("t2i", "mmu"):
+            if task in tasks:
+                sets[task] = DigitRows(space, codes, digits.labels, task, train=False)
+    if "lm" in tasks:
+        sets["lm"] = LMRows(split_corpus(load_corpus(data_cfg.lm_files))[split], data_cfg.lm_length, train=False)
+    out = {}
+    for task in tasks:
+        ds = sets[task]
+        if len(ds) == 0:
+            raise DataError(f"the {split} split has no {task} rows to calibrate on")
+        idx = torch.randperm(len(ds), generator=g)[:n_per_task].tolist()
+        rows = [ds[i] for i in idx]
+        out[task] = [collate_rows(rows[i : i + batch_size], space.pad) for i in range(0, len(rows), batch_size)]
+    return out

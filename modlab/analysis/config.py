@@ -1,0 +1,120 @@
+"""Analysis settings (plain dataclasses; the `analysis` config group's schema)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modlab.data.tokens import TASKS
+from modlab.errors import ConfigError
+
+JOBS = ("attention", "importance", "redundancy", "interactions")
+ARANK_KINDS = ("pre_softmax", "post_softmax")
+
+
+@dataclass
+class CalibrationConfig:
+    """The held-out rows every analysis runs on: n rows per task, drawn with a seed."""
+
+    n_per_task: int = 64
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    split: str = "val"  # val | test | train (the digits split and the matching slice of the text)
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_per_task < 1:
+            raise ConfigError(f"calibration.n_per_task must be >= 1, got {self.n_per_task}")
+        if self.batch_size < 1:
+            raise ConfigError(f"calibration.batch_size must be >= 1, got {self.batch_size}")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown or not self.tasks:
+            raise ConfigError(f"calibration.tasks must be a non-empty list of {', '.join(TASKS)}, got {list(self.tasks)}")
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError(f"calibration.split '{self.split}' is unknown (train, val, test)")
+
+
+@dataclass
+class ARankConfig:
+    kind: str = "pre_softmax"  # pre_softmax: rank(Q_h K_h^T) | post_softmax: rank of the masked softmax map
+    # singular values above rtol * the largest count toward the rank (float64 SVD)
+    rtol: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARANK_KINDS:
+            raise ConfigError(f"analysis.arank.kind '{self.kind}' is unknown ({', '.join(ARANK_KINDS)})")
+        if not 0.0 < self.rtol < 1.0:
+            raise ConfigError(f"analysis.arank.rtol must be in (0, 1), got {self.rtol}")
+
+
+@dataclass
+class PlanConfig:
+    """How `redundancy` turns ARank into a routing plan (modlab.analysis.plan_from_arank)."""
+
+    write: bool = True
+    tasks: list[str] = field(default_factory=lambda: ["t2i", "mmu"])  # routed tasks; others run dense
+    fraction: float = 0.5  # route the more redundant half of the layers
+    min_capacity: float = 0.1
+    max_capacity: float = 1.0
+    importance: bool = False  # also rank layers by LLM-Drop block importance (rank sum with ARank)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"analysis.plan.fraction must be in (0, 1], got {self.fraction}")
+        if not 0.0 < self.min_capacity <= self.max_capacity <= 1.0:
+            raise ConfigError("analysis.plan needs 0 < min_capacity <= max_capacity <= 1")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown or not self.tasks:
+            raise ConfigError(f"analysis.plan.tasks must be a non-empty list of {', '.join(TASKS)}, got {list(self.tasks)}")
+
+
+@dataclass
+class ImportanceConfig:
+    drop_layer: bool = True  # (a) skip each layer at evaluation: task losses and metrics
+    metrics: bool = True  # (a) also the task metrics (MMU answers, T2I samples), not only losses
+    # small on purpose (each is re-measured with every layer dropped): about 2 minutes on 2 cores
+    t2i_per_digit: int = 2  # T2I prompts per digit for the sampled-image accuracy
+    mmu_prompts: int = 32  # MMU prompts answered greedily
+    maskgit_steps: int = 6
+    classifier_epochs: int = 5  # the reference digit classifier that scores T2I samples
+
+    def __post_init__(self) -> None:
+        if min(self.t2i_per_digit, self.mmu_prompts, self.maskgit_steps, self.classifier_epochs) < 1:
+            raise ConfigError("analysis.importance: t2i_per_digit, mmu_prompts, maskgit_steps, classifier_epochs must be >= 1")
+
+
+@dataclass
+class InteractionsConfig:
+    """Short training runs (small on purpose: the job should finish in about 2 minutes on CPU)."""
+
+    joint_training: bool = True  # (a) single-task vs joint training from scratch
+    shared_router: bool = True  # (b) one shared router with a joint budget vs task routers
+    steps: int = 40  # optimiser steps of each (a) run
+    router_steps: int = 30  # optimiser steps of each (b) fine-tune from the checkpoint
+    batch_size: int = 16  # rows per task per step
+    lr: float = 2e-3
+    router_lr: float = 1e-3
+    capacity: float = 0.25  # (b): the budget; routed layers: the last half
+    tasks: list[str] = field(default_factory=lambda: ["t2i", "mmu"])
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.router_steps < 1 or self.batch_size < 1:
+            raise ConfigError("analysis.interactions.steps, router_steps and batch_size must be >= 1")
+        if self.lr <= 0 or self.router_lr <= 0:
+            raise ConfigError("analysis.interactions.lr and router_lr must be > 0")
+        if not 0.0 < self.capacity <= 1.0:
+            raise ConfigError(f"analysis.interactions.capacity must be in (0, 1], got {self.capacity}")
+        if len(set(self.tasks)) < 2 or set(self.tasks) - set(TASKS):
+            raise ConfigError(f"analysis.interactions.tasks must name at least two of {', '.join(TASKS)}")
+
+
+@dataclass
+class AnalysisConfig:
+    job: str = "redundancy"
+    arank: ARankConfig = field(default_factory=ARankConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
+
+    def __post_init__(self) -> None:
+        if self.job not in JOBS:
+            raise ConfigError(f"unknown analysis job '{self.job}' (jobs: {', '.join(JOBS)})")

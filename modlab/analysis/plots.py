@@ -1,0 +1,101 @@
+"""Headless plots of the analyses (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_per_layer(panels: dict[str, dict[str, list[float]]], ylabel: str, path: Path, title: str = "",
+                   layers: list[int] | None = None, hline: float | None = None) -> Path:
+    """One panel per key of `panels` (e.g. per task), one line per series over the layers
+    (`layers`: their indices, default 0..n-1); `hline`: a reference level (e.g. the capacity)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels.items()):
+        xs = layers or list(range(max(len(v) for v in series.values())))
+        for label, values in series.items():
+            ax.plot(xs[: len(values)], values, marker="o", label=label)
+        if hline is not None:
+            ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(name)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_bars(panels: dict[str, dict[str, float]], ylabel: str, path: Path) -> Path:
+    """One panel per key (e.g. per task), one bar per entry (e.g. per training run)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.4), squeeze=False)
+    for ax, (name, bars) in zip(axes[0], panels.items()):
+        ax.bar(range(len(bars)), list(bars.values()), color="tab:blue")
+        ax.set_xticks(range(len(bars)), list(bars), rotation=30, ha="right", fontsize=8)
+        ax.set_title(name)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_attention_maps(maps: dict, path: Path) -> Path:
+    """maps: {task: (n_layer, T, T) mean attention}; a grid of tasks x layers (power-scaled)."""
+    from matplotlib.colors import PowerNorm
+
+    tasks = list(maps)
+    n_layer = maps[tasks[0]].shape[0]
+    fig, axes = plt.subplots(len(tasks), n_layer, figsize=(2.6 * n_layer, 2.6 * len(tasks)), squeeze=False)
+    for r, task in enumerate(tasks):
+        for layer in range(n_layer):
+            ax = axes[r][layer]
+            ax.imshow(maps[task][layer].numpy(), cmap="viridis", norm=PowerNorm(0.4, vmin=0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{task} layer {layer}", fontsize=8)
+        axes[r][0].set_ylabel("query")
+    return _save(fig, path)
+
+
+def plot_pareto(points: list[dict], x: str, metrics: dict[str, bool], path: Path) -> Path:
+    """points: dicts with `label`, x and metric values; one panel per metric (True: higher is
+    better), the Pareto front (least x for the best metric) drawn as a step line."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for ax, (metric, higher_better) in zip(axes[0], metrics.items()):
+        pts = [p for p in points if p.get(metric) is not None and p.get(x) is not None]
+        for p in pts:
+            ax.scatter(p[x], p[metric], s=30)
+            ax.annotate(p["label"], (p[x], p[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front(pts, x, metric, higher_better)
+        if front:
+            ax.step([p[x] for p in front], [p[metric] for p in front], where="post", color="black", alpha=0.5,
+                    label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(x)
+        ax.set_ylabel(metric + (" (higher is better)" if higher_better else " (lower is better)"))
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def pareto_front(points: list[dict], x: str, metric: str, higher_better: bool) -> list[dict]:
+    """Points no other point beats on both cost (x, lower is better) and metric, by cost."""
+    sign = 1.0 if higher_better else -1.0
+    front, best = [], float("-inf")
+    for p in sorted(points, key=lambda p: (p[x], -sign * p[metric])):
+        if sign * p[metric] > best:
+            front.append(p)
+            best = sign * p[metric]
+    return front

@@ -1,0 +1,172 @@
+"""`modlab analyze <job>` and `modlab compare` through the real CLI: every job writes JSON, CSV
+and PNG; the plan `redundancy` writes trains; bad input is one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MODLAB, only_run_dir, run_modlab
+from test_cli import assert_one_line_error
+
+TINY = ("model.d_model=32", "model.n_head=2", "model.n_layer=4")
+SMALL_BUDGET = {
+    "attention": ["calibration.n_per_task=6"],
+    "importance": ["calibration.n_per_task=6", "analysis.importance.mmu_prompts=6", "analysis.importance.t2i_per_digit=1",
+                   "analysis.importance.maskgit_steps=2", "analysis.importance.classifier_epochs=1"],
+    "interactions": ["calibration.n_per_task=4", "analysis.interactions.steps=2", "analysis.interactions.router_steps=2",
+                     "analysis.interactions.batch_size=4"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A tiny unified model trained for a few steps, saved as a modlab checkpoint."""
+    from modlab.analysis.interactions import RowSampler, train_steps
+    from modlab.data.config import DataConfig
+    from modlab.models.config import ModelConfig
+    from modlab.tasks.config import EvalConfig, TaskConfig
+    from modlab.tasks.digits_datamodule import DigitsDataModule
+    from modlab.tasks.unified import UnifiedModule
+
+    torch.manual_seed(0)
+    module = UnifiedModule.from_configs(ModelConfig(d_model=32, n_head=2, n_layer=4), DataConfig(), TaskConfig(), EvalConfig())
+    dm = DigitsDataModule(module.data_cfg, module.eval_cfg)
+    module.image_tokenizer = dm.image_tokenizer
+    samplers = {t: RowSampler(ds, 8, dm.space.pad, i) for i, (t, ds) in enumerate(dm._task_sets("train").items())}
+    model = module.model
+
+    def loss() -> torch.Tensor:
+        return sum(v for t, s in samplers.items() for v in model.task_losses(model.mask_images(s(), 0.1)).values())
+
+    train_steps(model, loss, steps=5, lr=3e-3)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(ckpt)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def assert_outputs(run: Path) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    csvs, pngs = list(run.glob("*.csv")), list(run.glob("*.png"))
+    assert csvs and pngs, sorted(p.name for p in run.iterdir())
+    assert all(p.read_text().count("\n") >= 2 for p in csvs)  # a header and rows
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert set(results["files"]) >= {p.name for p in csvs + pngs}
+    return results
+
+
+def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: Path):
+    proc = run_modlab("analyze", "redundancy", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=8", out_dir=tmp_path / "a")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = only_run_dir(tmp_path / "a")
+    assert run.parts[-3:-1] == ("redundancy", "checkpoint")
+    results = assert_outputs(run)
+    assert len(results["results"]["arank"]) == 3 * 4 and results["calibration"]["rows"] == {"t2i": 8, "mmu": 8, "lm": 8}
+    plan_path = run / "routing_plan.yaml"
+    assert f"routing.plan={plan_path}" in proc.stdout.replace("\n", "")
+
+    from modlab.routing.plan_file import load_plan
+
+    plan = load_plan(plan_path)
+    assert plan.n_layer == 4 and set(plan.tasks) == {"t2i", "mmu"}
+    assert all(len(p.layers) == 2 for p in plan.tasks.values())
+    proc = run_modlab("train", "+experiment=showo_unimod", "debug=fast", *TINY, f"routing.plan={plan_path}",
+                      "callbacks.checkpoint=false", out_dir=tmp_path / "t")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trained = only_run_dir(tmp_path / "t")
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["train/flops_ratio"] < 1.0  # the plan's routed layers really ran fewer tokens
+    hparams = (trained / "hparams.yaml").read_text()
+    assert "task_layers" in hparams
+
+    # compare the routed run with a copy of itself marked as another experiment
+    proc = run_modlab("compare", str(trained), out_dir=tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compared = only_run_dir(tmp_path / "c")
+    table = (compared / "compare.csv").read_text().splitlines()
+    assert len(table) == 2 and "train/flops_per_step" in table[0] and "test/mmu_acc" in table[0]
+    assert (compared / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("job", ["attention", "importance", "interactions"])
+def test_every_job_writes_json_csv_and_png(job: str, tiny_ckpt: Path, tmp_path: Path):
+    proc = run_modlab("analyze", job, f"ckpt_path={tiny_ckpt}", *SMALL_BUDGET[job], out_dir=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = assert_outputs(only_run_dir(tmp_path))
+    assert results["job"] == job and results["results"]
+    if job == "importance":
+        metrics = {r["metric"] for r in results["results"]["drop_layer"]}
+        assert {"loss", "mmu_acc", "t2i_acc", "lm_ppl"} <= metrics
+    if job == "interactions":
+        runs = {r["run"] for r in results["results"]["joint_training"]}
+        assert runs == {"single:t2i", "single:mmu", "joint"}
+        kept = results["results"]["router_competition"]
+        assert {(r["router"], r["stage"]) for r in kept} == {(a, b) for a in ("shared", "task") for b in ("init", "tuned")}
+
+
+def test_compare_of_a_sweep_directory(tmp_path: Path):
+    sweep = tmp_path / "multirun_x"
+    for i, (cap, flops, acc) in enumerate([(0.125, 1.0e9, 0.80), (0.5, 2.0e9, 0.90), (1.0, 3.0e9, 0.85)]):
+        run = sweep / str(i)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text("experiment_name: showo_mod\n")
+        (run / ".hydra" / "overrides.yaml").write_text(f"- +experiment=showo_mod\n- routing.capacity={cap}\n")
+        (run / "metrics.json").write_text(json.dumps({"train/flops_per_step": flops, "test/mmu_acc": acc, "test/lm_ppl": 6.0 - i}))
+    proc = run_modlab("compare", str(sweep), out_dir=tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = only_run_dir(tmp_path / "o")
+    results = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in results["runs"]] == [f"showo_mod routing.capacity={c}" for c in (0.125, 0.5, 1.0)]
+    assert results["metrics"] == ["test/lm_ppl", "test/mmu_acc"]
+    assert (out / "pareto.png").is_file() and "showo_mod routing.capacity=0.5" in proc.stdout
+
+
+def test_analyze_without_a_job_lists_the_jobs_without_torch():
+    code = ("import sys; from modlab.cli.main import main; main(['analyze']); "
+            "bad = [m for m in ('torch', 'lightning', 'hydra') if m in sys.modules]; assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    for job in ("attention", "importance", "redundancy", "interactions"):
+        assert job in out.stdout
+
+
+def test_analyze_bad_input_is_one_line_and_exit_2(tiny_ckpt: Path, tmp_path: Path):
+    assert_one_line_error(run_modlab("analyze", "nope", f"ckpt_path={tiny_ckpt}", out_dir=tmp_path), "unknown analysis job 'nope'")
+    assert_one_line_error(run_modlab("analyze", "redundancy", f"ckpt_path={tmp_path}/missing.ckpt", out_dir=tmp_path),
+                          "does not exist")
+    assert_one_line_error(run_modlab("analyze", "attention", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=0",
+                                     out_dir=tmp_path), "calibration.n_per_task must be >= 1")
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["hyper_parameters"]["model"]["arch"] = "lm"
+    torch.save(ckpt, tmp_path / "lm.ckpt")
+    assert_one_line_error(run_modlab("analyze", "redundancy", f"ckpt_path={tmp_path}/lm.ckpt", out_dir=tmp_path),
+                          "cannot analyse a 'lm' model")
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    assert_one_line_error(run_modlab("analyze", "importance", f"ckpt_path={foreign}", out_dir=tmp_path), "not a modlab")
+
+
+def test_compare_bad_input_is_one_line_and_exit_2(tmp_path: Path):
+    assert_one_line_error(run_modlab("compare", out_dir=tmp_path), "needs run directories")
+    assert_one_line_error(run_modlab("compare", str(tmp_path / "nowhere"), out_dir=tmp_path), "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_modlab("compare", str(tmp_path / "empty"), out_dir=tmp_path / "o"), "no finished run")
+
+
+def test_compare_argv_quotes_run_directories_for_hydra():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from modlab.cli.main import compare_argv
+
+    argv = compare_argv(["out/a,b", "it's/x=", "-m", "paths.output_dir=o"])
+    assert argv[1:] == ["it's/x=", "-m", "paths.output_dir=o"]  # '=' makes it an override
+    argv = compare_argv(["out/a,b", "it's/run 1", "paths.output_dir=o"])
+    parsed = OverridesParser.create().parse_overrides([argv[0]])[0]
+    assert parsed.key_or_group == "runs" and parsed.value() == ["out/a,b", "it's/run 1"]
