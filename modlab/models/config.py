@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from modlab.errors import ConfigError
 
-ARCHS = ("showo",)
+ARCHS = ("showo", "lm", "hf")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "showo"  # showo: omni-attention + masked image modelling
+    arch: str = "showo"  # showo: omni-attention + masked image modelling; lm: tiny causal LM; hf: transformers
     d_model: int = 128
     n_layer: int = 4
     n_head: int = 4
@@ -19,10 +20,13 @@ class ModelConfig:
     rope_base: float = 10000.0
     dropout: float = 0.0
     norm_eps: float = 1e-5
+    path: Optional[str] = None  # arch=hf: a local Hugging Face model directory (the sizes above are unused)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ConfigError(f"model.arch '{self.arch}' is unknown (known: {', '.join(ARCHS)})")
+        if self.arch == "hf" and not self.path:
+            raise ConfigError("model=hf_causal_lm needs model.path=<a local Hugging Face model directory>")
         for name in ("d_model", "n_layer", "n_head"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
