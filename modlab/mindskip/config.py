@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from modlab.errors import ConfigError
 
 GRANULARITIES = ("sequence", "token")
+PENALTIES = ("relu", "abs")
 DROP_CANDIDATES = ("all", "routed")
 
 
@@ -18,7 +19,10 @@ class MindSkipConfig:
     granularity: str = "sequence"  # sequence: one gate per row (masked mean of valid tokens) | token
     threshold: float = 0.5  # tau: the gate is open where sigmoid(router) >= tau
     target_capacity: float = 0.5  # mean gate over the routed layers the penalty steers toward
-    lam: float = 0.0  # weight of relu(mean gate - target capacity); 0: the released recipe (LM loss only)
+    lam: float = 0.0  # weight of the capacity penalty; 0: the released recipe (LM loss only)
+    # relu: lam * relu(mean gate - target) (only too many open gates cost);
+    # abs: lam * |mean gate - target| (also holds the capacity up at the target)
+    penalty: str = "relu"
     drop_candidates: str = "all"  # static LLM-Drop baseline: drop among all layers or the routed ones
     calibration_rows: int = 64  # training rows that score the layers for the static baseline
 
@@ -29,6 +33,8 @@ class MindSkipConfig:
             raise ConfigError(f"mindskip.threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 < self.target_capacity <= 1.0:
             raise ConfigError(f"mindskip.target_capacity must be in (0, 1], got {self.target_capacity}")
+        if self.penalty not in PENALTIES:
+            raise ConfigError(f"mindskip.penalty '{self.penalty}' is unknown ({', '.join(PENALTIES)})")
         if self.lam < 0:
             raise ConfigError(f"mindskip.lam must be >= 0, got {self.lam}")
         if self.n_routed < 1 or self.calibration_rows < 1:

@@ -55,6 +55,7 @@ def evaluate_routed_lm(lm, skip, test_batches, calibration_batches, prompts, eva
     if prompts:
         speed = measure_speed(lm, skip, prompts, eval_cfg.speed_new_tokens, variants, eval_cfg.speed_repeats, autocast)
         base = speed["base"]
+        m["speed/threads"] = torch.get_num_threads()
         for name, r in speed.items():
             m[f"speed/{name}_prefill_tok_s"] = r["prefill_tok_s"]
             m[f"speed/{name}_decode_tok_s"] = r["decode_tok_s"]

@@ -75,9 +75,15 @@ class LMBlock(Block):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.attn = CachedAttention(cfg)
+        self.attn_layer_drop = cfg.attn_layer_drop
 
     def forward(self, x, positions, attn_mask, route=None, cache: LayerKV | None = None) -> torch.Tensor:
         a = self.drop(self.attn(self.norm_attn(x), positions, attn_mask, cache))
+        if self.training and self.attn_layer_drop > 0:
+            # whole rows skip this attention sublayer; no rescaling, so a kept sublayer computes
+            # at inference exactly what it computed in training
+            keep = torch.rand(x.shape[0], 1, 1, device=x.device) >= self.attn_layer_drop
+            a = a * keep.to(a.dtype)
         m = self.drop(self.mlp(self.norm_mlp(x + a)))
         return a + m
 

@@ -19,6 +19,9 @@ class ModelConfig:
     mlp_hidden: int = 0  # 0: SwiGLU default, 8/3 * d_model rounded up to a multiple of 32
     rope_base: float = 10000.0
     dropout: float = 0.0
+    # arch=lm: probability that a training row skips a layer's whole attention sublayer
+    # (LayerDrop on attention): a base that learns to do without any one attention layer
+    attn_layer_drop: float = 0.0
     norm_eps: float = 1e-5
     path: Optional[str] = None  # arch=hf: a local Hugging Face model directory (the sizes above are unused)
 
@@ -36,6 +39,8 @@ class ModelConfig:
             raise ConfigError("model.mlp_hidden must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.attn_layer_drop < 1.0:
+            raise ConfigError(f"model.attn_layer_drop must be in [0, 1), got {self.attn_layer_drop}")
 
     @property
     def head_dim(self) -> int:

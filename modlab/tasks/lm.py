@@ -7,7 +7,8 @@ sublayer, and only the routers train on
 
     loss = LM loss + lam * relu(mean gate - target capacity)
 
-(lam = 0 is the released recipe). Its checkpoints hold the routers alone plus where the base
+(lam = 0 is the released recipe; `mindskip.penalty=abs` uses |mean gate - target| instead, which
+also stops the routers from closing more than asked). Its checkpoints hold the routers alone plus where the base
 is, and every run also writes them as `routers.safetensors`.
 
 Test metrics (held-out text): test/ppl (per token; bytes for the tiny LM), test/capacity (mean
@@ -127,7 +128,8 @@ class LMModule(L.LightningModule):
             s = self.skip_cfg
             capacity = self.skip.capacity().to(lm_loss.device)
             out["capacity"] = capacity
-            out["loss"] = lm_loss + s.lam * F.relu(capacity - s.target_capacity)
+            gap = capacity - s.target_capacity
+            out["loss"] = lm_loss + s.lam * (F.relu(gap) if s.penalty == "relu" else gap.abs())
         return out
 
     def training_step(self, batch: dict, batch_idx: int):
