@@ -59,3 +59,28 @@ def test_blocks_are_the_transformers_blocks():
 
     with torch.no_grad():
         torch.testing.assert_close(lm(ids), ref(ids, causal_mask(torch.ones_like(ids, dtype=torch.bool))))
+
+
+def test_attention_layer_drop_only_in_training():
+    """attn_layer_drop: a training row either runs a layer's attention or skips it whole; eval
+    runs every attention."""
+    torch.manual_seed(0)
+    lm = CausalLM(ModelConfig(arch="lm", d_model=32, n_layer=1, n_head=2, attn_layer_drop=0.5))
+    block = lm.transformer.blocks[0]
+    x = torch.randn(64, 5, 32)
+    pos = torch.arange(5).expand(64, 5)
+    from modlab.models.omni_attention import causal_mask
+
+    mask = causal_mask(torch.ones(64, 5, dtype=torch.bool))
+    with torch.no_grad():
+        full = block.attn(block.norm_attn(x), pos, mask)
+        without = block.mlp(block.norm_mlp(x))
+        with_attn = full + block.mlp(block.norm_mlp(x + full))
+        block.train()
+        out = block(x, pos, mask)
+        kept = torch.isclose(out, with_attn, atol=1e-6).all((1, 2))
+        dropped = torch.isclose(out, without, atol=1e-6).all((1, 2))
+    assert bool((kept ^ dropped).all()) and 10 < int(dropped.sum()) < 54
+    block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, pos, mask), with_attn)

@@ -264,6 +264,8 @@ def test_capacity_penalty_and_released_recipe(base_ckpt):
     torch.testing.assert_close(out["loss"], out["lm_loss"] + 1.0 * (1.0 - 0.5))
     released = tuning_module(base_ckpt, lam=0.0).losses(batch)
     torch.testing.assert_close(released["loss"], released["lm_loss"])
+    both_ways = tuning_module(base_ckpt, penalty="abs", target_capacity=1.0).losses(batch)
+    torch.testing.assert_close(both_ways["loss"], both_ways["lm_loss"])  # |1 - 1| = 0
 
 
 def test_router_file_round_trip(base_ckpt, tmp_path):
