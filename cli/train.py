@@ -19,8 +19,8 @@ def train(cfg: DictConfig) -> dict:
         from modlab.cli.lm import train_lm
 
         return train_lm(c)
-    if c.model.arch != "showo":
-        raise ConfigError(f"task={c.task.name} trains the Show-o-like model; model.arch={c.model.arch} needs task=lm")
+    if c.model.arch in ("lm", "hf"):
+        raise ConfigError(f"model.arch={c.model.arch} is a causal LM: use task=lm (e.g. +experiment=lm_pretrain)")
     import lightning as L
 
     from modlab.tasks.digits_datamodule import DigitsDataModule
