@@ -96,5 +96,5 @@ def test_bad_base_checkpoints_and_layers_are_one_line_errors(pretrained, tmp_pat
     not_hf.mkdir()
     (not_hf / "config.json").write_text('{"model_type": "bert"}')
     assert_one_line_error(run_modlab("train", "+experiment=lm_router_tuning", "model=hf_causal_lm", f"model.path={not_hf}",
-                                     out_dir=tmp_path), "not a transformers config")
+                                     out_dir=tmp_path), "holds a 'bert' model", "supported: llama")
     assert_one_line_error(run_modlab("eval", f"ckpt_path={tmp_path / 'none.safetensors'}", out_dir=tmp_path), "does not exist")
