@@ -10,6 +10,10 @@ from modlab.cli.schema import validate
 
 def evaluate(cfg: DictConfig) -> dict:
     c = validate(cfg)
+    if _is_lm(c.ckpt_path):  # causal LMs: perplexity, capacity, static drop, speed
+        from modlab.cli.lm import evaluate_lm
+
+        return evaluate_lm(c)
     module = load_unified_module(c.ckpt_path)
     import lightning as L
 
@@ -25,3 +29,14 @@ def evaluate(cfg: DictConfig) -> dict:
     write_metrics(out, metrics)
     print_summary("modlab eval", metrics, out)
     return metrics
+
+
+def _is_lm(ckpt_path: str) -> bool:
+    """A router file, or a checkpoint file that says it holds a causal LM."""
+    from pathlib import Path
+
+    from modlab.tasks.checkpoint import is_lm_checkpoint, load_checkpoint_file
+
+    if str(ckpt_path).endswith(".safetensors"):
+        return True
+    return Path(ckpt_path).is_file() and is_lm_checkpoint(load_checkpoint_file(ckpt_path))

@@ -68,14 +68,10 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
 
 def read_unified_checkpoint(ckpt_path: str) -> dict:
     """The raw checkpoint dict of a modlab unified model, or a one-line CheckpointError."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{ckpt_path}' does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint '{ckpt_path}' is corrupt or not a torch checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters", "image_tokenizer"} <= set(ckpt):
+    from modlab.tasks.checkpoint import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(ckpt_path)
+    if not {"state_dict", "hyper_parameters", "image_tokenizer"} <= set(ckpt):
         raise CheckpointError(f"checkpoint '{ckpt_path}' is not a modlab unified-model checkpoint")
     return ckpt
 

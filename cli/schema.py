@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from modlab.analysis.config import AnalysisConfig, CalibrationConfig
 from modlab.data.config import DataConfig
 from modlab.errors import ConfigError
+from modlab.mindskip.config import MindSkipConfig
 from modlab.models.config import ModelConfig
 from modlab.routing.config import RoutingConfig
 from modlab.tasks.config import EvalConfig, TaskConfig
@@ -83,6 +84,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    mindskip: MindSkipConfig = field(default_factory=MindSkipConfig)  # task=lm: Router-Tuning
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -10,10 +10,17 @@ from modlab.cli.runtime import (
     build_trainer, flatten_test_results, init_from_checkpoint, log, print_summary, run_dir, write_metrics,
 )
 from modlab.cli.schema import validate
+from modlab.errors import ConfigError
 
 
 def train(cfg: DictConfig) -> dict:
     c = validate(cfg)
+    if c.task.name == "lm":  # causal LMs: pretraining and Router-Tuning (MindSkip)
+        from modlab.cli.lm import train_lm
+
+        return train_lm(c)
+    if c.model.arch in ("lm", "hf"):
+        raise ConfigError(f"model.arch={c.model.arch} is a causal LM: use task=lm (e.g. +experiment=lm_pretrain)")
     import lightning as L
 
     from modlab.tasks.digits_datamodule import DigitsDataModule

@@ -5,7 +5,8 @@ report ratios measured back to back in one process, with the median of several r
 
 Tables: the Show-o-like training step in fp32 vs bf16 autocast (the choice
 `trainer.precision=auto` makes); a routed block vs the dense block at several capacities beside
-the FLOPs-predicted speed-up; the routed experiments' training step vs showo_dense.
+the FLOPs-predicted speed-up; the routed experiments' training step vs showo_dense; MindSkip
+batch-1 prefill / decode vs the base causal LM at several context lengths.
 """
 
 from __future__ import annotations
@@ -142,6 +143,36 @@ def routed_block_speed(capacities=(0.125, 0.25, 0.5), T: int = 1024, d: int = 51
     return rows
 
 
+def mindskip_generation_speed(contexts=(128, 512, 2048), new_tokens: int = 64, repeats: int = 5,
+                              d_model: int = 96, n_layer: int = 8, n_head: int = 3) -> list[dict]:
+    """Batch-1 prefill and decode of the tiny causal LM (lm_pretrain's shape) with MindSkip at
+    capacity 0.5 over the default routed layers (half of them closed at prefill, as the tuned
+    routers decide) against the base, beside the FLOPs-predicted speed-up. fp32, KV cache."""
+    from modlab.mindskip.config import MindSkipConfig
+    from modlab.mindskip.gate import MindSkip
+    from modlab.mindskip.inference import measure_speed
+    from modlab.models.causal_lm import CausalLM
+
+    torch.manual_seed(0)
+    lm = CausalLM(ModelConfig(arch="lm", d_model=d_model, n_layer=n_layer, n_head=n_head)).eval()
+    routed = MindSkipConfig().routed_layers(n_layer)
+    skip = MindSkip(lm, routed)
+    closed = routed[len(routed) // 2:]  # capacity 0.5: the deeper half of the routed layers closed
+    rows = []
+    for T in contexts:
+        prompts = [torch.randint(0, 256, (1, T))]
+        r = measure_speed(lm, skip, prompts, new_tokens, {"base": {"routers": False}, "mindskip": {"routers": False, "closed": closed}}, repeats)
+        b, m = r["base"], r["mindskip"]
+        rows.append({"context": T, "closed_layers": closed,
+                     "base_prefill_tok_s": b["prefill_tok_s"], "mindskip_prefill_tok_s": m["prefill_tok_s"],
+                     "prefill_speedup": m["prefill_tok_s"] / b["prefill_tok_s"], "prefill_speedup_flops": b["prefill_flops"] / m["prefill_flops"],
+                     "base_decode_tok_s": b["decode_tok_s"], "mindskip_decode_tok_s": m["decode_tok_s"],
+                     "decode_speedup": m["decode_tok_s"] / b["decode_tok_s"], "decode_speedup_flops": b["decode_flops"] / m["decode_flops"]})
+    for r in rows:
+        r["decode_measured_over_predicted"] = r["decode_speedup"] / r["decode_speedup_flops"]
+    return rows
+
+
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
     from rich.table import Table
 
@@ -183,6 +214,17 @@ def main() -> None:
         ("routing", "s/step", "GFLOPs/step", "FLOPs cut", "time cut", "time cut / FLOPs cut"),
         [(r["routing"], f"{r['seconds']:.3f}", f"{r['flops'] / 1e9:.1f}", f"{r['flops_cut']:.1%}", f"{r['time_cut']:.1%}",
           "-" if r["routing"] == "dense" else f"{r['time_cut_over_flops_cut']:.2f}") for r in rows],
+    ))
+
+    with console.status("MindSkip generation: batch 1, base vs capacity 0.5"):
+        results["mindskip_generation"] = rows = mindskip_generation_speed()
+    console.print(_table(
+        f"MindSkip batch-1 generation, capacity 0.5 (layers {rows[0]['closed_layers']} skipped) vs base (d=96, 8 layers, fp32)",
+        ("context", "prefill tok/s base", "prefill tok/s skip", "prefill speed-up", "FLOPs-predicted",
+         "decode tok/s base", "decode tok/s skip", "decode speed-up", "FLOPs-predicted", "measured / predicted"),
+        [(str(r["context"]), f"{r['base_prefill_tok_s']:.0f}", f"{r['mindskip_prefill_tok_s']:.0f}", f"{r['prefill_speedup']:.2f}x",
+          f"{r['prefill_speedup_flops']:.2f}x", f"{r['base_decode_tok_s']:.0f}", f"{r['mindskip_decode_tok_s']:.0f}",
+          f"{r['decode_speedup']:.2f}x", f"{r['decode_speedup_flops']:.2f}x", f"{r['decode_measured_over_predicted']:.2f}") for r in rows],
     ))
 
     out = Path("outputs/bench")

@@ -42,10 +42,25 @@ def test_experiment_validates_and_debug_profile_wins(name, tmp_path):
     assert c.trainer.max_steps == 4  # debug=fast, although the experiment sets its own budget
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_trains_a_few_steps(name, tmp_path):
+# experiments that fine-tune a pretrained LM: the extra overrides they need (TINY has 4 layers)
+NEEDS_LM_BASE = {"lm_router_tuning": ["mindskip.n_routed=2"]}
+
+
+@pytest.fixture(scope="module")
+def lm_base(tmp_path_factory) -> Path:
+    """A tiny pretrained LM checkpoint (lm_pretrain for a few steps) to fine-tune from."""
     from modlab.cli.train import train
 
-    metrics = train(composed("train", [f"+experiment={name}", "debug=fast", "callbacks.progress_bar=false", *TINY], tmp_path))
+    out = tmp_path_factory.mktemp("lm_base")
+    train(composed("train", ["+experiment=lm_pretrain", "debug=fast", "callbacks.progress_bar=false", *TINY], out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_trains_a_few_steps(name, tmp_path, request):
+    from modlab.cli.train import train
+
+    extra = [f"init_from={request.getfixturevalue('lm_base')}", *NEEDS_LM_BASE[name]] if name in NEEDS_LM_BASE else []
+    metrics = train(composed("train", [f"+experiment={name}", "debug=fast", "callbacks.progress_bar=false", *TINY, *extra], tmp_path))
     assert metrics["train/steps"] == 4
     assert json.loads((tmp_path / "metrics.json").read_text())["params"] == metrics["params"]

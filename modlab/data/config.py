@@ -18,6 +18,7 @@ class DataConfig:
     patch: int = 2  # patch_kmeans: patch side
     lm_files: list[str] = field(default_factory=list)  # empty: Python's pydoc topics
     lm_length: int = 96  # bytes per LM row
+    lm_train_rows: int = 0  # > 0: a fixed set of that many training windows (Router-Tuning's small set)
     # rows of each task per training batch; 0 leaves a task out
     batch_size: dict[str, int] = field(default_factory=lambda: {"t2i": 32, "mmu": 32, "lm": 4})
     eval_batch_size: int = 128
@@ -35,5 +36,7 @@ class DataConfig:
             raise ConfigError(f"data.batch_size has unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
         if any(v < 0 for v in self.batch_size.values()) or not any(self.batch_size.values()):
             raise ConfigError("data.batch_size values must be >= 0 and at least one task must be > 0")
+        if self.lm_train_rows < 0:
+            raise ConfigError(f"data.lm_train_rows must be >= 0, got {self.lm_train_rows}")
         if self.lm_length < 8 or self.eval_batch_size < 1 or self.num_workers < 0:
             raise ConfigError("data.lm_length must be >= 8, data.eval_batch_size >= 1, data.num_workers >= 0")

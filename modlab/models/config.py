@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from modlab.errors import ConfigError
 
-ARCHS = ("showo", "emu3")
+ARCHS = ("showo", "emu3", "lm", "hf")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "showo"  # showo: omni-attention + masked image modelling | emu3: causal, all next-token
+    arch: str = "showo"  # showo: omni-attention + masked image modelling | emu3: causal, all next-token | lm: tiny causal LM | hf: transformers
     d_model: int = 128
     n_layer: int = 4
     n_head: int = 4
     mlp_hidden: int = 0  # 0: SwiGLU default, 8/3 * d_model rounded up to a multiple of 32
     rope_base: float = 10000.0
     dropout: float = 0.0
+    # arch=lm: probability that a training row skips a layer's whole attention sublayer
+    # (LayerDrop on attention): a base that learns to do without any one attention layer
+    attn_layer_drop: float = 0.0
     norm_eps: float = 1e-5
+    path: Optional[str] = None  # arch=hf: a local Hugging Face model directory (the sizes above are unused)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ConfigError(f"model.arch '{self.arch}' is unknown (known: {', '.join(ARCHS)})")
+        if self.arch == "hf" and not self.path:
+            raise ConfigError("model=hf_causal_lm needs model.path=<a local Hugging Face model directory>")
         for name in ("d_model", "n_layer", "n_head"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
@@ -32,6 +39,8 @@ class ModelConfig:
             raise ConfigError("model.mlp_hidden must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.attn_layer_drop < 1.0:
+            raise ConfigError(f"model.attn_layer_drop must be in [0, 1), got {self.attn_layer_drop}")
 
     @property
     def head_dim(self) -> int:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 
+TASK_NAMES = ("unified", "lm")  # unified: the Show-o-like tasks; lm: causal LMs (pretraining, Router-Tuning)
+
 
 @dataclass
 class TaskConfig:
@@ -21,6 +23,8 @@ class TaskConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
 
     def __post_init__(self) -> None:
+        if self.name not in TASK_NAMES:
+            raise ConfigError(f"task.name '{self.name}' is unknown ({', '.join(TASK_NAMES)})")
         unknown = set(self.loss_weights) - set(TASKS)
         if unknown:
             raise ConfigError(f"task.loss_weights has unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
@@ -47,11 +51,18 @@ class EvalConfig:
     lm_max_rows: int = 0  # 0: the whole held-out text
     ref_classifier_epochs: int = 30
     seed: int = 1234
+    # causal LMs (`modlab eval` of an LM checkpoint): batch-1 generation speed on held-out prompts
+    speed_prompts: int = 8  # prompts timed (0: no speed measurement)
+    speed_context: int = 256  # prompt tokens (prefill)
+    speed_new_tokens: int = 64  # generated tokens (decode)
+    speed_repeats: int = 5  # rounds; the median is reported
 
     def __post_init__(self) -> None:
         if self.t2i_per_digit < 1 or self.maskgit_steps < 1 or self.max_answer_tokens < 1:
             raise ConfigError("eval.t2i_per_digit, eval.maskgit_steps and eval.max_answer_tokens must be >= 1")
         if self.guidance < 0 or self.temperature < 0:
             raise ConfigError("eval.guidance and eval.temperature must be >= 0")
+        if self.speed_prompts < 0 or self.speed_context < 1 or self.speed_new_tokens < 2 or self.speed_repeats < 1:
+            raise ConfigError("eval.speed_prompts must be >= 0, speed_context and speed_repeats >= 1, speed_new_tokens >= 2")
         if self.mmu_max_rows < 0 or self.lm_max_rows < 0 or self.ref_classifier_epochs < 1:
             raise ConfigError("eval.mmu_max_rows and eval.lm_max_rows must be >= 0, eval.ref_classifier_epochs >= 1")

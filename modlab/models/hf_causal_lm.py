@@ -1,0 +1,120 @@
+"""Hugging Face causal LMs (Llama, Mistral, Qwen2 families) from a local directory, behind the
+interface of modlab's own CausalLM, so MindSkip, Router-Tuning and the evaluation treat both alike.
+
+Nothing is downloaded: `model.path` must be a directory written by `save_pretrained`. The text
+is tokenized with the directory's tokenizer when it ships one, else as UTF-8 bytes (ids 0..255,
+which tiny test models built from a config object use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from modlab.data.text_tokenizer import ByteTokenizer, HFTokenizer
+from modlab.errors import CheckpointError, ConfigError
+from modlab.models.causal_lm import TokenFlops
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclass
+class HFCache:
+    """transformers' DynamicCache plus the number of tokens seen (positions are passed
+    explicitly, so a layer without cache entries never shifts them)."""
+
+    kv: object
+    length: int = 0
+
+    def entries(self) -> list[int]:
+        return [layer.get_seq_length() for layer in self.kv.layers]
+
+
+class HFCausalLM(nn.Module):
+    attention_returns_tuple = True  # transformers attention returns (output, weights)
+    # DynamicCache reports the sequence length (and sizes the decode mask) from layer 0's
+    # entries, so that layer's attention must always run.
+    always_runs = frozenset({0})
+
+    def __init__(self, model: nn.Module, path: str):
+        super().__init__()
+        self.hf, self.path = model, path
+
+    @property
+    def n_layer(self) -> int:
+        return self.hf.config.num_hidden_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.hf.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.config.vocab_size
+
+    def attention_slots(self) -> list[tuple[nn.Module, str]]:
+        return [(layer, "self_attn") for layer in self.hf.model.layers]
+
+    def decoder_layers(self) -> list[nn.Module]:
+        return list(self.hf.model.layers)
+
+    def new_cache(self) -> HFCache:
+        from transformers import DynamicCache
+
+        return HFCache(DynamicCache(config=self.hf.config))
+
+    def token_flops(self) -> TokenFlops:
+        c = self.hf.config
+        hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
+        d = c.hidden_size
+        return TokenFlops(attn_linear=2 * d * (2 * q + 2 * kv), attn_per_key=2 * 2 * q,
+                          mlp=2 * 3 * d * c.intermediate_size, head=2 * d * c.vocab_size)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: HFCache | None = None) -> torch.Tensor:
+        if cache is None:
+            mask = valid.long() if valid is not None else None
+            return self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        B, T = ids.shape
+        positions = torch.arange(cache.length, cache.length + T, device=ids.device).expand(B, T)
+        logits = self.hf(input_ids=ids, position_ids=positions, past_key_values=cache.kv, use_cache=True).logits
+        cache.length += T
+        return logits
+
+
+def load_hf_causal_lm(path: str) -> tuple[HFCausalLM, ByteTokenizer | HFTokenizer]:
+    """The model (fp32, eval mode) and its tokenizer; every way a directory can be wrong is a
+    one-line ConfigError / CheckpointError."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError:
+        raise ConfigError("model=hf_causal_lm needs transformers: pip install 'modlab[hf]'") from None
+    try:
+        config = AutoConfig.from_pretrained(p)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"model.path '{path}': config.json is not a transformers config ({type(e).__name__})") from None
+    if config.model_type not in SUPPORTED:
+        raise ConfigError(f"model.path '{path}' holds a '{config.model_type}' model; supported: {', '.join(SUPPORTED)}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation="sdpa")
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"model.path '{path}': the weights could not be loaded ({type(e).__name__})") from None
+    if any((p / f).is_file() for f in TOKENIZER_FILES):
+        from transformers import AutoTokenizer
+
+        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(p))
+    else:
+        tokenizer = ByteTokenizer()
+        if config.vocab_size < tokenizer.vocab_size:
+            raise ConfigError(f"model.path '{path}' has no tokenizer and a vocabulary of {config.vocab_size} < 256 bytes")
+    return HFCausalLM(model.eval(), str(p.resolve())), tokenizer

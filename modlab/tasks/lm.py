@@ -1,0 +1,182 @@
+"""LightningModule for causal LMs: pretraining the tiny LM, and Router-Tuning (MindSkip).
+
+Pretraining (`mindskip.enabled=false`): next-token loss on every weight.
+Router-Tuning (`mindskip.enabled=true`): the base (a pretrained checkpoint `base`, or a Hugging
+Face directory `model.path`) is frozen, a zero-initialised router gates each routed attention
+sublayer, and only the routers train on
+
+    loss = LM loss + lam * relu(mean gate - target capacity)
+
+(lam = 0 is the released recipe; `mindskip.penalty=abs` uses |mean gate - target| instead, which
+also stops the routers from closing more than asked). Its checkpoints hold the routers alone plus where the base
+is, and every run also writes them as `routers.safetensors`.
+
+Test metrics (held-out text): test/ppl (per token; bytes for the tiny LM), test/capacity (mean
+gate over the routed layers), and for a routed model test/ppl_base (the base model, no routers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from modlab.data.config import DataConfig
+from modlab.data.text_tokenizer import ByteTokenizer
+from modlab.data.tokens import IGNORE_INDEX
+from modlab.errors import CheckpointError, ConfigError
+from modlab.mindskip.config import MindSkipConfig
+from modlab.mindskip.gate import MindSkip
+from modlab.models.causal_lm import CausalLM
+from modlab.models.config import ModelConfig
+from modlab.tasks.checkpoint import LM_KIND, read_lm_checkpoint
+from modlab.tasks.config import EvalConfig, TaskConfig
+from modlab.tasks.optim import adamw_warmup_cosine
+
+ROUTER_PREFIX = "skip.routers."
+
+
+def build_lm(cfg: ModelConfig):
+    """A fresh native CausalLM over bytes, or a Hugging Face model from `cfg.path`; and its tokenizer."""
+    if cfg.arch == "lm":
+        return CausalLM(cfg), ByteTokenizer()
+    if cfg.arch == "hf":
+        from modlab.models.hf_causal_lm import load_hf_causal_lm
+
+        return load_hf_causal_lm(cfg.path)
+    raise ConfigError(f"task=lm needs a causal LM (model=lm or model=hf_causal_lm), not model.arch={cfg.arch}")
+
+
+def load_lm_weights(lm: CausalLM, ckpt_path: str, role: str = "init_from") -> None:
+    """Copy a pretrained (not router-tuned) LM checkpoint's weights into `lm`."""
+    ckpt = read_lm_checkpoint(ckpt_path, role)
+    if ckpt["hyper_parameters"].get("mindskip", {}).get("enabled"):
+        raise CheckpointError(f"{role} '{ckpt_path}' is a router-tuned checkpoint; give the pretrained LM it was tuned from")
+    state = {k.removeprefix("lm."): v for k, v in ckpt["state_dict"].items() if k.startswith("lm.")}
+    try:
+        lm.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{role} '{ckpt_path}' does not fit this model: {str(e).splitlines()[0]}") from None
+
+
+class LMModule(L.LightningModule):
+    def __init__(self, model: dict, data: dict, task: dict, eval: dict, mindskip: dict | None = None,
+                 base: str | None = None, seed: int = 0):
+        """`base`: the pretrained LM checkpoint a native model is router-tuned from."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg, self.data_cfg = ModelConfig(**model), DataConfig(**data)
+        self.task_cfg, self.eval_cfg = TaskConfig(**task), EvalConfig(**eval)
+        self.skip_cfg = MindSkipConfig(**(mindskip or {}))
+        self.lm, self.tokenizer = build_lm(self.model_cfg)
+        if base is not None:
+            load_lm_weights(self.lm, base, "the base checkpoint")
+        self.skip: MindSkip | None = None
+        if self.skip_cfg.enabled:
+            if self.model_cfg.arch == "lm" and base is None:
+                raise ConfigError("router tuning a native LM needs init_from=<an lm_pretrain checkpoint>")
+            s = self.skip_cfg
+            self.lm.requires_grad_(False)
+            layers = s.routed_layers(self.lm.n_layer, getattr(self.lm, "always_runs", frozenset()))
+            self.skip = MindSkip(self.lm, layers, s.granularity, s.threshold)
+            self.strict_loading = False  # router-tuning checkpoints hold the routers only
+        self.test_ppl, self.test_ppl_base = Perplexity(ignore_index=IGNORE_INDEX), Perplexity(ignore_index=IGNORE_INDEX)
+        self.test_capacity, self.val_loss = MeanMetric(), MeanMetric()
+
+    @classmethod
+    def from_configs(cls, model: ModelConfig, data: DataConfig, task: TaskConfig, eval: EvalConfig,
+                     mindskip: MindSkipConfig, base: str | None = None, seed: int = 0):
+        return cls(asdict(model), asdict(data), asdict(task), asdict(eval), asdict(mindskip), base, seed)
+
+    # ---- checkpoints: a router-tuned one holds the routers alone --------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["modlab_kind"] = LM_KIND
+        if self.skip is not None:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(ROUTER_PREFIX)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.skip is not None:
+            ours = {k for k in self.state_dict() if k.startswith(ROUTER_PREFIX)}
+            if set(checkpoint["state_dict"]) != ours:
+                raise CheckpointError("the checkpoint's routers do not match the routed layers of this model")
+
+    def router_info(self) -> dict:
+        """What `routers.safetensors` records besides the weights: enough to rebuild the base."""
+        return {"model": asdict(self.model_cfg), "base": self.hparams.base, "mindskip": asdict(self.skip_cfg),
+                "data": asdict(self.data_cfg), "d_model": self.lm.d_model, "n_layer": self.lm.n_layer}
+
+    # ---- training -------------------------------------------------------------------------------
+
+    def forward_logits(self, batch: dict, routers: bool = True) -> torch.Tensor:
+        valid = batch.get("valid")
+        if self.skip is None:
+            return self.lm(batch["ids"], valid=valid)
+        with self.skip.variant(routers=routers), self.skip.context(valid=valid):
+            return self.lm(batch["ids"], valid=valid)
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """LM loss, and for Router-Tuning the capacity and its penalty; `loss` is their sum."""
+        logits = self.forward_logits(batch)
+        lm_loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        out = {"loss": lm_loss, "lm_loss": lm_loss}
+        if self.skip is not None:
+            s = self.skip_cfg
+            capacity = self.skip.capacity().to(lm_loss.device)
+            out["capacity"] = capacity
+            gap = capacity - s.target_capacity
+            out["loss"] = lm_loss + s.lam * (F.relu(gap) if s.penalty == "relu" else gap.abs())
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int):
+        out = self.losses(batch)
+        n = batch["ids"].shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
+        if self.skip is not None:
+            self.log("train/lm_loss", out["lm_loss"], batch_size=n)
+            self.log("train/capacity", out["capacity"], prog_bar=True, batch_size=n)
+        return out["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        out = self.losses(batch)
+        n = batch["ids"].shape[0]
+        self.val_loss.update(out["loss"])
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
+        if self.skip is not None:
+            self.log("val/lm_loss", out["lm_loss"], batch_size=n)
+            self.log("val/capacity", out["capacity"], prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self):
+        steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        return adamw_warmup_cosine(self.parameters(), self.task_cfg, steps)
+
+    # ---- test -----------------------------------------------------------------------------------
+
+    def test_step(self, batch: dict, batch_idx: int):
+        logits = self.forward_logits(batch)
+        self.test_ppl.update(logits.float(), batch["labels"])
+        self.log("test/ppl", self.test_ppl)
+        if self.skip is not None:
+            self.test_capacity.update(self.skip.capacity())
+            self.log("test/capacity", self.test_capacity)
+            self.test_ppl_base.update(self.forward_logits(batch, routers=False).float(), batch["labels"])
+            self.log("test/ppl_base", self.test_ppl_base)
+
+
+def load_lm_module(ckpt_path: str) -> LMModule:
+    """An LMModule from an LM checkpoint (a router-tuned one rebuilds its base first)."""
+    ckpt = read_lm_checkpoint(ckpt_path)
+    try:
+        module = LMModule(**ckpt["hyper_parameters"])
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
+    module.on_load_checkpoint(ckpt)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=module.skip is None)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}") from None
+    return module.eval()

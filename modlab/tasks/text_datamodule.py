@@ -1,0 +1,76 @@
+"""Lightning data module for causal LMs: fixed-length token windows of the offline text corpus
+(Python's docs, or the user's files), split by contiguous blocks into train / val / test."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader, Subset
+
+from modlab.data.config import DataConfig
+from modlab.data.rows import LMRows, collate_rows
+from modlab.data.text_corpus import load_corpus, split_corpus
+from modlab.errors import DataError
+from modlab.tasks.config import EvalConfig
+
+
+def spread(n_total: int, n: int) -> list[int]:
+    """n indices spread evenly over range(n_total) (all of them if n >= n_total)."""
+    if n >= n_total:
+        return list(range(n_total))
+    return [i * n_total // n for i in range(n)]
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, eval_cfg: EvalConfig, tokenizer):
+        super().__init__()
+        self.cfg, self.eval_cfg, self.tokenizer = cfg, eval_cfg, tokenizer
+        splits = split_corpus(load_corpus(cfg.lm_files))
+        if tokenizer.kind == "bytes":
+            self.tokens = splits
+        else:
+            self.tokens = {k: tokenizer.encode(v.decode("utf-8", errors="replace")) for k, v in splits.items()}
+        for name, toks in self.tokens.items():
+            if len(toks) < cfg.lm_length + 1:
+                raise DataError(f"the {name} split has {len(toks)} tokens, fewer than one row of data.lm_length={cfg.lm_length}")
+        self.batch_size = cfg.batch_size.get("lm", 0)
+        if self.batch_size < 1:
+            raise DataError("causal-LM training needs data.batch_size.lm >= 1")
+        self._collate = partial(collate_rows, pad_id=0)  # rows have one length: nothing is padded
+
+    def windows(self, split: str, n: int = 0) -> Subset | LMRows:
+        """Fixed windows of a split (a tiling), n of them spread over the split (0: all)."""
+        rows = LMRows(self.tokens[split], self.cfg.lm_length, train=False)
+        return Subset(rows, spread(len(rows), n)) if n else rows
+
+    def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=self._collate, drop_last=shuffle,
+                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+
+    def train_dataloader(self):
+        if self.cfg.lm_train_rows:  # Router-Tuning's small fixed tuning set
+            ds = self.windows("train", self.cfg.lm_train_rows)
+        else:  # pretraining: a random window each time
+            ds = LMRows(self.tokens["train"], self.cfg.lm_length, train=True)
+        return self._loader(ds, min(self.batch_size, len(ds)), True)
+
+    def val_dataloader(self):
+        return self._loader(self.windows("val"), self.cfg.eval_batch_size, False)
+
+    def test_dataloader(self):
+        return self._loader(self.windows("test", self.eval_cfg.lm_max_rows), self.cfg.eval_batch_size, False)
+
+    def calibration_batches(self, n_rows: int) -> list[dict]:
+        """Training windows for the static LLM-Drop scores (never the test text)."""
+        return list(self._loader(self.windows("train", n_rows), self.cfg.eval_batch_size, False))
+
+    def prompts(self, n: int, length: int) -> list:
+        """n batch-1 test prompts of `length` tokens for the speed measurement (wrapping the test
+        text if it is short)."""
+        import torch
+
+        toks = list(self.tokens["test"])
+        while len(toks) < n * length:
+            toks = toks + toks
+        return [torch.tensor(toks[i * length : (i + 1) * length])[None] for i in range(n)]

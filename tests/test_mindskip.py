@@ -1,0 +1,338 @@
+"""MindSkip: parity with every gate open (native and Hugging Face), a closed gate really skips
+(no attention call, no KV entry), cached = uncached generation, the straight-through gate,
+granularities, Router-Tuning trains the routers alone, routers round-trip through safetensors,
+the LLM-Drop baseline, and the FLOPs model of generation."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from modlab.data.config import DataConfig
+from modlab.errors import CheckpointError, ConfigError
+from modlab.mindskip.config import MindSkipConfig
+from modlab.mindskip.gate import MindSkip, straight_through_gate
+from modlab.mindskip.inference import generate, generation_flops
+from modlab.mindskip.router_file import load_routers, save_routers
+from modlab.mindskip.static_drop import attention_similarity, layers_to_drop
+from modlab.models.causal_lm import CausalLM
+from modlab.models.config import ModelConfig
+from modlab.models.hf_causal_lm import load_hf_causal_lm
+from modlab.tasks.config import EvalConfig, TaskConfig
+from tiny_hf import FAMILIES, save_tiny_hf
+
+CFG = ModelConfig(arch="lm", d_model=32, n_layer=4, n_head=2)
+
+
+def native_lm() -> CausalLM:
+    torch.manual_seed(0)
+    return CausalLM(CFG).eval()
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def hf_dir(request, tmp_path_factory):
+    return save_tiny_hf(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def close_layer(skip: MindSkip, layer: int) -> None:
+    """A router that closes its gate for every input: sigmoid(w . h) < 0.5 for all h."""
+    with torch.no_grad():
+        skip.routers[str(layer)].proj.weight.zero_()
+    skip.threshold = 1.0 - 1e-6  # above any sigmoid of a zero logit ...
+    for g in skip.gates:
+        g.threshold = 0.5
+    skip.gates[layer].threshold = 0.9  # ... only for this layer: 0.5 < 0.9, closed
+
+
+# ---- parity and real skipping ------------------------------------------------------------------
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_open_gates_reproduce_the_native_model(train_mode):
+    lm = native_lm()
+    ids = torch.randint(0, 256, (3, 20))
+    with torch.no_grad():
+        base = lm(ids)
+    skip = MindSkip(lm, [1, 2])
+    lm.train(train_mode)
+    with torch.no_grad(), skip.context():
+        torch.testing.assert_close(lm(ids), base, rtol=0, atol=0)
+    assert skip.capacity().item() == 1.0  # zero init: sigmoid(0) = 0.5 = tau, every gate open
+
+
+def test_open_gates_reproduce_the_hf_model(hf_dir):
+    lm, _ = load_hf_causal_lm(str(hf_dir))
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        base = lm(ids)
+        skip = MindSkip(lm, [1, 2])
+        with skip.context():
+            torch.testing.assert_close(lm(ids), base, rtol=0, atol=0)
+        lm.train()
+        with skip.context():
+            torch.testing.assert_close(lm(ids), base, rtol=0, atol=0)
+
+
+def _check_closed_layer_is_never_run(lm):
+    prompt = torch.randint(0, 256, (1, 9))
+    skip = MindSkip(lm, [1, 2])
+    close_layer(skip, 2)
+    calls = skip.attention_calls()
+    out = generate(lm, prompt, 6, skip)
+    ran = [a - b for a, b in zip(skip.attention_calls(), calls)]
+    assert ran == [6, 6, 0, 6]  # 1 prefill + 5 decode steps everywhere but the closed layer
+    assert skip.open_layers() == [True, True, False, True]
+    cache = lm.new_cache()
+    with torch.no_grad(), skip.context():
+        lm(prompt, cache=cache)
+    assert cache.entries() == [9, 9, 0, 9]  # no KV entry for the skipped layer
+    assert torch.equal(out, generate(lm, prompt, 6, skip, use_cache=False))
+    # the closed layer really changes the function (it is not a no-op in disguise)
+    with torch.no_grad(), skip.context():
+        routed = lm(prompt)
+    with torch.no_grad(), skip.variant(routers=False):
+        assert not torch.allclose(routed, lm(prompt))
+
+
+def test_a_closed_gate_skips_the_native_attention():
+    _check_closed_layer_is_never_run(native_lm())
+
+
+def test_a_closed_gate_skips_the_hf_attention(hf_dir):
+    _check_closed_layer_is_never_run(load_hf_causal_lm(str(hf_dir))[0])
+
+
+def test_closed_gate_equals_removing_the_attention_sublayer():
+    """Oracle: a block without its attention is x + MLP(LN(x))."""
+    lm = native_lm()
+    ids = torch.randint(0, 256, (2, 11))
+    skip = MindSkip(lm, [1, 2])
+    with torch.no_grad(), skip.variant(routers=False, closed=[2]):
+        skipped = lm(ids)
+    t = lm.transformer
+    from modlab.models.omni_attention import causal_mask
+
+    x = t.embed(ids)
+    pos = torch.arange(11).expand(2, 11)
+    mask = causal_mask(torch.ones_like(ids, dtype=torch.bool))
+    with torch.no_grad():
+        for i, block in enumerate(t.blocks):
+            if i == 2:
+                x = x + block.mlp(block.norm_mlp(x))
+            else:
+                x = x + block(x, pos, mask)
+        torch.testing.assert_close(skipped, t.head(t.norm(x)))
+
+
+def test_an_hf_model_keeps_layer_0_attention():
+    lm, _ = load_hf_causal_lm(str(save_tiny_hf_dir_once()))
+    with pytest.raises(ConfigError, match="cannot be routed"):
+        MindSkipConfig(enabled=True, layers=[0, 1]).routed_layers(lm.n_layer, lm.always_runs)
+
+
+_HF_DIR: list = []
+
+
+def save_tiny_hf_dir_once():
+    if not _HF_DIR:
+        import tempfile
+        from pathlib import Path
+
+        _HF_DIR.append(save_tiny_hf(Path(tempfile.mkdtemp()) / "llama"))
+    return _HF_DIR[0]
+
+
+# ---- the gate ----------------------------------------------------------------------------------
+
+def test_straight_through_gate_is_a_step_forward_and_a_sigmoid_backward():
+    x = torch.tensor([-2.0, -1e-3, 0.0, 1e-3, 3.0], requires_grad=True)
+    g = straight_through_gate(x, 0.5)
+    assert g.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+    g.sum().backward()
+    s = torch.sigmoid(x.detach())
+    torch.testing.assert_close(x.grad, s * (1 - s))
+
+
+def test_router_gets_the_gradient_of_the_soft_gate():
+    """d loss / d w through the straight-through gate is sigmoid'(s) <dL/d out, Attn(h)> pool(h),
+    what the soft gate sigmoid(s) * Attn(h) would get, whether the gate is open or closed."""
+    lm = native_lm().train()
+    skip = MindSkip(lm, [1])
+    with torch.no_grad():
+        skip.routers["1"].proj.weight.normal_(std=3.0)
+    seen = {}
+    skip.gates[1].attn.register_forward_hook(lambda m, args, out: seen.update(h=args[0], a=out))
+    skip.gates[1].register_forward_hook(lambda m, args, out: seen.update(out=out))
+    ids = torch.randint(0, 256, (4, 10))
+    with skip.context():
+        loss = lm(ids).square().mean()
+    grad_out = torch.autograd.grad(loss, seen["out"], retain_graph=True)[0]
+    loss.backward()
+    pooled = seen["h"].detach().mean(1)
+    p = torch.sigmoid(pooled @ skip.routers["1"].proj.weight[0].detach())
+    expected = ((grad_out * seen["a"].detach()).sum((1, 2)) * p * (1 - p)) @ pooled
+    torch.testing.assert_close(skip.routers["1"].proj.weight.grad[0], expected, rtol=1e-4, atol=1e-8)
+
+
+def test_sequence_gate_ignores_padding_and_token_gate_is_per_token():
+    lm = native_lm()
+    skip = MindSkip(lm, [1], granularity="sequence")
+    with torch.no_grad():
+        skip.routers["1"].proj.weight.normal_()
+    ids = torch.randint(0, 256, (1, 12))
+    valid = torch.ones(1, 12, dtype=torch.bool)
+    valid[:, 8:] = False
+    other = ids.clone()
+    other[:, 8:] = (other[:, 8:] + 1) % 256
+    decisions = []
+    for x in (ids, other):
+        with torch.no_grad(), skip.context(valid=valid):
+            lm(x, valid=valid)
+        decisions.append(skip.gates[1].held.clone())
+    assert torch.equal(decisions[0], decisions[1])
+
+    lm = native_lm()
+    skip = MindSkip(lm, [1], granularity="token")
+    with torch.no_grad():
+        skip.routers["1"].proj.weight.normal_()
+        with skip.context():
+            lm(torch.randint(0, 256, (2, 30)))
+    cap = skip.capacity().item()
+    assert 0.0 < cap < 1.0 and skip.gates[1].held is None  # some tokens in, some out
+
+
+def test_routed_layers_default_and_errors():
+    assert MindSkipConfig(n_routed=3).routed_layers(8) == [4, 5, 6]  # deepest, excluding the last
+    assert MindSkipConfig(layers=[5, 2]).routed_layers(8) == [2, 5]
+    with pytest.raises(ConfigError, match="out of range"):
+        MindSkipConfig(layers=[8]).routed_layers(8)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+            MindSkipConfig(target_capacity=bad)
+
+
+# ---- Router-Tuning -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory):
+    """A real (tiny, 3-step) pretrained LM checkpoint written by Lightning."""
+    from modlab.tasks.lm import LMModule
+    from modlab.tasks.text_datamodule import TextDataModule
+
+    data = DataConfig(name="text", lm_length=32, batch_size={"lm": 8}, eval_batch_size=32, lm_train_rows=64)
+    module = LMModule.from_configs(CFG, data, TaskConfig(name="lm"), EvalConfig(lm_max_rows=8), MindSkipConfig())
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=TextDataModule(data, EvalConfig(lm_max_rows=8), module.tokenizer))
+    path = tmp_path_factory.mktemp("base") / "base.ckpt"
+    trainer.save_checkpoint(path)
+    return path, data
+
+
+def tuning_module(base_ckpt, **mindskip):
+    from modlab.tasks.lm import LMModule
+
+    path, data = base_ckpt
+    skip = MindSkipConfig(**{"enabled": True, "n_routed": 2, "lam": 1.0, "target_capacity": 0.5, **mindskip})
+    return LMModule.from_configs(CFG, data, TaskConfig(name="lm", lr=0.05, warmup_steps=0, weight_decay=0.0),
+                                 EvalConfig(lm_max_rows=8), skip, base=str(path))
+
+
+def test_router_tuning_trains_the_routers_alone(base_ckpt):
+    from modlab.tasks.text_datamodule import TextDataModule
+
+    module = tuning_module(base_ckpt)
+    frozen = {k: v.clone() for k, v in module.lm.state_dict().items() if ".router." not in k}
+    routers = {k: v.clone() for k, v in module.skip.router_state().items()}
+    trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=TextDataModule(module.data_cfg, module.eval_cfg, module.tokenizer))
+    held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert held == {id(p) for p in module.skip.routers.parameters()}
+    after = {k: v for k, v in module.lm.state_dict().items() if ".router." not in k}
+    assert after.keys() == frozen.keys()
+    assert all(torch.equal(after[k], frozen[k]) for k in frozen)  # bitwise unchanged
+    assert any(not torch.equal(module.skip.router_state()[k], routers[k]) for k in routers)
+
+
+def test_capacity_penalty_and_released_recipe(base_ckpt):
+    module = tuning_module(base_ckpt)
+    batch = {"ids": torch.randint(0, 256, (2, 16)), "labels": torch.randint(0, 256, (2, 16))}
+    out = module.losses(batch)
+    assert out["capacity"].item() == 1.0  # zero init: every gate open
+    torch.testing.assert_close(out["loss"], out["lm_loss"] + 1.0 * (1.0 - 0.5))
+    released = tuning_module(base_ckpt, lam=0.0).losses(batch)
+    torch.testing.assert_close(released["loss"], released["lm_loss"])
+    both_ways = tuning_module(base_ckpt, penalty="abs", target_capacity=1.0).losses(batch)
+    torch.testing.assert_close(both_ways["loss"], both_ways["lm_loss"])  # |1 - 1| = 0
+
+
+def test_router_file_round_trip(base_ckpt, tmp_path):
+    a, b = tuning_module(base_ckpt), tuning_module(base_ckpt)
+    with torch.no_grad():
+        for r in a.skip.routers.values():
+            r.proj.weight.normal_()
+    path = save_routers(a.skip, tmp_path / "routers.safetensors", a.router_info())
+    info = load_routers(b.skip, path)
+    assert info["base"] == str(base_ckpt[0]) and info["layers"] == [1, 2]
+    for k, v in a.skip.router_state().items():
+        assert torch.equal(b.skip.router_state()[k], v)
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad(), a.skip.context(), b.skip.context():
+        torch.testing.assert_close(a.lm.eval()(ids), b.lm.eval()(ids), rtol=0, atol=0)
+    other = tuning_module(base_ckpt, layers=[0, 1])
+    with pytest.raises(CheckpointError, match="routes layers"):
+        load_routers(other.skip, path)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="not a safetensors"):
+        load_routers(b.skip, tmp_path / "junk.safetensors")
+
+
+def test_router_tuning_needs_a_pretrained_base():
+    from modlab.tasks.lm import LMModule
+
+    with pytest.raises(ConfigError, match="needs init_from"):
+        LMModule.from_configs(CFG, DataConfig(name="text"), TaskConfig(name="lm"), EvalConfig(), MindSkipConfig(enabled=True, n_routed=2))
+
+
+# ---- the static baseline and FLOPs -------------------------------------------------------------
+
+def test_llm_drop_scores_are_the_cosine_of_x_and_x_plus_attn():
+    lm = native_lm()
+    skip = MindSkip(lm, [1, 2])
+    ids = torch.randint(0, 256, (2, 10))
+    scores = attention_similarity(lm, skip, [{"ids": ids}])
+    t = lm.transformer
+    from modlab.models.omni_attention import causal_mask
+
+    x = t.embed(ids)
+    pos = torch.arange(10).expand(2, 10)
+    mask = causal_mask(torch.ones_like(ids, dtype=torch.bool))
+    expected = []
+    with torch.no_grad():
+        for block in t.blocks:
+            a = block.attn(block.norm_attn(x), pos, mask)
+            expected.append(torch.nn.functional.cosine_similarity(x, x + a, dim=-1).mean().item())
+            x = x + block(x, pos, mask)
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(expected))
+    assert layers_to_drop([0.1, 0.9, 0.5, 0.95], 2, [0, 1, 2, 3]) == [1, 3]
+    assert layers_to_drop([0.1, 0.9, 0.5, 0.95], 1, [1, 2]) == [1]
+
+
+@pytest.mark.parametrize("closed", [[], [1, 2]])
+def test_generation_flops_match_torchs_flop_counter(closed):
+    lm = native_lm()
+    skip = MindSkip(lm, [1, 2])
+    prompt = torch.randint(0, 256, (1, 12))
+    open_layers = [i not in closed for i in range(CFG.n_layer)]
+    prefill, decode = generation_flops(lm.token_flops(), open_layers, 12, 3)
+    cache = lm.new_cache()
+    with torch.no_grad(), skip.variant(routers=False, closed=closed):
+        with FlopCounterMode(display=False) as fc:
+            lm(prompt, cache=cache)
+        assert fc.get_total_flops() == prefill
+        with FlopCounterMode(display=False) as fc:
+            for t in range(2):
+                lm(prompt[:, t : t + 1], cache=cache)
+        assert fc.get_total_flops() == decode
