@@ -11,7 +11,9 @@ from modlab.data import scenes as S
 from modlab.data.config import DataConfig
 from modlab.data.digits import DIGIT_NAMES, load_digit_splits
 from modlab.data.image_tokenizer import PatchCodebook, PixelQuantizer
-from modlab.data.rows import SceneMMUPrompts, SceneRows, SceneT2IPrompts, collate_rows, same_length_batches
+from modlab.data.rows import (
+    PreBatched, SceneMMUPrompts, SceneRows, SceneT2IPrompts, collate_prebatched, collate_rows, same_length_batches,
+)
 from modlab.data.tokens import TokenSpace
 from modlab.errors import ConfigError
 
@@ -122,6 +124,10 @@ def test_eval_rows_carry_answers_prompts_and_real_scenes():
         assert batch["valid"].all()  # equal lengths: nothing padded
         assert batch["answer"] == [mmu.item(i)[1].answer for i in b]
         assert batch["qtype"].tolist() == [i % 5 for i in b]
+    prebatched = PreBatched(mmu, batches)
+    assert len(prebatched) == len(batches)
+    again = collate_prebatched([prebatched[1]], sp.pad)
+    torch.testing.assert_close(again["ids"], collate_rows([mmu[i] for i in batches[1]], sp.pad)["ids"])
     t2i = SceneT2IPrompts(sp, tok, SPLITS["test"], 2, per_category=2, seed=0)
     batch = collate_rows([t2i[i] for i in range(len(t2i))], sp.pad)
     assert len(t2i) == 8 and batch["scene_codes"].shape == (8, 256)

@@ -126,8 +126,8 @@ class SceneRows(Dataset):
         self.space, self.split, self.split_name = space, split, split_name
         self.grid, self.n, self.task, self.train, self.seed = grid, n, task, train, seed
         # Both tokenizers code each pixel / patch on its own and patches never straddle cells,
-        # so a scene's codes are its cells' codes laid out: tokenize the digits once (a scene
-        # encoded pixel by pixel cost ~5 ms, more than a training step's share).
+        # so a scene's codes are its cells' codes laid out: tokenize the digits once (encoding
+        # each scene's image took ~5 ms a row, as much as the model's share of a step).
         self.digit_codes = tokenizer.encode(split.images)
         self.blank_codes = tokenizer.encode(np.zeros((1, S.CELL, S.CELL), dtype=np.float32))[0]
 
@@ -236,6 +236,25 @@ def same_length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     for i, n in enumerate(lengths):
         groups.setdefault(n, []).append(i)
     return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+
+
+class PreBatched(Dataset):
+    """A data set whose items are whole batches of another (lists of rows): load with
+    batch_size=1 and `collate_prebatched`. Unlike a custom batch sampler it shards over DDP
+    processes like any data set."""
+
+    def __init__(self, rows: Dataset, batches: list[list[int]]):
+        self.rows, self.batches = rows, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, j: int) -> list[dict]:
+        return [self.rows[i] for i in self.batches[j]]
+
+
+def collate_prebatched(items: list[list[dict]], pad_id: int) -> dict:
+    return collate_rows([row for batch in items for row in batch], pad_id)
 
 
 def concat_batches(batches: list[dict], pad_id: int) -> dict:

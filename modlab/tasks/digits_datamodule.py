@@ -17,8 +17,8 @@ from modlab.data.config import DataConfig
 from modlab.data.digits import load_digit_splits
 from modlab.data.image_tokenizer import build_image_tokenizer
 from modlab.data.rows import (
-    DigitRows, LMRows, MMUPrompts, SceneMMUPrompts, SceneRows, SceneT2IPrompts, T2IPrompts, collate_rows,
-    same_length_batches,
+    DigitRows, LMRows, MMUPrompts, PreBatched, SceneMMUPrompts, SceneRows, SceneT2IPrompts, T2IPrompts,
+    collate_prebatched, collate_rows, same_length_batches,
 )
 from modlab.data.text_corpus import load_corpus, split_corpus
 from modlab.data.tokens import TokenSpace
@@ -105,4 +105,5 @@ class DigitsDataModule(L.LightningDataModule):
         """Questions differ in length and greedy decoding needs unpadded rows: batch rows of one length."""
         ds = self.scene_mmu_prompts()
         batches = same_length_batches([ds.question_length(i) for i in range(len(ds))], self.cfg.eval_batch_size)
-        return DataLoader(ds, batch_sampler=batches, collate_fn=self._collate, num_workers=self.cfg.num_workers)
+        return DataLoader(PreBatched(ds, batches), batch_size=1, num_workers=self.cfg.num_workers,
+                          collate_fn=partial(collate_prebatched, pad_id=self.space.pad))
