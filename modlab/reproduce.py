@@ -135,10 +135,15 @@ def probe_flops_per_step(experiment: str, overrides: list[str], n_batches: int =
 # ---- the comparison ------------------------------------------------------------------------
 
 
-def run_family(fam: Family, out: Path, finetune_steps: int, extra: list[str], skip_analysis: bool) -> list[Row]:
-    print(f"\n[{fam.name}] dense: {fam.dense}", flush=True)
-    dense = Row(fam.name, "dense", out / fam.name / "dense")
-    dense.metrics = train(fam.dense, extra, dense.run_dir)
+def run_family(fam: Family, out: Path, finetune_steps: int, extra: list[str], skip_analysis: bool,
+               dense_run: Path | None = None) -> list[Row]:
+    if dense_run is None:
+        print(f"\n[{fam.name}] dense: {fam.dense}", flush=True)
+        dense = Row(fam.name, "dense", out / fam.name / "dense")
+        dense.metrics = train(fam.dense, extra, dense.run_dir)
+    else:
+        print(f"\n[{fam.name}] dense: the run in {dense_run}", flush=True)
+        dense = Row(fam.name, "dense", dense_run, json.loads((dense_run / "metrics.json").read_text()))
     ckpt = dense.run_dir / "checkpoints" / "last.ckpt"
 
     unimod_overrides, unimod_note = [], "conf/routing/unimod.yaml capacities"
@@ -249,13 +254,17 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", type=Path, default=None, help="output directory (default outputs/reproduce/<time>)")
     p.add_argument("--finetune-steps", type=int, default=500, help="fine-tuning budget in dense-step FLOPs (default 500)")
     p.add_argument("--skip-analysis", action="store_true", help="do not run `modlab analyze redundancy`")
+    p.add_argument("--dense-run", type=Path, default=None,
+                   help="reuse this Show-o-like dense run directory (metrics.json, checkpoints/last.ckpt) instead of training one")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps of everything (for tests)")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.max_steps=1000")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. model.n_layer=6")
     a = p.parse_args(argv)
     out = a.out or Path(os.environ.get("MODLAB_OUTPUT_DIR", "outputs")) / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     extra = [*(QUICK if a.quick else []), *a.overrides]
+    if a.dense_run and not all((a.dense_run / f).is_file() for f in ("metrics.json", "checkpoints/last.ckpt")):
+        raise RuntimeError(f"--dense-run {a.dense_run} holds no metrics.json and checkpoints/last.ckpt of a finished run")
     start = time.perf_counter()
     rows, skipped = [], []
     for fam in FAMILIES:
@@ -264,7 +273,8 @@ def main(argv: list[str] | None = None) -> Path:
             skipped.append(f"{fam.name} (no experiment {', '.join(missing)})")
             print(f"[{fam.name}] skipped: no experiment {', '.join(missing)}")
             continue
-        rows += run_family(fam, out, a.finetune_steps, extra, a.skip_analysis)
+        reuse = a.dense_run.resolve() if a.dense_run and fam is FAMILIES[0] else None
+        rows += run_family(fam, out, a.finetune_steps, extra, a.skip_analysis, reuse)
     md, csv_path = write_table(rows, skipped, out, a.finetune_steps, time.perf_counter() - start)
     plot = write_pareto(rows, out)
     print("\n" + md.read_text())
