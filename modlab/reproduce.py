@@ -259,12 +259,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps of everything (for tests)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. model.n_layer=6")
     a = p.parse_args(argv)
+    if a.dense_run and not all((a.dense_run / f).is_file() for f in ("metrics.json", "checkpoints/last.ckpt")):
+        raise RuntimeError(f"--dense-run {a.dense_run} holds no metrics.json and checkpoints/last.ckpt of a finished run")
     out = a.out or Path(os.environ.get("MODLAB_OUTPUT_DIR", "outputs")) / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     extra = [*(QUICK if a.quick else []), *a.overrides]
-    if a.dense_run and not all((a.dense_run / f).is_file() for f in ("metrics.json", "checkpoints/last.ckpt")):
-        raise RuntimeError(f"--dense-run {a.dense_run} holds no metrics.json and checkpoints/last.ckpt of a finished run")
     start = time.perf_counter()
     rows, skipped = [], []
     for fam in FAMILIES:
