@@ -252,7 +252,7 @@ def write_pareto(rows: list[Row], out: Path) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m modlab.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="output directory (default outputs/reproduce/<time>)")
-    p.add_argument("--finetune-steps", type=int, default=500, help="fine-tuning budget in dense-step FLOPs (default 500)")
+    p.add_argument("--finetune-steps", type=int, default=300, help="fine-tuning budget in dense-step FLOPs (default 300)")
     p.add_argument("--skip-analysis", action="store_true", help="do not run `modlab analyze redundancy`")
     p.add_argument("--dense-run", type=Path, default=None,
                    help="reuse this Show-o-like dense run directory (metrics.json, checkpoints/last.ckpt) instead of training one")
