@@ -4,6 +4,7 @@
 #   make test           fast test suite (< 10 min on 2 CPU cores)
 #   make test-full      everything, including the slow end-to-end training tests
 #   make bench          speed benchmarks (prints ratios; never part of the tests)
+#   make reproduce      dense -> MoD / UniMoD fine-tunes on digit scenes; writes the comparison table
 #
 # Torch: TORCH is the pip requirement used when .venv has no torch yet. The default is the
 # CPU build. GPU users either put their own torch into .venv first (it is kept), or pass e.g.
@@ -38,6 +39,11 @@ test-full: install
 
 bench: install
 	$(BIN)/python -m modlab.bench
+
+.PHONY: reproduce
+REPRODUCE_ARGS ?=
+reproduce: install
+	$(BIN)/python -m modlab.reproduce $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache build *.egg-info

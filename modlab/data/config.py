@@ -8,10 +8,19 @@ from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 
 
+KINDS = ("digits", "scenes")
+
+
 @dataclass
 class DataConfig:
     name: str = "digits"
+    kind: str = "digits"  # digits: one 8x8 digit per image | scenes: a grid of digits (modlab.data.scenes)
     split_seed: int = 0  # the train/val/test split of the 1,797 digits is fixed by this seed
+    grid: int = 2  # scenes: cells per side (2 or 3); an image is 8 * grid pixels square
+    scene_seed: int = 0  # scenes: item i of a split is drawn from (scene_seed, split, task, i)
+    train_scenes: int = 100_000  # scenes: training items per task (each drawn once per epoch)
+    val_scenes: int = 256  # scenes: validation items per task
+    test_scenes: int = 500  # scenes: MMU test questions (balanced over the question types)
     image_tokenizer: str = "pixel"  # pixel | patch_kmeans
     levels: int = 17  # pixel: grey levels (17 is lossless for load_digits)
     codebook_size: int = 64  # patch_kmeans: number of codes
@@ -25,6 +34,12 @@ class DataConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"data.kind '{self.kind}' is unknown ({', '.join(KINDS)})")
+        if self.grid not in (2, 3):
+            raise ConfigError(f"data.grid must be 2 or 3, got {self.grid}")
+        if min(self.train_scenes, self.val_scenes, self.test_scenes) < 1:
+            raise ConfigError("data.train_scenes, data.val_scenes and data.test_scenes must be >= 1")
         if self.image_tokenizer not in ("pixel", "patch_kmeans"):
             raise ConfigError(f"data.image_tokenizer '{self.image_tokenizer}' is unknown (pixel, patch_kmeans)")
         if not 2 <= self.levels <= 17:
@@ -40,3 +55,8 @@ class DataConfig:
             raise ConfigError(f"data.lm_train_rows must be >= 0, got {self.lm_train_rows}")
         if self.lm_length < 8 or self.eval_batch_size < 1 or self.num_workers < 0:
             raise ConfigError("data.lm_length must be >= 8, data.eval_batch_size >= 1, data.num_workers >= 0")
+
+    @property
+    def image_size(self) -> int:
+        """Pixels per image side."""
+        return 8 * self.grid if self.kind == "scenes" else 8

@@ -68,8 +68,10 @@ class PatchCodebook:
         return (self.image_size // self.patch) ** 2
 
     def _patches(self, images) -> torch.Tensor:
+        """(N, patches, p*p) in raster order, for images of any side divisible by the patch
+        (a codebook fitted on 8x8 digits encodes scenes made of them)."""
         x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
-        n, p, g = len(x), self.patch, self.image_size // self.patch
+        n, p, g = len(x), self.patch, x.shape[-1] // self.patch
         x = x.reshape(n, g, p, g, p).permute(0, 1, 3, 2, 4)  # (n, gy, gx, p, p)
         return x.reshape(n, g * g, p * p)
 
@@ -98,11 +100,12 @@ class PatchCodebook:
                 "image_size": self.image_size, "seed": self.seed, "centroids": self.centroids}
 
 
-def build_image_tokenizer(kind: str, levels: int = 17, codebook_size: int = 64, patch: int = 2, seed: int = 0):
+def build_image_tokenizer(kind: str, levels: int = 17, codebook_size: int = 64, patch: int = 2, seed: int = 0,
+                          image_size: int = 8):
     if kind == "pixel":
-        return PixelQuantizer(levels=levels)
+        return PixelQuantizer(levels=levels, image_size=image_size)
     if kind == "patch_kmeans":
-        return PatchCodebook(codebook_size=codebook_size, patch=patch, seed=seed)
+        return PatchCodebook(codebook_size=codebook_size, patch=patch, image_size=image_size, seed=seed)
     raise ValueError(f"unknown image tokenizer '{kind}' (pixel, patch_kmeans)")
 
 

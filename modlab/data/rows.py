@@ -6,15 +6,19 @@ A row is a dict of 1-D tensors of one length T:
               for next-token tasks labels[i] = ids[i + 1]; T2I labels are filled in by masking
     is_image  True on image-code positions (omni-attention lets these see each other)
     cond      True on the T2I caption (dropped for classifier-free guidance)
-and two scalars: `task` (TASK_ID) and `digit` (the class, -1 for LM rows).
+and two scalars: `task` (TASK_ID) and `digit` (the class, -1 for LM rows). Evaluation rows of
+digit scenes carry more per-row fields (the expected answer, the prompt, the real scene's codes):
+collation stacks extra tensors and keeps anything else as a list.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from modlab.data import digits as D
+from modlab.data import scenes as S
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TokenSpace
 
 
@@ -111,6 +115,77 @@ class T2IPrompts(Dataset):
         return t2i_row(self.space, D.EVAL_CAPTION.format(d=d, name=D.DIGIT_NAMES[d]), None, self.n_tokens, d)
 
 
+class SceneRows(Dataset):
+    """T2I or MMU rows of `n` digit scenes drawn from one split (modlab.data.scenes): a scene
+    with a prompt that describes it (t2i) or a question about it and its answer (mmu)."""
+
+    def __init__(self, space: TokenSpace, tokenizer, split: D.DigitSplit, split_name: str, grid: int,
+                 n: int, task: str, train: bool, seed: int):
+        if task not in ("t2i", "mmu"):
+            raise ValueError(f"SceneRows serves t2i or mmu, not {task}")
+        self.space, self.split, self.split_name = space, split, split_name
+        self.grid, self.n, self.task, self.train, self.seed = grid, n, task, train, seed
+        # Both tokenizers code each pixel / patch on its own and patches never straddle cells,
+        # so a scene's codes are its cells' codes laid out: tokenize the digits once (encoding
+        # each scene's image took ~5 ms a row, as much as the model's share of a step).
+        self.digit_codes = tokenizer.encode(split.images)
+        self.blank_codes = tokenizer.encode(np.zeros((1, S.CELL, S.CELL), dtype=np.float32))[0]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def item(self, i: int):
+        return S.scene_item(self.split, self.split_name, self.grid, self.task, i, self.seed, self.train)
+
+    def codes(self, scene: S.Scene) -> torch.Tensor:
+        """The scene's codes in raster order over the whole image (as encoding its render gives)."""
+        cells = torch.stack([self.blank_codes if s == S.BLANK else self.digit_codes[s] for s in scene.sources])
+        side = int(round(cells.shape[1] ** 0.5))  # tokens per cell side
+        return cells.view(self.grid, self.grid, side, side).permute(0, 2, 1, 3).reshape(-1)
+
+    def __getitem__(self, i: int) -> dict:
+        scene, text = self.item(i)
+        codes = self.codes(scene)
+        if self.task == "t2i":
+            return t2i_row(self.space, text.text, codes, len(codes))
+        return mmu_row(self.space, codes, text.text, text.answer)
+
+
+class SceneMMUPrompts(SceneRows):
+    """Evaluation questions about test scenes, without answers; each row carries its question
+    type id (`qtype`) and expected answer (`answer`)."""
+
+    def __init__(self, space, tokenizer, split, grid: int, n: int, seed: int, split_name: str = "test"):
+        super().__init__(space, tokenizer, split, split_name, grid, n, "mmu", train=False, seed=seed)
+
+    def __getitem__(self, i: int) -> dict:
+        scene, q = self.item(i)
+        row = mmu_row(self.space, self.codes(scene), q.text, None)
+        return {**row, "qtype": torch.tensor(S.QUESTION_TYPES.index(q.qtype)), "answer": q.answer}
+
+    def question_length(self, i: int) -> int:
+        """Text tokens of row i's question: rows with equal ones have equal prompt lengths
+        (greedy decoding takes rows of one length together), found without tokenizing images."""
+        return len(self.space.encode_text(self.item(i)[1].text))
+
+
+class SceneT2IPrompts(SceneRows):
+    """Evaluation prompts with a fully masked image; each row carries its `Prompt` (`prompt`),
+    category id (`category`) and the codes of a real test scene that shows it (`scene_codes`,
+    the scorer's ceiling after the tokenizer's round trip)."""
+
+    def __init__(self, space, tokenizer, split, grid: int, per_category: int, seed: int, split_name: str = "test"):
+        super().__init__(space, tokenizer, split, split_name, grid, per_category * len(S.PROMPT_CATEGORIES),
+                         "t2i", train=False, seed=seed)
+
+    def __getitem__(self, i: int) -> dict:
+        scene, prompt = self.item(i)
+        codes = self.codes(scene)
+        row = t2i_row(self.space, prompt.text, None, len(codes))
+        return {**row, "prompt": prompt, "category": torch.tensor(S.PROMPT_CATEGORIES.index(prompt.category)),
+                "scene_codes": codes}
+
+
 class LMRows(Dataset):
     """Fixed-length byte windows of a text: random offsets when training, a tiling otherwise."""
 
@@ -148,7 +223,38 @@ def collate_rows(rows: list[dict], pad_id: int) -> dict:
         batch["valid"][b, :n] = True
     batch["task"] = torch.stack([r["task"] for r in rows])
     batch["digit"] = torch.stack([r["digit"] for r in rows])
+    for k in rows[0].keys() - batch.keys():  # per-row extras of evaluation rows
+        values = [r[k] for r in rows]
+        batch[k] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return batch
+
+
+def same_length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Batches of indices whose rows have one length (greedy decoding needs unpadded prompts);
+    in order of first appearance, so the batches are reproducible."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+
+
+class PreBatched(Dataset):
+    """A data set whose items are whole batches of another (lists of rows): load with
+    batch_size=1 and `collate_prebatched`. Unlike a custom batch sampler it shards over DDP
+    processes like any data set."""
+
+    def __init__(self, rows: Dataset, batches: list[list[int]]):
+        self.rows, self.batches = rows, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, j: int) -> list[dict]:
+        return [self.rows[i] for i in self.batches[j]]
+
+
+def collate_prebatched(items: list[list[dict]], pad_id: int) -> dict:
+    return collate_rows([row for batch in items for row in batch], pad_id)
 
 
 def concat_batches(batches: list[dict], pad_id: int) -> dict:

@@ -43,6 +43,7 @@ class TaskConfig:
 @dataclass
 class EvalConfig:
     t2i_per_digit: int = 20  # images sampled per digit for test/t2i_acc
+    t2i_per_category: int = 50  # digit scenes: prompts per category for test/t2i_acc
     maskgit_steps: int = 12
     guidance: float = 1.5  # classifier-free guidance scale (0 = off)
     temperature: float = 1.0
@@ -58,6 +59,8 @@ class EvalConfig:
     speed_repeats: int = 5  # rounds; the median is reported
 
     def __post_init__(self) -> None:
+        if self.t2i_per_category < 1:
+            raise ConfigError("eval.t2i_per_category must be >= 1")
         if self.t2i_per_digit < 1 or self.maskgit_steps < 1 or self.max_answer_tokens < 1:
             raise ConfigError("eval.t2i_per_digit, eval.maskgit_steps and eval.max_answer_tokens must be >= 1")
         if self.guidance < 0 or self.temperature < 0:

@@ -6,6 +6,8 @@ Test metrics (all on the held-out test split, all torchmetrics):
                             reference classifier, trained here on the real training digits
     test/ref_classifier_acc that classifier's own accuracy on the real test digits
     test/lm_ppl             per-byte perplexity of the held-out text
+On digit scenes (data.kind=scenes) MMU and T2I are scored per question type / prompt category,
+with a digits-FID (modlab.evaluation.scene_metrics).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from modlab.data.digits import answered_digit, load_digit_splits
 from modlab.data.image_tokenizer import image_tokenizer_from_state
 from modlab.data.tokens import IGNORE_INDEX, TokenSpace
 from modlab.evaluation.reference_classifier import train_reference_classifier
+from modlab.evaluation.scene_metrics import SceneMetrics
 from modlab.models.config import ModelConfig
 from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.unified_models import build_unified_model
@@ -175,15 +178,20 @@ class UnifiedModule(L.LightningModule):
         pred = self.ref_classifier.predict(real)
         truth = torch.as_tensor(splits["test"].labels, device=self.device)
         self.log("test/ref_classifier_acc", multiclass_accuracy(pred, truth, num_classes=10, average="micro"))
+        self.sample_generator = torch.Generator(device=self.device).manual_seed(e.seed)
+        if self.data_cfg.kind == "scenes":  # its T2I ceiling is scored on real test scenes
+            self.scene_metrics = SceneMetrics(self.ref_classifier.features(real), self.data_cfg.grid).to(self.device)
+            return
         # the ceiling for T2I: real test digits after a round trip through the image tokenizer
         tok = self.image_tokenizer
         pred = self.ref_classifier.predict(tok.decode(tok.encode(splits["test"].images)).to(self.device))
         self.log("test/ref_classifier_acc_tokenized", multiclass_accuracy(pred, truth, num_classes=10, average="micro"))
-        self.sample_generator = torch.Generator(device=self.device).manual_seed(e.seed)
         self.mmu_examples: list[tuple[int, str]] = []
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         e = self.eval_cfg
+        if self.data_cfg.kind == "scenes" and dataloader_idx != LM_TEST:
+            return self._scene_test_step(batch, dataloader_idx)
         if dataloader_idx == MMU_TEST:
             answers = self.model.answer(batch, e.max_answer_tokens)
             pred = torch.tensor([answered_digit(a) for a in answers], device=self.device)
@@ -199,3 +207,16 @@ class UnifiedModule(L.LightningModule):
             logits = self.model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
             self.lm_ppl.update(logits.float(), batch["labels"])
             self.log("test/lm_ppl", self.lm_ppl, add_dataloader_idx=False)
+
+    def _scene_test_step(self, batch: dict, dataloader_idx: int) -> None:
+        e, m, tok = self.eval_cfg, self.scene_metrics, self.image_tokenizer
+        if dataloader_idx == MMU_TEST:
+            m.update_mmu(self.model.answer(batch, e.max_answer_tokens), batch["answer"], batch["qtype"])
+            logged = m.mmu_metrics()
+        else:
+            codes = self.model.sample_images(batch, e.maskgit_steps, e.guidance, e.temperature, self.sample_generator)
+            m.update_t2i(self.ref_classifier, batch["prompt"], tok.decode(codes).to(self.device),
+                         tok.decode(batch["scene_codes"]).to(self.device))
+            logged = m.t2i_metrics()
+        for name, metric in logged.items():
+            self.log(name, metric, add_dataloader_idx=False)

@@ -1,0 +1,290 @@
+"""`make reproduce` (`python -m modlab.reproduce`): the UniMoD paper's comparison on digit scenes.
+
+For each model family (Show-o-like; Emu3-like once its experiments exist):
+
+1. train the dense model (`<family>.dense`, e.g. scenes_dense);
+2. analysis, when `modlab analyze redundancy` exists: ARank of the dense checkpoint -> a routing
+   plan (routed layers and per-task capacities) for UniMoD; skipped otherwise (UniMoD then uses
+   conf/routing/unimod.yaml);
+3. fine-tune from the dense checkpoint (`init_from=`) at matched training FLOPs: every fine-tune
+   gets the FLOPs of `--finetune-steps` dense steps, so a routed model that is cheaper per step
+   takes more steps (its FLOPs per step are measured on real training batches before it starts);
+   a dense fine-tune with the same budget is the control;
+4. every `modlab train` ends by testing its best checkpoint (modlab.evaluation.scene_metrics);
+5. write results.md and results.csv (training FLOPs per step, MMU accuracy per question type,
+   T2I accuracy per prompt category, digits-FID) and pareto.png, and print where they are.
+
+Each run is a real `modlab` command in a subprocess with its run directory under the output
+directory; its output goes to <run dir>.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modlab.data.scenes import PROMPT_CATEGORIES, QUESTION_TYPES
+
+
+@dataclass(frozen=True)
+class Family:
+    """The experiments of one model family: a dense model and its MoD / UniMoD variants."""
+
+    name: str
+    dense: str
+    mod: str
+    unimod: str
+
+
+FAMILIES = (
+    Family("Show-o-like", dense="scenes_dense", mod="scenes_mod", unimod="scenes_unimod"),
+    # Emu3-like rows: skipped (with a note in the table) until these experiments exist in
+    # conf/experiment/ (built like scenes_*, on the `emu3` model).
+    Family("Emu3-like", dense="scenes_emu3_dense", mod="scenes_emu3_mod", unimod="scenes_emu3_unimod"),
+)
+
+# Fine-tuning a trained model: a lower peak learning rate and a short warm-up.
+FINETUNE = ["task.lr=1e-3", "task.warmup_steps=20"]
+# --quick: a tiny model and a few steps of everything (tests/test_reproduce.py)
+QUICK = ["debug=fast", "model.d_model=32", "model.n_head=2", "data.codebook_size=16", "trainer.val_check_interval=2", "eval.t2i_per_category=2"]
+
+
+@dataclass
+class Row:
+    family: str
+    method: str  # dense | dense (fine-tuned) | MoD | UniMoD
+    run_dir: Path
+    metrics: dict = field(default_factory=dict)
+    note: str = ""
+
+
+# ---- running modlab ------------------------------------------------------------------------
+
+
+def experiment_exists(name: str) -> bool:
+    import modlab.conf
+
+    return (Path(modlab.conf.__file__).parent / "experiment" / f"{name}.yaml").is_file()
+
+
+def analysis_available() -> bool:
+    from modlab.cli.main import COMMANDS
+
+    return "analyze" in COMMANDS
+
+
+def run_modlab(args: list[str], run_dir: Path) -> None:
+    """One `modlab` command with its run directory at `run_dir`, output in `<run_dir>.log`."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = run_dir.with_suffix(".log")
+    cmd = [sys.executable, "-m", "modlab.cli.main", *args, f"hydra.run.dir={run_dir}"]
+    print(f"  $ modlab {' '.join(args)}", flush=True)
+    start = time.perf_counter()
+    with log.open("w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
+    print(f"    {time.perf_counter() - start:.0f} s, log {log}", flush=True)
+    if done.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-3:]
+        raise RuntimeError(f"modlab {args[0]} failed (exit {done.returncode}): {' | '.join(tail)}")
+
+
+def train(experiment: str, overrides: list[str], run_dir: Path) -> dict:
+    run_modlab(["train", f"+experiment={experiment}", "callbacks.progress_bar=false", *overrides], run_dir)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def probe_flops_per_step(experiment: str, overrides: list[str], n_batches: int = 4) -> float:
+    """Training FLOPs per step of a config, as metrics.json reports them (routing-aware, on
+    the rows really drawn), measured on a few training batches through the initialised model."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from modlab.cli.app import CONF_DIR
+    from modlab.cli.runtime import init_from_checkpoint
+    from modlab.cli.schema import validate
+    from modlab.tasks.digits_datamodule import DigitsDataModule
+    from modlab.tasks.unified import UnifiedModule
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        c = validate(compose(config_name="train", overrides=[f"+experiment={experiment}", *overrides]))
+    module = UnifiedModule.from_configs(c.model, c.data, c.task, c.eval, c.routing, seed=c.seed)
+    if c.init_from:
+        init_from_checkpoint(module, c.init_from)
+    dm = DigitsDataModule(c.data, c.eval, image_tokenizer=module.image_tokenizer if c.init_from else None)
+    iterators = {task: iter(dl) for task, dl in dm.train_dataloader().iterables.items()}
+    total = 0.0
+    with torch.no_grad():
+        for _ in range(n_batches):
+            for it in iterators.values():  # one forward per task batch, as a training step runs
+                batch = module.model.mask_images(next(it))
+                module.model.task_losses(batch)
+                total += module.step_flops(*batch["ids"].shape)[0]
+    return total / n_batches
+
+
+# ---- the comparison ------------------------------------------------------------------------
+
+
+def run_family(fam: Family, out: Path, finetune_steps: int, extra: list[str], skip_analysis: bool,
+               dense_run: Path | None = None) -> list[Row]:
+    if dense_run is None:
+        print(f"\n[{fam.name}] dense: {fam.dense}", flush=True)
+        dense = Row(fam.name, "dense", out / fam.name / "dense")
+        dense.metrics = train(fam.dense, extra, dense.run_dir)
+    else:
+        print(f"\n[{fam.name}] dense: the run in {dense_run}", flush=True)
+        dense = Row(fam.name, "dense", dense_run, json.loads((dense_run / "metrics.json").read_text()))
+    ckpt = dense.run_dir / "checkpoints" / "last.ckpt"
+
+    unimod_overrides, unimod_note = [], "conf/routing/unimod.yaml capacities"
+    if skip_analysis or not analysis_available():
+        print(f"[{fam.name}] analysis: skipped ({'--skip-analysis' if skip_analysis else 'no `modlab analyze` command'})")
+    else:
+        print(f"[{fam.name}] analysis: ARank redundancy -> routing plan", flush=True)
+        analysis_dir = out / fam.name / "analysis"
+        try:
+            run_modlab(["analyze", "redundancy", f"ckpt_path={ckpt}"], analysis_dir)
+            plan = analysis_dir / "routing_plan.yaml"
+            if plan.is_file():
+                unimod_overrides, unimod_note = [f"routing.plan={plan}"], f"routing plan from ARank ({plan.name})"
+            else:
+                print("    the analysis wrote no routing_plan.yaml: UniMoD uses conf/routing/unimod.yaml")
+        except RuntimeError as e:
+            print(f"    analysis failed, UniMoD uses conf/routing/unimod.yaml: {e}")
+
+    budget = finetune_steps * dense.metrics["train/flops_per_step"]
+    rows = [dense]
+    for method, dirname, experiment, overrides, note in (
+        ("dense (fine-tuned)", "dense_ft", fam.dense, [], "control: same FLOPs budget"),
+        ("MoD", "mod", fam.mod, [], "conf/routing/mod.yaml"),
+        ("UniMoD", "unimod", fam.unimod, unimod_overrides, unimod_note),
+    ):
+        common = [*extra, f"init_from={ckpt}", *FINETUNE, *overrides]
+        per_step = probe_flops_per_step(experiment, common)
+        steps = max(1, round(budget / per_step))
+        print(f"[{fam.name}] {method}: {experiment}, {per_step / 1e9:.2f} GFLOPs/step -> {steps} steps", flush=True)
+        row = Row(fam.name, method, out / fam.name / dirname, note=note)
+        row.metrics = train(experiment, [*common, f"trainer.max_steps={steps}",
+                                         f"trainer.val_check_interval={max(1, min(steps, 250))}"], row.run_dir)
+        rows.append(row)
+    return rows
+
+
+# ---- the table and the plot ----------------------------------------------------------------
+
+COLUMNS = (
+    [("steps", "train/steps", "{:.0f}"), ("GFLOPs/step", "train/flops_per_step", "{:.2f}"), ("vs dense", "ratio", "{:.2f}")]
+    + [(f"MMU {t}", f"test/mmu_acc/{t}", "{:.3f}") for t in QUESTION_TYPES]
+    + [("MMU all", "test/mmu_acc", "{:.3f}")]
+    + [(f"T2I {c}", f"test/t2i_acc/{c}", "{:.3f}") for c in PROMPT_CATEGORIES]
+    + [("T2I all", "test/t2i_acc", "{:.3f}"), ("FID ↓", "test/t2i_fid", "{:.2f}")]
+)
+
+
+def _value(row: Row, key: str, dense_flops: float):
+    m = row.metrics
+    if key == "train/flops_per_step":
+        return m.get(key, math.nan) / 1e9
+    if key == "ratio":
+        return m.get("train/flops_per_step", math.nan) / dense_flops
+    v = m.get(key)
+    return math.nan if v is None else v
+
+
+def write_table(rows: list[Row], skipped: list[str], out: Path, finetune_steps: int, wall_s: float) -> tuple[Path, Path]:
+    dense_flops = {r.family: r.metrics.get("train/flops_per_step", math.nan) for r in rows if r.method == "dense"}
+    header = ["model", "method", *[c[0] for c in COLUMNS], "routing"]
+    table = [[r.family, r.method, *[_value(r, key, dense_flops[r.family]) for _, key, _ in COLUMNS], r.note] for r in rows]
+    csv_path = out / "results.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(table)
+    lines = [
+        "# Digit scenes: dense vs MoD vs UniMoD (UniMoD paper, Table-style)",
+        "",
+        f"Fine-tunes start from the dense checkpoint with the training FLOPs of {finetune_steps} dense steps each.",
+        "GFLOPs/step: analytic training FLOPs (forward + backward) of one step, routing-aware.",
+        "MMU: exact-match answers to 100 test questions per type; T2I: generated scenes that show the prompt",
+        "(blank detector + reference classifier per cell); FID: digits-FID of generated cells vs real test digits.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    formats = ["{}", "{}", *[c[2] for c in COLUMNS], "{}"]
+    for values in table:
+        lines.append("| " + " | ".join("–" if isinstance(v, float) and math.isnan(v) else f.format(v)
+                                        for f, v in zip(formats, values)) + " |")
+    ceilings = [r for r in rows if r.method == "dense"]
+    lines.append("")
+    for r in ceilings:
+        m = r.metrics
+        lines.append(f"Scorer ceilings ({r.family}, real test scenes after the image tokenizer): "
+                     f"T2I {m.get('test/t2i_acc_tokenized', math.nan):.3f}, FID {m.get('test/t2i_fid_tokenized', math.nan):.2f}; "
+                     f"reference classifier on real test digits {m.get('test/ref_classifier_acc', math.nan):.3f}.")
+    for s in skipped:
+        lines.append(f"Not run: {s}.")
+    lines.append(f"Wall time of the whole reproduction: {wall_s / 60:.1f} min.")
+    md_path = out / "results.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return md_path, csv_path
+
+
+def write_pareto(rows: list[Row], out: Path) -> Path:
+    from modlab.evaluation.plots import save_pareto_plot
+
+    points = [{"label": f"{r.family} {r.method}", "family": r.family, "x": r.metrics.get("train/flops_per_step", math.nan) / 1e9,
+               "y": {"MMU accuracy": r.metrics.get("test/mmu_acc", math.nan), "T2I accuracy": r.metrics.get("test/t2i_acc", math.nan)}}
+              for r in rows]
+    return save_pareto_plot(points, "training GFLOPs per step", out / "pareto.png")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m modlab.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=None, help="output directory (default outputs/reproduce/<time>)")
+    p.add_argument("--finetune-steps", type=int, default=300, help="fine-tuning budget in dense-step FLOPs (default 300)")
+    p.add_argument("--skip-analysis", action="store_true", help="do not run `modlab analyze redundancy`")
+    p.add_argument("--dense-run", type=Path, default=None,
+                   help="reuse this Show-o-like dense run directory (metrics.json, checkpoints/last.ckpt) instead of training one")
+    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps of everything (for tests)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. model.n_layer=6")
+    a = p.parse_args(argv)
+    if a.dense_run and not all((a.dense_run / f).is_file() for f in ("metrics.json", "checkpoints/last.ckpt")):
+        raise RuntimeError(f"--dense-run {a.dense_run} holds no metrics.json and checkpoints/last.ckpt of a finished run")
+    out = a.out or Path(os.environ.get("MODLAB_OUTPUT_DIR", "outputs")) / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    extra = [*(QUICK if a.quick else []), *a.overrides]
+    start = time.perf_counter()
+    rows, skipped = [], []
+    for fam in FAMILIES:
+        missing = [e for e in (fam.dense, fam.mod, fam.unimod) if not experiment_exists(e)]
+        if missing:
+            skipped.append(f"{fam.name} (no experiment {', '.join(missing)})")
+            print(f"[{fam.name}] skipped: no experiment {', '.join(missing)}")
+            continue
+        reuse = a.dense_run.resolve() if a.dense_run and fam is FAMILIES[0] else None
+        rows += run_family(fam, out, a.finetune_steps, extra, a.skip_analysis, reuse)
+    md, csv_path = write_table(rows, skipped, out, a.finetune_steps, time.perf_counter() - start)
+    plot = write_pareto(rows, out)
+    print("\n" + md.read_text())
+    print(f"table: {md}\n       {csv_path}\nplot:  {plot}")
+    return md
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RuntimeError as e:
+        sys.stderr.write(f"modlab reproduce: error: {e}\n")
+        raise SystemExit(1)
