@@ -31,11 +31,13 @@ $(BIN)/modlab: pyproject.toml
 	@touch $(BIN)/modlab
 	@echo "modlab installed in $(VENV) with $$(cat $(VENV)/torch-constraint.txt)"
 
+# two pytest workers on two cores: one torch thread each (two each oversubscribe the cores and
+# made training steps several times slower)
 test: install
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 test-full: install
-	$(BIN)/python -m pytest -q -n 2 -m "" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n 2 -m "" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m modlab.bench

@@ -126,7 +126,7 @@ def probe_flops_per_step(experiment: str, overrides: list[str], n_batches: int =
     with torch.no_grad():
         for _ in range(n_batches):
             for it in iterators.values():  # one forward per task batch, as a training step runs
-                batch = module.model.mask_images(next(it))
+                batch = module.model.training_batch(next(it))
                 module.model.task_losses(batch)
                 total += module.step_flops(*batch["ids"].shape)[0]
     return total / n_batches

@@ -88,7 +88,7 @@ def joint_vs_single(make_model: Callable[[], ShowO], make_samplers: Callable[[],
         def loss_fn() -> torch.Tensor:
             losses = {}
             for t in tasks:
-                losses.update(model.task_losses(model.mask_images(samplers[t](), cond_dropout)))
+                losses.update(model.task_losses(model.training_batch(samplers[t](), cond_dropout)))
             return weighted_loss(losses, weights)
 
         train_steps(model, loss_fn, steps, lr, advance=advance)
@@ -150,7 +150,7 @@ def packed_task_losses(model: ShowO, packed: dict) -> dict[str, torch.Tensor]:
 
 def masked_pair(model: ShowO, batches: dict[str, dict], cond_dropout: float, generator=None) -> list[dict]:
     """The task batches with T2I images masked (labels on the masked codes), ready to pack."""
-    return [model.mask_images(b, cond_dropout, generator=generator) for b in batches.values()]
+    return [model.training_batch(b, cond_dropout, generator=generator) for b in batches.values()]
 
 
 def kept_fractions(model: ShowO, segment_task: torch.Tensor, run: Callable[[], object]) -> dict[tuple[int, str], tuple[int, int]]:

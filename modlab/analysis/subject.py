@@ -72,6 +72,6 @@ def showo_subject(model) -> Subject:
         return model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
 
     def task_losses(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return model.task_losses(model.mask_images(batch, 0.0, generator=generator))
+        return model.task_losses(model.training_batch(batch, 0.0, generator=generator))
 
     return Subject(model, model.transformer.blocks, run, task_losses)
