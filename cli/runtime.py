@@ -48,8 +48,9 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
             callbacks.append(RichModelSummary(max_depth=2))
         if callbacks_cfg.checkpoint and not t.fast_dev_run:
             callbacks.append(ModelCheckpoint(
-                dirpath=out_dir / "checkpoints", filename="best-{step}", monitor=callbacks_cfg.monitor,
-                mode="min", save_top_k=1, save_last=True,
+                # no "=" in the name: Hydra's override grammar would reject ckpt_path=.../best-step=N.ckpt
+                dirpath=out_dir / "checkpoints", filename="best-step{step}", auto_insert_metric_name=False,
+                monitor=callbacks_cfg.monitor, mode="min", save_top_k=1, save_last=True,
             ))
         if callbacks_cfg.lr_monitor and logger_cfg.kind != "none":
             callbacks.append(LearningRateMonitor(logging_interval="step"))

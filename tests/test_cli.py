@@ -50,6 +50,8 @@ def test_train_writes_a_complete_run_directory(trained_run: Path):
     assert (run / "train.log").is_file()
     assert (run / "metrics.csv").read_text().count("\n") > 2
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    best = list((run / "checkpoints").glob("best-step*.ckpt"))
+    assert len(best) == 1 and "=" not in best[0].name  # pasteable as ckpt_path= (Hydra grammar)
     metrics = json.loads((run / "metrics.json").read_text())
     assert TEST_KEYS | {"params", "train_seconds"} <= set(metrics)
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/mmu_acc", "test/t2i_acc", "test/ref_classifier_acc"))

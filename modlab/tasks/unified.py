@@ -12,7 +12,6 @@ with a digits-FID (modlab.evaluation.scene_metrics).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 
 import lightning as L
@@ -35,6 +34,7 @@ from modlab.routing.config import RoutingConfig
 from modlab.routing.plan import apply_routing, causal_routing_stats, set_anneal_fraction
 from modlab.routing.schedule import anneal_fraction
 from modlab.tasks.config import EvalConfig, TaskConfig
+from modlab.tasks.optim import adamw_warmup_cosine
 from modlab.tasks.digits_datamodule import image_tokenizer_for
 
 MMU_TEST, T2I_TEST, LM_TEST = 0, 1, 2
@@ -148,23 +148,8 @@ class UnifiedModule(L.LightningModule):
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
 
     def configure_optimizers(self):
-        t = self.task_cfg
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=t.lr, betas=tuple(t.betas),
-        )
-        total = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches)
-
-        def schedule(step: int) -> float:
-            if step < t.warmup_steps:
-                return (step + 1) / (t.warmup_steps + 1)
-            progress = min(1.0, (step - t.warmup_steps) / max(1, total - t.warmup_steps))
-            return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        return adamw_warmup_cosine(self.parameters(), self.task_cfg, total)
 
     # ---- test ----------------------------------------------------------------------------------
 
