@@ -88,9 +88,9 @@ class InteractionsConfig:
 
     joint_training: bool = True  # (a) single-task vs joint training from scratch
     shared_router: bool = True  # (b) one shared router with a joint budget vs task routers
-    steps: int = 40  # optimiser steps of each (a) run
-    router_steps: int = 30  # optimiser steps of each (b) fine-tune from the checkpoint
-    batch_size: int = 16  # rows per task per step
+    steps: int = 30  # optimiser steps of each (a) run
+    router_steps: int = 20  # optimiser steps of each (b) fine-tune from the checkpoint
+    batch_size: int = 12  # rows per task per step
     lr: float = 2e-3
     router_lr: float = 1e-3
     capacity: float = 0.25  # (b): the budget; routed layers: the last half
