@@ -19,9 +19,11 @@ from modlab.cli.runtime import load_unified_module, read_unified_checkpoint, run
 from modlab.cli.schema import validate
 from modlab.errors import CheckpointError
 
-# Which model architectures (checkpoint `model.arch`) each job can analyse. Emu3-like and LM
-# models built on modlab's Transformer need only a Subject (modlab.analysis.subject) to join.
-SUPPORTED_ARCHS = {"attention": ("showo",), "importance": ("showo",), "redundancy": ("showo",), "interactions": ("showo",)}
+# Which model architectures (checkpoint `model.arch`) each job can analyse. The Emu3-like model has
+# the Show-o-like interface (its own mask and targets), so showo_subject serves it; `interactions`
+# packs rows with an omni-attention mask and stays Show-o-only. LM models need their own Subject.
+SUPPORTED_ARCHS = {"attention": ("showo", "emu3"), "importance": ("showo", "emu3"), "redundancy": ("showo", "emu3"),
+                   "interactions": ("showo",)}
 
 
 @dataclass
