@@ -106,6 +106,7 @@ def test_per_task_kept_counts_equal_configured_capacities():
     n_valid = route.valid.sum(1)
     expected = [math.ceil([0.25, 0.75][int(t)] * int(n)) for t, n in zip(route.task, n_valid)]
     assert rb.last_kept.tolist() == expected
+    assert rb.last_selected.sum(1).tolist() == expected and not (rb.last_selected & ~route.valid).any()
 
 
 def test_unselected_tokens_pass_through_and_router_gets_gradient():

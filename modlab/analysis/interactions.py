@@ -29,7 +29,6 @@ from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.showo import ShowO
 from modlab.routing.plan import RouteInfo, install_routing
 from modlab.routing.routed_block import RoutedBlock
-from modlab.routing.topk import topk_select
 
 
 def train_steps(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], steps: int, lr: float,
@@ -154,18 +153,14 @@ def masked_pair(model: ShowO, batches: dict[str, dict], cond_dropout: float, gen
 
 
 def kept_fractions(model: ShowO, segment_task: torch.Tensor, run: Callable[[], object]) -> dict[tuple[int, str], tuple[int, int]]:
-    """{(layer, task): (kept, valid)} tokens per routed layer during `run()`, by the same
-    top-k the routed block does (`segment_task` (B, T) gives each token's task)."""
+    """{(layer, task): (kept, valid)} tokens per routed layer during `run()`, as each routed
+    block records them (`last_selected`; `segment_task` (B, T) gives each token's task)."""
     counts: dict[tuple[int, str], list[int]] = {}
     handles = []
 
     def hook(i: int):
-        def read(module: RoutedBlock, args):
-            x, route = args[0], args[3]
-            scores = module.router(x, route.task)
-            cap = module.capacity[route.task.clamp(max=len(module.capacity) - 1)]
-            idx, ok = topk_select(scores, route.valid, cap)
-            kept = torch.zeros_like(route.valid).scatter(1, idx, ok)
+        def read(module: RoutedBlock, args, output):
+            route, kept = args[3], module.last_selected
             for name in TASKS:
                 tok = segment_task == TASK_ID[name]
                 if tok.any():
@@ -176,7 +171,7 @@ def kept_fractions(model: ShowO, segment_task: torch.Tensor, run: Callable[[], o
 
     for i, layer in enumerate(model.transformer.blocks):
         if isinstance(layer, RoutedBlock):
-            handles.append(layer.register_forward_pre_hook(hook(i)))
+            handles.append(layer.register_forward_hook(hook(i)))
     try:
         with torch.no_grad():
             run()

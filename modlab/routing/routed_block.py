@@ -80,6 +80,7 @@ class RoutedBlock(nn.Module):
         self.last_aux_loss: torch.Tensor | None = None  # BCE of the causal decision vs top-k, last call
         self.last_agreement: torch.Tensor | None = None  # fraction of valid tokens where they agree
         self.anneal = 1.0  # training-time capacity schedule (modlab.routing.schedule); eval: target
+        self.last_selected: torch.Tensor | None = None  # (B, T) tokens that ran the block in the last call
         self.last_kept: torch.Tensor | None = None  # (B,) tokens kept per row in the last call
         # (rows, K) of each batched call in the last forward: what really ran (for FLOPs)
         self.last_groups: list[tuple[int, int]] = []
@@ -101,7 +102,8 @@ class RoutedBlock(nn.Module):
         if self.mode == "threshold" and self.causal != "none":
             # every token whose decision logit is > 0 runs the block: a per-token, causal choice
             eligible = route.valid & (self.decision_logits(x, route.task, scores).detach() > 0)
-            return self._route_rows(x, positions, attn_mask, eligible, scores, torch.ones(()), None)[0]
+            out, self.last_selected = self._route_rows(x, positions, attn_mask, eligible, scores, torch.ones(()), None)
+            return out
         capacity = self.capacity
         if self.training and self.anneal < 1.0:
             capacity = annealed_capacity(capacity, self.anneal)
@@ -117,6 +119,7 @@ class RoutedBlock(nn.Module):
                 rows = (route.task == t).nonzero().squeeze(1)
                 out[rows], selected[rows] = self._route_rows(x[rows], positions[rows], attn_mask[rows], route.valid[rows],
                                                              scores[rows], row_capacity[rows], rows)
+        self.last_selected = selected
         if self.causal != "none":
             self._score_causal_decision(x, route, scores, selected)
         return out
