@@ -1,7 +1,9 @@
 """`make bench`: speed ratios, printed as a rich table and written to a JSON file.
 
 Benchmarks are never part of the tests (timings on a shared 2-core machine are noisy); they
-report ratios measured back to back in one process, with the median of several repeats.
+report ratios measured in one process. Things compared are timed in alternation (dense, routed,
+dense, routed, ...) so a change of machine load hits both sides alike, and each keeps its fastest
+repeat: the least-disturbed run, as `timeit` advises.
 
 Tables: the Show-o-like training step in fp32 vs bf16 autocast (the choice
 `trainer.precision=auto` makes); a routed block vs the dense block at several capacities beside
@@ -12,7 +14,6 @@ batch-1 prefill / decode vs the base causal LM at several context lengths.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -23,15 +24,18 @@ from modlab.models.config import ModelConfig
 from modlab.models.unified_models import build_unified_model
 
 
-def _median_seconds(fn, repeats: int = 5, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def _interleaved_seconds(fns: dict, repeats: int = 9, warmup: int = 2) -> dict:
+    """Seconds per call of each fn, timed in alternation; the fastest of `repeats` runs each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def _experiment_batches():
@@ -43,7 +47,7 @@ def _experiment_batches():
     return dm, [next(iter(loader)) for loader in dm.train_dataloader().iterables.values()]
 
 
-def _train_step_seconds(model, batches: list[dict], bf16: bool) -> float:
+def _train_step(model, batches: list[dict], bf16: bool):
     """A step as UnifiedModule trains: one forward per task batch, one backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -61,14 +65,15 @@ def _train_step_seconds(model, batches: list[dict], bf16: bool) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return _median_seconds(step)
+    return step
 
 
 def training_step_precision() -> dict:
     dm, batches = _experiment_batches()
     torch.manual_seed(0)
     model = build_unified_model(ModelConfig(), dm.space, dm.image_tokenizer.n_tokens)
-    fp32, bf16 = _train_step_seconds(model, batches, False), _train_step_seconds(model, batches, True)
+    t = _interleaved_seconds({"fp32": _train_step(model, batches, False), "bf16": _train_step(model, batches, True)})
+    fp32, bf16 = t["fp32"], t["bf16"]
     return {"rows": sum(int(b["ids"].shape[0]) for b in batches), "fp32_s": fp32, "bf16_s": bf16, "speedup_bf16": fp32 / bf16}
 
 
@@ -86,18 +91,21 @@ def routed_training_step() -> list[dict]:
     conf = Path(modlab.conf.__file__).parent / "routing"  # the experiments' routing configs
     dm, batches = _experiment_batches()
     cfg = ModelConfig()
-    rows = []
+    rows, steps = [], {}
     for name in ("dense", "unimod", "mod"):
         routing = RoutingConfig(**OmegaConf.to_container(OmegaConf.load(conf / f"{name}.yaml")))
         torch.manual_seed(0)
         model = build_unified_model(cfg, dm.space, dm.image_tokenizer.n_tokens)
         apply_routing(model.transformer.blocks, cfg.d_model, routing)
-        seconds = _train_step_seconds(model, batches, bf16=True)
+        steps[name] = _train_step(model, batches, bf16=True)
         flops = 0
         for batch in batches:  # the FLOPs of each task batch's forward, as the training step counts
             model.task_losses(model.training_batch(batch, 0.1))
             flops += last_train_step_flops(cfg, dm.space.vocab_size, model.transformer.blocks, *batch["ids"].shape)
-        rows.append({"routing": name, "seconds": seconds, "flops": flops})
+        rows.append({"routing": name, "flops": flops})
+    seconds = _interleaved_seconds(steps)
+    for r in rows:
+        r["seconds"] = seconds[r["routing"]]
     dense = rows[0]
     for r in rows:
         r["time_cut"] = 1 - r["seconds"] / dense["seconds"]
@@ -124,17 +132,17 @@ def routed_block_speed(capacities=(0.125, 0.25, 0.5), T: int = 1024, d: int = 51
     mask = causal_mask(valid)
     route = RouteInfo(task=torch.zeros(B, dtype=torch.long), valid=valid)
 
-    def run(fn):
-        def step():
-            fn().sum().backward()
-        return _median_seconds(step)
+    def step(fn):
+        return lambda: fn(x, positions, mask).sum().backward()
 
-    dense_s = run(lambda: block(x, positions, mask))
+    routed = {c: RoutedBlock(block, d, [c]) for c in capacities}
+    steps = {"dense": step(block)} | {c: step(lambda *a, rb=rb: rb(*a, route)) for c, rb in routed.items()}
+    seconds = _interleaved_seconds(steps)
+    dense_s = seconds["dense"]
     dense_flops = block_forward_flops(cfg, B, T)
     rows = []
-    for c in capacities:
-        rb = RoutedBlock(block, d, [c])
-        routed_s = run(lambda: rb(x, positions, mask, route))
+    for c, rb in routed.items():
+        routed_s = seconds[c]
         k = rb.last_groups[0][1]
         routed_flops = block_forward_flops(cfg, B, k) + router_forward_flops(B, T, rb.routing_weights())
         predicted, measured = dense_flops / routed_flops, dense_s / routed_s
