@@ -1,6 +1,6 @@
 """`make reproduce` (`python -m modlab.reproduce`): the UniMoD paper's comparison on digit scenes.
 
-For each model family (Show-o-like; Emu3-like once its experiments exist):
+For each model family (Show-o-like and Emu3-like; a family whose experiments are missing is skipped):
 
 1. train the dense model (`<family>.dense`, e.g. scenes_dense);
 2. analysis, when `modlab analyze redundancy` exists: ARank of the dense checkpoint -> a routing
@@ -46,8 +46,6 @@ class Family:
 
 FAMILIES = (
     Family("Show-o-like", dense="scenes_dense", mod="scenes_mod", unimod="scenes_unimod"),
-    # Emu3-like rows: skipped (with a note in the table) until these experiments exist in
-    # conf/experiment/ (built like scenes_*, on the `emu3` model).
     Family("Emu3-like", dense="scenes_emu3_dense", mod="scenes_emu3_mod", unimod="scenes_emu3_unimod"),
 )
 
