@@ -52,9 +52,15 @@ def build_lm(cfg: ModelConfig):
     raise ConfigError(f"task=lm needs a causal LM (model=lm or model=hf_causal_lm), not model.arch={cfg.arch}")
 
 
-def _load_pretrained_weights(lm, ckpt: dict, ckpt_path: str, role: str) -> None:
+def read_pretrained_lm_checkpoint(ckpt_path: str, role: str = "checkpoint") -> dict:
+    """An LM checkpoint that holds a whole pretrained LM (a router-tuned one holds routers only)."""
+    ckpt = read_lm_checkpoint(ckpt_path, role)
     if ckpt["hyper_parameters"].get("mindskip", {}).get("enabled"):
         raise CheckpointError(f"{role} '{ckpt_path}' is a router-tuned checkpoint; give the pretrained LM it was tuned from")
+    return ckpt
+
+
+def _load_lm_state(lm, ckpt: dict, ckpt_path: str, role: str) -> None:
     state = {k.removeprefix("lm."): v for k, v in ckpt["state_dict"].items() if k.startswith("lm.")}
     try:
         lm.load_state_dict(state)
@@ -64,16 +70,16 @@ def _load_pretrained_weights(lm, ckpt: dict, ckpt_path: str, role: str) -> None:
 
 def load_lm_weights(lm, ckpt_path: str, role: str = "init_from") -> None:
     """Copy a pretrained (not router-tuned) LM checkpoint's weights into `lm`."""
-    _load_pretrained_weights(lm, read_lm_checkpoint(ckpt_path, role), ckpt_path, role)
+    _load_lm_state(lm, read_pretrained_lm_checkpoint(ckpt_path, role), ckpt_path, role)
 
 
 def load_pretrained_lm(ckpt_path: str, role: str = "checkpoint"):
     """(the LM in eval mode, its tokenizer, the checkpoint's hyper-parameters) of a pretrained
     (not router-tuned) LM checkpoint, without Lightning."""
-    ckpt = read_lm_checkpoint(ckpt_path, role)
+    ckpt = read_pretrained_lm_checkpoint(ckpt_path, role)
     try:
         lm, tokenizer = build_lm(ModelConfig(**ckpt["hyper_parameters"]["model"]))
     except (TypeError, KeyError) as e:
         raise CheckpointError(f"{role} '{ckpt_path}' does not fit this version of modlab: {e}") from None
-    _load_pretrained_weights(lm, ckpt, ckpt_path, role)
+    _load_lm_state(lm, ckpt, ckpt_path, role)
     return lm.eval(), tokenizer, ckpt["hyper_parameters"]
