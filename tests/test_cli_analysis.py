@@ -68,12 +68,17 @@ def assert_outputs(run: Path) -> dict:
     return results
 
 
-def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: Path):
-    proc = run_modlab("analyze", "redundancy", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=8", out_dir=tmp_path / "a")
+def run_analysis(*args: str, out_dir: Path) -> tuple[subprocess.CompletedProcess, Path, dict]:
+    """`modlab analyze ARGS`, which must succeed: its output, run directory and checked results.json."""
+    proc = run_modlab("analyze", *args, out_dir=out_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = only_run_dir(tmp_path / "a")
+    run = only_run_dir(out_dir)
+    return proc, run, assert_outputs(run)
+
+
+def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: Path):
+    proc, run, results = run_analysis("redundancy", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=8", out_dir=tmp_path / "a")
     assert run.parts[-3:-1] == ("redundancy", "checkpoint")
-    results = assert_outputs(run)
     assert len(results["results"]["arank"]) == 3 * 4 and results["calibration"]["rows"] == {"t2i": 8, "mmu": 8, "lm": 8}
     plan_path = run / "routing_plan.yaml"
     assert f"routing.plan={plan_path}" in proc.stdout.replace("\n", "")
@@ -103,9 +108,7 @@ def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: 
 
 @pytest.mark.parametrize("job", ["attention", "importance", "interactions"])
 def test_every_job_writes_json_csv_and_png(job: str, tiny_ckpt: Path, tmp_path: Path):
-    proc = run_modlab("analyze", job, f"ckpt_path={tiny_ckpt}", *SMALL_BUDGET[job], out_dir=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = assert_outputs(only_run_dir(tmp_path))
+    _, _, results = run_analysis(job, f"ckpt_path={tiny_ckpt}", *SMALL_BUDGET[job], out_dir=tmp_path)
     assert results["job"] == job and results["results"]
     if job == "importance":
         metrics = {r["metric"] for r in results["results"]["drop_layer"]}
@@ -157,11 +160,8 @@ def test_analyze_bad_input_is_one_line_and_exit_2(tiny_ckpt: Path, tmp_path: Pat
 # ---- causal LMs, Hugging Face LMs and Emu3-like checkpoints --------------------------------------
 
 def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
-    proc = run_modlab("analyze", "importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "i")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = only_run_dir(tmp_path / "i")
+    proc, run, results = run_analysis("importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "i")
     assert run.parts[-3:-1] == ("importance", "lm_pretrain")
-    results = assert_outputs(run)
     assert results["arch"] == "lm" and results["calibration"]["tasks"] == ["lm"] and results["calibration"]["rows"] == {"lm": 6}
     llm = results["results"]["llm_drop"]
     assert {(r["task"], r["layer"], r["sublayer"]) for r in llm} == {("lm", i, s) for i in range(4) for s in ("attn", "mlp", "block")}
@@ -185,10 +185,7 @@ def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
     loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
     assert drop[(-1, "loss")] == pytest.approx(float(loss), rel=1e-5)
 
-    proc = run_modlab("analyze", "redundancy", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "r")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = only_run_dir(tmp_path / "r")
-    results = assert_outputs(run)
+    proc, run, results = run_analysis("redundancy", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "r")
     arank = results["results"]["arank"]
     assert [r["layer"] for r in arank] == [0, 1, 2, 3]
     assert all(1 <= r["arank"] <= 16 and r["seq_len"] == hp["data"]["lm_length"] for r in arank)  # head_dim 16
@@ -199,12 +196,9 @@ def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
 
 def test_importance_of_a_hugging_face_lm(tmp_path: Path):
     hf = save_tiny_hf(tmp_path / "llama", "llama")
-    proc = run_modlab("analyze", "importance", "model=hf_causal_lm", f"model.path={hf}", "calibration.n_per_task=4",
-                      out_dir=tmp_path / "o")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = only_run_dir(tmp_path / "o")
+    _, run, results = run_analysis("importance", "model=hf_causal_lm", f"model.path={hf}", "calibration.n_per_task=4",
+                                   out_dir=tmp_path / "o")
     assert run.parts[-3:-1] == ("importance", "hf_llama")
-    results = assert_outputs(run)
     assert results["arch"] == "hf" and results["model_path"] == str(hf) and results["ckpt_path"] is None
     assert len(results["results"]["llm_drop"]) == 4 * 3 and all(r["importance"] > 0 for r in results["results"]["llm_drop"])
     assert {r["metric"] for r in results["results"]["drop_layer"]} == {"loss", "lm_ppl"}
@@ -212,11 +206,8 @@ def test_importance_of_a_hugging_face_lm(tmp_path: Path):
 
 def test_redundancy_of_an_emu3_checkpoint(tmp_path: Path):
     ckpt = save_tiny_unified(tmp_path / "emu3.ckpt", "emu3")
-    proc = run_modlab("analyze", "redundancy", f"ckpt_path={ckpt}", "calibration.n_per_task=4", "analysis.plan.importance=true",
-                      out_dir=tmp_path / "o")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = only_run_dir(tmp_path / "o")
-    results = assert_outputs(run)
+    _, run, results = run_analysis("redundancy", f"ckpt_path={ckpt}", "calibration.n_per_task=4", "analysis.plan.importance=true",
+                                   out_dir=tmp_path / "o")
     assert results["arch"] == "emu3" and len(results["results"]["arank"]) == 3 * 4
     assert set(results["block_importance"]) == {"t2i", "mmu", "lm"}  # LLM-Drop on the Emu3-like blocks
 
