@@ -3,6 +3,9 @@
 Every job runs on N held-out calibration rows per task (seeded), prints a rich table and
 writes results.json, CSV tables and PNG plots into its run directory; `redundancy` also writes
 routing_plan.yaml for `modlab train +experiment=showo_unimod routing.plan=<file>`.
+
+Causal LMs (`+experiment=lm_pretrain` checkpoints, or `model=hf_causal_lm model.path=DIR` with no
+checkpoint) have one task, `lm`, calibrated on windows of the held-out text.
 """
 
 from __future__ import annotations
@@ -10,20 +13,28 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from modlab.cli.runtime import load_unified_module, read_unified_checkpoint, run_dir, write_csv
 from modlab.cli.schema import validate
-from modlab.errors import CheckpointError
+from modlab.errors import CheckpointError, ConfigError
 
 # Which model architectures (checkpoint `model.arch`) each job can analyse. The Emu3-like model has
 # the Show-o-like interface (its own mask and targets), so showo_subject serves it; `interactions`
-# packs rows with an omni-attention mask and stays Show-o-only. LM models need their own Subject.
-SUPPORTED_ARCHS = {"attention": ("showo", "emu3"), "importance": ("showo", "emu3"), "redundancy": ("showo", "emu3"),
-                   "interactions": ("showo",)}
+# packs rows with an omni-attention mask and stays Show-o-only. Causal LMs (lm_subject) have no
+# image tokens (no `attention` split); a Hugging Face LM's layers are transformers' own, so only
+# `importance` applies (it needs a layer's residual branches, not its queries and keys).
+SUPPORTED_ARCHS = {"attention": ("showo", "emu3"), "importance": ("showo", "emu3", "lm", "hf"),
+                   "redundancy": ("showo", "emu3", "lm"), "interactions": ("showo",)}
+LM_ARCHS = ("lm", "hf")
+# A routing plan routes the t2i / mmu rows of a unified model (`modlab train routing.plan=...`);
+# nothing trains a causal LM from one (MindSkip chooses its own layers), so `redundancy` writes
+# none for an LM and its ARank table stands alone.
+NO_LM_PLAN = ("no routing plan for a causal LM: plans route the t2i / mmu tasks of a unified model "
+              "(the ARank table can guide mindskip.layers)")
 
 
 @dataclass
@@ -35,45 +46,107 @@ class JobResult:
     notes: list[str] = field(default_factory=list)  # printed after the tables
 
 
+def _check_arch(job: str, arch: str, what: str) -> None:
+    if arch not in SUPPORTED_ARCHS[job]:
+        raise CheckpointError(f"analyze {job} cannot analyse a '{arch}' model ({what}); it analyses: "
+                              f"{', '.join(SUPPORTED_ARCHS[job])}")
+
+
+@dataclass
+class CausalLMTarget:
+    """A causal LM to analyse (the jobs' `module` for arch lm / hf), loaded without Lightning."""
+
+    lm: object  # CausalLM or HFCausalLM
+    tokenizer: object
+    data_cfg: object  # DataConfig: which text, rows of how many tokens
+
+
 def load_checkpoint_for(job: str, ckpt_path: str):
+    """(arch, module): a CausalLMTarget for a causal-LM checkpoint, else a UnifiedModule; one-line
+    errors for a model the job cannot analyse."""
+    from modlab.data.config import DataConfig
+    from modlab.tasks.checkpoint import is_lm_checkpoint, load_checkpoint_file, load_pretrained_lm
+
+    if str(ckpt_path).endswith(".safetensors"):
+        raise CheckpointError(f"'{ckpt_path}' is a MindSkip router file; analyse the LM it routes (its base checkpoint)")
+    ckpt = load_checkpoint_file(ckpt_path)
+    if is_lm_checkpoint(ckpt):
+        arch = (ckpt["hyper_parameters"].get("model") or {}).get("arch", "lm")
+        _check_arch(job, arch, ckpt_path)
+        lm, tokenizer, hp = load_pretrained_lm(ckpt_path)  # a router-tuned one is refused: analyse its base
+        return arch, CausalLMTarget(lm, tokenizer, DataConfig(**hp["data"]))
     ckpt = read_unified_checkpoint(ckpt_path)
     arch = (ckpt["hyper_parameters"].get("model") or {}).get("arch", "showo")
-    if arch not in SUPPORTED_ARCHS[job]:
-        raise CheckpointError(f"analyze {job} cannot analyse a '{arch}' model ({ckpt_path}); it analyses: "
-                              f"{', '.join(SUPPORTED_ARCHS[job])}")
-    return load_unified_module(ckpt_path)
+    _check_arch(job, arch, ckpt_path)
+    return arch, load_unified_module(ckpt_path)
+
+
+def load_hf_for(job: str, model_cfg):
+    """(arch, CausalLMTarget) for a Hugging Face directory (`model=hf_causal_lm`, no checkpoint),
+    its text read with the default text data settings (data.lm_length=96, Python's docs)."""
+    if model_cfg.arch != "hf":
+        raise ConfigError(f"analyze model=... is for Hugging Face LMs (model=hf_causal_lm model.path=DIR), not "
+                          f"model.arch={model_cfg.arch}; analyse a modlab model from its checkpoint (ckpt_path=...)")
+    _check_arch(job, "hf", model_cfg.path)
+    from modlab.data.config import DataConfig
+    from modlab.tasks.checkpoint import build_lm
+
+    lm, tokenizer = build_lm(model_cfg)
+    return "hf", CausalLMTarget(lm.eval(), tokenizer, DataConfig(name="text"))
+
+
+def lm_calibration_tasks(tasks: list[str]) -> list[str]:
+    """A causal LM has one task: `lm` must be among calibration.tasks (the others are ignored)."""
+    if "lm" not in tasks:
+        raise ConfigError(f"calibration.tasks {list(tasks)} has no 'lm': a causal LM is calibrated on held-out text "
+                          f"(calibration.tasks=[lm])")
+    return ["lm"]
 
 
 def analyze(cfg: DictConfig) -> dict:
     c = validate(cfg)
     job = c.analysis.job
-    module = load_checkpoint_for(job, c.ckpt_path)
+    arch, module = load_hf_for(job, c.model) if c.model is not None else load_checkpoint_for(job, c.ckpt_path)
     import torch
 
     from modlab.analysis.calibration import calibration_batches
-    from modlab.analysis.subject import showo_subject
+    from modlab.analysis.subject import lm_subject, showo_subject
 
     out = run_dir()
     torch.manual_seed(c.seed)
     start = time.perf_counter()
     cal = c.calibration
-    batches = calibration_batches(module.data_cfg, module.image_tokenizer, cal.tasks, cal.n_per_task, cal.seed,
-                                  cal.split, cal.batch_size)
-    subject = showo_subject(module.model)
+    if arch in LM_ARCHS:
+        cal = replace(cal, tasks=lm_calibration_tasks(cal.tasks))
+        c = replace(c, analysis=replace(c.analysis, plan=replace(c.analysis.plan, write=False)))  # NO_LM_PLAN
+        batches = calibration_batches(module.data_cfg, None, cal.tasks, cal.n_per_task, cal.seed, cal.split,
+                                      cal.batch_size, text_tokenizer=module.tokenizer)
+        subject = lm_subject(module.lm)
+    else:
+        batches = calibration_batches(module.data_cfg, module.image_tokenizer, cal.tasks, cal.n_per_task, cal.seed,
+                                      cal.split, cal.batch_size)
+        subject = showo_subject(module.model)
     with Progress() as progress:
         result = JOBS[job](c, module, subject, batches, out, progress)
     seconds = time.perf_counter() - start
+    if arch in LM_ARCHS and job == "redundancy":
+        result.extra.update(routing_plan=None, routing_plan_skipped=NO_LM_PLAN)
+        result.notes.append(NO_LM_PLAN)
 
     files = []
     for name, rows in result.tables.items():
         files.append(write_csv(rows, out / f"{name}.csv").name)
     files += [p.name for p in result.plots]
     summary = {
-        "job": job, "ckpt_path": c.ckpt_path, "seconds": round(seconds, 2),
+        "job": job, "ckpt_path": c.ckpt_path, "arch": arch, "seconds": round(seconds, 2),
         "calibration": {**asdict(cal), "rows": {t: sum(len(b["ids"]) for b in bs) for t, bs in batches.items()}},
         "analysis": asdict(c.analysis), "files": files + ["results.json"],
         "results": result.tables, **result.extra,
     }
+    if c.model is not None:
+        summary["model_path"] = c.model.path
+    if result.notes:
+        summary["notes"] = result.notes
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_tables(result, out, seconds)
     return summary
@@ -122,7 +195,7 @@ def importance_job(c, module, subject, batches, out: Path, progress) -> JobResul
     shown = [("LLM-Drop importance 1 - cos(x, x + F(LN(x)))", columns, rows)]
     if imp.drop_layer:
         metrics = {}
-        if imp.metrics:
+        if imp.metrics and {"mmu", "t2i"} & set(batches):  # a causal LM's metric is its perplexity (below)
             metrics = showo_task_metrics(module.model, module.space, module.image_tokenizer, module.data_cfg.split_seed,
                                          c.calibration.split, imp.mmu_prompts, imp.t2i_per_digit, imp.maskgit_steps,
                                          module.eval_cfg.guidance, imp.classifier_epochs, seed=c.seed,
@@ -238,11 +311,11 @@ def interactions_job(c, module, subject, batches, out: Path, progress) -> JobRes
 
 def dense_copy(module):
     """The checkpoint's model without its routers (routed layers unwrapped), in eval mode."""
-    from modlab.cli.runtime import _dense_key
+    from modlab.cli.runtime import dense_key
     from modlab.models.showo import ShowO
 
     model = ShowO(module.model_cfg, module.space, module.image_tokenizer.n_tokens)
-    model.load_state_dict({_dense_key(k): v for k, v in module.model.state_dict().items() if ".router." not in k})
+    model.load_state_dict({dense_key(k): v for k, v in module.model.state_dict().items() if ".router." not in k})
     return model.eval()
 
 

@@ -20,8 +20,11 @@ CONF_DIR = str(Path(modlab.conf.__file__).parent)
 RUN_ID = time.strftime("%Y-%m-%d_%H-%M-%S") + f"_{os.getpid()}"
 
 
-def experiment_of_checkpoint(path: str) -> str:
-    """`outputs/train/<experiment>/<run>/checkpoints/x.ckpt` -> `<experiment>`."""
+def experiment_of_checkpoint(path: str, hf_path: str | None = None) -> str:
+    """`outputs/train/<experiment>/<run>/checkpoints/x.ckpt` -> `<experiment>`; a Hugging Face
+    directory (`modlab analyze ... model.path=DIR`, no checkpoint) -> `hf_<its name>`."""
+    if path is None and hf_path:
+        return f"hf_{Path(hf_path).name}"
     m = re.search(r"train/([^/]+)/[^/]+/checkpoints/[^/]+$", str(path))
     return m.group(1) if m else "checkpoint"
 

@@ -111,6 +111,8 @@ def print_analysis_jobs() -> None:
         table.add_row(name, summary)
     console.print(table)
     console.print("\nEach job writes results.json, CSV tables and PNG plots into its run directory.", highlight=False)
+    console.print("Causal LMs: importance and redundancy of an lm_pretrain checkpoint; importance of a Hugging Face LM "
+                  "with model=hf_causal_lm model.path=DIR instead of ckpt_path.", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

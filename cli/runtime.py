@@ -87,9 +87,9 @@ def init_from_checkpoint(module, ckpt_path: str) -> None:
     tokenizer_keys = ("image_tokenizer", "levels", "codebook_size", "patch")
     if any(theirs["data"].get(k) != ours["data"][k] for k in tokenizer_keys):
         raise CheckpointError(f"init_from '{ckpt_path}' was trained with another image tokenizer")
-    source = {_dense_key(k): v for k, v in ckpt["state_dict"].items() if ".router." not in k}
+    source = {dense_key(k): v for k, v in ckpt["state_dict"].items() if ".router." not in k}
     target = module.state_dict()
-    by_dense_key = {_dense_key(k): k for k in target}
+    by_dense_key = {dense_key(k): k for k in target}
     missing = [k for k in by_dense_key if k not in source and ".router." not in k]
     if missing or any(k not in by_dense_key for k in source):
         raise CheckpointError(f"init_from '{ckpt_path}' does not fit this model (e.g. {(missing or list(source))[0]})")
@@ -100,7 +100,7 @@ def init_from_checkpoint(module, ckpt_path: str) -> None:
     module.on_load_checkpoint(ckpt)  # the image tokenizer the weights were trained with
 
 
-def _dense_key(key: str) -> str:
+def dense_key(key: str) -> str:
     """A routed layer's wrapped block is `blocks.i.block.*`; the dense name is `blocks.i.*`."""
     return re.sub(r"(blocks\.\d+)\.block\.", r"\1.", key)
 

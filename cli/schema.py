@@ -127,11 +127,16 @@ class GenerateConfig:
 class AnalyzeConfig:
     command: str = "analyze"
     experiment_name: str = "default"
-    ckpt_path: str = MISSING
+    ckpt_path: Optional[str] = None  # a modlab checkpoint (required unless `model` is given)
     seed: int = 42
+    model: Optional[ModelConfig] = None  # model=hf_causal_lm model.path=DIR: a Hugging Face LM, no checkpoint
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def __post_init__(self) -> None:
+        if (self.ckpt_path is None) == (self.model is None):
+            raise ConfigError("analyze needs ckpt_path=<a modlab checkpoint> or model=hf_causal_lm model.path=<dir> (one of them)")
 
 
 @dataclass

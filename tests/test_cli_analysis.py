@@ -4,6 +4,7 @@ and PNG; the plan `redundancy` writes trains; bad input is one line with exit co
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from conftest import MODLAB, only_run_dir, run_modlab
 from test_cli import assert_one_line_error
+from tiny_hf import save_tiny_hf
 
 TINY = ("model.d_model=32", "model.n_head=2", "model.n_layer=4")
 SMALL_BUDGET = {
@@ -24,9 +26,8 @@ SMALL_BUDGET = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """A tiny unified model trained for a few steps, saved as a modlab checkpoint."""
+def save_tiny_unified(path: Path, arch: str = "showo") -> Path:
+    """A tiny unified model (Show-o-like or Emu3-like) trained for a few steps, saved as a modlab checkpoint."""
     from modlab.analysis.interactions import RowSampler, train_steps
     from modlab.data.config import DataConfig
     from modlab.models.config import ModelConfig
@@ -35,21 +36,26 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from modlab.tasks.unified import UnifiedModule
 
     torch.manual_seed(0)
-    module = UnifiedModule.from_configs(ModelConfig(d_model=32, n_head=2, n_layer=4), DataConfig(), TaskConfig(), EvalConfig())
+    module = UnifiedModule.from_configs(ModelConfig(arch=arch, d_model=32, n_head=2, n_layer=4), DataConfig(), TaskConfig(),
+                                        EvalConfig())
     dm = DigitsDataModule(module.data_cfg, module.eval_cfg)
     module.image_tokenizer = dm.image_tokenizer
     samplers = {t: RowSampler(ds, 8, dm.space.pad, i) for i, (t, ds) in enumerate(dm._task_sets("train").items())}
     model = module.model
 
     def loss() -> torch.Tensor:
-        return sum(v for t, s in samplers.items() for v in model.task_losses(model.mask_images(s(), 0.1)).values())
+        return sum(v for t, s in samplers.items() for v in model.task_losses(model.training_batch(s(), 0.1)).values())
 
     train_steps(model, loss, steps=5, lr=3e-3)
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(ckpt)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save(ckpt, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return save_tiny_unified(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 def assert_outputs(run: Path) -> dict:
@@ -62,12 +68,17 @@ def assert_outputs(run: Path) -> dict:
     return results
 
 
-def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: Path):
-    proc = run_modlab("analyze", "redundancy", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=8", out_dir=tmp_path / "a")
+def run_analysis(*args: str, out_dir: Path) -> tuple[subprocess.CompletedProcess, Path, dict]:
+    """`modlab analyze ARGS`, which must succeed: its output, run directory and checked results.json."""
+    proc = run_modlab("analyze", *args, out_dir=out_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = only_run_dir(tmp_path / "a")
+    run = only_run_dir(out_dir)
+    return proc, run, assert_outputs(run)
+
+
+def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: Path):
+    proc, run, results = run_analysis("redundancy", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=8", out_dir=tmp_path / "a")
     assert run.parts[-3:-1] == ("redundancy", "checkpoint")
-    results = assert_outputs(run)
     assert len(results["results"]["arank"]) == 3 * 4 and results["calibration"]["rows"] == {"t2i": 8, "mmu": 8, "lm": 8}
     plan_path = run / "routing_plan.yaml"
     assert f"routing.plan={plan_path}" in proc.stdout.replace("\n", "")
@@ -97,9 +108,7 @@ def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: 
 
 @pytest.mark.parametrize("job", ["attention", "importance", "interactions"])
 def test_every_job_writes_json_csv_and_png(job: str, tiny_ckpt: Path, tmp_path: Path):
-    proc = run_modlab("analyze", job, f"ckpt_path={tiny_ckpt}", *SMALL_BUDGET[job], out_dir=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = assert_outputs(only_run_dir(tmp_path))
+    _, _, results = run_analysis(job, f"ckpt_path={tiny_ckpt}", *SMALL_BUDGET[job], out_dir=tmp_path)
     assert results["job"] == job and results["results"]
     if job == "importance":
         metrics = {r["metric"] for r in results["results"]["drop_layer"]}
@@ -143,14 +152,105 @@ def test_analyze_bad_input_is_one_line_and_exit_2(tiny_ckpt: Path, tmp_path: Pat
                           "does not exist")
     assert_one_line_error(run_modlab("analyze", "attention", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=0",
                                      out_dir=tmp_path), "calibration.n_per_task must be >= 1")
-    ckpt = torch.load(tiny_ckpt, weights_only=True)
-    ckpt["hyper_parameters"]["model"]["arch"] = "lm"
-    torch.save(ckpt, tmp_path / "lm.ckpt")
-    assert_one_line_error(run_modlab("analyze", "redundancy", f"ckpt_path={tmp_path}/lm.ckpt", out_dir=tmp_path),
-                          "cannot analyse a 'lm' model")
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     assert_one_line_error(run_modlab("analyze", "importance", f"ckpt_path={foreign}", out_dir=tmp_path), "not a modlab")
+
+
+# ---- causal LMs, Hugging Face LMs and Emu3-like checkpoints --------------------------------------
+
+def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
+    proc, run, results = run_analysis("importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "i")
+    assert run.parts[-3:-1] == ("importance", "lm_pretrain")
+    assert results["arch"] == "lm" and results["calibration"]["tasks"] == ["lm"] and results["calibration"]["rows"] == {"lm": 6}
+    llm = results["results"]["llm_drop"]
+    assert {(r["task"], r["layer"], r["sublayer"]) for r in llm} == {("lm", i, s) for i in range(4) for s in ("attn", "mlp", "block")}
+    drop = {(r["dropped"], r["metric"]): r["value"] for r in results["results"]["drop_layer"]}
+    assert set(drop) == {(d, m) for d in range(-1, 4) for m in ("loss", "lm_ppl")}
+    assert all(drop[(d, "lm_ppl")] == pytest.approx(math.exp(drop[(d, "loss")])) for d in range(-1, 4))
+    assert "lm_ppl" in proc.stdout
+
+    # the full model's loss is the LM's next-token loss on the seeded held-out windows
+    import torch.nn.functional as F
+
+    from modlab.analysis.calibration import calibration_batches
+    from modlab.data.config import DataConfig
+    from modlab.data.tokens import IGNORE_INDEX
+    from modlab.tasks.checkpoint import load_pretrained_lm
+
+    lm, _, hp = load_pretrained_lm(str(lm_pretrained))
+    (batch,) = calibration_batches(DataConfig(**hp["data"]), None, ["lm"], 6, seed=0, split="val")["lm"]
+    with torch.no_grad():
+        logits = lm(batch["ids"], valid=batch["valid"])
+    loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+    assert drop[(-1, "loss")] == pytest.approx(float(loss), rel=1e-5)
+
+    proc, run, results = run_analysis("redundancy", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "r")
+    arank = results["results"]["arank"]
+    assert [r["layer"] for r in arank] == [0, 1, 2, 3]
+    assert all(1 <= r["arank"] <= 16 and r["seq_len"] == hp["data"]["lm_length"] for r in arank)  # head_dim 16
+    # no routing plan for a causal LM: said in the output and in results.json
+    assert results["routing_plan"] is None and "no routing plan for a causal LM" in results["routing_plan_skipped"]
+    assert not (run / "routing_plan.yaml").exists() and "no routing plan for a causal LM" in proc.stdout
+
+
+def test_importance_of_a_hugging_face_lm(tmp_path: Path):
+    hf = save_tiny_hf(tmp_path / "llama", "llama")
+    _, run, results = run_analysis("importance", "model=hf_causal_lm", f"model.path={hf}", "calibration.n_per_task=4",
+                                   out_dir=tmp_path / "o")
+    assert run.parts[-3:-1] == ("importance", "hf_llama")
+    assert results["arch"] == "hf" and results["model_path"] == str(hf) and results["ckpt_path"] is None
+    assert len(results["results"]["llm_drop"]) == 4 * 3 and all(r["importance"] > 0 for r in results["results"]["llm_drop"])
+    assert {r["metric"] for r in results["results"]["drop_layer"]} == {"loss", "lm_ppl"}
+
+
+def test_redundancy_of_an_emu3_checkpoint(tmp_path: Path):
+    ckpt = save_tiny_unified(tmp_path / "emu3.ckpt", "emu3")
+    _, run, results = run_analysis("redundancy", f"ckpt_path={ckpt}", "calibration.n_per_task=4", "analysis.plan.importance=true",
+                                   out_dir=tmp_path / "o")
+    assert results["arch"] == "emu3" and len(results["results"]["arank"]) == 3 * 4
+    assert set(results["block_importance"]) == {"t2i", "mmu", "lm"}  # LLM-Drop on the Emu3-like blocks
+
+    from modlab.routing.plan_file import load_plan
+
+    plan = load_plan(run / "routing_plan.yaml")
+    assert plan.n_layer == 4 and set(plan.tasks) == {"t2i", "mmu"}
+
+
+def test_lm_bad_input_is_one_line_and_exit_2(lm_pretrained: Path, tmp_path: Path):
+    for job, archs in (("attention", "showo, emu3"), ("interactions", "showo")):
+        assert_one_line_error(run_modlab("analyze", job, f"ckpt_path={lm_pretrained}", out_dir=tmp_path),
+                              f"analyze {job} cannot analyse a 'lm' model", f"it analyses: {archs}")
+    assert_one_line_error(run_modlab("analyze", "importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=0",
+                                     out_dir=tmp_path), "calibration.n_per_task must be >= 1")
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_lm_refusals(lm_pretrained: Path, tmp_path: Path):
+    """The other ways an LM analysis is refused (in-process: the CLI turns each into one line)."""
+    from modlab.cli.analyze import lm_calibration_tasks, load_checkpoint_for, load_hf_for
+    from modlab.cli.schema import AnalyzeConfig
+    from modlab.errors import CheckpointError, ConfigError
+    from modlab.models.config import ModelConfig
+
+    with pytest.raises(ConfigError, match="one of them"):
+        AnalyzeConfig()
+    with pytest.raises(ConfigError, match="one of them"):
+        AnalyzeConfig(ckpt_path=str(lm_pretrained), model=ModelConfig(arch="hf", path="dir"))
+    with pytest.raises(ConfigError, match="model=hf_causal_lm"):
+        load_hf_for("importance", ModelConfig(arch="lm"))
+    with pytest.raises(CheckpointError, match="cannot analyse a 'hf' model"):
+        load_hf_for("redundancy", ModelConfig(arch="hf", path=str(tmp_path)))
+    with pytest.raises(ConfigError, match="has no 'lm'"):
+        lm_calibration_tasks(["t2i", "mmu"])
+    assert lm_calibration_tasks(["t2i", "mmu", "lm"]) == ["lm"]
+    with pytest.raises(CheckpointError, match="router file"):
+        load_checkpoint_for("importance", str(tmp_path / "routers.safetensors"))
+    tuned = torch.load(lm_pretrained, weights_only=True)
+    tuned["hyper_parameters"]["mindskip"] = {"enabled": True}
+    torch.save(tuned, tmp_path / "tuned.ckpt")
+    with pytest.raises(CheckpointError, match="router-tuned"):
+        load_checkpoint_for("importance", str(tmp_path / "tuned.ckpt"))
 
 
 def test_compare_bad_input_is_one_line_and_exit_2(tmp_path: Path):

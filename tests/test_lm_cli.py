@@ -4,33 +4,19 @@ tuning of a tiny Hugging Face model end to end, and every bad input as one line 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import only_run_dir, run_modlab
+from conftest import TINY_LM, only_run_dir, run_modlab
 from test_cli import assert_one_line_error
 from tiny_hf import save_tiny_hf
 
-TINY = ("debug=fast", "model.d_model=32", "model.n_layer=4", "model.n_head=2", "callbacks.progress_bar=false")
 SPEED = ("eval.speed_prompts=2", "eval.speed_context=32", "eval.speed_new_tokens=4", "eval.speed_repeats=1")
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pretrain")
-    proc = run_modlab("train", "+experiment=lm_pretrain", *TINY, out_dir=out)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = only_run_dir(out)
-    assert run.parts[-3:-1] == ("train", "lm_pretrain")
-    m = json.loads((run / "metrics.json").read_text())
-    assert 1.0 < m["test/ppl"] < 300 and m["params"] == m["params_trained"]
-    return run / "checkpoints" / "last.ckpt"
-
-
-def test_router_tuning_then_eval_of_checkpoint_and_router_file(pretrained, tmp_path):
-    proc = run_modlab("train", "+experiment=lm_router_tuning", *TINY, "mindskip.n_routed=2", f"init_from={pretrained}",
+def test_router_tuning_then_eval_of_checkpoint_and_router_file(lm_pretrained, tmp_path):
+    proc = run_modlab("train", "+experiment=lm_router_tuning", *TINY_LM, "mindskip.n_routed=2", f"init_from={lm_pretrained}",
                       out_dir=tmp_path / "t")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = only_run_dir(tmp_path / "t")
@@ -85,12 +71,12 @@ def test_bad_lm_input_is_one_line_and_exit_2(tmp_path, args, needles):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-def test_bad_base_checkpoints_and_layers_are_one_line_errors(pretrained, tmp_path):
+def test_bad_base_checkpoints_and_layers_are_one_line_errors(lm_pretrained, tmp_path):
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {}, "image_tokenizer": {}}, foreign)  # a unified-model layout
     assert_one_line_error(run_modlab("train", "+experiment=lm_router_tuning", f"init_from={foreign}", out_dir=tmp_path),
                           "not an LM checkpoint")
-    assert_one_line_error(run_modlab("train", "+experiment=lm_router_tuning", f"init_from={pretrained}",
+    assert_one_line_error(run_modlab("train", "+experiment=lm_router_tuning", f"init_from={lm_pretrained}",
                                      "mindskip.layers=[1,7]", out_dir=tmp_path), "out of range", "0..3")
     not_hf = tmp_path / "not_hf"
     not_hf.mkdir()

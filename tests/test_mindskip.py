@@ -320,6 +320,34 @@ def test_llm_drop_scores_are_the_cosine_of_x_and_x_plus_attn():
     assert layers_to_drop([0.1, 0.9, 0.5, 0.95], 1, [1, 2]) == [1]
 
 
+@torch.no_grad()
+def test_llm_drop_scores_of_an_hf_model_are_the_cosine_of_what_its_forward_computed(hf_dir):
+    """The score (the analysis' llm_drop_importance, which recomputes each attention from the
+    layer's input and keyword arguments) against the decoder layers' real inputs and attention
+    outputs, read by hooks during a plain forward."""
+    lm, _ = load_hf_causal_lm(str(hf_dir))
+    skip = MindSkip(lm, [1, 2])
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[1, 9:] = False  # right padding
+    scores = attention_similarity(lm, skip, [{"ids": ids, "valid": valid}])
+    inputs, cos = {}, {}
+
+    def keep_input(i):
+        return lambda module, args, kwargs: inputs.__setitem__(i, args[0] if args else kwargs["hidden_states"])
+
+    def score(i):
+        return lambda module, args, out: cos.__setitem__(i, torch.nn.functional.cosine_similarity(inputs[i], inputs[i] + out[0], dim=-1))
+
+    hooks = [layer.register_forward_pre_hook(keep_input(i), with_kwargs=True) for i, layer in enumerate(lm.decoder_layers())]
+    hooks += [gate.register_forward_hook(score(i)) for i, gate in enumerate(skip.gates)]
+    lm(ids, valid=valid)
+    for h in hooks:
+        h.remove()
+    expected = [float(cos[i][valid].mean()) for i in range(lm.n_layer)]
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(expected))
+
+
 @pytest.mark.parametrize("closed", [[], [1, 2]])
 def test_generation_flops_match_torchs_flop_counter(closed):
     lm = native_lm()

@@ -5,7 +5,7 @@ importance    drop-one-layer losses / metrics, and LLM-Drop's 1 - cos(x, x + F(L
 redundancy    ARank: the rank of each head's Q K^T per layer and task (and a routing plan from it)
 interactions  single-task vs joint training; one shared router with a joint budget vs task routers
 
-Every analysis works on a `Subject` (modlab.analysis.subject): a model built on modlab's
-Transformer plus a forward on calibration batches, so Show-o-like, Emu3-like and LM models plug in
-the same way.
+Every analysis works on a `Subject` (modlab.analysis.subject): a model's layers plus a forward on
+calibration batches, so Show-o-like, Emu3-like and causal LMs plug in the same way (Hugging Face
+LMs for LLM-Drop and drop-one-layer importance, which need only each layer's residual branches).
 """

@@ -2,7 +2,8 @@
 
 Rows of one task go through the model together (as in training), so a task's statistics are
 never mixed with another task's padding. Digit rows use fixed caption / question templates
-(the evaluation form); LM rows are windows of the held-out text.
+(the evaluation form); LM rows are windows of the held-out text, as `modlab eval` reads it (in
+the model's own tokens for a Hugging Face LM with a tokenizer).
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ import torch
 from modlab.data.config import DataConfig
 from modlab.data.digits import load_digit_splits
 from modlab.data.rows import DigitRows, LMRows, collate_rows
-from modlab.data.text_corpus import load_corpus, split_corpus
+from modlab.data.text_corpus import corpus_tokens
 from modlab.data.tokens import TokenSpace
 from modlab.errors import DataError
 
+LM_PAD = 0  # a causal LM's rows are padded with any id: `valid` masks them (as TextDataModule)
+
 
 def calibration_batches(data_cfg: DataConfig, image_tokenizer, tasks: list[str], n_per_task: int, seed: int,
-                        split: str = "val", batch_size: int = 64) -> dict[str, list[dict]]:
-    """{task: [collated batch, ...]} with n_per_task rows per task (fewer if the split is smaller)."""
-    space = TokenSpace(image_tokenizer.n_codes)
+                        split: str = "val", batch_size: int = 64, text_tokenizer=None) -> dict[str, list[dict]]:
+    """{task: [collated batch, ...]} with n_per_task rows per task (fewer if the split is smaller).
+    `image_tokenizer` None: a causal LM (only the `lm` task), whose text is tokenized by
+    `text_tokenizer` (None: UTF-8 bytes)."""
+    space = TokenSpace(image_tokenizer.n_codes) if image_tokenizer is not None else None
     g = torch.Generator().manual_seed(seed)
     sets = {}
     if {"t2i", "mmu"} & set(tasks):
@@ -30,7 +35,11 @@ def calibration_batches(data_cfg: DataConfig, image_tokenizer, tasks: list[str],
             if task in tasks:
                 sets[task] = DigitRows(space, codes, digits.labels, task, train=False)
     if "lm" in tasks:
-        sets["lm"] = LMRows(split_corpus(load_corpus(data_cfg.lm_files))[split], data_cfg.lm_length, train=False)
+        tokens = corpus_tokens(data_cfg.lm_files, text_tokenizer)[split]
+        if len(tokens) < data_cfg.lm_length + 1:
+            raise DataError(f"the {split} split has {len(tokens)} tokens of text, fewer than one row of "
+                            f"data.lm_length={data_cfg.lm_length}")
+        sets["lm"] = LMRows(tokens, data_cfg.lm_length, train=False)
     out = {}
     for task in tasks:
         ds = sets[task]
@@ -38,5 +47,5 @@ def calibration_batches(data_cfg: DataConfig, image_tokenizer, tasks: list[str],
             raise DataError(f"the {split} split has no {task} rows to calibrate on")
         idx = torch.randperm(len(ds), generator=g)[:n_per_task].tolist()
         rows = [ds[i] for i in idx]
-        out[task] = [collate_rows(rows[i : i + batch_size], space.pad) for i in range(0, len(rows), batch_size)]
+        out[task] = [collate_rows(rows[i : i + batch_size], space.pad if space else LM_PAD) for i in range(0, len(rows), batch_size)]
     return out

@@ -5,8 +5,10 @@
 (b) LLM-Drop (He et al. 2024): importance of a sublayer = 1 - cos(x, x + F(LN(x))), the angle by
     which it turns the residual stream, averaged over valid calibration tokens. Computed for the
     attention sublayer (x: the layer input), the MLP sublayer (x: after attention) and the whole
-    block. Routed layers are measured as if every token ran them. Needs only the blocks, so it
-    applies to LMs as well (MindSkip's baseline picks the least important attention sublayers).
+    block. Routed layers are measured as if every token ran them. Needs only each layer's two
+    residual branches (`Subject.sublayers`), so it applies to causal LMs, Hugging Face ones
+    included; MindSkip's static baseline (modlab.mindskip.static_drop) is this score of the
+    attention sublayers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modlab.analysis.subject import Subject, layer_inputs
+from modlab.analysis.subject import Sublayers, Subject, layer_sublayers
 
 SUBLAYERS = ("attn", "mlp", "block")
 
@@ -31,21 +33,24 @@ def turn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def llm_drop_importance(subject: Subject, batches: dict[str, list[dict]],
                         advance: Callable[[], None] | None = None) -> list[dict]:
-    """Rows {task, layer, sublayer, importance} (mean 1 - cos over valid tokens)."""
+    """Rows {task, layer, sublayer, importance} (mean 1 - cos over valid tokens; a batch
+    without `valid` counts every token)."""
     out = []
     for task, task_batches in batches.items():
         sums = torch.zeros(subject.n_layer, len(SUBLAYERS), dtype=torch.float64)
         count = 0
         for batch in task_batches:
-            valid = batch["valid"]
+            valid = batch.get("valid")
+            if valid is None:
+                valid = torch.ones(batch["ids"].shape, dtype=torch.bool)
 
-            def read(i, block, x, positions, mask):
-                after_attn = x + block.attn(block.norm_attn(x), positions, mask)
-                after_mlp = after_attn + block.mlp(block.norm_mlp(after_attn))
-                for j, (a, b) in enumerate(((x, after_attn), (after_attn, after_mlp), (x, after_mlp))):
+            def read(i: int, s: Sublayers) -> None:
+                after_attn = s.x + s.attn(s.x)
+                after_mlp = after_attn + s.mlp(after_attn)
+                for j, (a, b) in enumerate(((s.x, after_attn), (after_attn, after_mlp), (s.x, after_mlp))):
                     sums[i, j] += float((turn(a, b) * valid).sum())
 
-            with layer_inputs(subject.blocks, read):
+            with layer_sublayers(subject, read):
                 subject.run(batch)
             count += int(valid.sum())
             if advance:
@@ -57,20 +62,26 @@ def llm_drop_importance(subject: Subject, batches: dict[str, list[dict]],
 
 
 class SkippedLayer(nn.Module):
-    """Stands in for a dropped layer: a zero delta, so the residual stream passes unchanged."""
+    """Stands in for a dropped layer, so the residual stream passes unchanged: a zero delta for
+    modlab's blocks, the input itself for layers that return the stream (transformers)."""
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.zeros_like(x)
+    def __init__(self, returns_stream: bool = False):
+        super().__init__()
+        self.returns_stream = returns_stream
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        x = args[0] if args else kwargs["hidden_states"]
+        return x if self.returns_stream else torch.zeros_like(x)
 
 
 @contextmanager
-def skip_layer(blocks: nn.ModuleList, layer: int | None) -> Iterator[None]:
+def skip_layer(blocks: nn.ModuleList, layer: int | None, returns_stream: bool = False) -> Iterator[None]:
     """Run without `layer` (None: the full model); the original layer is put back on exit."""
     if layer is None:
         yield
         return
     original = blocks[layer]
-    blocks[layer] = SkippedLayer()
+    blocks[layer] = SkippedLayer(returns_stream)
     try:
         yield
     finally:
@@ -100,7 +111,7 @@ def drop_layer_importance(subject: Subject, batches: dict[str, list[dict]],
     out = []
     for layer in [None, *range(subject.n_layer)]:
         dropped = -1 if layer is None else layer
-        with skip_layer(subject.blocks, layer):
+        with skip_layer(subject.blocks, layer, subject.returns_stream):
             for task, loss in mean_task_losses(subject, batches, seed).items():
                 out.append({"dropped": dropped, "task": task, "metric": "loss", "value": loss})
             for name, fn in (metrics or {}).items():

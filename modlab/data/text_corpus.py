@@ -35,3 +35,12 @@ def split_corpus(text: str, val_fraction: float = 0.05, test_fraction: float = 0
     n = len(data)
     n_test, n_val = int(n * test_fraction), int(n * val_fraction)
     return {"train": data[: n - n_val - n_test], "val": data[n - n_val - n_test : n - n_test], "test": data[n - n_test :]}
+
+
+def corpus_tokens(files: list[str] | None = None, tokenizer=None) -> dict[str, bytes | list[int]]:
+    """The train / val / test splits as token sequences: UTF-8 bytes (the byte-level LMs), or
+    the ids of a model's own tokenizer (`tokenizer.kind != "bytes"`)."""
+    splits = split_corpus(load_corpus(files))
+    if tokenizer is None or tokenizer.kind == "bytes":
+        return splits
+    return {k: tokenizer.encode(v.decode("utf-8", errors="replace")) for k, v in splits.items()}

@@ -26,41 +26,16 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from modlab.data.config import DataConfig
-from modlab.data.text_tokenizer import ByteTokenizer
 from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError, ConfigError
 from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
-from modlab.models.causal_lm import CausalLM
 from modlab.models.config import ModelConfig
-from modlab.tasks.checkpoint import LM_KIND, read_lm_checkpoint
+from modlab.tasks.checkpoint import LM_KIND, build_lm, load_lm_weights, read_lm_checkpoint
 from modlab.tasks.config import EvalConfig, TaskConfig
 from modlab.tasks.optim import adamw_warmup_cosine
 
 ROUTER_PREFIX = "skip.routers."
-
-
-def build_lm(cfg: ModelConfig):
-    """A fresh native CausalLM over bytes, or a Hugging Face model from `cfg.path`; and its tokenizer."""
-    if cfg.arch == "lm":
-        return CausalLM(cfg), ByteTokenizer()
-    if cfg.arch == "hf":
-        from modlab.models.hf_causal_lm import load_hf_causal_lm
-
-        return load_hf_causal_lm(cfg.path)
-    raise ConfigError(f"task=lm needs a causal LM (model=lm or model=hf_causal_lm), not model.arch={cfg.arch}")
-
-
-def load_lm_weights(lm: CausalLM, ckpt_path: str, role: str = "init_from") -> None:
-    """Copy a pretrained (not router-tuned) LM checkpoint's weights into `lm`."""
-    ckpt = read_lm_checkpoint(ckpt_path, role)
-    if ckpt["hyper_parameters"].get("mindskip", {}).get("enabled"):
-        raise CheckpointError(f"{role} '{ckpt_path}' is a router-tuned checkpoint; give the pretrained LM it was tuned from")
-    state = {k.removeprefix("lm."): v for k, v in ckpt["state_dict"].items() if k.startswith("lm.")}
-    try:
-        lm.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{role} '{ckpt_path}' does not fit this model: {str(e).splitlines()[0]}") from None
 
 
 class LMModule(L.LightningModule):

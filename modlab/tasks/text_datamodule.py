@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Subset
 
 from modlab.data.config import DataConfig
 from modlab.data.rows import LMRows, collate_rows
-from modlab.data.text_corpus import load_corpus, split_corpus
+from modlab.data.text_corpus import corpus_tokens
 from modlab.errors import DataError
 from modlab.tasks.config import EvalConfig
 
@@ -26,11 +26,7 @@ class TextDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, eval_cfg: EvalConfig, tokenizer):
         super().__init__()
         self.cfg, self.eval_cfg, self.tokenizer = cfg, eval_cfg, tokenizer
-        splits = split_corpus(load_corpus(cfg.lm_files))
-        if tokenizer.kind == "bytes":
-            self.tokens = splits
-        else:
-            self.tokens = {k: tokenizer.encode(v.decode("utf-8", errors="replace")) for k, v in splits.items()}
+        self.tokens = corpus_tokens(cfg.lm_files, tokenizer)
         for name, toks in self.tokens.items():
             if len(toks) < cfg.lm_length + 1:
                 raise DataError(f"the {name} split has {len(toks)} tokens, fewer than one row of data.lm_length={cfg.lm_length}")
