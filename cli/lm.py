@@ -27,11 +27,9 @@ def _base_of(c) -> tuple[ModelConfig, str | None]:
         return c.model, None
     if not c.init_from:
         raise ConfigError("router tuning a native LM needs init_from=<an lm_pretrain checkpoint>")
-    from modlab.tasks.checkpoint import read_lm_checkpoint
+    from modlab.tasks.checkpoint import read_pretrained_lm_checkpoint
 
-    ckpt = read_lm_checkpoint(c.init_from, "init_from")
-    if ckpt["hyper_parameters"].get("mindskip", {}).get("enabled"):
-        raise ConfigError(f"init_from '{c.init_from}' is router-tuned; give the pretrained LM it was tuned from")
+    ckpt = read_pretrained_lm_checkpoint(c.init_from, "init_from")
     return ModelConfig(**ckpt["hyper_parameters"]["model"]), str(Path(c.init_from).resolve())
 
 

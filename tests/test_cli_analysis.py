@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MODLAB, only_run_dir, run_modlab
+from conftest import only_run_dir, run_modlab
 from test_cli import assert_one_line_error
 from tiny_hf import save_tiny_hf
 

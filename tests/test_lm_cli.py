@@ -39,6 +39,10 @@ def test_router_tuning_then_eval_of_checkpoint_and_router_file(lm_pretrained, tm
         else:  # the router file alone rebuilds the same model
             assert e["test/ppl"] == pytest.approx(first["test/ppl"], rel=1e-6)
 
+    # a router-tuned checkpoint holds routers only: it cannot be the base of another tuning
+    assert_one_line_error(run_modlab("train", "+experiment=lm_router_tuning", f"init_from={run / 'checkpoints' / 'last.ckpt'}",
+                                     out_dir=tmp_path / "again"), "router-tuned", "pretrained LM")
+
 
 def test_router_tuning_of_a_tiny_hf_model_end_to_end(tmp_path):
     hf = save_tiny_hf(tmp_path / "qwen2", "qwen2")
