@@ -27,14 +27,20 @@ from modlab.errors import CheckpointError, ConfigError
 # packs rows with an omni-attention mask and stays Show-o-only. Causal LMs (lm_subject) have no
 # image tokens (no `attention` split); a Hugging Face LM's layers are transformers' own, so only
 # `importance` applies (it needs a layer's residual branches, not its queries and keys).
-SUPPORTED_ARCHS = {"attention": ("showo", "emu3"), "importance": ("showo", "emu3", "lm", "hf"),
-                   "redundancy": ("showo", "emu3", "lm"), "interactions": ("showo",)}
+SUPPORTED_ARCHS = {
+    "attention": ("showo", "emu3"),
+    "importance": ("showo", "emu3", "lm", "hf"),
+    "redundancy": ("showo", "emu3", "lm"),
+    "interactions": ("showo",),
+}
 LM_ARCHS = ("lm", "hf")
 # A routing plan routes the t2i / mmu rows of a unified model (`modlab train routing.plan=...`);
 # nothing trains a causal LM from one (MindSkip chooses its own layers), so `redundancy` writes
 # none for an LM and its ARank table stands alone.
-NO_LM_PLAN = ("no routing plan for a causal LM: plans route the t2i / mmu tasks of a unified model "
-              "(the ARank table can guide mindskip.layers)")
+NO_LM_PLAN = (
+    "no routing plan for a causal LM: plans route the t2i / mmu tasks of a unified model "
+    "(the ARank table can guide mindskip.layers)"
+)
 
 
 @dataclass
@@ -48,8 +54,9 @@ class JobResult:
 
 def _check_arch(job: str, arch: str, what: str) -> None:
     if arch not in SUPPORTED_ARCHS[job]:
-        raise CheckpointError(f"analyze {job} cannot analyse a '{arch}' model ({what}); it analyses: "
-                              f"{', '.join(SUPPORTED_ARCHS[job])}")
+        raise CheckpointError(
+            f"analyze {job} cannot analyse a '{arch}' model ({what}); it analyses: {', '.join(SUPPORTED_ARCHS[job])}"
+        )
 
 
 @dataclass
@@ -68,7 +75,9 @@ def load_checkpoint_for(job: str, ckpt_path: str):
     from modlab.tasks.checkpoint import is_lm_checkpoint, load_checkpoint_file, load_pretrained_lm
 
     if str(ckpt_path).endswith(".safetensors"):
-        raise CheckpointError(f"'{ckpt_path}' is a MindSkip router file; analyse the LM it routes (its base checkpoint)")
+        raise CheckpointError(
+            f"'{ckpt_path}' is a MindSkip router file; analyse the LM it routes (its base checkpoint)"
+        )
     ckpt = load_checkpoint_file(ckpt_path)
     if is_lm_checkpoint(ckpt):
         arch = (ckpt["hyper_parameters"].get("model") or {}).get("arch", "lm")
@@ -85,8 +94,10 @@ def load_hf_for(job: str, model_cfg):
     """(arch, CausalLMTarget) for a Hugging Face directory (`model=hf_causal_lm`, no checkpoint),
     its text read with the default text data settings (data.lm_length=96, Python's docs)."""
     if model_cfg.arch != "hf":
-        raise ConfigError(f"analyze model=... is for Hugging Face LMs (model=hf_causal_lm model.path=DIR), not "
-                          f"model.arch={model_cfg.arch}; analyse a modlab model from its checkpoint (ckpt_path=...)")
+        raise ConfigError(
+            f"analyze model=... is for Hugging Face LMs (model=hf_causal_lm model.path=DIR), not "
+            f"model.arch={model_cfg.arch}; analyse a modlab model from its checkpoint (ckpt_path=...)"
+        )
     _check_arch(job, "hf", model_cfg.path)
     from modlab.data.config import DataConfig
     from modlab.tasks.checkpoint import build_lm
@@ -98,8 +109,10 @@ def load_hf_for(job: str, model_cfg):
 def lm_calibration_tasks(tasks: list[str]) -> list[str]:
     """A causal LM has one task: `lm` must be among calibration.tasks (the others are ignored)."""
     if "lm" not in tasks:
-        raise ConfigError(f"calibration.tasks {list(tasks)} has no 'lm': a causal LM is calibrated on held-out text "
-                          f"(calibration.tasks=[lm])")
+        raise ConfigError(
+            f"calibration.tasks {list(tasks)} has no 'lm': a causal LM is calibrated on held-out text "
+            f"(calibration.tasks=[lm])"
+        )
     return ["lm"]
 
 
@@ -119,12 +132,21 @@ def analyze(cfg: DictConfig) -> dict:
     if arch in LM_ARCHS:
         cal = replace(cal, tasks=lm_calibration_tasks(cal.tasks))
         c = replace(c, analysis=replace(c.analysis, plan=replace(c.analysis.plan, write=False)))  # NO_LM_PLAN
-        batches = calibration_batches(module.data_cfg, None, cal.tasks, cal.n_per_task, cal.seed, cal.split,
-                                      cal.batch_size, text_tokenizer=module.tokenizer)
+        batches = calibration_batches(
+            module.data_cfg,
+            None,
+            cal.tasks,
+            cal.n_per_task,
+            cal.seed,
+            cal.split,
+            cal.batch_size,
+            text_tokenizer=module.tokenizer,
+        )
         subject = lm_subject(module.lm)
     else:
-        batches = calibration_batches(module.data_cfg, module.image_tokenizer, cal.tasks, cal.n_per_task, cal.seed,
-                                      cal.split, cal.batch_size)
+        batches = calibration_batches(
+            module.data_cfg, module.image_tokenizer, cal.tasks, cal.n_per_task, cal.seed, cal.split, cal.batch_size
+        )
         subject = showo_subject(module.model)
     with Progress() as progress:
         result = JOBS[job](c, module, subject, batches, out, progress)
@@ -138,10 +160,15 @@ def analyze(cfg: DictConfig) -> dict:
         files.append(write_csv(rows, out / f"{name}.csv").name)
     files += [p.name for p in result.plots]
     summary = {
-        "job": job, "ckpt_path": c.ckpt_path, "arch": arch, "seconds": round(seconds, 2),
+        "job": job,
+        "ckpt_path": c.ckpt_path,
+        "arch": arch,
+        "seconds": round(seconds, 2),
         "calibration": {**asdict(cal), "rows": {t: sum(len(b["ids"]) for b in bs) for t, bs in batches.items()}},
-        "analysis": asdict(c.analysis), "files": files + ["results.json"],
-        "results": result.tables, **result.extra,
+        "analysis": asdict(c.analysis),
+        "files": files + ["results.json"],
+        "results": result.tables,
+        **result.extra,
     }
     if c.model is not None:
         summary["model_path"] = c.model.path
@@ -154,6 +181,7 @@ def analyze(cfg: DictConfig) -> dict:
 
 # ---- jobs ---------------------------------------------------------------------------------------
 
+
 def attention_job(c, module, subject, batches, out: Path, progress) -> JobResult:
     from modlab.analysis.attention_stats import attention_analysis
     from modlab.analysis.plots import plot_attention_maps, plot_per_layer
@@ -161,18 +189,45 @@ def attention_job(c, module, subject, batches, out: Path, progress) -> JobResult
     advance = progress.task("attention", sum(len(b) for b in batches.values()))
     rows, maps = attention_analysis(subject, batches, advance)
     by = {(r["task"], r["layer"], r["query"]): r["to_image"] for r in rows}
-    panels = {t: {f"{q} queries": [by[(t, i, q)] for i in range(subject.n_layer) if (t, i, q) in by]
-                  for q in ("all", "text", "image") if (t, 0, q) in by} for t in batches}
-    plots = [plot_per_layer(panels, "attention on image tokens", out / "attention_fractions.png",
-                            "share of attention on image tokens (the rest is on text / special tokens)"),
-             plot_attention_maps(maps, out / "attention_maps.png")]
+    panels = {
+        t: {
+            f"{q} queries": [by[(t, i, q)] for i in range(subject.n_layer) if (t, i, q) in by]
+            for q in ("all", "text", "image")
+            if (t, 0, q) in by
+        }
+        for t in batches
+    }
+    plots = [
+        plot_per_layer(
+            panels,
+            "attention on image tokens",
+            out / "attention_fractions.png",
+            "share of attention on image tokens (the rest is on text / special tokens)",
+        ),
+        plot_attention_maps(maps, out / "attention_maps.png"),
+    ]
     even = {(r["task"], r["query"]): r["uniform_to_image"] for r in rows}
-    shown = [(t, i, *[f"{_fmt(by.get((t, i, q)))} ({_fmt(even.get((t, q)))})" if (t, i, q) in by else "-" for q in ("all", "text", "image")])
-             for t in batches for i in range(subject.n_layer)]
+    shown = [
+        (
+            t,
+            i,
+            *[
+                f"{_fmt(by.get((t, i, q)))} ({_fmt(even.get((t, q)))})" if (t, i, q) in by else "-"
+                for q in ("all", "text", "image")
+            ],
+        )
+        for t in batches
+        for i in range(subject.n_layer)
+    ]
     return JobResult(
         tables={"attention_fractions": rows},
-        shown=[("share of attention on image tokens (in brackets: if spread evenly over the visible keys)",
-                ["task", "layer", "all queries", "text queries", "image queries"], shown)],
+        shown=[
+            (
+                "share of attention on image tokens (in brackets: if spread evenly over the visible keys)",
+                ["task", "layer", "all queries", "text queries", "image queries"],
+                shown,
+            )
+        ],
         plots=plots,
     )
 
@@ -188,29 +243,57 @@ def importance_job(c, module, subject, batches, out: Path, progress) -> JobResul
     tables = {"llm_drop": llm}
     L = subject.n_layer
     val = {(r["task"], r["layer"], r["sublayer"]): r["importance"] for r in llm}
-    plots = [plot_per_layer({t: {s: [val[(t, i, s)] for i in range(L)] for s in ("attn", "mlp", "block")} for t in batches},
-                            "1 - cos(x, x + F(x))", out / "llm_drop.png", "LLM-Drop importance")]
+    plots = [
+        plot_per_layer(
+            {t: {s: [val[(t, i, s)] for i in range(L)] for s in ("attn", "mlp", "block")} for t in batches},
+            "1 - cos(x, x + F(x))",
+            out / "llm_drop.png",
+            "LLM-Drop importance",
+        )
+    ]
     columns = ["layer"] + [f"{t} {s}" for t in batches for s in ("attn", "mlp")]
     rows = [[i, *[_fmt(val[(t, i, s)]) for t in batches for s in ("attn", "mlp")]] for i in range(L)]
     shown = [("LLM-Drop importance 1 - cos(x, x + F(LN(x)))", columns, rows)]
     if imp.drop_layer:
         metrics = {}
         if imp.metrics and {"mmu", "t2i"} & set(batches):  # a causal LM's metric is its perplexity (below)
-            metrics = showo_task_metrics(module.model, module.space, module.image_tokenizer, module.data_cfg.split_seed,
-                                         c.calibration.split, imp.mmu_prompts, imp.t2i_per_digit, imp.maskgit_steps,
-                                         module.eval_cfg.guidance, imp.classifier_epochs, seed=c.seed,
-                                         tasks=tuple(t for t in ("mmu", "t2i") if t in batches))
+            metrics = showo_task_metrics(
+                module.model,
+                module.space,
+                module.image_tokenizer,
+                module.data_cfg.split_seed,
+                c.calibration.split,
+                imp.mmu_prompts,
+                imp.t2i_per_digit,
+                imp.maskgit_steps,
+                module.eval_cfg.guidance,
+                imp.classifier_epochs,
+                seed=c.seed,
+                tasks=tuple(t for t in ("mmu", "t2i") if t in batches),
+            )
         advance = progress.task("drop one layer", L + 1)
         drop = drop_layer_importance(subject, batches, metrics, seed=c.seed, advance=advance)
-        drop += [{**r, "metric": "lm_ppl", "value": math.exp(r["value"])} for r in drop if r["task"] == "lm" and r["metric"] == "loss"]
+        drop += [
+            {**r, "metric": "lm_ppl", "value": math.exp(r["value"])}
+            for r in drop
+            if r["task"] == "lm" and r["metric"] == "loss"
+        ]
         tables["drop_layer"] = drop
         names = list(dict.fromkeys((r["task"], r["metric"]) for r in drop))
         got = {(r["dropped"], r["task"], r["metric"]): r["value"] for r in drop}
-        panels = {f"{t} {m}": {"layer dropped": [got[(i, t, m)] for i in range(L)], "full model": [got[(-1, t, m)]] * L}
-                  for t, m in names}
+        panels = {
+            f"{t} {m}": {"layer dropped": [got[(i, t, m)] for i in range(L)], "full model": [got[(-1, t, m)]] * L}
+            for t, m in names
+        }
         plots.append(plot_per_layer(panels, "value", out / "drop_layer.png", "drop one layer at evaluation"))
         rows = [["none" if d < 0 else d, *[_fmt(got[(d, t, m)]) for t, m in names]] for d in range(-1, L)]
-        shown.append(("drop one layer: task losses and metrics", ["dropped"] + [f"{t} {m}" if m == "loss" else m for t, m in names], rows))
+        shown.append(
+            (
+                "drop one layer: task losses and metrics",
+                ["dropped"] + [f"{t} {m}" if m == "loss" else m for t, m in names],
+                rows,
+            )
+        )
     return JobResult(tables=tables, shown=shown, plots=plots)
 
 
@@ -227,26 +310,47 @@ def redundancy_job(c, module, subject, batches, out: Path, progress) -> JobResul
     rows = arank_analysis(subject, batches, a.rtol, a.kind, advance)
     val = {(r["task"], r["layer"]): r for r in rows}
     series = {k: {t: [val[(t, i)][k] for i in range(L)] for t in batches} for k in ("arank", "arank_norm")}
-    plots = [plot_per_layer({"ARank (mean rank over heads)": series["arank"], "ARank / sequence length": series["arank_norm"]},
-                            "rank", out / "arank.png", f"ARank, {a.kind}, rtol {a.rtol:g}")]
-    shown_rows = [[i, *[f"{val[(t, i)]['arank']:.1f} / {val[(t, i)]['arank_norm']:.3f}" for t in batches]] for i in range(L)]
+    plots = [
+        plot_per_layer(
+            {"ARank (mean rank over heads)": series["arank"], "ARank / sequence length": series["arank_norm"]},
+            "rank",
+            out / "arank.png",
+            f"ARank, {a.kind}, rtol {a.rtol:g}",
+        )
+    ]
+    shown_rows = [
+        [i, *[f"{val[(t, i)]['arank']:.1f} / {val[(t, i)]['arank_norm']:.3f}" for t in batches]] for i in range(L)
+    ]
     shown = [(f"ARank per layer ({a.kind}, rtol {a.rtol:g}): rank / rank per token", ["layer", *batches], shown_rows)]
     extra, notes = {}, []
     if p.write:
         importance = None
         if p.importance:
-            imp_rows = llm_drop_importance(subject, batches, progress.task("LLM-Drop importance", sum(len(b) for b in batches.values())))
+            imp_rows = llm_drop_importance(
+                subject, batches, progress.task("LLM-Drop importance", sum(len(b) for b in batches.values()))
+            )
             blocks = {(r["task"], r["layer"]): r["importance"] for r in imp_rows if r["sublayer"] == "block"}
             importance = {t: [blocks[(t, i)] for i in range(L)] for t in batches}
             extra["block_importance"] = importance
-        source = {"ckpt_path": c.ckpt_path, "job": "redundancy", "arank_kind": a.kind, "rtol": a.rtol,
-                  "arank_norm": {t: [round(v, 4) for v in series["arank_norm"][t]] for t in batches},
-                  "importance": bool(p.importance), "calibration_rows": c.calibration.n_per_task}
+        source = {
+            "ckpt_path": c.ckpt_path,
+            "job": "redundancy",
+            "arank_kind": a.kind,
+            "rtol": a.rtol,
+            "arank_norm": {t: [round(v, 4) for v in series["arank_norm"][t]] for t in batches},
+            "importance": bool(p.importance),
+            "calibration_rows": c.calibration.n_per_task,
+        }
         plan = plan_from_arank(series["arank_norm"], p, importance, source)
         path = save_plan(plan, out / "routing_plan.yaml")
         extra["routing_plan"] = {"path": str(path), **plan.to_dict()}
-        shown.append(("routing plan", ["task", "routed layers", "capacity"],
-                      [[t, str(tp.layers), str(tp.capacity)] for t, tp in plan.tasks.items()]))
+        shown.append(
+            (
+                "routing plan",
+                ["task", "routed layers", "capacity"],
+                [[t, str(tp.layers), str(tp.capacity)] for t, tp in plan.tasks.items()],
+            )
+        )
         notes.append(f"routing plan: {path}\ntrain with it: modlab train +experiment=showo_unimod routing.plan={path}")
     return JobResult(tables={"arank": rows}, shown=shown, plots=plots, extra=extra, notes=notes)
 
@@ -263,7 +367,9 @@ def interactions_job(c, module, subject, batches, out: Path, progress) -> JobRes
     ic = c.analysis.interactions
     missing = [t for t in ic.tasks if t not in batches]
     if missing:
-        raise ConfigError(f"analysis.interactions.tasks {missing} have no calibration rows (add them to calibration.tasks)")
+        raise ConfigError(
+            f"analysis.interactions.tasks {missing} have no calibration rows (add them to calibration.tasks)"
+        )
     sp, tok, d = module.space, module.image_tokenizer, module.data_cfg
     train = load_digit_splits(d.split_seed)["train"]
     codes = tok.encode(train.images)
@@ -279,33 +385,100 @@ def interactions_job(c, module, subject, batches, out: Path, progress) -> JobRes
     tables, shown, plots, notes = {}, [], [], []
     if ic.joint_training:
         advance = progress.task("single-task vs joint training", ic.steps * (len(ic.tasks) + 1))
-        rows = joint_vs_single(lambda: ShowO(module.model_cfg, sp, tok.n_tokens), lambda: samplers(c.seed), held_out,
-                               ic.steps, ic.lr, weights, drop, c.seed, advance)
+        rows = joint_vs_single(
+            lambda: ShowO(module.model_cfg, sp, tok.n_tokens),
+            lambda: samplers(c.seed),
+            held_out,
+            ic.steps,
+            ic.lr,
+            weights,
+            drop,
+            c.seed,
+            advance,
+        )
         tables["joint_training"] = rows
         got = {(r["run"], r["task"]): r["loss"] for r in rows}
-        shown.append((f"held-out loss after {ic.steps} steps from scratch (single-task vs joint)",
-                      ["task", "single-task run", "joint run", "joint - single"],
-                      [[t, _fmt(got[(f"single:{t}", t)]), _fmt(got[("joint", t)]), f"{got[('joint', t)] - got[(f'single:{t}', t)]:+.4f}"]
-                       for t in ic.tasks]))
-        plots.append(plot_bars({t: {"single-task": got[(f"single:{t}", t)], "joint": got[("joint", t)]} for t in ic.tasks},
-                               "held-out loss", out / "joint_training.png"))
+        shown.append(
+            (
+                f"held-out loss after {ic.steps} steps from scratch (single-task vs joint)",
+                ["task", "single-task run", "joint run", "joint - single"],
+                [
+                    [
+                        t,
+                        _fmt(got[(f"single:{t}", t)]),
+                        _fmt(got[("joint", t)]),
+                        f"{got[('joint', t)] - got[(f'single:{t}', t)]:+.4f}",
+                    ]
+                    for t in ic.tasks
+                ],
+            )
+        )
+        plots.append(
+            plot_bars(
+                {t: {"single-task": got[(f"single:{t}", t)], "joint": got[("joint", t)]} for t in ic.tasks},
+                "held-out loss",
+                out / "joint_training.png",
+            )
+        )
     if ic.shared_router:
         layers = list(range(module.model_cfg.n_layer // 2, module.model_cfg.n_layer))
         advance = progress.task("shared router vs task routers", 2 * ic.router_steps)
-        kept, losses = shared_vs_task_routers(dense_copy(module), samplers(c.seed + 100), held_out, layers, ic.capacity,
-                                              ic.router_steps, ic.router_lr, weights, drop, c.seed, sp.pad, advance)
+        kept, losses = shared_vs_task_routers(
+            dense_copy(module),
+            samplers(c.seed + 100),
+            held_out,
+            layers,
+            ic.capacity,
+            ic.router_steps,
+            ic.router_lr,
+            weights,
+            drop,
+            c.seed,
+            sp.pad,
+            advance,
+        )
         tables["router_competition"], tables["router_losses"] = kept, losses
         got = {(r["router"], r["stage"], r["layer"], r["task"]): r["kept_fraction"] for r in kept}
-        shown.append((f"tokens kept per task (capacity {ic.capacity:g}, routed layers {layers}, after {ic.router_steps} steps)",
-                      ["layer", "task", "shared router, init", "shared router, tuned", "task routers, tuned"],
-                      [[i, t, _fmt(got.get(("shared", "init", i, t))), _fmt(got.get(("shared", "tuned", i, t))),
-                        _fmt(got.get(("task", "tuned", i, t)))] for i in layers for t in ic.tasks]))
+        shown.append(
+            (
+                f"tokens kept per task (capacity {ic.capacity:g}, routed layers {layers}, after {ic.router_steps} steps)",
+                ["layer", "task", "shared router, init", "shared router, tuned", "task routers, tuned"],
+                [
+                    [
+                        i,
+                        t,
+                        _fmt(got.get(("shared", "init", i, t))),
+                        _fmt(got.get(("shared", "tuned", i, t))),
+                        _fmt(got.get(("task", "tuned", i, t))),
+                    ]
+                    for i in layers
+                    for t in ic.tasks
+                ],
+            )
+        )
         lo = {(r["router"], r["task"]): r["loss"] for r in losses}
-        shown.append(("held-out loss after the routed fine-tune", ["task", "shared router", "task routers"],
-                      [[t, _fmt(lo.get(("shared", t))), _fmt(lo.get(("task", t)))] for t in ic.tasks]))
-        plots.append(plot_per_layer({f"{r} router{'s' if r == 'task' else ''}, tuned": {t: [got[(r, "tuned", i, t)] for i in layers] for t in ic.tasks}
-                                     for r in ("shared", "task")}, "fraction of tokens kept", out / "router_competition.png",
-                                    "tokens kept per task per routed layer (dashed: capacity)", layers=layers, hline=ic.capacity))
+        shown.append(
+            (
+                "held-out loss after the routed fine-tune",
+                ["task", "shared router", "task routers"],
+                [[t, _fmt(lo.get(("shared", t))), _fmt(lo.get(("task", t)))] for t in ic.tasks],
+            )
+        )
+        plots.append(
+            plot_per_layer(
+                {
+                    f"{r} router{'s' if r == 'task' else ''}, tuned": {
+                        t: [got[(r, "tuned", i, t)] for i in layers] for t in ic.tasks
+                    }
+                    for r in ("shared", "task")
+                },
+                "fraction of tokens kept",
+                out / "router_competition.png",
+                "tokens kept per task per routed layer (dashed: capacity)",
+                layers=layers,
+                hline=ic.capacity,
+            )
+        )
     return JobResult(tables=tables, shown=shown, plots=plots, notes=notes)
 
 
@@ -319,10 +492,16 @@ def dense_copy(module):
     return model.eval()
 
 
-JOBS = {"attention": attention_job, "importance": importance_job, "redundancy": redundancy_job, "interactions": interactions_job}
+JOBS = {
+    "attention": attention_job,
+    "importance": importance_job,
+    "redundancy": redundancy_job,
+    "interactions": interactions_job,
+}
 
 
 # ---- output -------------------------------------------------------------------------------------
+
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -342,16 +521,21 @@ def print_tables(result: JobResult, out: Path, seconds: float) -> None:
         console.print(table)
     for note in result.notes:
         console.print(note, highlight=False)
-    console.print(f"{seconds:.1f} s; results.json, {len(result.tables)} CSV, {len(result.plots)} PNG in [bold]{out}[/bold]")
+    console.print(
+        f"{seconds:.1f} s; results.json, {len(result.tables)} CSV, {len(result.plots)} PNG in [bold]{out}[/bold]"
+    )
 
 
 class Progress:
     """A rich progress bar; `task(name, total)` returns the callable that advances it by one."""
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
 
-        self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.bar = RichProgress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        )
         self.bar.__enter__()
         return self
 

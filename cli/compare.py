@@ -28,7 +28,9 @@ def compare(cfg: DictConfig) -> dict:
     if metrics and any(r.get(COST) is not None for r in rows):
         plot_pareto(rows, COST, {m: higher_is_better(m) for m in metrics}, out / "pareto.png")
         files.append("pareto.png")
-    (out / "results.json").write_text(json.dumps({"runs": rows, "metrics": metrics, "files": files + ["results.json"]}, indent=2) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"runs": rows, "metrics": metrics, "files": files + ["results.json"]}, indent=2) + "\n"
+    )
 
     table = Table(title=f"{len(rows)} runs", header_style="bold")
     table.add_column("run")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from modlab.cli.runtime import build_trainer, flatten_test_results, load_unified_module, print_summary, run_dir, write_metrics
+from modlab.cli.runtime import (
+    build_trainer,
+    flatten_test_results,
+    load_unified_module,
+    print_summary,
+    run_dir,
+    write_metrics,
+)
 from modlab.cli.schema import validate
 
 

@@ -25,8 +25,11 @@ def generate(cfg: DictConfig) -> dict:
     torch.manual_seed(c.seed)
     g = torch.Generator().manual_seed(c.seed)
     scenes = module.data_cfg.kind == "scenes"
-    prompts = list(c.prompts) or (_scene_prompts(module.data_cfg) if scenes else
-                                  [D.EVAL_CAPTION.format(d=d, name=D.DIGIT_NAMES[d]) for d in range(10)])
+    prompts = list(c.prompts) or (
+        _scene_prompts(module.data_cfg)
+        if scenes
+        else [D.EVAL_CAPTION.format(d=d, name=D.DIGIT_NAMES[d]) for d in range(10)]
+    )
 
     rows = [t2i_row(sp, p, None, tok.n_tokens) for p in prompts for _ in range(c.samples_per_prompt)]
     with torch.no_grad():
@@ -42,7 +45,14 @@ def generate(cfg: DictConfig) -> dict:
         for col in ("#", "type", "question", "expected", "answer", "right"):
             table.add_column(col)
         for a in answers:
-            table.add_row(str(a["index"]), a["type"], a["question"], a["expected"], a["answer"], "yes" if a["correct"] else "[red]no[/red]")
+            table.add_row(
+                str(a["index"]),
+                a["type"],
+                a["question"],
+                a["expected"],
+                a["answer"],
+                "yes" if a["correct"] else "[red]no[/red]",
+            )
         console.print(table)
         (out / "mmu_answers.json").write_text(json.dumps(answers, indent=2) + "\n")
     elif c.mmu_images:
@@ -50,7 +60,7 @@ def generate(cfg: DictConfig) -> dict:
         n = min(c.mmu_images, len(splits["test"].labels))
         ds = MMUPrompts(sp, tok.encode(splits["test"].images[:n]), splits["test"].labels[:n])
         texts = module.model.answer(collate_rows([ds[i] for i in range(n)], sp.pad), e.max_answer_tokens)
-        table = Table(title=f"MMU: \"{D.question(0)}\" on test digits", header_style="bold")
+        table = Table(title=f'MMU: "{D.question(0)}" on test digits', header_style="bold")
         for col in ("#", "true digit", "answer", "right"):
             table.add_column(col)
         for i, text in enumerate(texts):
@@ -73,7 +83,9 @@ def _scene_prompts(data_cfg) -> list[str]:
 
     test = load_digit_splits(data_cfg.split_seed)["test"]
     n = 2 * len(S.PROMPT_CATEGORIES)
-    return [S.scene_item(test, "test", data_cfg.grid, "t2i", i, data_cfg.scene_seed, train=False)[1].text for i in range(n)]
+    return [
+        S.scene_item(test, "test", data_cfg.grid, "t2i", i, data_cfg.scene_seed, train=False)[1].text for i in range(n)
+    ]
 
 
 def _scene_answers(module, n: int, max_tokens: int) -> list[dict]:
@@ -88,6 +100,14 @@ def _scene_answers(module, n: int, max_tokens: int) -> list[dict]:
     for i in range(n):
         q = ds.item(i)[1]
         text = module.model.answer(collate_rows([ds[i]], sp.pad), max_tokens)[0]
-        out.append({"index": i, "type": q.qtype, "question": q.text, "expected": q.answer, "answer": text,
-                    "correct": bool(answers_correct([text], [q.answer])[0])})
+        out.append(
+            {
+                "index": i,
+                "type": q.qtype,
+                "question": q.text,
+                "expected": q.answer,
+                "answer": text,
+                "correct": bool(answers_correct([text], [q.answer])[0]),
+            }
+        )
     return out

@@ -8,7 +8,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from modlab.cli.runtime import (
-    build_trainer, flatten_test_results, log, print_summary, resolve_precision, run_dir, write_metrics,
+    build_trainer,
+    flatten_test_results,
+    log,
+    print_summary,
+    resolve_precision,
+    run_dir,
+    write_metrics,
 )
 from modlab.errors import ConfigError
 from modlab.models.config import ModelConfig
@@ -49,8 +55,14 @@ def train_lm(c) -> dict:
     dm = TextDataModule(c.data, c.eval, module.tokenizer)
     trainer = build_trainer(c.trainer, c.callbacks, c.logger, out)
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    log.info("training %s (%s parameters, %s trained, seed %d) in %s", c.experiment_name,
-             f"{module.lm.num_params():,}", f"{trained:,}", c.seed, out)
+    log.info(
+        "training %s (%s parameters, %s trained, seed %d) in %s",
+        c.experiment_name,
+        f"{module.lm.num_params():,}",
+        f"{trained:,}",
+        c.seed,
+        out,
+    )
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -58,8 +70,13 @@ def train_lm(c) -> dict:
 
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(module, datamodule=dm, ckpt_path=ckpt or None, verbose=False)
-    metrics = {**flatten_test_results(results), "params": module.lm.num_params(), "params_trained": trained,
-               "train_seconds": round(train_seconds, 2), "train/steps": trainer.global_step}
+    metrics = {
+        **flatten_test_results(results),
+        "params": module.lm.num_params(),
+        "params_trained": trained,
+        "train_seconds": round(train_seconds, 2),
+        "train/steps": trainer.global_step,
+    }
     if module.skip is not None:
         metrics["test/ppl_increase"] = metrics["test/ppl"] / metrics["test/ppl_base"] - 1
     if trainer.is_global_zero:
@@ -81,8 +98,14 @@ def load_routed_lm(ckpt_path: str):
     from modlab.tasks.config import EvalConfig, TaskConfig
 
     _, info = read_routers(ckpt_path)
-    module = LMModule(info["model"], info["data"], {**asdict(TaskConfig()), "name": "lm"}, asdict(EvalConfig()),
-                      info["mindskip"], base=info["base"])
+    module = LMModule(
+        info["model"],
+        info["data"],
+        {**asdict(TaskConfig()), "name": "lm"},
+        asdict(EvalConfig()),
+        info["mindskip"],
+        base=info["base"],
+    )
     load_routers(module.skip, ckpt_path)
     return module.eval()
 
@@ -103,9 +126,23 @@ def evaluate_lm(c) -> dict:
     skip = module.skip if module.skip is not None else MindSkip(module.lm, [])  # a base alone: nothing routed
     autocast = resolve_precision(c.trainer.precision, c.trainer.accelerator) == "bf16-mixed"
     prompts = dm.prompts(e.speed_prompts, e.speed_context) if e.speed_prompts else []
-    metrics = evaluate_routed_lm(module.lm, skip, list(dm.test_dataloader()), dm.calibration_batches(module.skip_cfg.calibration_rows),
-                                 prompts, e, module.skip_cfg.drop_candidates, autocast)
-    metrics.update({"params": module.lm.num_params(), "ckpt_path": c.ckpt_path, "precision": "bf16-mixed" if autocast else "32-true"})
+    metrics = evaluate_routed_lm(
+        module.lm,
+        skip,
+        list(dm.test_dataloader()),
+        dm.calibration_batches(module.skip_cfg.calibration_rows),
+        prompts,
+        e,
+        module.skip_cfg.drop_candidates,
+        autocast,
+    )
+    metrics.update(
+        {
+            "params": module.lm.num_params(),
+            "ckpt_path": c.ckpt_path,
+            "precision": "bf16-mixed" if autocast else "32-true",
+        }
+    )
     write_metrics(out, metrics)
     print_summary("modlab eval", metrics, out)
     return metrics

@@ -28,12 +28,24 @@ COMMANDS: dict[str, Command] = {
     for c in (
         Command("train", "train", "train or fine-tune a model", "modlab train +experiment=showo_dense"),
         Command("eval", "eval", "evaluate a checkpoint on the held-out test split", "modlab eval ckpt_path=PATH"),
-        Command("generate", "generate", "sample T2I images (PNG grid) and MMU answers (text) from a checkpoint",
-                "modlab generate ckpt_path=PATH"),
-        Command("analyze", "analyze", "analyse a checkpoint: attention, importance, redundancy (+ routing plan), interactions",
-                "modlab analyze redundancy ckpt_path=PATH"),
-        Command("compare", "compare", "one table of metrics and FLOPs across run directories, and a Pareto plot",
-                "modlab compare outputs/train/showo_dense/RUN outputs/train/showo_unimod/RUN"),
+        Command(
+            "generate",
+            "generate",
+            "sample T2I images (PNG grid) and MMU answers (text) from a checkpoint",
+            "modlab generate ckpt_path=PATH",
+        ),
+        Command(
+            "analyze",
+            "analyze",
+            "analyse a checkpoint: attention, importance, redundancy (+ routing plan), interactions",
+            "modlab analyze redundancy ckpt_path=PATH",
+        ),
+        Command(
+            "compare",
+            "compare",
+            "one table of metrics and FLOPs across run directories, and a Pareto plot",
+            "modlab compare outputs/train/showo_dense/RUN outputs/train/showo_unimod/RUN",
+        ),
     )
 }
 
@@ -68,7 +80,9 @@ def print_help() -> None:
     console.print("\nexamples:", style="bold")
     for c in COMMANDS.values():
         console.print(f"  {c.usage}", highlight=False)
-    console.print("\nHydra flags work as usual: -m (multirun sweeps), --cfg job, --info, hydra.run.dir=...", highlight=False)
+    console.print(
+        "\nHydra flags work as usual: -m (multirun sweeps), --cfg job, --info, hydra.run.dir=...", highlight=False
+    )
     console.print("Set MODLAB_DEBUG=1 to see full tracebacks.")
 
 
@@ -111,8 +125,11 @@ def print_analysis_jobs() -> None:
         table.add_row(name, summary)
     console.print(table)
     console.print("\nEach job writes results.json, CSV tables and PNG plots into its run directory.", highlight=False)
-    console.print("Causal LMs: importance and redundancy of an lm_pretrain checkpoint; importance of a Hugging Face LM "
-                  "with model=hf_causal_lm model.path=DIR instead of ckpt_path.", highlight=False)
+    console.print(
+        "Causal LMs: importance and redundancy of an lm_pretrain checkpoint; importance of a Hugging Face LM "
+        "with model=hf_causal_lm model.path=DIR instead of ckpt_path.",
+        highlight=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

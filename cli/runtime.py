@@ -47,23 +47,40 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
         if callbacks_cfg.model_summary:
             callbacks.append(RichModelSummary(max_depth=2))
         if callbacks_cfg.checkpoint and not t.fast_dev_run:
-            callbacks.append(ModelCheckpoint(
-                # no "=" in the name: Hydra's override grammar would reject ckpt_path=.../best-step=N.ckpt
-                dirpath=out_dir / "checkpoints", filename="best-step{step}", auto_insert_metric_name=False,
-                monitor=callbacks_cfg.monitor, mode="min", save_top_k=1, save_last=True,
-            ))
+            callbacks.append(
+                ModelCheckpoint(
+                    # no "=" in the name: Hydra's override grammar would reject ckpt_path=.../best-step=N.ckpt
+                    dirpath=out_dir / "checkpoints",
+                    filename="best-step{step}",
+                    auto_insert_metric_name=False,
+                    monitor=callbacks_cfg.monitor,
+                    mode="min",
+                    save_top_k=1,
+                    save_last=True,
+                )
+            )
         if callbacks_cfg.lr_monitor and logger_cfg.kind != "none":
             callbacks.append(LearningRateMonitor(logging_interval="step"))
     logger = CSVLogger(save_dir=out_dir, name="", version="") if logger_cfg.kind == "csv" else False
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, t.accelerator),
-        max_steps=t.max_steps, val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
-        limit_val_batches=t.val_batches or 1.0, log_every_n_steps=t.log_every_n_steps,
-        gradient_clip_val=t.gradient_clip_val or None, fast_dev_run=t.fast_dev_run or False,
-        deterministic=t.deterministic, callbacks=callbacks, logger=logger,
+        max_steps=t.max_steps,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.val_batches or 1.0,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val or None,
+        fast_dev_run=t.fast_dev_run or False,
+        deterministic=t.deterministic,
+        callbacks=callbacks,
+        logger=logger,
         enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
-        enable_model_summary=False, default_root_dir=out_dir,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
     )
 
 
@@ -95,7 +112,9 @@ def init_from_checkpoint(module, ckpt_path: str) -> None:
         raise CheckpointError(f"init_from '{ckpt_path}' does not fit this model (e.g. {(missing or list(source))[0]})")
     for k, v in source.items():
         if target[by_dense_key[k]].shape != v.shape:
-            raise CheckpointError(f"init_from '{ckpt_path}': {k} has shape {tuple(v.shape)}, the model needs {tuple(target[by_dense_key[k]].shape)}")
+            raise CheckpointError(
+                f"init_from '{ckpt_path}': {k} has shape {tuple(v.shape)}, the model needs {tuple(target[by_dense_key[k]].shape)}"
+            )
     module.load_state_dict({by_dense_key[k]: v for k, v in source.items()}, strict=False)
     module.on_load_checkpoint(ckpt)  # the image tokenizer the weights were trained with
 
@@ -115,7 +134,9 @@ def load_unified_module(ckpt_path: str):
         module.on_load_checkpoint(ckpt)
         module.load_state_dict(ckpt["state_dict"])
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
+        ) from None
     return module.eval()
 
 

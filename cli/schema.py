@@ -9,7 +9,7 @@ only the edge-only groups (trainer, callbacks, logger, paths) are defined here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -79,7 +79,7 @@ class TrainConfig:
     command: str = "train"
     experiment_name: str = "default"
     seed: int = 42
-    init_from: Optional[str] = None  # a checkpoint to fine-tune from (dense -> routed: UniMoD's protocol)
+    init_from: str | None = None  # a checkpoint to fine-tune from (dense -> routed: UniMoD's protocol)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -90,7 +90,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    debug: Optional[dict[str, Any]] = None  # a debug profile, merged last (see validate)
+    debug: dict[str, Any] | None = None  # a debug profile, merged last (see validate)
 
 
 @dataclass
@@ -103,7 +103,7 @@ class EvalCommandConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    debug: Optional[dict[str, Any]] = None
+    debug: dict[str, Any] | None = None
 
 
 @dataclass
@@ -127,16 +127,18 @@ class GenerateConfig:
 class AnalyzeConfig:
     command: str = "analyze"
     experiment_name: str = "default"
-    ckpt_path: Optional[str] = None  # a modlab checkpoint (required unless `model` is given)
+    ckpt_path: str | None = None  # a modlab checkpoint (required unless `model` is given)
     seed: int = 42
-    model: Optional[ModelConfig] = None  # model=hf_causal_lm model.path=DIR: a Hugging Face LM, no checkpoint
+    model: ModelConfig | None = None  # model=hf_causal_lm model.path=DIR: a Hugging Face LM, no checkpoint
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def __post_init__(self) -> None:
         if (self.ckpt_path is None) == (self.model is None):
-            raise ConfigError("analyze needs ckpt_path=<a modlab checkpoint> or model=hf_causal_lm model.path=<dir> (one of them)")
+            raise ConfigError(
+                "analyze needs ckpt_path=<a modlab checkpoint> or model=hf_causal_lm model.path=<dir> (one of them)"
+            )
 
 
 @dataclass
@@ -151,8 +153,13 @@ class CompareConfig:
             raise ConfigError("compare needs run directories: modlab compare DIR [DIR...] (or a sweep directory)")
 
 
-SCHEMAS = {"train": TrainConfig, "eval": EvalCommandConfig, "generate": GenerateConfig,
-           "analyze": AnalyzeConfig, "compare": CompareConfig}
+SCHEMAS = {
+    "train": TrainConfig,
+    "eval": EvalCommandConfig,
+    "generate": GenerateConfig,
+    "analyze": AnalyzeConfig,
+    "compare": CompareConfig,
+}
 
 
 def register_schemas() -> None:

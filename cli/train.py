@@ -7,7 +7,13 @@ import time
 from omegaconf import DictConfig
 
 from modlab.cli.runtime import (
-    build_trainer, flatten_test_results, init_from_checkpoint, log, print_summary, run_dir, write_metrics,
+    build_trainer,
+    flatten_test_results,
+    init_from_checkpoint,
+    log,
+    print_summary,
+    run_dir,
+    write_metrics,
 )
 from modlab.cli.schema import validate
 from modlab.errors import ConfigError
@@ -35,7 +41,9 @@ def train(cfg: DictConfig) -> dict:
     dm = DigitsDataModule(c.data, c.eval, image_tokenizer=module.image_tokenizer if c.init_from else None)
     module.image_tokenizer = dm.image_tokenizer
     trainer = build_trainer(c.trainer, c.callbacks, c.logger, out)
-    log.info("training %s (%s parameters, seed %d) in %s", c.experiment_name, f"{module.model.num_params():,}", c.seed, out)
+    log.info(
+        "training %s (%s parameters, seed %d) in %s", c.experiment_name, f"{module.model.num_params():,}", c.seed, out
+    )
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)

@@ -74,7 +74,12 @@ def training_step_precision() -> dict:
     model = build_unified_model(ModelConfig(), dm.space, dm.image_tokenizer.n_tokens)
     t = _interleaved_seconds({"fp32": _train_step(model, batches, False), "bf16": _train_step(model, batches, True)})
     fp32, bf16 = t["fp32"], t["bf16"]
-    return {"rows": sum(int(b["ids"].shape[0]) for b in batches), "fp32_s": fp32, "bf16_s": bf16, "speedup_bf16": fp32 / bf16}
+    return {
+        "rows": sum(int(b["ids"].shape[0]) for b in batches),
+        "fp32_s": fp32,
+        "bf16_s": bf16,
+        "speedup_bf16": fp32 / bf16,
+    }
 
 
 def routed_training_step() -> list[dict]:
@@ -82,11 +87,10 @@ def routed_training_step() -> list[dict]:
     cut beside the FLOPs cut (bf16 autocast, as `precision: auto` trains here)."""
     from omegaconf import OmegaConf
 
+    import modlab.conf
     from modlab.flops import last_train_step_flops
     from modlab.routing.config import RoutingConfig
     from modlab.routing.plan import apply_routing
-
-    import modlab.conf
 
     conf = Path(modlab.conf.__file__).parent / "routing"  # the experiments' routing configs
     dm, batches = _experiment_batches()
@@ -114,7 +118,9 @@ def routed_training_step() -> list[dict]:
     return rows
 
 
-def routed_block_speed(capacities=(0.125, 0.25, 0.5), T: int = 1024, d: int = 512, n_head: int = 8, B: int = 1) -> list[dict]:
+def routed_block_speed(
+    capacities=(0.125, 0.25, 0.5), T: int = 1024, d: int = 512, n_head: int = 8, B: int = 1
+) -> list[dict]:
     """A routed block's forward + backward against the dense block, beside the FLOPs-predicted
     speed-up (dense FLOPs / routed FLOPs, router included). fp32, causal mask."""
     from modlab.flops import block_forward_flops, router_forward_flops
@@ -146,13 +152,27 @@ def routed_block_speed(capacities=(0.125, 0.25, 0.5), T: int = 1024, d: int = 51
         k = rb.last_groups[0][1]
         routed_flops = block_forward_flops(cfg, B, k) + router_forward_flops(B, T, rb.routing_weights())
         predicted, measured = dense_flops / routed_flops, dense_s / routed_s
-        rows.append({"capacity": c, "dense_s": dense_s, "routed_s": routed_s, "predicted_speedup": predicted,
-                     "measured_speedup": measured, "measured_over_predicted": measured / predicted})
+        rows.append(
+            {
+                "capacity": c,
+                "dense_s": dense_s,
+                "routed_s": routed_s,
+                "predicted_speedup": predicted,
+                "measured_speedup": measured,
+                "measured_over_predicted": measured / predicted,
+            }
+        )
     return rows
 
 
-def mindskip_generation_speed(contexts=(128, 512, 2048), new_tokens: int = 64, repeats: int = 5,
-                              d_model: int = 96, n_layer: int = 8, n_head: int = 3) -> list[dict]:
+def mindskip_generation_speed(
+    contexts=(128, 512, 2048),
+    new_tokens: int = 64,
+    repeats: int = 5,
+    d_model: int = 96,
+    n_layer: int = 8,
+    n_head: int = 3,
+) -> list[dict]:
     """Batch-1 prefill and decode of the tiny causal LM (lm_pretrain's shape) with MindSkip at
     capacity 0.5 over the default routed layers (half of them closed at prefill, as the tuned
     routers decide) against the base, beside the FLOPs-predicted speed-up. fp32, KV cache."""
@@ -165,17 +185,33 @@ def mindskip_generation_speed(contexts=(128, 512, 2048), new_tokens: int = 64, r
     lm = CausalLM(ModelConfig(arch="lm", d_model=d_model, n_layer=n_layer, n_head=n_head)).eval()
     routed = MindSkipConfig().routed_layers(n_layer)
     skip = MindSkip(lm, routed)
-    closed = routed[len(routed) // 2:]  # capacity 0.5: the deeper half of the routed layers closed
+    closed = routed[len(routed) // 2 :]  # capacity 0.5: the deeper half of the routed layers closed
     rows = []
     for T in contexts:
         prompts = [torch.randint(0, 256, (1, T))]
-        r = measure_speed(lm, skip, prompts, new_tokens, {"base": {"routers": False}, "mindskip": {"routers": False, "closed": closed}}, repeats)
+        r = measure_speed(
+            lm,
+            skip,
+            prompts,
+            new_tokens,
+            {"base": {"routers": False}, "mindskip": {"routers": False, "closed": closed}},
+            repeats,
+        )
         b, m = r["base"], r["mindskip"]
-        rows.append({"context": T, "closed_layers": closed,
-                     "base_prefill_tok_s": b["prefill_tok_s"], "mindskip_prefill_tok_s": m["prefill_tok_s"],
-                     "prefill_speedup": m["prefill_tok_s"] / b["prefill_tok_s"], "prefill_speedup_flops": b["prefill_flops"] / m["prefill_flops"],
-                     "base_decode_tok_s": b["decode_tok_s"], "mindskip_decode_tok_s": m["decode_tok_s"],
-                     "decode_speedup": m["decode_tok_s"] / b["decode_tok_s"], "decode_speedup_flops": b["decode_flops"] / m["decode_flops"]})
+        rows.append(
+            {
+                "context": T,
+                "closed_layers": closed,
+                "base_prefill_tok_s": b["prefill_tok_s"],
+                "mindskip_prefill_tok_s": m["prefill_tok_s"],
+                "prefill_speedup": m["prefill_tok_s"] / b["prefill_tok_s"],
+                "prefill_speedup_flops": b["prefill_flops"] / m["prefill_flops"],
+                "base_decode_tok_s": b["decode_tok_s"],
+                "mindskip_decode_tok_s": m["decode_tok_s"],
+                "decode_speedup": m["decode_tok_s"] / b["decode_tok_s"],
+                "decode_speedup_flops": b["decode_flops"] / m["decode_flops"],
+            }
+        )
     for r in rows:
         r["decode_measured_over_predicted"] = r["decode_speedup"] / r["decode_speedup_flops"]
     return rows
@@ -200,40 +236,95 @@ def main() -> None:
 
     with console.status("showo_dense training step: fp32 vs bf16 autocast"):
         results["training_step_precision"] = r = training_step_precision()
-    console.print(_table(
-        f"Show-o-like training step ({r['rows']} rows, {results['threads']} threads)",
-        ("fp32 s/step", "bf16 s/step", "bf16 speed-up"),
-        [(f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}", f"{r['speedup_bf16']:.2f}x")],
-    ))
+    console.print(
+        _table(
+            f"Show-o-like training step ({r['rows']} rows, {results['threads']} threads)",
+            ("fp32 s/step", "bf16 s/step", "bf16 speed-up"),
+            [(f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}", f"{r['speedup_bf16']:.2f}x")],
+        )
+    )
 
     with console.status("routed block vs dense block, T=1024, d=512"):
         results["routed_block"] = rows = routed_block_speed()
-    console.print(_table(
-        "Routed block forward+backward vs dense (T=1024, d=512, fp32)",
-        ("capacity", "dense s", "routed s", "FLOPs-predicted speed-up", "measured speed-up", "measured / predicted"),
-        [(f"{r['capacity']}", f"{r['dense_s']:.4f}", f"{r['routed_s']:.4f}", f"{r['predicted_speedup']:.2f}x",
-          f"{r['measured_speedup']:.2f}x", f"{r['measured_over_predicted']:.2f}") for r in rows],
-    ))
+    console.print(
+        _table(
+            "Routed block forward+backward vs dense (T=1024, d=512, fp32)",
+            (
+                "capacity",
+                "dense s",
+                "routed s",
+                "FLOPs-predicted speed-up",
+                "measured speed-up",
+                "measured / predicted",
+            ),
+            [
+                (
+                    f"{r['capacity']}",
+                    f"{r['dense_s']:.4f}",
+                    f"{r['routed_s']:.4f}",
+                    f"{r['predicted_speedup']:.2f}x",
+                    f"{r['measured_speedup']:.2f}x",
+                    f"{r['measured_over_predicted']:.2f}",
+                )
+                for r in rows
+            ],
+        )
+    )
 
     with console.status("showo training step: dense vs unimod vs mod"):
         results["routed_training_step"] = rows = routed_training_step()
-    console.print(_table(
-        "Show-o-like training step, routed vs dense (same batch, bf16 autocast)",
-        ("routing", "s/step", "GFLOPs/step", "FLOPs cut", "time cut", "time cut / FLOPs cut"),
-        [(r["routing"], f"{r['seconds']:.3f}", f"{r['flops'] / 1e9:.1f}", f"{r['flops_cut']:.1%}", f"{r['time_cut']:.1%}",
-          "-" if r["routing"] == "dense" else f"{r['time_cut_over_flops_cut']:.2f}") for r in rows],
-    ))
+    console.print(
+        _table(
+            "Show-o-like training step, routed vs dense (same batch, bf16 autocast)",
+            ("routing", "s/step", "GFLOPs/step", "FLOPs cut", "time cut", "time cut / FLOPs cut"),
+            [
+                (
+                    r["routing"],
+                    f"{r['seconds']:.3f}",
+                    f"{r['flops'] / 1e9:.1f}",
+                    f"{r['flops_cut']:.1%}",
+                    f"{r['time_cut']:.1%}",
+                    "-" if r["routing"] == "dense" else f"{r['time_cut_over_flops_cut']:.2f}",
+                )
+                for r in rows
+            ],
+        )
+    )
 
     with console.status("MindSkip generation: batch 1, base vs capacity 0.5"):
         results["mindskip_generation"] = rows = mindskip_generation_speed()
-    console.print(_table(
-        f"MindSkip batch-1 generation, capacity 0.5 (layers {rows[0]['closed_layers']} skipped) vs base (d=96, 8 layers, fp32)",
-        ("context", "prefill tok/s base", "prefill tok/s skip", "prefill speed-up", "FLOPs-predicted",
-         "decode tok/s base", "decode tok/s skip", "decode speed-up", "FLOPs-predicted", "measured / predicted"),
-        [(str(r["context"]), f"{r['base_prefill_tok_s']:.0f}", f"{r['mindskip_prefill_tok_s']:.0f}", f"{r['prefill_speedup']:.2f}x",
-          f"{r['prefill_speedup_flops']:.2f}x", f"{r['base_decode_tok_s']:.0f}", f"{r['mindskip_decode_tok_s']:.0f}",
-          f"{r['decode_speedup']:.2f}x", f"{r['decode_speedup_flops']:.2f}x", f"{r['decode_measured_over_predicted']:.2f}") for r in rows],
-    ))
+    console.print(
+        _table(
+            f"MindSkip batch-1 generation, capacity 0.5 (layers {rows[0]['closed_layers']} skipped) vs base (d=96, 8 layers, fp32)",
+            (
+                "context",
+                "prefill tok/s base",
+                "prefill tok/s skip",
+                "prefill speed-up",
+                "FLOPs-predicted",
+                "decode tok/s base",
+                "decode tok/s skip",
+                "decode speed-up",
+                "FLOPs-predicted",
+                "measured / predicted",
+            ),
+            [
+                (
+                    str(r["context"]),
+                    f"{r['base_prefill_tok_s']:.0f}",
+                    f"{r['mindskip_prefill_tok_s']:.0f}",
+                    f"{r['prefill_speedup']:.2f}x",
+                    f"{r['prefill_speedup_flops']:.2f}x",
+                    f"{r['base_decode_tok_s']:.0f}",
+                    f"{r['mindskip_decode_tok_s']:.0f}",
+                    f"{r['decode_speedup']:.2f}x",
+                    f"{r['decode_speedup_flops']:.2f}x",
+                    f"{r['decode_measured_over_predicted']:.2f}",
+                )
+                for r in rows
+            ],
+        )
+    )
 
     out = Path("outputs/bench")
     out.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,14 @@ def router_forward_flops(B: int, T: int, router_weights: int) -> int:
     return 2 * B * T * router_weights
 
 
-def model_forward_flops(cfg: ModelConfig, vocab_size: int, B: int, T: int,
-                        routed: dict[int, list[tuple[int, int]]] | None = None,
-                        router_weights: dict[int, int] | None = None) -> int:
+def model_forward_flops(
+    cfg: ModelConfig,
+    vocab_size: int,
+    B: int,
+    T: int,
+    routed: dict[int, list[tuple[int, int]]] | None = None,
+    router_weights: dict[int, int] | None = None,
+) -> int:
     """Forward FLOPs. `routed[layer]` lists the (rows, K) batched calls a routed layer made
     (rows of a group each run K tokens); other layers run all B rows at T tokens.
     `router_weights[layer]`: weights of that layer's router (+ predictor), d_model by default."""
@@ -42,9 +47,14 @@ def model_forward_flops(cfg: ModelConfig, vocab_size: int, B: int, T: int,
     return total
 
 
-def train_step_flops(cfg: ModelConfig, vocab_size: int, B: int, T: int,
-                     routed: dict[int, list[tuple[int, int]]] | None = None,
-                     router_weights: dict[int, int] | None = None) -> int:
+def train_step_flops(
+    cfg: ModelConfig,
+    vocab_size: int,
+    B: int,
+    T: int,
+    routed: dict[int, list[tuple[int, int]]] | None = None,
+    router_weights: dict[int, int] | None = None,
+) -> int:
     return 3 * model_forward_flops(cfg, vocab_size, B, T, routed, router_weights)
 
 
@@ -54,5 +64,11 @@ def last_train_step_flops(cfg: ModelConfig, vocab_size: int, blocks, B: int, T: 
     from modlab.routing.routed_block import RoutedBlock
 
     routed = {i: b for i, b in enumerate(blocks) if isinstance(b, RoutedBlock)}
-    return train_step_flops(cfg, vocab_size, B, T, {i: b.last_groups for i, b in routed.items()},
-                            {i: b.routing_weights() for i, b in routed.items()})
+    return train_step_flops(
+        cfg,
+        vocab_size,
+        B,
+        T,
+        {i: b.last_groups for i, b in routed.items()},
+        {i: b.routing_weights() for i, b in routed.items()},
+    )

@@ -52,7 +52,14 @@ FAMILIES = (
 # Fine-tuning a trained model: a lower peak learning rate and a short warm-up.
 FINETUNE = ["task.lr=1e-3", "task.warmup_steps=20"]
 # --quick: a tiny model and a few steps of everything (tests/test_reproduce.py)
-QUICK = ["debug=fast", "model.d_model=32", "model.n_head=2", "data.codebook_size=16", "trainer.val_check_interval=2", "eval.t2i_per_category=2"]
+QUICK = [
+    "debug=fast",
+    "model.d_model=32",
+    "model.n_head=2",
+    "data.codebook_size=16",
+    "trainer.val_check_interval=2",
+    "eval.t2i_per_category=2",
+]
 
 
 @dataclass
@@ -133,8 +140,9 @@ def probe_flops_per_step(experiment: str, overrides: list[str], n_batches: int =
 # ---- the comparison ------------------------------------------------------------------------
 
 
-def run_family(fam: Family, out: Path, finetune_steps: int, extra: list[str], skip_analysis: bool,
-               dense_run: Path | None = None) -> list[Row]:
+def run_family(
+    fam: Family, out: Path, finetune_steps: int, extra: list[str], skip_analysis: bool, dense_run: Path | None = None
+) -> list[Row]:
     if dense_run is None:
         print(f"\n[{fam.name}] dense: {fam.dense}", flush=True)
         dense = Row(fam.name, "dense", out / fam.name / "dense")
@@ -146,7 +154,9 @@ def run_family(fam: Family, out: Path, finetune_steps: int, extra: list[str], sk
 
     unimod_overrides, unimod_note = [], "conf/routing/unimod.yaml capacities"
     if skip_analysis or not analysis_available():
-        print(f"[{fam.name}] analysis: skipped ({'--skip-analysis' if skip_analysis else 'no `modlab analyze` command'})")
+        print(
+            f"[{fam.name}] analysis: skipped ({'--skip-analysis' if skip_analysis else 'no `modlab analyze` command'})"
+        )
     else:
         print(f"[{fam.name}] analysis: ARank redundancy -> routing plan", flush=True)
         analysis_dir = out / fam.name / "analysis"
@@ -172,8 +182,11 @@ def run_family(fam: Family, out: Path, finetune_steps: int, extra: list[str], sk
         steps = max(1, round(budget / per_step))
         print(f"[{fam.name}] {method}: {experiment}, {per_step / 1e9:.2f} GFLOPs/step -> {steps} steps", flush=True)
         row = Row(fam.name, method, out / fam.name / dirname, note=note)
-        row.metrics = train(experiment, [*common, f"trainer.max_steps={steps}",
-                                         f"trainer.val_check_interval={max(1, min(steps, 250))}"], row.run_dir)
+        row.metrics = train(
+            experiment,
+            [*common, f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, min(steps, 250))}"],
+            row.run_dir,
+        )
         rows.append(row)
     return rows
 
@@ -181,7 +194,11 @@ def run_family(fam: Family, out: Path, finetune_steps: int, extra: list[str], sk
 # ---- the table and the plot ----------------------------------------------------------------
 
 COLUMNS = (
-    [("steps", "train/steps", "{:.0f}"), ("GFLOPs/step", "train/flops_per_step", "{:.2f}"), ("vs dense", "ratio", "{:.2f}")]
+    [
+        ("steps", "train/steps", "{:.0f}"),
+        ("GFLOPs/step", "train/flops_per_step", "{:.2f}"),
+        ("vs dense", "ratio", "{:.2f}"),
+    ]
     + [(f"MMU {t}", f"test/mmu_acc/{t}", "{:.3f}") for t in QUESTION_TYPES]
     + [("MMU all", "test/mmu_acc", "{:.3f}")]
     + [(f"T2I {c}", f"test/t2i_acc/{c}", "{:.3f}") for c in PROMPT_CATEGORIES]
@@ -199,10 +216,14 @@ def _value(row: Row, key: str, dense_flops: float):
     return math.nan if v is None else v
 
 
-def write_table(rows: list[Row], skipped: list[str], out: Path, finetune_steps: int, wall_s: float) -> tuple[Path, Path]:
+def write_table(
+    rows: list[Row], skipped: list[str], out: Path, finetune_steps: int, wall_s: float
+) -> tuple[Path, Path]:
     dense_flops = {r.family: r.metrics.get("train/flops_per_step", math.nan) for r in rows if r.method == "dense"}
     header = ["model", "method", *[c[0] for c in COLUMNS], "routing"]
-    table = [[r.family, r.method, *[_value(r, key, dense_flops[r.family]) for _, key, _ in COLUMNS], r.note] for r in rows]
+    table = [
+        [r.family, r.method, *[_value(r, key, dense_flops[r.family]) for _, key, _ in COLUMNS], r.note] for r in rows
+    ]
     csv_path = out / "results.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -221,15 +242,22 @@ def write_table(rows: list[Row], skipped: list[str], out: Path, finetune_steps: 
     ]
     formats = ["{}", "{}", *[c[2] for c in COLUMNS], "{}"]
     for values in table:
-        lines.append("| " + " | ".join("–" if isinstance(v, float) and math.isnan(v) else f.format(v)
-                                        for f, v in zip(formats, values)) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                "–" if isinstance(v, float) and math.isnan(v) else f.format(v) for f, v in zip(formats, values)
+            )
+            + " |"
+        )
     ceilings = [r for r in rows if r.method == "dense"]
     lines.append("")
     for r in ceilings:
         m = r.metrics
-        lines.append(f"Scorer ceilings ({r.family}, real test scenes after the image tokenizer): "
-                     f"T2I {m.get('test/t2i_acc_tokenized', math.nan):.3f}, FID {m.get('test/t2i_fid_tokenized', math.nan):.2f}; "
-                     f"reference classifier on real test digits {m.get('test/ref_classifier_acc', math.nan):.3f}.")
+        lines.append(
+            f"Scorer ceilings ({r.family}, real test scenes after the image tokenizer): "
+            f"T2I {m.get('test/t2i_acc_tokenized', math.nan):.3f}, FID {m.get('test/t2i_fid_tokenized', math.nan):.2f}; "
+            f"reference classifier on real test digits {m.get('test/ref_classifier_acc', math.nan):.3f}."
+        )
     for s in skipped:
         lines.append(f"Not run: {s}.")
     lines.append(f"Wall time of the whole reproduction: {wall_s / 60:.1f} min.")
@@ -241,25 +269,44 @@ def write_table(rows: list[Row], skipped: list[str], out: Path, finetune_steps: 
 def write_pareto(rows: list[Row], out: Path) -> Path:
     from modlab.evaluation.plots import save_pareto_plot
 
-    points = [{"label": f"{r.family} {r.method}", "family": r.family, "x": r.metrics.get("train/flops_per_step", math.nan) / 1e9,
-               "y": {"MMU accuracy": r.metrics.get("test/mmu_acc", math.nan), "T2I accuracy": r.metrics.get("test/t2i_acc", math.nan)}}
-              for r in rows]
+    points = [
+        {
+            "label": f"{r.family} {r.method}",
+            "family": r.family,
+            "x": r.metrics.get("train/flops_per_step", math.nan) / 1e9,
+            "y": {
+                "MMU accuracy": r.metrics.get("test/mmu_acc", math.nan),
+                "T2I accuracy": r.metrics.get("test/t2i_acc", math.nan),
+            },
+        }
+        for r in rows
+    ]
     return save_pareto_plot(points, "training GFLOPs per step", out / "pareto.png")
 
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m modlab.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="output directory (default outputs/reproduce/<time>)")
-    p.add_argument("--finetune-steps", type=int, default=300, help="fine-tuning budget in dense-step FLOPs (default 300)")
+    p.add_argument(
+        "--finetune-steps", type=int, default=300, help="fine-tuning budget in dense-step FLOPs (default 300)"
+    )
     p.add_argument("--skip-analysis", action="store_true", help="do not run `modlab analyze redundancy`")
-    p.add_argument("--dense-run", type=Path, default=None,
-                   help="reuse this Show-o-like dense run directory (metrics.json, checkpoints/last.ckpt) instead of training one")
+    p.add_argument(
+        "--dense-run",
+        type=Path,
+        default=None,
+        help="reuse this Show-o-like dense run directory (metrics.json, checkpoints/last.ckpt) instead of training one",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps of everything (for tests)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. model.n_layer=6")
     a = p.parse_args(argv)
     if a.dense_run and not all((a.dense_run / f).is_file() for f in ("metrics.json", "checkpoints/last.ckpt")):
-        raise RuntimeError(f"--dense-run {a.dense_run} holds no metrics.json and checkpoints/last.ckpt of a finished run")
-    out = a.out or Path(os.environ.get("MODLAB_OUTPUT_DIR", "outputs")) / "reproduce" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        raise RuntimeError(
+            f"--dense-run {a.dense_run} holds no metrics.json and checkpoints/last.ckpt of a finished run"
+        )
+    out = a.out or Path(os.environ.get("MODLAB_OUTPUT_DIR", "outputs")) / "reproduce" / time.strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     extra = [*(QUICK if a.quick else []), *a.overrides]

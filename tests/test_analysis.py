@@ -46,6 +46,7 @@ def task_batches(n: int = 3) -> dict[str, list[dict]]:
 
 # ---- ARank ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("r", [1, 3, 8])
 def test_arank_of_a_rank_r_score_matrix_is_r(r):
     g = torch.Generator().manual_seed(r)
@@ -88,14 +89,14 @@ def test_arank_analysis_rows_per_task_and_layer():
 
 # ---- attention fractions ----------------------------------------------------------------------
 
+
 def test_attention_fractions_of_a_hand_built_map():
     # tokens: 0 text, 1 image, 2 image, 3 padding
     is_image = torch.tensor([[False, True, True, False]])
     valid = torch.tensor([[True, True, True, False]])
-    probs = torch.tensor([[[[1.0, 0.0, 0.0, 0.0],
-                            [0.5, 0.5, 0.0, 0.0],
-                            [0.2, 0.3, 0.5, 0.0],
-                            [0.0, 0.0, 0.0, 1.0]]]])  # the padding query must not count
+    probs = torch.tensor(
+        [[[[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [0.2, 0.3, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]]]]
+    )  # the padding query must not count
     got = image_mass(probs, is_image, valid)
     assert got["text"] == (0.0, 1)
     assert got["image"][1] == 2 and got["image"][0] == pytest.approx(0.5 + 0.8)
@@ -116,11 +117,17 @@ def test_attention_analysis_with_uniform_attention_matches_the_mask():
         b = batches[task][0]
         allowed = omni_attention_mask(b["is_image"], b["valid"])[:, 0].float()
         share = (allowed * b["is_image"][:, None, :]).sum(-1) / allowed.sum(-1)  # (B, T) per query
-        for kind, queries in (("all", b["valid"]), ("text", b["valid"] & ~b["is_image"]), ("image", b["valid"] & b["is_image"])):
+        for kind, queries in (
+            ("all", b["valid"]),
+            ("text", b["valid"] & ~b["is_image"]),
+            ("image", b["valid"] & b["is_image"]),
+        ):
             if queries.any():
                 for i in range(4):
                     assert frac[(task, i, kind)] == pytest.approx(float(share[queries].mean()), abs=1e-5)
-                    uniform = next(r["uniform_to_image"] for r in rows if (r["task"], r["layer"], r["query"]) == (task, i, kind))
+                    uniform = next(
+                        r["uniform_to_image"] for r in rows if (r["task"], r["layer"], r["query"]) == (task, i, kind)
+                    )
                     assert uniform == pytest.approx(float(share[queries].mean()), abs=1e-5)
     assert ("lm", 0, "image") not in frac and frac[("lm", 0, "all")] == 0.0
     assert maps["t2i"].shape[0] == 4
@@ -128,6 +135,7 @@ def test_attention_analysis_with_uniform_attention_matches_the_mask():
 
 
 # ---- importance --------------------------------------------------------------------------------
+
 
 def test_llm_drop_importance_is_zero_for_a_sublayer_that_outputs_zeros():
     model = tiny_model()
@@ -167,6 +175,7 @@ def test_skip_one_layer_restores_the_model_even_on_error():
 
 # ---- routing plan ------------------------------------------------------------------------------
 
+
 def test_plan_routes_the_more_redundant_half_with_arank_capacities():
     arank = {"t2i": [0.9, 0.5, 0.6, 0.05], "mmu": [0.3, 0.3, 0.3, 0.3], "lm": [0.1] * 4}
     plan = plan_from_arank(arank, PlanConfig(tasks=["t2i", "mmu"], min_capacity=0.1), source={"x": 1})
@@ -194,6 +203,7 @@ def test_zero_calibration_rows_and_unknown_jobs_are_config_errors():
 
 
 # ---- interactions: packing for a joint budget ---------------------------------------------------
+
 
 def test_packed_rows_give_the_same_logits_as_separate_rows():
     model = tiny_model()
@@ -229,6 +239,7 @@ def test_task_routers_keep_their_capacity_and_a_shared_router_shares_one_budget(
 
 
 # ---- compare -----------------------------------------------------------------------------------
+
 
 def test_pareto_front_known_answer():
     pts = [{"x": 1, "m": 0.5}, {"x": 2, "m": 0.4}, {"x": 3, "m": 0.9}, {"x": 3, "m": 0.7}, {"x": 4, "m": 0.95}]

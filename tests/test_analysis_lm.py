@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_hf import save_tiny_hf
 from torch.testing import assert_close
 
 from modlab.analysis.arank import arank_analysis
@@ -23,7 +24,6 @@ from modlab.data.text_corpus import load_corpus, split_corpus
 from modlab.data.tokens import IGNORE_INDEX
 from modlab.models.causal_lm import CausalLM
 from modlab.models.config import ModelConfig
-from tiny_hf import save_tiny_hf
 
 CFG = ModelConfig(arch="lm", d_model=32, n_layer=4, n_head=2)  # head_dim 16
 
@@ -82,7 +82,9 @@ def test_llm_drop_importance_of_a_causal_lm(lm):
     seen = {}
 
     def keep(i):
-        return lambda module, args, kwargs, out: seen.__setitem__(i, (args[0] if args else kwargs["hidden_states"], out))
+        return lambda module, args, kwargs, out: seen.__setitem__(
+            i, (args[0] if args else kwargs["hidden_states"], out)
+        )
 
     hooks = [layer.register_forward_hook(keep(i), with_kwargs=True) for i, layer in enumerate(subject.blocks)]
     batch = batches["lm"][0]

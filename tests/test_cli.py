@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MODLAB, only_run_dir, run_modlab
 
 FAST = ("+experiment=showo_dense", "debug=fast", "model.d_model=32", "model.n_layer=4", "model.n_head=2")
@@ -66,8 +65,14 @@ def test_eval_and_generate_on_the_written_checkpoint(trained_run: Path, tmp_path
     assert run.parts[-3:-1] == ("eval", "showo_dense")
     assert TEST_KEYS <= set(json.loads((run / "metrics.json").read_text()))
 
-    proc = run_modlab("generate", f"ckpt_path={ckpt}", "samples_per_prompt=2", "mmu_images=3",
-                      "eval.maskgit_steps=2", out_dir=tmp_path / "g")
+    proc = run_modlab(
+        "generate",
+        f"ckpt_path={ckpt}",
+        "samples_per_prompt=2",
+        "mmu_images=3",
+        "eval.maskgit_steps=2",
+        out_dir=tmp_path / "g",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run_dir(tmp_path / "g")
     png = run / "t2i_samples.png"
@@ -78,9 +83,12 @@ def test_eval_and_generate_on_the_written_checkpoint(trained_run: Path, tmp_path
 
 def test_two_runs_started_together_get_two_directories(tmp_path: Path):
     import os
+
     env = {**os.environ, "MODLAB_OUTPUT_DIR": str(tmp_path)}
     args = [MODLAB, "train", *FAST, "callbacks.checkpoint=false"]
-    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     assert all(p.wait(timeout=600) == 0 for p in procs), [p.stderr.read()[-2000:] for p in procs]
     runs = sorted(p.parent for p in tmp_path.rglob("metrics.json"))
     assert len(runs) == 2 and runs[0].parent == runs[1].parent
@@ -92,8 +100,14 @@ def test_hydra_flags_keep_working(tmp_path: Path):
     proc = run_modlab("train", "--help", out_dir=tmp_path)
     assert proc.returncode == 0 and "routing: dense, mod, unimod" in proc.stdout, proc.stdout
     custom = tmp_path / "my_run"
-    proc = run_modlab("train", *FAST, "data.image_tokenizer=patch_kmeans", "callbacks.checkpoint=false",
-                      f"hydra.run.dir={custom}", out_dir=tmp_path / "unused")
+    proc = run_modlab(
+        "train",
+        *FAST,
+        "data.image_tokenizer=patch_kmeans",
+        "callbacks.checkpoint=false",
+        f"hydra.run.dir={custom}",
+        out_dir=tmp_path / "unused",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (custom / "metrics.json").is_file() and (custom / ".hydra" / "config.yaml").is_file()
     assert not (tmp_path / "unused").exists()
@@ -109,28 +123,35 @@ def test_multirun_sweep_runs_each_value(tmp_path: Path):
 
 # ---- bad input: one line, exit code 2, nothing written ----------------------------------------
 
-@pytest.mark.parametrize("args, needles", [
-    (("frobnicate",), ("unknown command 'frobnicate'", "train")),
-    (("train", "+experiment=nope"), ("experiment/nope", "showo_dense")),
-    (("train", "+experiment=showo_dense", "model.n_layre=3"), ("n_layre",)),
-    (("train", "+experiment=showo_dense", "model.n_layer=abc"), ("model.n_layer=abc", "Integer")),
-    (("train", "+experiment=showo_dense", "task.lr=-1"), ("task.lr must be > 0",)),
-    (("train", "+experiment=showo_dense", "data.batch_size={t2i: 8, vqa: 4}"), ("vqa",)),
-    (("train", "+experiment=showo_dense", "task.loss_weights={vqa: 1.0}"), ("vqa",)),
-    (("train", "+experiment=showo_dense", "trainer.precision=fp8"), ("trainer.precision",)),
-    (("train", "+experiment=showo_dense", "model.d_model=100", "model.n_head=3"), ("n_head",)),
-    (("train", "model=nope"), ("model/nope",)),
-    (("train", "+experiment=showo_mod", "routing.capacity=1.5"), ("routing.capacity must be in (0, 1]",)),
-    (("train", "+experiment=showo_mod", "routing.capacity=0"), ("routing.capacity must be in (0, 1]",)),
-    (("train", "+experiment=showo_mod", "routing.layers=[1,4]"), ("out of range", "0..3")),
-    (("train", "+experiment=showo_unimod", "routing.task_capacity={vqa: [0.5]}"), ("vqa",)),
-    (("train", "+experiment=showo_unimod", "routing.task_capacity.mmu=[0.5,0.3,0.2]"), ("3 values for 2 routed layers",)),
-    (("train", "+experiment=showo_unimod", "init_from=/no/such.ckpt"), ("does not exist",)),
-    (("train", "+experiment=showo_unimod", "routing.plan=/no/such/plan.yaml"), ("plan file not found",)),
-    (("train", "+experiment=showo_mod", "schedule=linear", "routing.schedule.anneal_steps=0"), ("anneal_steps",)),
-    (("eval",), ("ckpt_path is required",)),
-    (("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),
-])
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("frobnicate",), ("unknown command 'frobnicate'", "train")),
+        (("train", "+experiment=nope"), ("experiment/nope", "showo_dense")),
+        (("train", "+experiment=showo_dense", "model.n_layre=3"), ("n_layre",)),
+        (("train", "+experiment=showo_dense", "model.n_layer=abc"), ("model.n_layer=abc", "Integer")),
+        (("train", "+experiment=showo_dense", "task.lr=-1"), ("task.lr must be > 0",)),
+        (("train", "+experiment=showo_dense", "data.batch_size={t2i: 8, vqa: 4}"), ("vqa",)),
+        (("train", "+experiment=showo_dense", "task.loss_weights={vqa: 1.0}"), ("vqa",)),
+        (("train", "+experiment=showo_dense", "trainer.precision=fp8"), ("trainer.precision",)),
+        (("train", "+experiment=showo_dense", "model.d_model=100", "model.n_head=3"), ("n_head",)),
+        (("train", "model=nope"), ("model/nope",)),
+        (("train", "+experiment=showo_mod", "routing.capacity=1.5"), ("routing.capacity must be in (0, 1]",)),
+        (("train", "+experiment=showo_mod", "routing.capacity=0"), ("routing.capacity must be in (0, 1]",)),
+        (("train", "+experiment=showo_mod", "routing.layers=[1,4]"), ("out of range", "0..3")),
+        (("train", "+experiment=showo_unimod", "routing.task_capacity={vqa: [0.5]}"), ("vqa",)),
+        (
+            ("train", "+experiment=showo_unimod", "routing.task_capacity.mmu=[0.5,0.3,0.2]"),
+            ("3 values for 2 routed layers",),
+        ),
+        (("train", "+experiment=showo_unimod", "init_from=/no/such.ckpt"), ("does not exist",)),
+        (("train", "+experiment=showo_unimod", "routing.plan=/no/such/plan.yaml"), ("plan file not found",)),
+        (("train", "+experiment=showo_mod", "schedule=linear", "routing.schedule.anneal_steps=0"), ("anneal_steps",)),
+        (("eval",), ("ckpt_path is required",)),
+        (("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needles):
     proc = run_modlab(*args, out_dir=tmp_path)
     assert_one_line_error(proc, *needles)
@@ -139,7 +160,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needles):
 
 def test_plan_file_with_an_unknown_task_is_a_one_line_error(tmp_path):
     plan = tmp_path / "plan.yaml"
-    plan.write_text("format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {vqa: {layers: [2], capacity: [0.5]}}\n")
+    plan.write_text(
+        "format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {vqa: {layers: [2], capacity: [0.5]}}\n"
+    )
     proc = run_modlab("train", "+experiment=showo_unimod", f"routing.plan={plan}", out_dir=tmp_path / "o")
     assert_one_line_error(proc, "unknown task(s) ['vqa']")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import only_run_dir, run_modlab
 from test_cli import assert_one_line_error
 from tiny_hf import save_tiny_hf
@@ -19,10 +18,19 @@ from tiny_hf import save_tiny_hf
 TINY = ("model.d_model=32", "model.n_head=2", "model.n_layer=4")
 SMALL_BUDGET = {
     "attention": ["calibration.n_per_task=6"],
-    "importance": ["calibration.n_per_task=6", "analysis.importance.mmu_prompts=6", "analysis.importance.t2i_per_digit=1",
-                   "analysis.importance.maskgit_steps=2", "analysis.importance.classifier_epochs=1"],
-    "interactions": ["calibration.n_per_task=4", "analysis.interactions.steps=2", "analysis.interactions.router_steps=2",
-                     "analysis.interactions.batch_size=4"],
+    "importance": [
+        "calibration.n_per_task=6",
+        "analysis.importance.mmu_prompts=6",
+        "analysis.importance.t2i_per_digit=1",
+        "analysis.importance.maskgit_steps=2",
+        "analysis.importance.classifier_epochs=1",
+    ],
+    "interactions": [
+        "calibration.n_per_task=4",
+        "analysis.interactions.steps=2",
+        "analysis.interactions.router_steps=2",
+        "analysis.interactions.batch_size=4",
+    ],
 }
 
 
@@ -36,8 +44,9 @@ def save_tiny_unified(path: Path, arch: str = "showo") -> Path:
     from modlab.tasks.unified import UnifiedModule
 
     torch.manual_seed(0)
-    module = UnifiedModule.from_configs(ModelConfig(arch=arch, d_model=32, n_head=2, n_layer=4), DataConfig(), TaskConfig(),
-                                        EvalConfig())
+    module = UnifiedModule.from_configs(
+        ModelConfig(arch=arch, d_model=32, n_head=2, n_layer=4), DataConfig(), TaskConfig(), EvalConfig()
+    )
     dm = DigitsDataModule(module.data_cfg, module.eval_cfg)
     module.image_tokenizer = dm.image_tokenizer
     samplers = {t: RowSampler(ds, 8, dm.space.pad, i) for i, (t, ds) in enumerate(dm._task_sets("train").items())}
@@ -77,7 +86,9 @@ def run_analysis(*args: str, out_dir: Path) -> tuple[subprocess.CompletedProcess
 
 
 def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: Path):
-    proc, run, results = run_analysis("redundancy", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=8", out_dir=tmp_path / "a")
+    proc, run, results = run_analysis(
+        "redundancy", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=8", out_dir=tmp_path / "a"
+    )
     assert run.parts[-3:-1] == ("redundancy", "checkpoint")
     assert len(results["results"]["arank"]) == 3 * 4 and results["calibration"]["rows"] == {"t2i": 8, "mmu": 8, "lm": 8}
     plan_path = run / "routing_plan.yaml"
@@ -88,8 +99,15 @@ def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: 
     plan = load_plan(plan_path)
     assert plan.n_layer == 4 and set(plan.tasks) == {"t2i", "mmu"}
     assert all(len(p.layers) == 2 for p in plan.tasks.values())
-    proc = run_modlab("train", "+experiment=showo_unimod", "debug=fast", *TINY, f"routing.plan={plan_path}",
-                      "callbacks.checkpoint=false", out_dir=tmp_path / "t")
+    proc = run_modlab(
+        "train",
+        "+experiment=showo_unimod",
+        "debug=fast",
+        *TINY,
+        f"routing.plan={plan_path}",
+        "callbacks.checkpoint=false",
+        out_dir=tmp_path / "t",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trained = only_run_dir(tmp_path / "t")
     metrics = json.loads((trained / "metrics.json").read_text())
@@ -117,7 +135,9 @@ def test_every_job_writes_json_csv_and_png(job: str, tiny_ckpt: Path, tmp_path: 
         runs = {r["run"] for r in results["results"]["joint_training"]}
         assert runs == {"single:t2i", "single:mmu", "joint"}
         kept = results["results"]["router_competition"]
-        assert {(r["router"], r["stage"]) for r in kept} == {(a, b) for a in ("shared", "task") for b in ("init", "tuned")}
+        assert {(r["router"], r["stage"]) for r in kept} == {
+            (a, b) for a in ("shared", "task") for b in ("init", "tuned")
+        }
 
 
 def test_compare_of_a_sweep_directory(tmp_path: Path):
@@ -127,7 +147,9 @@ def test_compare_of_a_sweep_directory(tmp_path: Path):
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "config.yaml").write_text("experiment_name: showo_mod\n")
         (run / ".hydra" / "overrides.yaml").write_text(f"- +experiment=showo_mod\n- routing.capacity={cap}\n")
-        (run / "metrics.json").write_text(json.dumps({"train/flops_per_step": flops, "test/mmu_acc": acc, "test/lm_ppl": 6.0 - i}))
+        (run / "metrics.json").write_text(
+            json.dumps({"train/flops_per_step": flops, "test/mmu_acc": acc, "test/lm_ppl": 6.0 - i})
+        )
     proc = run_modlab("compare", str(sweep), out_dir=tmp_path / "o")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = only_run_dir(tmp_path / "o")
@@ -138,8 +160,10 @@ def test_compare_of_a_sweep_directory(tmp_path: Path):
 
 
 def test_analyze_without_a_job_lists_the_jobs_without_torch():
-    code = ("import sys; from modlab.cli.main import main; main(['analyze']); "
-            "bad = [m for m in ('torch', 'lightning', 'hydra') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys; from modlab.cli.main import main; main(['analyze']); "
+        "bad = [m for m in ('torch', 'lightning', 'hydra') if m in sys.modules]; assert not bad, bad"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
     for job in ("attention", "importance", "redundancy", "interactions"):
@@ -147,11 +171,16 @@ def test_analyze_without_a_job_lists_the_jobs_without_torch():
 
 
 def test_analyze_bad_input_is_one_line_and_exit_2(tiny_ckpt: Path, tmp_path: Path):
-    assert_one_line_error(run_modlab("analyze", "nope", f"ckpt_path={tiny_ckpt}", out_dir=tmp_path), "unknown analysis job 'nope'")
-    assert_one_line_error(run_modlab("analyze", "redundancy", f"ckpt_path={tmp_path}/missing.ckpt", out_dir=tmp_path),
-                          "does not exist")
-    assert_one_line_error(run_modlab("analyze", "attention", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=0",
-                                     out_dir=tmp_path), "calibration.n_per_task must be >= 1")
+    assert_one_line_error(
+        run_modlab("analyze", "nope", f"ckpt_path={tiny_ckpt}", out_dir=tmp_path), "unknown analysis job 'nope'"
+    )
+    assert_one_line_error(
+        run_modlab("analyze", "redundancy", f"ckpt_path={tmp_path}/missing.ckpt", out_dir=tmp_path), "does not exist"
+    )
+    assert_one_line_error(
+        run_modlab("analyze", "attention", f"ckpt_path={tiny_ckpt}", "calibration.n_per_task=0", out_dir=tmp_path),
+        "calibration.n_per_task must be >= 1",
+    )
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     assert_one_line_error(run_modlab("analyze", "importance", f"ckpt_path={foreign}", out_dir=tmp_path), "not a modlab")
@@ -159,12 +188,21 @@ def test_analyze_bad_input_is_one_line_and_exit_2(tiny_ckpt: Path, tmp_path: Pat
 
 # ---- causal LMs, Hugging Face LMs and Emu3-like checkpoints --------------------------------------
 
+
 def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
-    proc, run, results = run_analysis("importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "i")
+    proc, run, results = run_analysis(
+        "importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "i"
+    )
     assert run.parts[-3:-1] == ("importance", "lm_pretrain")
-    assert results["arch"] == "lm" and results["calibration"]["tasks"] == ["lm"] and results["calibration"]["rows"] == {"lm": 6}
+    assert (
+        results["arch"] == "lm"
+        and results["calibration"]["tasks"] == ["lm"]
+        and results["calibration"]["rows"] == {"lm": 6}
+    )
     llm = results["results"]["llm_drop"]
-    assert {(r["task"], r["layer"], r["sublayer"]) for r in llm} == {("lm", i, s) for i in range(4) for s in ("attn", "mlp", "block")}
+    assert {(r["task"], r["layer"], r["sublayer"]) for r in llm} == {
+        ("lm", i, s) for i in range(4) for s in ("attn", "mlp", "block")
+    }
     drop = {(r["dropped"], r["metric"]): r["value"] for r in results["results"]["drop_layer"]}
     assert set(drop) == {(d, m) for d in range(-1, 4) for m in ("loss", "lm_ppl")}
     assert all(drop[(d, "lm_ppl")] == pytest.approx(math.exp(drop[(d, "loss")])) for d in range(-1, 4))
@@ -185,7 +223,9 @@ def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
     loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
     assert drop[(-1, "loss")] == pytest.approx(float(loss), rel=1e-5)
 
-    proc, run, results = run_analysis("redundancy", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "r")
+    proc, run, results = run_analysis(
+        "redundancy", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "r"
+    )
     arank = results["results"]["arank"]
     assert [r["layer"] for r in arank] == [0, 1, 2, 3]
     assert all(1 <= r["arank"] <= 16 and r["seq_len"] == hp["data"]["lm_length"] for r in arank)  # head_dim 16
@@ -196,18 +236,26 @@ def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
 
 def test_importance_of_a_hugging_face_lm(tmp_path: Path):
     hf = save_tiny_hf(tmp_path / "llama", "llama")
-    _, run, results = run_analysis("importance", "model=hf_causal_lm", f"model.path={hf}", "calibration.n_per_task=4",
-                                   out_dir=tmp_path / "o")
+    _, run, results = run_analysis(
+        "importance", "model=hf_causal_lm", f"model.path={hf}", "calibration.n_per_task=4", out_dir=tmp_path / "o"
+    )
     assert run.parts[-3:-1] == ("importance", "hf_llama")
     assert results["arch"] == "hf" and results["model_path"] == str(hf) and results["ckpt_path"] is None
-    assert len(results["results"]["llm_drop"]) == 4 * 3 and all(r["importance"] > 0 for r in results["results"]["llm_drop"])
+    assert len(results["results"]["llm_drop"]) == 4 * 3 and all(
+        r["importance"] > 0 for r in results["results"]["llm_drop"]
+    )
     assert {r["metric"] for r in results["results"]["drop_layer"]} == {"loss", "lm_ppl"}
 
 
 def test_redundancy_of_an_emu3_checkpoint(tmp_path: Path):
     ckpt = save_tiny_unified(tmp_path / "emu3.ckpt", "emu3")
-    _, run, results = run_analysis("redundancy", f"ckpt_path={ckpt}", "calibration.n_per_task=4", "analysis.plan.importance=true",
-                                   out_dir=tmp_path / "o")
+    _, run, results = run_analysis(
+        "redundancy",
+        f"ckpt_path={ckpt}",
+        "calibration.n_per_task=4",
+        "analysis.plan.importance=true",
+        out_dir=tmp_path / "o",
+    )
     assert results["arch"] == "emu3" and len(results["results"]["arank"]) == 3 * 4
     assert set(results["block_importance"]) == {"t2i", "mmu", "lm"}  # LLM-Drop on the Emu3-like blocks
 
@@ -219,10 +267,15 @@ def test_redundancy_of_an_emu3_checkpoint(tmp_path: Path):
 
 def test_lm_bad_input_is_one_line_and_exit_2(lm_pretrained: Path, tmp_path: Path):
     for job, archs in (("attention", "showo, emu3"), ("interactions", "showo")):
-        assert_one_line_error(run_modlab("analyze", job, f"ckpt_path={lm_pretrained}", out_dir=tmp_path),
-                              f"analyze {job} cannot analyse a 'lm' model", f"it analyses: {archs}")
-    assert_one_line_error(run_modlab("analyze", "importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=0",
-                                     out_dir=tmp_path), "calibration.n_per_task must be >= 1")
+        assert_one_line_error(
+            run_modlab("analyze", job, f"ckpt_path={lm_pretrained}", out_dir=tmp_path),
+            f"analyze {job} cannot analyse a 'lm' model",
+            f"it analyses: {archs}",
+        )
+    assert_one_line_error(
+        run_modlab("analyze", "importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=0", out_dir=tmp_path),
+        "calibration.n_per_task must be >= 1",
+    )
     assert not list(tmp_path.rglob("results.json"))
 
 

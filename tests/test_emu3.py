@@ -18,7 +18,9 @@ SP = TokenSpace(17)
 def rows(n_img=6):
     g = torch.Generator().manual_seed(0)
     codes = [torch.randint(0, 17, (n_img,), generator=g) for _ in range(2)]
-    return collate_rows([t2i_row(SP, "a 3", codes[0], n_img, 3), mmu_row(SP, codes[1], "what?", "a 3.", 3)], SP.pad), codes
+    return collate_rows(
+        [t2i_row(SP, "a 3", codes[0], n_img, 3), mmu_row(SP, codes[1], "what?", "a 3.", 3)], SP.pad
+    ), codes
 
 
 def test_t2i_rows_predict_each_image_code_and_eoi_from_the_previous_position():

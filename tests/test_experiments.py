@@ -61,6 +61,10 @@ def test_experiment_trains_a_few_steps(name, tmp_path, request):
     from modlab.cli.train import train
 
     extra = [f"init_from={request.getfixturevalue('lm_base')}", *NEEDS_LM_BASE[name]] if name in NEEDS_LM_BASE else []
-    metrics = train(composed("train", [f"+experiment={name}", "debug=fast", "callbacks.progress_bar=false", *TINY, *extra], tmp_path))
+    metrics = train(
+        composed(
+            "train", [f"+experiment={name}", "debug=fast", "callbacks.progress_bar=false", *TINY, *extra], tmp_path
+        )
+    )
     assert metrics["train/steps"] == 4
     assert json.loads((tmp_path / "metrics.json").read_text())["params"] == metrics["params"]

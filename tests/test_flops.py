@@ -25,12 +25,15 @@ def mixed_batch():
     return concat_batches([collate_rows(rows, SP.pad), collate_rows([lm_row(b"x" * 80)] * 2, SP.pad)], SP.pad)
 
 
-@pytest.mark.parametrize("routing", [
-    RoutingConfig(kind="dense"),
-    RoutingConfig(kind="mod", capacity=0.125),
-    RoutingConfig(kind="mod", capacity=0.25, causal="predictor"),
-    RoutingConfig(kind="unimod", placement="last_half", task_capacity={"t2i": [0.8], "mmu": [0.5, 0.2]}),
-])
+@pytest.mark.parametrize(
+    "routing",
+    [
+        RoutingConfig(kind="dense"),
+        RoutingConfig(kind="mod", capacity=0.125),
+        RoutingConfig(kind="mod", capacity=0.25, causal="predictor"),
+        RoutingConfig(kind="unimod", placement="last_half", task_capacity={"t2i": [0.8], "mmu": [0.5, 0.2]}),
+    ],
+)
 def test_analytic_flops_match_flop_counter(routing):
     torch.manual_seed(0)
     model = ShowO(CFG, SP, 64)

@@ -52,7 +52,9 @@ def test_blocks_are_the_transformers_blocks():
     """Same parameter names and shapes as the Show-o transformer's stack, and the same function."""
     lm = tiny_lm()
     ref = Transformer(CFG, 256)
-    assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in lm.transformer.state_dict().items()}
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {
+        k: v.shape for k, v in lm.transformer.state_dict().items()
+    }
     ref.load_state_dict(lm.transformer.state_dict())
     ids = torch.randint(0, 256, (2, 12))
     from modlab.models.omni_attention import causal_mask

@@ -8,6 +8,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from tiny_hf import FAMILIES, save_tiny_hf
 from torch.utils.flop_counter import FlopCounterMode
 
 from modlab.data.config import DataConfig
@@ -21,7 +22,6 @@ from modlab.models.causal_lm import CausalLM
 from modlab.models.config import ModelConfig
 from modlab.models.hf_causal_lm import load_hf_causal_lm
 from modlab.tasks.config import EvalConfig, TaskConfig
-from tiny_hf import FAMILIES, save_tiny_hf
 
 CFG = ModelConfig(arch="lm", d_model=32, n_layer=4, n_head=2)
 
@@ -47,6 +47,7 @@ def close_layer(skip: MindSkip, layer: int) -> None:
 
 
 # ---- parity and real skipping ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("train_mode", [False, True])
 def test_open_gates_reproduce_the_native_model(train_mode):
@@ -145,6 +146,7 @@ def save_tiny_hf_dir_once():
 
 # ---- the gate ----------------------------------------------------------------------------------
 
+
 def test_straight_through_gate_is_a_step_forward_and_a_sigmoid_backward():
     x = torch.tensor([-2.0, -1e-3, 0.0, 1e-3, 3.0], requires_grad=True)
     g = straight_through_gate(x, 0.5)
@@ -214,6 +216,7 @@ def test_routed_layers_default_and_errors():
 
 # ---- Router-Tuning -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def base_ckpt(tmp_path_factory):
     """A real (tiny, 3-step) pretrained LM checkpoint written by Lightning."""
@@ -222,8 +225,15 @@ def base_ckpt(tmp_path_factory):
 
     data = DataConfig(name="text", lm_length=32, batch_size={"lm": 8}, eval_batch_size=32, lm_train_rows=64)
     module = LMModule.from_configs(CFG, data, TaskConfig(name="lm"), EvalConfig(lm_max_rows=8), MindSkipConfig())
-    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=TextDataModule(data, EvalConfig(lm_max_rows=8), module.tokenizer))
     path = tmp_path_factory.mktemp("base") / "base.ckpt"
     trainer.save_checkpoint(path)
@@ -235,8 +245,14 @@ def tuning_module(base_ckpt, **mindskip):
 
     path, data = base_ckpt
     skip = MindSkipConfig(**{"enabled": True, "n_routed": 2, "lam": 1.0, "target_capacity": 0.5, **mindskip})
-    return LMModule.from_configs(CFG, data, TaskConfig(name="lm", lr=0.05, warmup_steps=0, weight_decay=0.0),
-                                 EvalConfig(lm_max_rows=8), skip, base=str(path))
+    return LMModule.from_configs(
+        CFG,
+        data,
+        TaskConfig(name="lm", lr=0.05, warmup_steps=0, weight_decay=0.0),
+        EvalConfig(lm_max_rows=8),
+        skip,
+        base=str(path),
+    )
 
 
 def test_router_tuning_trains_the_routers_alone(base_ckpt):
@@ -245,8 +261,15 @@ def test_router_tuning_trains_the_routers_alone(base_ckpt):
     module = tuning_module(base_ckpt)
     frozen = {k: v.clone() for k, v in module.lm.state_dict().items() if ".router." not in k}
     routers = {k: v.clone() for k, v in module.skip.router_state().items()}
-    trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=TextDataModule(module.data_cfg, module.eval_cfg, module.tokenizer))
     held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert held == {id(p) for p in module.skip.routers.parameters()}
@@ -293,10 +316,13 @@ def test_router_tuning_needs_a_pretrained_base():
     from modlab.tasks.lm import LMModule
 
     with pytest.raises(ConfigError, match="needs init_from"):
-        LMModule.from_configs(CFG, DataConfig(name="text"), TaskConfig(name="lm"), EvalConfig(), MindSkipConfig(enabled=True, n_routed=2))
+        LMModule.from_configs(
+            CFG, DataConfig(name="text"), TaskConfig(name="lm"), EvalConfig(), MindSkipConfig(enabled=True, n_routed=2)
+        )
 
 
 # ---- the static baseline and FLOPs -------------------------------------------------------------
+
 
 def test_llm_drop_scores_are_the_cosine_of_x_and_x_plus_attn():
     lm = native_lm()
@@ -337,9 +363,13 @@ def test_llm_drop_scores_of_an_hf_model_are_the_cosine_of_what_its_forward_compu
         return lambda module, args, kwargs: inputs.__setitem__(i, args[0] if args else kwargs["hidden_states"])
 
     def score(i):
-        return lambda module, args, out: cos.__setitem__(i, torch.nn.functional.cosine_similarity(inputs[i], inputs[i] + out[0], dim=-1))
+        return lambda module, args, out: cos.__setitem__(
+            i, torch.nn.functional.cosine_similarity(inputs[i], inputs[i] + out[0], dim=-1)
+        )
 
-    hooks = [layer.register_forward_pre_hook(keep_input(i), with_kwargs=True) for i, layer in enumerate(lm.decoder_layers())]
+    hooks = [
+        layer.register_forward_pre_hook(keep_input(i), with_kwargs=True) for i, layer in enumerate(lm.decoder_layers())
+    ]
     hooks += [gate.register_forward_hook(score(i)) for i, gate in enumerate(skip.gates)]
     lm(ids, valid=valid)
     for h in hooks:

@@ -42,15 +42,19 @@ def test_attention_matches_sdpa():
     q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
     mask = torch.rand(2, 1, 5, 5) > 0.3
     mask |= torch.eye(5, dtype=torch.bool)
-    torch.testing.assert_close(attend(q, k, v, mask), torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    torch.testing.assert_close(
+        attend(q, k, v, mask), torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    )
 
 
 def test_rope_scores_depend_only_on_relative_position():
     q, k = torch.randn(2, 1, 1, 1, 16).unbind(0)
+
     def score(pq, pk):
         cq, sq = rope_cos_sin(torch.tensor([[pq]]), 16, 10000.0)
         ck, sk = rope_cos_sin(torch.tensor([[pk]]), 16, 10000.0)
         return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
+
     torch.testing.assert_close(score(7, 3), score(104, 100))
 
 
@@ -102,11 +106,14 @@ def test_caption_dropout_hides_captions_only():
 
 def test_losses_per_task_and_gradients_flow():
     model = tiny_model().train()
-    batch = concat_batches([
-        t2i_batch(2),
-        collate_rows([mmu_row(SP, torch.randint(0, 17, (64,)), "what?", "a 3.", 3)], SP.pad),
-        collate_rows([lm_row(b"some text here")], SP.pad),
-    ], SP.pad)
+    batch = concat_batches(
+        [
+            t2i_batch(2),
+            collate_rows([mmu_row(SP, torch.randint(0, 17, (64,)), "what?", "a 3.", 3)], SP.pad),
+            collate_rows([lm_row(b"some text here")], SP.pad),
+        ],
+        SP.pad,
+    )
     losses = model.task_losses(model.mask_images(batch))
     assert set(losses) == {"t2i", "mmu", "lm"}
     # an untrained model is close to uniform over the vocabulary

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 
+import tomllib
 from conftest import REPO
 
 
@@ -18,14 +18,20 @@ def test_every_package_under_modlab_is_listed_in_pyproject():
 
 
 def test_no_top_level_cli_module_is_installed():
-    out = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('cli'))"],
-                         capture_output=True, text=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('cli'))"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     assert out.stdout.strip() == "None"
 
 
 def test_help_path_imports_neither_torch_nor_hydra():
-    code = ("import sys; from modlab.cli.main import main; main(['--help']); "
-            "bad = [m for m in ('torch', 'lightning', 'hydra') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys; from modlab.cli.main import main; main(['--help']); "
+        "bad = [m for m in ('torch', 'lightning', 'hydra') if m in sys.modules]; assert not bad, bad"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
     assert "train" in out.stdout and "eval" in out.stdout and "generate" in out.stdout
@@ -41,14 +47,31 @@ def test_regular_install_elsewhere_finds_its_configs(tmp_path):
     """`pip install .` (not editable) into another directory still ships conf/ and cli/."""
     target = tmp_path / "site"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO)],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     assert not (target / "cli").exists()
-    code = ("import modlab.cli.app as a, os, sys; assert a.CONF_DIR.startswith(sys.argv[1]), a.CONF_DIR; "
-            "print(sorted(os.listdir(os.path.join(a.CONF_DIR, 'experiment'))))")
+    code = (
+        "import modlab.cli.app as a, os, sys; assert a.CONF_DIR.startswith(sys.argv[1]), a.CONF_DIR; "
+        "print(sorted(os.listdir(os.path.join(a.CONF_DIR, 'experiment'))))"
+    )
     env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "showo_dense.yaml" in out.stdout

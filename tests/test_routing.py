@@ -115,7 +115,7 @@ def test_unselected_tokens_pass_through_and_router_gets_gradient():
     x, positions, mask, route = batch()
     x.requires_grad_(True)
     delta = rb(x, positions, mask, route)
-    kept = (delta.abs().sum(-1) > 0)
+    kept = delta.abs().sum(-1) > 0
     assert (kept.sum(1) <= rb.last_kept).all()  # skipped tokens get exactly zero update
     (delta.pow(2).sum()).backward()
     assert rb.router.proj.weight.grad is not None and rb.router.proj.weight.grad.abs().sum() > 0
@@ -140,11 +140,16 @@ def test_bad_routing_plans_are_config_errors():
 
 # ---- causal routing for decoding ---------------------------------------------------------------
 
+
 def causal_batch(B=2, T=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 50, (B, T), generator=g)
     valid = torch.ones(B, T, dtype=torch.bool)
-    return ids, omni_attention_mask(torch.zeros_like(valid), valid), RouteInfo(task=torch.zeros(B, dtype=torch.long), valid=valid)
+    return (
+        ids,
+        omni_attention_mask(torch.zeros_like(valid), valid),
+        RouteInfo(task=torch.zeros(B, dtype=torch.long), valid=valid),
+    )
 
 
 @pytest.mark.parametrize("causal", ["aux_bce", "predictor"])
@@ -180,7 +185,9 @@ def test_threshold_routed_block_equals_per_row_reference(causal):
         sel = [i for i in range(x.shape[1]) if route.valid[b, i] and decision[b, i] > 0]
         if sel:
             sel = torch.tensor(sel)
-            expected[b, sel] = rb.block(x[b : b + 1, sel], positions[b : b + 1, sel], mask[b : b + 1, :, sel][:, :, :, sel])[0]
+            expected[b, sel] = rb.block(
+                x[b : b + 1, sel], positions[b : b + 1, sel], mask[b : b + 1, :, sel][:, :, :, sel]
+            )[0]
     torch.testing.assert_close(out, expected)
 
 

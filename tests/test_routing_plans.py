@@ -42,7 +42,9 @@ def test_resolved_config_keeps_the_plan_without_the_file(tmp_path):
 
 
 def test_task_layers_switch_without_a_plan():
-    cfg = RoutingConfig(kind="unimod", layers=[2, 3], task_capacity={"t2i": [0.8], "mmu": [0.3]}, task_layers={"t2i": [3]})
+    cfg = RoutingConfig(
+        kind="unimod", layers=[2, 3], task_capacity={"t2i": [0.8], "mmu": [0.3]}, task_layers={"t2i": [3]}
+    )
     table = cfg.layer_capacities(4)
     assert caps(table, 2) == {"t2i": 1.0, "mmu": 0.3, "lm": 1.0}
     assert caps(table, 3) == {"t2i": 0.8, "mmu": 0.3, "lm": 1.0}
@@ -51,10 +53,19 @@ def test_task_layers_switch_without_a_plan():
 @pytest.mark.parametrize(
     "text, needle",
     [
-        ("format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {vqa: {layers: [2], capacity: [0.5]}}\n", "unknown task"),
+        (
+            "format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {vqa: {layers: [2], capacity: [0.5]}}\n",
+            "unknown task",
+        ),
         ("format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {mmu: {layers: [7], capacity: [0.5]}}\n", "0..3"),
-        ("format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {mmu: {layers: [2], capacity: [1.5]}}\n", "(0, 1]"),
-        ("format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {mmu: {layers: [2, 3], capacity: [0.5]}}\n", "2 layers but 1"),
+        (
+            "format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {mmu: {layers: [2], capacity: [1.5]}}\n",
+            "(0, 1]",
+        ),
+        (
+            "format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {mmu: {layers: [2, 3], capacity: [0.5]}}\n",
+            "2 layers but 1",
+        ),
         ("format: modlab-routing-plan\nversion: 2\nn_layer: 4\ntasks: {}\n", "version"),
         ("hello: world\n", "not a modlab routing plan"),
         ("format: modlab-routing-plan\nversion: 1\ntasks: {}\n", "malformed"),

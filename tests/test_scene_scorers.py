@@ -12,7 +12,13 @@ from modlab.evaluation.fid import FrechetDistance, feature_frechet_distance, fre
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.evaluation.scene_metrics import SceneMetrics
 from modlab.evaluation.scene_scorers import (
-    BLANK_MEAN_GREY, answers_correct, blank_cells, normalize_answer, prompts_satisfied, read_cells, split_cells,
+    BLANK_MEAN_GREY,
+    answers_correct,
+    blank_cells,
+    normalize_answer,
+    prompts_satisfied,
+    read_cells,
+    split_cells,
 )
 
 SPLITS = load_digit_splits(0)
@@ -96,7 +102,9 @@ def test_a_blank_or_a_wrong_digit_scores_0(classifier):
 
 def test_answers_match_exactly_after_normalising():
     assert normalize_answer(" Top  Left. ") == "top left"
-    ok = answers_correct(["3", "3.", "13", "yes", "no yes", "", "top left"], ["3", "3", "3", "yes", "yes", "none", "bottom left"])
+    ok = answers_correct(
+        ["3", "3.", "13", "yes", "no yes", "", "top left"], ["3", "3", "3", "yes", "yes", "none", "bottom left"]
+    )
     assert ok.tolist() == [True, True, False, True, False, False, False]
 
 
@@ -127,9 +135,17 @@ def test_scene_metrics_score_per_type_and_category(classifier):
     with torch.no_grad():
         m = SceneMetrics(classifier.features(real), grid=2)
     m.update_mmu(["3", "no", "top left"], ["3", "yes", "top left"], torch.tensor([0, 2, 3]))
-    got = {k: float(v.compute()) for k, v in m.mmu_metrics().items() if k.endswith(("acc", "position", "presence", "compare"))}
-    assert got == {"test/mmu_acc": pytest.approx(2 / 3), "test/mmu_acc/position": 1.0,
-                   "test/mmu_acc/presence": 0.0, "test/mmu_acc/compare": 1.0}
+    got = {
+        k: float(v.compute())
+        for k, v in m.mmu_metrics().items()
+        if k.endswith(("acc", "position", "presence", "compare"))
+    }
+    assert got == {
+        "test/mmu_acc": pytest.approx(2 / 3),
+        "test/mmu_acc/position": 1.0,
+        "test/mmu_acc/presence": 0.0,
+        "test/mmu_acc/compare": 1.0,
+    }
     drawn = eval_scenes(8)
     scenes, prompts = [s for s, _ in drawn], [p for _, p in drawn]
     images = render(scenes)

@@ -12,7 +12,13 @@ from modlab.data.config import DataConfig
 from modlab.data.digits import DIGIT_NAMES, load_digit_splits
 from modlab.data.image_tokenizer import PatchCodebook, PixelQuantizer
 from modlab.data.rows import (
-    PreBatched, SceneMMUPrompts, SceneRows, SceneT2IPrompts, collate_prebatched, collate_rows, same_length_batches,
+    PreBatched,
+    SceneMMUPrompts,
+    SceneRows,
+    SceneT2IPrompts,
+    collate_prebatched,
+    collate_rows,
+    same_length_batches,
 )
 from modlab.data.tokens import TokenSpace
 from modlab.errors import ConfigError

@@ -10,13 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, only_run_dir, run_modlab
+
 from modlab.data.scenes import PROMPT_CATEGORIES, QUESTION_TYPES
 
 FAST = ("+experiment=scenes_dense", "debug=fast", "model.d_model=32", "model.n_head=2", "data.codebook_size=16")
-SCENE_KEYS = ({"test/mmu_acc", "test/t2i_acc", "test/t2i_acc_tokenized", "test/t2i_fid", "test/t2i_fid_tokenized", "test/lm_ppl"}
-              | {f"test/mmu_acc/{t}" for t in QUESTION_TYPES} | {f"test/t2i_acc/{c}" for c in PROMPT_CATEGORIES})
+SCENE_KEYS = (
+    {"test/mmu_acc", "test/t2i_acc", "test/t2i_acc_tokenized", "test/t2i_fid", "test/t2i_fid_tokenized", "test/lm_ppl"}
+    | {f"test/mmu_acc/{t}" for t in QUESTION_TYPES}
+    | {f"test/t2i_acc/{c}" for c in PROMPT_CATEGORIES}
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,15 @@ def test_eval_and_generate_on_a_scenes_checkpoint(scenes_run: Path, tmp_path: Pa
     proc = run_modlab("eval", f"ckpt_path={ckpt}", "debug=fast", "eval.t2i_per_category=1", out_dir=tmp_path / "e")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert SCENE_KEYS <= set(json.loads((only_run_dir(tmp_path / "e") / "metrics.json").read_text()))
-    proc = run_modlab("generate", f"ckpt_path={ckpt}", "samples_per_prompt=1", "mmu_images=5", "eval.maskgit_steps=2",
-                      "eval.max_answer_tokens=3", out_dir=tmp_path / "g")
+    proc = run_modlab(
+        "generate",
+        f"ckpt_path={ckpt}",
+        "samples_per_prompt=1",
+        "mmu_images=5",
+        "eval.maskgit_steps=2",
+        "eval.max_answer_tokens=3",
+        out_dir=tmp_path / "g",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run_dir(tmp_path / "g")
     assert (run / "t2i_samples.png").stat().st_size > 0
@@ -74,8 +84,13 @@ def test_unknown_data_kind_is_a_one_line_error(tmp_path: Path):
 
 @pytest.mark.slow
 def test_reproduce_quick_writes_the_table(tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "modlab.reproduce", "--quick", "--finetune-steps", "4", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modlab.reproduce", "--quick", "--finetune-steps", "4", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"table: {tmp_path / 'results.md'}" in proc.stdout
     lines = (tmp_path / "results.csv").read_text().strip().splitlines()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import only_run_dir, run_modlab
 
 
@@ -22,8 +21,17 @@ def test_showo_dense_reaches_its_accuracy_targets(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_cpu_relaunches_children_through_the_dispatcher(tmp_path):
-    proc = run_modlab("train", "+experiment=showo_dense", "debug=fast", "trainer=ddp_cpu", "model.d_model=32",
-                      "model.n_layer=4", "model.n_head=2", out_dir=tmp_path, timeout=600)
+    proc = run_modlab(
+        "train",
+        "+experiment=showo_dense",
+        "debug=fast",
+        "trainer=ddp_cpu",
+        "model.d_model=32",
+        "model.n_layer=4",
+        "model.n_head=2",
+        out_dir=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     assert m["train/steps"] == 4

@@ -11,8 +11,8 @@ sequence length n (what the routing plan uses), and relative to that bound.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 
@@ -49,8 +49,14 @@ def product_rank(a: torch.Tensor, b: torch.Tensor, rtol: float) -> torch.Tensor:
     return numerical_rank(ra @ rb.transpose(-2, -1), rtol)
 
 
-def head_ranks(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, rtol: float, kind: str = "pre_softmax",
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+def head_ranks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    valid: torch.Tensor,
+    rtol: float,
+    kind: str = "pre_softmax",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(B, H) ranks of each row's and head's attention matrix over its valid tokens.
 
     Padding rows and columns are zeroed, which leaves the singular values of the valid block
@@ -59,13 +65,20 @@ def head_ranks(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, rtol: floa
     if kind == "pre_softmax":
         return product_rank(q.double() * keep, k.double() * keep, rtol)
     if kind == "post_softmax":
-        return numerical_rank(attention_probs(q.float(), k.float(), mask).double() * keep * keep.transpose(-2, -1), rtol)
+        return numerical_rank(
+            attention_probs(q.float(), k.float(), mask).double() * keep * keep.transpose(-2, -1), rtol
+        )
     raise ValueError(f"unknown ARank kind '{kind}'")
 
 
 @torch.no_grad()
-def arank_analysis(subject: Subject, batches: dict[str, list[dict]], rtol: float, kind: str = "pre_softmax",
-                   advance: Callable[[], None] | None = None) -> list[dict]:
+def arank_analysis(
+    subject: Subject,
+    batches: dict[str, list[dict]],
+    rtol: float,
+    kind: str = "pre_softmax",
+    advance: Callable[[], None] | None = None,
+) -> list[dict]:
     """One row per (task, layer): arank (mean rank), arank_std (over rows), arank_norm (rank / n),
     arank_rel (rank / its bound: min(n, head_dim) pre-softmax, n post-softmax), seq_len (mean n) and head_arank (mean rank per head)."""
     out = []
@@ -88,14 +101,16 @@ def arank_analysis(subject: Subject, batches: dict[str, list[dict]], rtol: float
             # the largest rank possible: Q K^T has rank <= head_dim; a softmax map only <= n
             bound = n.clamp(max=core_block(subject.blocks[i]).attn.head_dim) if kind == "pre_softmax" else n
             row_rank = ranks.mean(1)
-            out.append({
-                "task": task, "layer": i,
-                "arank": float(row_rank.mean()),
-                "arank_std": float(row_rank.std()) if len(row_rank) > 1 else 0.0,
-                "arank_norm": float((ranks / n).mean()),
-                "arank_rel": float((ranks / bound).mean()),
-                "seq_len": float(n.mean()),
-                "head_arank": [float(v) for v in ranks.mean(0)],
-            })
+            out.append(
+                {
+                    "task": task,
+                    "layer": i,
+                    "arank": float(row_rank.mean()),
+                    "arank_std": float(row_rank.std()) if len(row_rank) > 1 else 0.0,
+                    "arank_norm": float((ranks / n).mean()),
+                    "arank_rel": float((ranks / bound).mean()),
+                    "seq_len": float(n.mean()),
+                    "head_arank": [float(v) for v in ranks.mean(0)],
+                }
+            )
     return out
-

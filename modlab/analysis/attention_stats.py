@@ -9,7 +9,7 @@ is valid.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -31,8 +31,9 @@ def image_mass(probs: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor)
 
 
 @torch.no_grad()
-def attention_analysis(subject: Subject, batches: dict[str, list[dict]],
-                       advance: Callable[[], None] | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:
+def attention_analysis(
+    subject: Subject, batches: dict[str, list[dict]], advance: Callable[[], None] | None = None
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Rows {task, layer, query, to_image, to_text, uniform_to_image, queries} and {task: (n_layer,
     T, T) mean map}. uniform_to_image is the share a query would give image keys if it spread its
     attention evenly over the keys it may see: the mask's own share, to read to_image against."""
@@ -68,7 +69,16 @@ def attention_analysis(subject: Subject, batches: dict[str, list[dict]],
         for (i, kind), (s, n) in mass.items():
             if n:
                 u = uniform[kind][0] / uniform[kind][1]
-                rows.append({"task": task, "layer": i, "query": kind, "to_image": s / n, "to_text": 1 - s / n,
-                             "uniform_to_image": u, "queries": n})
+                rows.append(
+                    {
+                        "task": task,
+                        "layer": i,
+                        "query": kind,
+                        "to_image": s / n,
+                        "to_text": 1 - s / n,
+                        "uniform_to_image": u,
+                        "queries": n,
+                    }
+                )
         maps[task] = map_sum / query_count.clamp(min=1)[None, :, None]
     return rows, maps

@@ -20,8 +20,16 @@ from modlab.errors import DataError
 LM_PAD = 0  # a causal LM's rows are padded with any id: `valid` masks them (as TextDataModule)
 
 
-def calibration_batches(data_cfg: DataConfig, image_tokenizer, tasks: list[str], n_per_task: int, seed: int,
-                        split: str = "val", batch_size: int = 64, text_tokenizer=None) -> dict[str, list[dict]]:
+def calibration_batches(
+    data_cfg: DataConfig,
+    image_tokenizer,
+    tasks: list[str],
+    n_per_task: int,
+    seed: int,
+    split: str = "val",
+    batch_size: int = 64,
+    text_tokenizer=None,
+) -> dict[str, list[dict]]:
     """{task: [collated batch, ...]} with n_per_task rows per task (fewer if the split is smaller).
     `image_tokenizer` None: a causal LM (only the `lm` task), whose text is tokenized by
     `text_tokenizer` (None: UTF-8 bytes)."""
@@ -37,8 +45,10 @@ def calibration_batches(data_cfg: DataConfig, image_tokenizer, tasks: list[str],
     if "lm" in tasks:
         tokens = corpus_tokens(data_cfg.lm_files, text_tokenizer)[split]
         if len(tokens) < data_cfg.lm_length + 1:
-            raise DataError(f"the {split} split has {len(tokens)} tokens of text, fewer than one row of "
-                            f"data.lm_length={data_cfg.lm_length}")
+            raise DataError(
+                f"the {split} split has {len(tokens)} tokens of text, fewer than one row of "
+                f"data.lm_length={data_cfg.lm_length}"
+            )
         sets["lm"] = LMRows(tokens, data_cfg.lm_length, train=False)
     out = {}
     for task in tasks:
@@ -47,5 +57,8 @@ def calibration_batches(data_cfg: DataConfig, image_tokenizer, tasks: list[str],
             raise DataError(f"the {split} split has no {task} rows to calibrate on")
         idx = torch.randperm(len(ds), generator=g)[:n_per_task].tolist()
         rows = [ds[i] for i in idx]
-        out[task] = [collate_rows(rows[i : i + batch_size], space.pad if space else LM_PAD) for i in range(0, len(rows), batch_size)]
+        out[task] = [
+            collate_rows(rows[i : i + batch_size], space.pad if space else LM_PAD)
+            for i in range(0, len(rows), batch_size)
+        ]
     return out

@@ -39,7 +39,12 @@ def read_run(run: Path) -> dict:
         cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}
     if (run / ".hydra" / "overrides.yaml").is_file():
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
-    return {"run": str(run), "experiment": cfg.get("experiment_name", run.name), "overrides": overrides, "metrics": metrics}
+    return {
+        "run": str(run),
+        "experiment": cfg.get("experiment_name", run.name),
+        "overrides": overrides,
+        "metrics": metrics,
+    }
 
 
 def label_runs(runs: list[dict]) -> list[str]:
@@ -59,8 +64,14 @@ def label_runs(runs: list[dict]) -> list[str]:
 def comparison_rows(paths: list[str]) -> tuple[list[dict], list[str]]:
     """One flat row per run ({label, run, <metrics>}) and the metric keys that are task metrics."""
     runs = [read_run(r) for r in find_runs(paths)]
-    rows = [{"label": lab, "run": r["run"], **{k: v for k, v in r["metrics"].items() if isinstance(v, (int, float)) or v is None}}
-            for lab, r in zip(label_runs(runs), runs)]
+    rows = [
+        {
+            "label": lab,
+            "run": r["run"],
+            **{k: v for k, v in r["metrics"].items() if isinstance(v, (int, float)) or v is None},
+        }
+        for lab, r in zip(label_runs(runs), runs)
+    ]
     metrics = sorted({k for r in rows for k in r if k.startswith("test/")})
     return rows, metrics
 

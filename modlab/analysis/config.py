@@ -28,7 +28,9 @@ class CalibrationConfig:
             raise ConfigError(f"calibration.batch_size must be >= 1, got {self.batch_size}")
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
-            raise ConfigError(f"calibration.tasks must be a non-empty list of {', '.join(TASKS)}, got {list(self.tasks)}")
+            raise ConfigError(
+                f"calibration.tasks must be a non-empty list of {', '.join(TASKS)}, got {list(self.tasks)}"
+            )
         if self.split not in ("train", "val", "test"):
             raise ConfigError(f"calibration.split '{self.split}' is unknown (train, val, test)")
 
@@ -64,7 +66,9 @@ class PlanConfig:
             raise ConfigError("analysis.plan needs 0 < min_capacity <= max_capacity <= 1")
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
-            raise ConfigError(f"analysis.plan.tasks must be a non-empty list of {', '.join(TASKS)}, got {list(self.tasks)}")
+            raise ConfigError(
+                f"analysis.plan.tasks must be a non-empty list of {', '.join(TASKS)}, got {list(self.tasks)}"
+            )
 
 
 @dataclass
@@ -79,7 +83,9 @@ class ImportanceConfig:
 
     def __post_init__(self) -> None:
         if min(self.t2i_per_digit, self.mmu_prompts, self.maskgit_steps, self.classifier_epochs) < 1:
-            raise ConfigError("analysis.importance: t2i_per_digit, mmu_prompts, maskgit_steps, classifier_epochs must be >= 1")
+            raise ConfigError(
+                "analysis.importance: t2i_per_digit, mmu_prompts, maskgit_steps, classifier_epochs must be >= 1"
+            )
 
 
 @dataclass

@@ -13,14 +13,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modlab.analysis.subject import Sublayers, Subject, layer_sublayers
+from modlab.analysis.subject import Subject, Sublayers, layer_sublayers
 
 SUBLAYERS = ("attn", "mlp", "block")
 
@@ -31,8 +31,9 @@ def turn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def llm_drop_importance(subject: Subject, batches: dict[str, list[dict]],
-                        advance: Callable[[], None] | None = None) -> list[dict]:
+def llm_drop_importance(
+    subject: Subject, batches: dict[str, list[dict]], advance: Callable[[], None] | None = None
+) -> list[dict]:
     """Rows {task, layer, sublayer, importance} (mean 1 - cos over valid tokens; a batch
     without `valid` counts every token)."""
     out = []
@@ -102,9 +103,13 @@ def mean_task_losses(subject: Subject, batches: dict[str, list[dict]], seed: int
     return out
 
 
-def drop_layer_importance(subject: Subject, batches: dict[str, list[dict]],
-                          metrics: dict[str, Callable[[], float]] | None = None, seed: int = 0,
-                          advance: Callable[[], None] | None = None) -> list[dict]:
+def drop_layer_importance(
+    subject: Subject,
+    batches: dict[str, list[dict]],
+    metrics: dict[str, Callable[[], float]] | None = None,
+    seed: int = 0,
+    advance: Callable[[], None] | None = None,
+) -> list[dict]:
     """Rows {dropped, task, loss} and {dropped, task, metric, value} for the full model
     (dropped = -1) and with each layer dropped in turn. `metrics`: name -> a callable that
     scores the current model (e.g. MMU answer accuracy); each is run under every drop."""

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +31,22 @@ from modlab.routing.plan import RouteInfo, install_routing
 from modlab.routing.routed_block import RoutedBlock
 
 
-def train_steps(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], steps: int, lr: float,
-                weight_decay: float = 0.1, advance: Callable[[], None] | None = None) -> None:
+def train_steps(
+    model: torch.nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    steps: int,
+    lr: float,
+    weight_decay: float = 0.1,
+    advance: Callable[[], None] | None = None,
+) -> None:
     """AdamW with a short linear warm-up (a tenth of the steps) and gradient clipping at 1."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     model.train()
@@ -71,9 +80,18 @@ def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) ->
 
 # ---- (a) single-task vs joint training -------------------------------------------------------
 
-def joint_vs_single(make_model: Callable[[], ShowO], make_samplers: Callable[[], dict[str, RowSampler]],
-                    held_out: dict[str, list[dict]], steps: int, lr: float, weights: dict[str, float],
-                    cond_dropout: float, seed: int, advance: Callable[[], None] | None = None) -> list[dict]:
+
+def joint_vs_single(
+    make_model: Callable[[], ShowO],
+    make_samplers: Callable[[], dict[str, RowSampler]],
+    held_out: dict[str, list[dict]],
+    steps: int,
+    lr: float,
+    weights: dict[str, float],
+    cond_dropout: float,
+    seed: int,
+    advance: Callable[[], None] | None = None,
+) -> list[dict]:
     """Rows {run, task, loss}: run is `single:<task>` or `joint`; loss is the held-out loss. Every
     run starts from the same initial weights and draws the same rows of its tasks."""
     out = []
@@ -98,6 +116,7 @@ def joint_vs_single(make_model: Callable[[], ShowO], make_samplers: Callable[[],
 
 # ---- (b) a shared router with a joint budget vs task routers -----------------------------------
 
+
 def pack_rows(batches: list[dict], pad_id: int) -> dict:
     """Pack row b of every task batch into one sequence (batches must have equal row counts).
 
@@ -118,7 +137,13 @@ def pack_rows(batches: list[dict], pad_id: int) -> dict:
             parts["segment"].append(torch.full((n,), s))
             parts["segment_task"].append(torch.full((n,), int(batch["task"][b])))
         row = {k: torch.cat(v) for k, v in parts.items()}
-        rows.append({**{k: row[k] for k in ("ids", "labels", "is_image", "cond")}, "task": torch.tensor(0), "digit": torch.tensor(-1)})
+        rows.append(
+            {
+                **{k: row[k] for k in ("ids", "labels", "is_image", "cond")},
+                "task": torch.tensor(0),
+                "digit": torch.tensor(-1),
+            }
+        )
         extra.append({k: row[k] for k in ("positions", "raster", "segment", "segment_task")})
     packed = collate_rows(rows, pad_id)
     T = packed["ids"].shape[1]
@@ -131,7 +156,9 @@ def pack_rows(batches: list[dict], pad_id: int) -> dict:
 
 def packed_logits(model: ShowO, packed: dict) -> torch.Tensor:
     """ShowO's forward on packed rows (its own mask, positions and per-segment image raster)."""
-    extra = model.image_pos(packed["raster"].clamp(max=model.image_pos.num_embeddings - 1)) * packed["is_image"][..., None]
+    extra = (
+        model.image_pos(packed["raster"].clamp(max=model.image_pos.num_embeddings - 1)) * packed["is_image"][..., None]
+    )
     route = RouteInfo(task=torch.zeros(packed["ids"].shape[0], dtype=torch.long), valid=packed["valid"])
     return model.transformer(packed["ids"], packed["mask"], packed["positions"], extra_embed=extra, route=route)
 
@@ -152,7 +179,9 @@ def masked_pair(model: ShowO, batches: dict[str, dict], cond_dropout: float, gen
     return [model.training_batch(b, cond_dropout, generator=generator) for b in batches.values()]
 
 
-def kept_fractions(model: ShowO, segment_task: torch.Tensor, run: Callable[[], object]) -> dict[tuple[int, str], tuple[int, int]]:
+def kept_fractions(
+    model: ShowO, segment_task: torch.Tensor, run: Callable[[], object]
+) -> dict[tuple[int, str], tuple[int, int]]:
     """{(layer, task): (kept, valid)} tokens per routed layer during `run()`, as each routed
     block records them (`last_selected`; `segment_task` (B, T) gives each token's task)."""
     counts: dict[tuple[int, str], list[int]] = {}
@@ -167,6 +196,7 @@ def kept_fractions(model: ShowO, segment_task: torch.Tensor, run: Callable[[], o
                     c = counts.setdefault((i, name), [0, 0])
                     c[0] += int((kept & tok).sum())
                     c[1] += int((route.valid & tok).sum())
+
         return read
 
     for i, layer in enumerate(model.transformer.blocks):
@@ -181,10 +211,20 @@ def kept_fractions(model: ShowO, segment_task: torch.Tensor, run: Callable[[], o
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
-def shared_vs_task_routers(base: ShowO, samplers: dict[str, RowSampler], held_out: dict[str, list[dict]],
-                           layers: list[int], capacity: float, steps: int, lr: float, weights: dict[str, float],
-                           cond_dropout: float, seed: int, pad_id: int,
-                           advance: Callable[[], None] | None = None) -> tuple[list[dict], list[dict]]:
+def shared_vs_task_routers(
+    base: ShowO,
+    samplers: dict[str, RowSampler],
+    held_out: dict[str, list[dict]],
+    layers: list[int],
+    capacity: float,
+    steps: int,
+    lr: float,
+    weights: dict[str, float],
+    cond_dropout: float,
+    seed: int,
+    pad_id: int,
+    advance: Callable[[], None] | None = None,
+) -> tuple[list[dict], list[dict]]:
     """Rows {router, stage, layer, task, kept_fraction} (stage: init | tuned) and
     {router, task, loss} (held-out, after tuning), for router = shared | task."""
     d = base.cfg.d_model
@@ -214,7 +254,9 @@ def shared_vs_task_routers(base: ShowO, samplers: dict[str, RowSampler], held_ou
                     tot = totals.setdefault(key, [0, 0])
                     tot[0], tot[1] = tot[0] + k, tot[1] + v
             for (layer, task), (k, v) in sorted(totals.items()):
-                kept_rows.append({"router": router, "stage": stage, "layer": layer, "task": task, "kept_fraction": k / v})
+                kept_rows.append(
+                    {"router": router, "stage": stage, "layer": layer, "task": task, "kept_fraction": k / v}
+                )
 
         measure("init")
 

@@ -25,8 +25,12 @@ def _ranks(values: list[float]) -> list[int]:
     return pos
 
 
-def plan_from_arank(arank_norm: dict[str, list[float]], cfg: PlanConfig,
-                    importance: dict[str, list[float]] | None = None, source: dict | None = None) -> RoutingPlan:
+def plan_from_arank(
+    arank_norm: dict[str, list[float]],
+    cfg: PlanConfig,
+    importance: dict[str, list[float]] | None = None,
+    source: dict | None = None,
+) -> RoutingPlan:
     """arank_norm: {task: normalised ARank per layer}; importance: {task: block importance per layer}."""
     missing = [t for t in cfg.tasks if t not in arank_norm]
     if missing:

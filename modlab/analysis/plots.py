@@ -18,8 +18,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_per_layer(panels: dict[str, dict[str, list[float]]], ylabel: str, path: Path, title: str = "",
-                   layers: list[int] | None = None, hline: float | None = None) -> Path:
+def plot_per_layer(
+    panels: dict[str, dict[str, list[float]]],
+    ylabel: str,
+    path: Path,
+    title: str = "",
+    layers: list[int] | None = None,
+    hline: float | None = None,
+) -> Path:
     """One panel per key of `panels` (e.g. per task), one line per series over the layers
     (`layers`: their indices, default 0..n-1); `hline`: a reference level (e.g. the capacity)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
@@ -81,8 +87,14 @@ def plot_pareto(points: list[dict], x: str, metrics: dict[str, bool], path: Path
             ax.annotate(p["label"], (p[x], p[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = pareto_front(pts, x, metric, higher_better)
         if front:
-            ax.step([p[x] for p in front], [p[metric] for p in front], where="post", color="black", alpha=0.5,
-                    label="Pareto front")
+            ax.step(
+                [p[x] for p in front],
+                [p[metric] for p in front],
+                where="post",
+                color="black",
+                alpha=0.5,
+                label="Pareto front",
+            )
             ax.legend(fontsize=8)
         ax.set_xlabel(x)
         ax.set_ylabel(metric + (" (higher is better)" if higher_better else " (lower is better)"))

@@ -4,7 +4,7 @@ reference classifier, trained on real training digits, reads as the prompted dig
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -13,9 +13,20 @@ from modlab.data.rows import MMUPrompts, T2IPrompts, collate_rows
 from modlab.evaluation.reference_classifier import train_reference_classifier
 
 
-def showo_task_metrics(model, space, image_tokenizer, split_seed: int, split: str, mmu_prompts: int,
-                       t2i_per_digit: int, maskgit_steps: int, guidance: float, classifier_epochs: int,
-                       seed: int = 0, tasks: tuple[str, ...] = ("mmu", "t2i")) -> dict[str, Callable[[], float]]:
+def showo_task_metrics(
+    model,
+    space,
+    image_tokenizer,
+    split_seed: int,
+    split: str,
+    mmu_prompts: int,
+    t2i_per_digit: int,
+    maskgit_steps: int,
+    guidance: float,
+    classifier_epochs: int,
+    seed: int = 0,
+    tasks: tuple[str, ...] = ("mmu", "t2i"),
+) -> dict[str, Callable[[], float]]:
     """{"mmu_acc": fn, "t2i_acc": fn}: each scores the model as it is when called."""
     splits = D.load_digit_splits(split_seed)
     metrics = {}
@@ -34,8 +45,9 @@ def showo_task_metrics(model, space, image_tokenizer, split_seed: int, split: st
     if "t2i" in tasks:
         ds = T2IPrompts(space, image_tokenizer.n_tokens, t2i_per_digit)
         t2i = collate_rows([ds[i] for i in range(len(ds))], space.pad)
-        classifier = train_reference_classifier(splits["train"].images, splits["train"].labels, seed=seed,
-                                                epochs=classifier_epochs)
+        classifier = train_reference_classifier(
+            splits["train"].images, splits["train"].labels, seed=seed, epochs=classifier_epochs
+        )
 
         def t2i_acc() -> float:
             g = torch.Generator().manual_seed(seed)  # the same sampling noise under every drop

@@ -17,9 +17,9 @@ CausalLM or a Hugging Face one) from `lm_subject`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -61,7 +61,9 @@ def block_sublayers(layer: nn.Module, args: tuple, kwargs: dict) -> Sublayers:
     """modlab's pre-norm Block (dense or routed: measured as if every token ran it)."""
     x, positions, mask = _block_args(args, kwargs)
     block = core_block(layer)
-    return Sublayers(x, lambda h: block.attn(block.norm_attn(h), positions, mask), lambda h: block.mlp(block.norm_mlp(h)))
+    return Sublayers(
+        x, lambda h: block.attn(block.norm_attn(h), positions, mask), lambda h: block.mlp(block.norm_mlp(h))
+    )
 
 
 def hf_sublayers(layer: nn.Module, args: tuple, kwargs: dict) -> Sublayers:
@@ -69,8 +71,11 @@ def hf_sublayers(layer: nn.Module, args: tuple, kwargs: dict) -> Sublayers:
     layer's own keyword arguments (position embeddings, mask, ...), as the layer itself does."""
     x = args[0] if args else kwargs["hidden_states"]
     rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-    return Sublayers(x, lambda h: layer.self_attn(hidden_states=layer.input_layernorm(h), **rest)[0],
-                     lambda h: layer.mlp(layer.post_attention_layernorm(h)))
+    return Sublayers(
+        x,
+        lambda h: layer.self_attn(hidden_states=layer.input_layernorm(h), **rest)[0],
+        lambda h: layer.mlp(layer.post_attention_layernorm(h)),
+    )
 
 
 @dataclass
@@ -106,7 +111,9 @@ def _bind(hook, i: int):
 
 
 @contextmanager
-def layer_inputs(blocks: nn.ModuleList, fn: Callable[[int, Block, torch.Tensor, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
+def layer_inputs(
+    blocks: nn.ModuleList, fn: Callable[[int, Block, torch.Tensor, torch.Tensor, torch.Tensor], None]
+) -> Iterator[None]:
     """While active, every forward calls fn(layer, block, x, positions, attn_mask) with each layer's
     input (the full sequence, also for routed layers) before the layer runs. modlab blocks only."""
     with _pre_hooks(blocks, lambda i, layer, args, kwargs: fn(i, core_block(layer), *_block_args(args, kwargs))):
@@ -143,7 +150,9 @@ def lm_subject(lm) -> Subject:
 
     def task_losses(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         logits = run(batch)
-        return {"lm": F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)}
+        return {
+            "lm": F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        }
 
     if isinstance(lm, HFCausalLM):
         return Subject(lm, lm.hf.model.layers, run, task_losses, hf_sublayers, returns_stream=True)

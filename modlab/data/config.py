@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 
-
 KINDS = ("digits", "scenes")
 
 

@@ -32,7 +32,7 @@ class PixelQuantizer:
     def n_tokens(self) -> int:
         return self.image_size * self.image_size
 
-    def fit(self, images: np.ndarray) -> "PixelQuantizer":
+    def fit(self, images: np.ndarray) -> PixelQuantizer:
         return self
 
     def encode(self, images) -> torch.Tensor:
@@ -75,7 +75,7 @@ class PatchCodebook:
         x = x.reshape(n, g, p, g, p).permute(0, 1, 3, 2, 4)  # (n, gy, gx, p, p)
         return x.reshape(n, g * g, p * p)
 
-    def fit(self, images: np.ndarray) -> "PatchCodebook":
+    def fit(self, images: np.ndarray) -> PatchCodebook:
         from sklearn.cluster import KMeans
 
         patches = self._patches(images).reshape(-1, self.patch * self.patch).numpy()
@@ -96,12 +96,19 @@ class PatchCodebook:
         return x.reshape(n, self.image_size, self.image_size)
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "codebook_size": self.codebook_size, "patch": self.patch,
-                "image_size": self.image_size, "seed": self.seed, "centroids": self.centroids}
+        return {
+            "kind": self.kind,
+            "codebook_size": self.codebook_size,
+            "patch": self.patch,
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "centroids": self.centroids,
+        }
 
 
-def build_image_tokenizer(kind: str, levels: int = 17, codebook_size: int = 64, patch: int = 2, seed: int = 0,
-                          image_size: int = 8):
+def build_image_tokenizer(
+    kind: str, levels: int = 17, codebook_size: int = 64, patch: int = 2, seed: int = 0, image_size: int = 8
+):
     if kind == "pixel":
         return PixelQuantizer(levels=levels, image_size=image_size)
     if kind == "patch_kmeans":

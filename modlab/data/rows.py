@@ -119,8 +119,18 @@ class SceneRows(Dataset):
     """T2I or MMU rows of `n` digit scenes drawn from one split (modlab.data.scenes): a scene
     with a prompt that describes it (t2i) or a question about it and its answer (mmu)."""
 
-    def __init__(self, space: TokenSpace, tokenizer, split: D.DigitSplit, split_name: str, grid: int,
-                 n: int, task: str, train: bool, seed: int):
+    def __init__(
+        self,
+        space: TokenSpace,
+        tokenizer,
+        split: D.DigitSplit,
+        split_name: str,
+        grid: int,
+        n: int,
+        task: str,
+        train: bool,
+        seed: int,
+    ):
         if task not in ("t2i", "mmu"):
             raise ValueError(f"SceneRows serves t2i or mmu, not {task}")
         self.space, self.split, self.split_name = space, split, split_name
@@ -175,15 +185,28 @@ class SceneT2IPrompts(SceneRows):
     the scorer's ceiling after the tokenizer's round trip)."""
 
     def __init__(self, space, tokenizer, split, grid: int, per_category: int, seed: int, split_name: str = "test"):
-        super().__init__(space, tokenizer, split, split_name, grid, per_category * len(S.PROMPT_CATEGORIES),
-                         "t2i", train=False, seed=seed)
+        super().__init__(
+            space,
+            tokenizer,
+            split,
+            split_name,
+            grid,
+            per_category * len(S.PROMPT_CATEGORIES),
+            "t2i",
+            train=False,
+            seed=seed,
+        )
 
     def __getitem__(self, i: int) -> dict:
         scene, prompt = self.item(i)
         codes = self.codes(scene)
         row = t2i_row(self.space, prompt.text, None, len(codes))
-        return {**row, "prompt": prompt, "category": torch.tensor(S.PROMPT_CATEGORIES.index(prompt.category)),
-                "scene_codes": codes}
+        return {
+            **row,
+            "prompt": prompt,
+            "category": torch.tensor(S.PROMPT_CATEGORIES.index(prompt.category)),
+            "scene_codes": codes,
+        }
 
 
 class LMRows(Dataset):

@@ -15,8 +15,9 @@ in the tests.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def col_names(grid: int) -> tuple[str, ...]:
 
 
 def cell_name(grid: int, cell: int) -> str:
-    """"top left", "bottom right", ... (raster order)."""
+    """ "top left", "bottom right", ... (raster order)."""
     return f"{row_names(grid)[cell // grid]} {col_names(grid)[cell % grid]}"
 
 
@@ -159,12 +160,14 @@ def _random_cells(grid: int, n: int, rng: np.random.Generator) -> list[int]:
 
 
 def _say(d: int, words: bool) -> str:
-    """"a 3" / "an 8" / "a three" / "an eight"."""
+    """ "a 3" / "an 8" / "a three" / "an eight"."""
     name = DIGIT_NAMES[d] if words else str(d)
     return ("an " if name[0] in "8e" else "a ") + name
 
 
-def draw_question(split: DigitSplit, grid: int, qtype: str, rng: np.random.Generator, template: int = 0) -> tuple[Scene, Question]:
+def draw_question(
+    split: DigitSplit, grid: int, qtype: str, rng: np.random.Generator, template: int = 0
+) -> tuple[Scene, Question]:
     """A scene and a question of type `qtype` about it."""
     n_cells = grid * grid
     fmt = QUESTION_TEMPLATES[qtype][template % 2]
@@ -199,7 +202,9 @@ def draw_question(split: DigitSplit, grid: int, qtype: str, rng: np.random.Gener
     raise ValueError(f"unknown question type '{qtype}' ({', '.join(QUESTION_TYPES)})")
 
 
-def draw_prompt(split: DigitSplit, grid: int, category: str, rng: np.random.Generator, words: bool = False) -> tuple[Scene, Prompt]:
+def draw_prompt(
+    split: DigitSplit, grid: int, category: str, rng: np.random.Generator, words: bool = False
+) -> tuple[Scene, Prompt]:
     """A prompt of `category` and a scene that shows it. `words`: name digits as words."""
     if category == "single":
         d = _random_digits(1, rng)[0]

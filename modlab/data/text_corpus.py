@@ -34,7 +34,11 @@ def split_corpus(text: str, val_fraction: float = 0.05, test_fraction: float = 0
     data = text.encode("utf-8")
     n = len(data)
     n_test, n_val = int(n * test_fraction), int(n * val_fraction)
-    return {"train": data[: n - n_val - n_test], "val": data[n - n_val - n_test : n - n_test], "test": data[n - n_test :]}
+    return {
+        "train": data[: n - n_val - n_test],
+        "val": data[n - n_val - n_test : n - n_test],
+        "test": data[n - n_test :],
+    }
 
 
 def corpus_tokens(files: list[str] | None = None, tokenizer=None) -> dict[str, bytes | list[int]]:

@@ -40,7 +40,9 @@ def save_pareto_plot(points: list[dict], x_label: str, path: Path) -> Path:
             color = f"C{i}"
             ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], color=color, label=fam, zorder=3)
             for x, y, label in pts:
-                ax.annotate(label.removeprefix(fam).strip(), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+                ax.annotate(
+                    label.removeprefix(fam).strip(), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
             front, best = [], -float("inf")
             for x, y, _ in pts:  # cheapest first: a point is on the front if it beats every cheaper one
                 if y > best:

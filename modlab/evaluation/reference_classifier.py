@@ -21,9 +21,14 @@ class DigitClassifier(nn.Module):
     def __init__(self, hidden: int = 256):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 4 * 4, hidden), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, hidden),
+            nn.ReLU(),
         )
         self.out = nn.Linear(hidden, 10)
 
@@ -38,7 +43,9 @@ class DigitClassifier(nn.Module):
         return self(images).argmax(-1)
 
 
-def train_reference_classifier(images, labels, seed: int = 0, epochs: int = 30, batch_size: int = 64) -> DigitClassifier:
+def train_reference_classifier(
+    images, labels, seed: int = 0, epochs: int = 30, batch_size: int = 64
+) -> DigitClassifier:
     """Train on real digits with light pixel-shift augmentation; deterministic for a seed.
 
     Trains on the CPU in fp32 with gradients on, whatever context the caller is in (Lightning

@@ -1,18 +1,18 @@
 """The test metrics of digit scenes, as torchmetrics for the LightningModule to log.
 
-    test/mmu_acc, test/mmu_acc/<type>         exact-match answers, overall and per question type
-    test/t2i_acc, test/t2i_acc/<category>     generated scenes that show what the prompt asked for
-    test/t2i_acc_tokenized                    the same scorer on real test scenes that show the
-                                              prompts, after the image tokenizer's round trip
-                                              (the ceiling of test/t2i_acc)
-    test/t2i_fid                              digits-FID: generated non-blank cells vs the real
-                                              test digits, in the reference classifier's features
-    test/t2i_fid_tokenized                    the same for the cells of those real test scenes
+test/mmu_acc, test/mmu_acc/<type>         exact-match answers, overall and per question type
+test/t2i_acc, test/t2i_acc/<category>     generated scenes that show what the prompt asked for
+test/t2i_acc_tokenized                    the same scorer on real test scenes that show the
+                                          prompts, after the image tokenizer's round trip
+                                          (the ceiling of test/t2i_acc)
+test/t2i_fid                              digits-FID: generated non-blank cells vs the real
+                                          test digits, in the reference classifier's features
+test/t2i_fid_tokenized                    the same for the cells of those real test scenes
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -37,7 +37,9 @@ class SceneMetrics(nn.Module):
         self.fid_tokenized = FrechetDistance(real_cell_features)
 
     @staticmethod
-    def _update_groups(total: MeanMetric, groups: nn.ModuleDict, names: Sequence[str], kinds: torch.Tensor, ok: torch.Tensor) -> None:
+    def _update_groups(
+        total: MeanMetric, groups: nn.ModuleDict, names: Sequence[str], kinds: torch.Tensor, ok: torch.Tensor
+    ) -> None:
         ok = ok.float().to(kinds.device)
         total.update(ok)
         for i, name in enumerate(names):
@@ -53,7 +55,9 @@ class SceneMetrics(nn.Module):
         show them (after the tokenizer's round trip)."""
         categories = torch.tensor([PROMPT_CATEGORIES.index(p.category) for p in prompts], device=generated.device)
         labels, features = read_cells(classifier, generated, self.grid)
-        self._update_groups(self.t2i, self.t2i_by_category, PROMPT_CATEGORIES, categories, prompts_satisfied(prompts, labels))
+        self._update_groups(
+            self.t2i, self.t2i_by_category, PROMPT_CATEGORIES, categories, prompts_satisfied(prompts, labels)
+        )
         self.fid.update(features)
         labels, features = read_cells(classifier, real, self.grid)
         self.t2i_tokenized.update(prompts_satisfied(prompts, labels).float().to(generated.device))
@@ -64,6 +68,9 @@ class SceneMetrics(nn.Module):
 
     def t2i_metrics(self) -> dict[str, Metric]:
         return {
-            "test/t2i_acc": self.t2i, **{f"test/t2i_acc/{c}": m for c, m in self.t2i_by_category.items()},
-            "test/t2i_acc_tokenized": self.t2i_tokenized, "test/t2i_fid": self.fid, "test/t2i_fid_tokenized": self.fid_tokenized,
+            "test/t2i_acc": self.t2i,
+            **{f"test/t2i_acc/{c}": m for c, m in self.t2i_by_category.items()},
+            "test/t2i_acc_tokenized": self.t2i_tokenized,
+            "test/t2i_fid": self.fid,
+            "test/t2i_fid_tokenized": self.fid_tokenized,
         }

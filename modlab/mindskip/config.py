@@ -42,7 +42,9 @@ class MindSkipConfig:
         if len(set(self.layers)) != len(self.layers) or any(i < 0 for i in self.layers):
             raise ConfigError(f"mindskip.layers must be distinct layer indices >= 0, got {self.layers}")
         if self.drop_candidates not in DROP_CANDIDATES:
-            raise ConfigError(f"mindskip.drop_candidates '{self.drop_candidates}' is unknown ({', '.join(DROP_CANDIDATES)})")
+            raise ConfigError(
+                f"mindskip.drop_candidates '{self.drop_candidates}' is unknown ({', '.join(DROP_CANDIDATES)})"
+            )
 
     def routed_layers(self, n_layer: int, always_runs=frozenset()) -> list[int]:
         """The explicit list, or the deepest n_routed layers excluding the last (deep attention
@@ -54,7 +56,9 @@ class MindSkipConfig:
             layers = sorted(self.layers)
         else:
             if self.n_routed > n_layer - 1:
-                raise ConfigError(f"mindskip.n_routed={self.n_routed} but the model has only {n_layer - 1} layers below the last")
+                raise ConfigError(
+                    f"mindskip.n_routed={self.n_routed} but the model has only {n_layer - 1} layers below the last"
+                )
             layers = list(range(n_layer - 1 - self.n_routed, n_layer - 1))
         fixed = sorted(set(layers) & set(always_runs))
         if fixed:

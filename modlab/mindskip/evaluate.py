@@ -27,8 +27,9 @@ def perplexity(lm, skip, batches, autocast: bool = False, **variant) -> tuple[fl
     return float(ppl.compute()), sum(caps) / len(caps)
 
 
-def evaluate_routed_lm(lm, skip, test_batches, calibration_batches, prompts, eval_cfg, drop_candidates: str = "all",
-                       autocast: bool = False) -> dict:
+def evaluate_routed_lm(
+    lm, skip, test_batches, calibration_batches, prompts, eval_cfg, drop_candidates: str = "all", autocast: bool = False
+) -> dict:
     """Flat metrics dict (`test/...`). `skip` may route no layer (a pretrained base alone)."""
     m: dict = {}
     m["test/ppl_base"], _ = perplexity(lm, skip, test_batches, autocast, routers=False)
@@ -39,7 +40,9 @@ def evaluate_routed_lm(lm, skip, test_batches, calibration_batches, prompts, eva
         # the static baseline skips as many attention executions: (1 - capacity) of the routed layers
         n_drop = round((1 - m["test/capacity"]) * len(skip.layers))
         similarity = attention_similarity(lm, skip, calibration_batches)
-        candidates = [i for i in (range(lm.n_layer) if drop_candidates == "all" else skip.layers) if i not in skip.always_runs]
+        candidates = [
+            i for i in (range(lm.n_layer) if drop_candidates == "all" else skip.layers) if i not in skip.always_runs
+        ]
         dropped = layers_to_drop(similarity, n_drop, candidates)
         m["test/static_drop_layers"] = ",".join(map(str, dropped)) or "-"
         m["test/skipped_attention_per_seq"] = (1 - m["test/capacity"]) * len(skip.layers)

@@ -70,8 +70,15 @@ class GatedAttention(nn.Module):
     """Wraps one attention module. Mode `open` calls it unchanged, `closed` never calls it
     (static drop), `routed` gates it with its router."""
 
-    def __init__(self, attn: nn.Module, ctx: SkipContext, returns_tuple: bool, router: MindSkipRouter | None,
-                 granularity: str, threshold: float):
+    def __init__(
+        self,
+        attn: nn.Module,
+        ctx: SkipContext,
+        returns_tuple: bool,
+        router: MindSkipRouter | None,
+        granularity: str,
+        threshold: float,
+    ):
         super().__init__()
         self.attn, self.router = attn, router
         self.ctx, self.returns_tuple = ctx, returns_tuple
@@ -144,8 +151,14 @@ class MindSkip(nn.Module):
         self.ctx = SkipContext()
         gates = []
         for i, (parent, name) in enumerate(lm.attention_slots()):
-            gate = GatedAttention(getattr(parent, name), self.ctx, lm.attention_returns_tuple,
-                                  self.routers[str(i)] if i in self.layers else None, granularity, threshold)
+            gate = GatedAttention(
+                getattr(parent, name),
+                self.ctx,
+                lm.attention_returns_tuple,
+                self.routers[str(i)] if i in self.layers else None,
+                granularity,
+                threshold,
+            )
             gate.train(parent.training)  # a new module starts in training mode; follow the model
             setattr(parent, name, gate)
             gates.append(gate)
@@ -215,7 +228,9 @@ class MindSkip(nn.Module):
             raise ConfigError(f"router weights are for layers {sorted(state)}, this model routes {sorted(ours)}")
         for key, value in state.items():
             if value.shape != ours[key].shape:
-                raise ConfigError(f"router {key} has shape {tuple(value.shape)}, the model needs {tuple(ours[key].shape)}")
+                raise ConfigError(
+                    f"router {key} has shape {tuple(value.shape)}, the model needs {tuple(ours[key].shape)}"
+                )
             layer = key.split(".")[1]
             with torch.no_grad():
                 self.routers[layer].proj.weight.copy_(value)

@@ -48,8 +48,15 @@ def generation_flops(token_flops, open_layers: list[bool], prompt_len: int, new_
 
 
 @torch.no_grad()
-def measure_speed(lm, skip, prompts: list[torch.Tensor], new_tokens: int, variants: dict[str, dict],
-                  repeats: int = 3, autocast: bool = False) -> dict[str, dict]:
+def measure_speed(
+    lm,
+    skip,
+    prompts: list[torch.Tensor],
+    new_tokens: int,
+    variants: dict[str, dict],
+    repeats: int = 3,
+    autocast: bool = False,
+) -> dict[str, dict]:
     """Prefill and decode tokens per second of each variant (kwargs of `skip.variant`) on batch-1
     prompts, median over `repeats` rounds; the variants alternate within a round so that load
     changes on a shared machine hit them alike. Also the FLOPs each variant really ran."""
@@ -84,6 +91,10 @@ def measure_speed(lm, skip, prompts: list[torch.Tensor], new_tokens: int, varian
     out = {}
     for name in variants:
         pre, dec = statistics.median(times[name]["prefill"]), statistics.median(times[name]["decode"])
-        out[name] = {"prefill_tok_s": n_prefill / pre, "decode_tok_s": n_decode / dec,
-                     "prefill_flops": flops[name][0], "decode_flops": flops[name][1]}
+        out[name] = {
+            "prefill_tok_s": n_prefill / pre,
+            "decode_tok_s": n_decode / dec,
+            "prefill_flops": flops[name][0],
+            "decode_flops": flops[name][1],
+        }
     return out

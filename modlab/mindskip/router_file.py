@@ -25,8 +25,11 @@ def save_routers(skip, path: str | Path, info: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"layers": skip.layers, "granularity": skip.granularity, "threshold": skip.threshold, **info}
-    save_file(skip.router_state(), str(path),
-              metadata={"format": ROUTER_FORMAT, "version": ROUTER_VERSION, "modlab": json.dumps(meta)})
+    save_file(
+        skip.router_state(),
+        str(path),
+        metadata={"format": ROUTER_FORMAT, "version": ROUTER_VERSION, "modlab": json.dumps(meta)},
+    )
     return path
 
 
@@ -47,7 +50,9 @@ def read_routers(path: str | Path) -> tuple[dict, dict]:
     if meta.get("format") != ROUTER_FORMAT:
         raise CheckpointError(f"'{path}' is not a modlab MindSkip router file")
     if meta.get("version") != ROUTER_VERSION:
-        raise CheckpointError(f"router file '{path}' has version {meta.get('version')}; this modlab reads {ROUTER_VERSION}")
+        raise CheckpointError(
+            f"router file '{path}' has version {meta.get('version')}; this modlab reads {ROUTER_VERSION}"
+        )
     return tensors, json.loads(meta["modlab"])
 
 
@@ -55,8 +60,10 @@ def load_routers(skip, path: str | Path) -> dict:
     """Put the routers of `path` onto `skip` (built for the same base and layers); returns the info."""
     tensors, info = read_routers(path)
     if list(info["layers"]) != list(skip.layers) or info["granularity"] != skip.granularity:
-        raise CheckpointError(f"router file '{path}' routes layers {info['layers']} ({info['granularity']}); "
-                              f"this model routes {skip.layers} ({skip.granularity})")
+        raise CheckpointError(
+            f"router file '{path}' routes layers {info['layers']} ({info['granularity']}); "
+            f"this model routes {skip.layers} ({skip.granularity})"
+        )
     try:
         skip.load_router_state(tensors)
     except ValueError as e:

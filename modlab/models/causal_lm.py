@@ -60,7 +60,9 @@ class KVCache:
 class CachedAttention(Attention):
     """The transformer's attention with an optional KV cache (same parameters)."""
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, cache: LayerKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, cache: LayerKV | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qk(x, positions)
         if cache is not None:
@@ -132,12 +134,16 @@ class CausalLM(nn.Module):
 
     def token_flops(self) -> TokenFlops:
         d, h = self.cfg.d_model, self.cfg.hidden
-        return TokenFlops(attn_linear=2 * d * 4 * d, attn_per_key=2 * 2 * d, mlp=2 * 3 * d * h, head=2 * d * self.vocab_size)
+        return TokenFlops(
+            attn_linear=2 * d * 4 * d, attn_per_key=2 * 2 * d, mlp=2 * 3 * d * h, head=2 * d * self.vocab_size
+        )
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """Logits (B, T, vocab). With a cache, `ids` continue the cached tokens (no padding);
         without one, `valid` (B, T) marks real tokens (right padding)."""
         t = self.transformer

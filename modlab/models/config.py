@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from modlab.errors import ConfigError
 
@@ -23,7 +22,7 @@ class ModelConfig:
     # (LayerDrop on attention): a base that learns to do without any one attention layer
     attn_layer_drop: float = 0.0
     norm_eps: float = 1e-5
-    path: Optional[str] = None  # arch=hf: a local Hugging Face model directory (the sizes above are unused)
+    path: str | None = None  # arch=hf: a local Hugging Face model directory (the sizes above are unused)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:

@@ -64,7 +64,9 @@ class Emu3(ShowO):
                 end = int(p.max())  # rows whose image starts earlier see placeholders after p: causal
                 logits = self(ids[:, :end], is_image[:, :end], valid[:, :end], task)[rows, p - 1, lo:hi].float()
                 if guidance > 0:
-                    uncond = self(ids[:, :end], is_image[:, :end], uncond_valid[:, :end], task)[rows, p - 1, lo:hi].float()
+                    uncond = self(ids[:, :end], is_image[:, :end], uncond_valid[:, :end], task)[
+                        rows, p - 1, lo:hi
+                    ].float()
                     logits = (1 + guidance) * logits - guidance * uncond
                 probs = F.softmax(logits / max(temperature, 1e-6), dim=-1)
                 ids[rows, p] = torch.multinomial(probs, 1, generator=generator)[:, 0] + lo

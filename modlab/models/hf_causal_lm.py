@@ -72,13 +72,19 @@ class HFCausalLM(nn.Module):
         hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
         d = c.hidden_size
-        return TokenFlops(attn_linear=2 * d * (2 * q + 2 * kv), attn_per_key=2 * 2 * q,
-                          mlp=2 * 3 * d * c.intermediate_size, head=2 * d * c.vocab_size)
+        return TokenFlops(
+            attn_linear=2 * d * (2 * q + 2 * kv),
+            attn_per_key=2 * 2 * q,
+            mlp=2 * 3 * d * c.intermediate_size,
+            head=2 * d * c.vocab_size,
+        )
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: HFCache | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: HFCache | None = None
+    ) -> torch.Tensor:
         if cache is None:
             mask = valid.long() if valid is not None else None
             return self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
@@ -102,7 +108,9 @@ def load_hf_causal_lm(path: str) -> tuple[HFCausalLM, ByteTokenizer | HFTokenize
     try:
         config = AutoConfig.from_pretrained(p)
     except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"model.path '{path}': config.json is not a transformers config ({type(e).__name__})") from None
+        raise ConfigError(
+            f"model.path '{path}': config.json is not a transformers config ({type(e).__name__})"
+        ) from None
     if config.model_type not in SUPPORTED:
         raise ConfigError(f"model.path '{path}' holds a '{config.model_type}' model; supported: {', '.join(SUPPORTED)}")
     try:
@@ -116,5 +124,7 @@ def load_hf_causal_lm(path: str) -> tuple[HFCausalLM, ByteTokenizer | HFTokenize
     else:
         tokenizer = ByteTokenizer()
         if config.vocab_size < tokenizer.vocab_size:
-            raise ConfigError(f"model.path '{path}' has no tokenizer and a vocabulary of {config.vocab_size} < 256 bytes")
+            raise ConfigError(
+                f"model.path '{path}' has no tokenizer and a vocabulary of {config.vocab_size} < 256 bytes"
+            )
     return HFCausalLM(model.eval(), str(p.resolve())), tokenizer

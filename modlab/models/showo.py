@@ -45,7 +45,9 @@ class ShowO(nn.Module):
         self.image_pos = nn.Embedding(n_image_tokens, cfg.d_model)
         nn.init.normal_(self.image_pos.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor, task: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (B, T, vocab). `task` (B,) task ids are needed only by routed layers."""
         raster = (is_image.long().cumsum(1) - 1).clamp(0, self.image_pos.num_embeddings - 1)
         extra = self.image_pos(raster) * is_image[..., None]
@@ -87,7 +89,9 @@ class ShowO(nn.Module):
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""
         logits = self(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
-        ce = F.cross_entropy(logits.float().transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none")
+        ce = F.cross_entropy(
+            logits.float().transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none"
+        )
         has_label = batch["labels"] != IGNORE_INDEX
         out = {}
         for name in TASKS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
 
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
@@ -27,7 +26,9 @@ class ScheduleConfig:
         if self.kind not in SCHEDULES:
             raise ConfigError(f"routing.schedule.kind '{self.kind}' is unknown ({', '.join(SCHEDULES)})")
         if self.anneal_steps < 0 or (self.kind != "constant" and self.anneal_steps == 0):
-            raise ConfigError(f"routing.schedule.anneal_steps must be >= 1 for an annealed schedule, got {self.anneal_steps}")
+            raise ConfigError(
+                f"routing.schedule.anneal_steps must be >= 1 for an annealed schedule, got {self.anneal_steps}"
+            )
 
 
 @dataclass
@@ -43,7 +44,7 @@ class RoutingConfig:
     task_capacity: dict[str, list[float]] = field(default_factory=dict)
     # unimod: per task, its own routed layers (UniMoD's layer switch); default: the routed layers
     task_layers: dict[str, list[int]] = field(default_factory=dict)
-    plan: Optional[str] = None  # unimod: a routing plan file; replaces task_layers / task_capacity
+    plan: str | None = None  # unimod: a routing plan file; replaces task_layers / task_capacity
     weight: str = "ste_sigmoid"  # ste_sigmoid | sigmoid (see modlab.routing.routed_block)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # how decoding routes causally (top-k sees the future): aux_bce trains the router's logits to
@@ -116,21 +117,29 @@ class RoutingConfig:
             layers = list(self.task_layers.get(task, default_layers))
             bad = [i for i in layers if not 0 <= i < n_layer]
             if bad:
-                raise ConfigError(f"routing.task_layers.{task} {bad} out of range: the model has layers 0..{n_layer - 1}")
+                raise ConfigError(
+                    f"routing.task_layers.{task} {bad} out of range: the model has layers 0..{n_layer - 1}"
+                )
             caps = list(caps) * len(layers) if len(caps) == 1 else list(caps)
             if len(caps) != len(layers):
-                raise ConfigError(f"routing.task_capacity.{task} has {len(caps)} values for {len(layers)} routed layers")
+                raise ConfigError(
+                    f"routing.task_capacity.{task} has {len(caps)} values for {len(layers)} routed layers"
+                )
             out[task] = dict(zip(layers, caps))
         return out
 
-    def resolved(self, n_layer: int) -> "RoutingConfig":
+    def resolved(self, n_layer: int) -> RoutingConfig:
         """The same routing with a plan file read into task_layers / task_capacity, so a
         checkpoint keeps the routing it was trained with even if the plan file goes away."""
         if self.plan is None:
             return self
         per_task = self.task_layer_capacity(n_layer)
-        return replace(self, plan=None, task_layers={t: list(c) for t, c in per_task.items()},
-                       task_capacity={t: list(c.values()) for t, c in per_task.items()})
+        return replace(
+            self,
+            plan=None,
+            task_layers={t: list(c) for t, c in per_task.items()},
+            task_capacity={t: list(c.values()) for t, c in per_task.items()},
+        )
 
     def layer_capacities(self, n_layer: int) -> dict[int, list[float]]:
         """{layer: one capacity per router}: MoD has one router, UniMoD one per task id (a task
@@ -139,7 +148,9 @@ class RoutingConfig:
             layers = self.routed_layers(n_layer)
             caps = list(self.layer_capacity) or [self.capacity] * len(layers)
             if len(caps) != len(layers):
-                raise ConfigError(f"routing.layer_capacity has {len(caps)} values for {len(layers)} routed layers {layers}")
+                raise ConfigError(
+                    f"routing.layer_capacity has {len(caps)} values for {len(layers)} routed layers {layers}"
+                )
             return {i: [c] for i, c in zip(layers, caps)}
         if self.kind == "dense":
             return {}

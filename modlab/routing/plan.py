@@ -20,8 +20,9 @@ class RouteInfo:
     valid: torch.Tensor  # (B, T) tokens that may be selected (padding never is)
 
 
-def install_routing(blocks: nn.ModuleList, d_model: int, layer_capacity: dict[int, list[float]], weight: str,
-                    causal: str = "none") -> None:
+def install_routing(
+    blocks: nn.ModuleList, d_model: int, layer_capacity: dict[int, list[float]], weight: str, causal: str = "none"
+) -> None:
     """Wrap blocks[i] for every routed layer i; `layer_capacity[i]` has one capacity per router."""
     for i, caps in sorted(layer_capacity.items()):
         if not 0 <= i < len(blocks):
@@ -66,4 +67,7 @@ def causal_routing_stats(model: nn.Module) -> tuple[torch.Tensor | None, torch.T
     blocks = [b for b in routed_blocks(model) if b.last_aux_loss is not None]
     if not blocks:
         return None, None
-    return (torch.stack([b.last_aux_loss for b in blocks]).mean(), torch.stack([b.last_agreement for b in blocks]).mean())
+    return (
+        torch.stack([b.last_aux_loss for b in blocks]).mean(),
+        torch.stack([b.last_agreement for b in blocks]).mean(),
+    )

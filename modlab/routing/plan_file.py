@@ -48,9 +48,13 @@ class RoutingPlan:
             raise ConfigError(f"routing plan: unknown task(s) {unknown} (known: {', '.join(TASKS)})")
         for name, tp in self.tasks.items():
             if len(tp.layers) != len(tp.capacity):
-                raise ConfigError(f"routing plan: task {name} lists {len(tp.layers)} layers but {len(tp.capacity)} capacities")
+                raise ConfigError(
+                    f"routing plan: task {name} lists {len(tp.layers)} layers but {len(tp.capacity)} capacities"
+                )
             if len(set(tp.layers)) != len(tp.layers) or not all(0 <= i < self.n_layer for i in tp.layers):
-                raise ConfigError(f"routing plan: task {name} layers {tp.layers} must be distinct, in 0..{self.n_layer - 1}")
+                raise ConfigError(
+                    f"routing plan: task {name} layers {tp.layers} must be distinct, in 0..{self.n_layer - 1}"
+                )
             if not all(0.0 < c <= 1.0 for c in tp.capacity):
                 raise ConfigError(f"routing plan: task {name} capacities must be in (0, 1], got {tp.capacity}")
 
@@ -59,7 +63,9 @@ class RoutingPlan:
             "format": PLAN_FORMAT,
             "version": PLAN_VERSION,
             "n_layer": self.n_layer,
-            "tasks": {t: {"layers": list(p.layers), "capacity": [float(c) for c in p.capacity]} for t, p in self.tasks.items()},
+            "tasks": {
+                t: {"layers": list(p.layers), "capacity": [float(c) for c in p.capacity]} for t, p in self.tasks.items()
+            },
             "source": self.source,
         }
 
@@ -67,7 +73,9 @@ class RoutingPlan:
 def save_plan(plan: RoutingPlan, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# modlab routing plan (see modlab/routing/plan_file.py)\n" + yaml.safe_dump(plan.to_dict(), sort_keys=False))
+    path.write_text(
+        "# modlab routing plan (see modlab/routing/plan_file.py)\n" + yaml.safe_dump(plan.to_dict(), sort_keys=False)
+    )
     return path
 
 
@@ -83,9 +91,16 @@ def load_plan(path: str | Path) -> RoutingPlan:
     if not isinstance(raw, dict) or raw.get("format") != PLAN_FORMAT:
         raise ConfigError(f"{path} is not a modlab routing plan (expected 'format: {PLAN_FORMAT}')")
     if raw.get("version") != PLAN_VERSION:
-        raise ConfigError(f"routing plan {path} has version {raw.get('version')}; this modlab reads version {PLAN_VERSION}")
+        raise ConfigError(
+            f"routing plan {path} has version {raw.get('version')}; this modlab reads version {PLAN_VERSION}"
+        )
     try:
-        tasks = {str(t): TaskPlan([int(i) for i in p["layers"]], [float(c) for c in p["capacity"]]) for t, p in raw["tasks"].items()}
+        tasks = {
+            str(t): TaskPlan([int(i) for i in p["layers"]], [float(c) for c in p["capacity"]])
+            for t, p in raw["tasks"].items()
+        }
         return RoutingPlan(int(raw["n_layer"]), tasks, dict(raw.get("source") or {}))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ConfigError(f"routing plan {path} is malformed ({type(e).__name__}: {e}); see modlab/routing/plan_file.py") from None
+        raise ConfigError(
+            f"routing plan {path} is malformed ({type(e).__name__}: {e}); see modlab/routing/plan_file.py"
+        ) from None

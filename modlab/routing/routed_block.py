@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
 import torch.nn.functional as F
 
 from modlab.routing.router import RoutingPredictor, TaskRouter
@@ -64,8 +63,9 @@ class RoutedBlock(nn.Module):
     `capacity` holds one capacity per router: a single entry is MoD (every row, one router); one
     per task id is UniMoD. A capacity of 1.0 runs every eligible token of that task."""
 
-    def __init__(self, block: nn.Module, d_model: int, capacity: list[float], weight: str = "ste_sigmoid",
-                 causal: str = "none"):
+    def __init__(
+        self, block: nn.Module, d_model: int, capacity: list[float], weight: str = "ste_sigmoid", causal: str = "none"
+    ):
         super().__init__()
         if weight not in ROUTER_WEIGHTS:
             raise ValueError(f"router weight '{weight}' is unknown ({', '.join(ROUTER_WEIGHTS)})")
@@ -117,8 +117,9 @@ class RoutedBlock(nn.Module):
             out, selected = torch.zeros_like(x), torch.zeros_like(route.valid)
             for t in route.task.unique().tolist():
                 rows = (route.task == t).nonzero().squeeze(1)
-                out[rows], selected[rows] = self._route_rows(x[rows], positions[rows], attn_mask[rows], route.valid[rows],
-                                                             scores[rows], row_capacity[rows], rows)
+                out[rows], selected[rows] = self._route_rows(
+                    x[rows], positions[rows], attn_mask[rows], route.valid[rows], scores[rows], row_capacity[rows], rows
+                )
         self.last_selected = selected
         if self.causal != "none":
             self._score_causal_decision(x, route, scores, selected)

@@ -29,7 +29,9 @@ class RoutingPredictor(nn.Module):
 
     def __init__(self, d_model: int, n_routers: int = 1, hidden: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_model, hidden, bias=False), nn.SiLU(), nn.Linear(hidden, n_routers, bias=False))
+        self.net = nn.Sequential(
+            nn.Linear(d_model, hidden, bias=False), nn.SiLU(), nn.Linear(hidden, n_routers, bias=False)
+        )
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         return pick_task_column(self.net(x), task)

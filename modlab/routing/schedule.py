@@ -24,4 +24,3 @@ def anneal_fraction(kind: str, step: int, anneal_steps: int) -> float:
 
 def annealed_capacity(target: float, fraction: float) -> float:
     return 1.0 - (1.0 - target) * fraction
-

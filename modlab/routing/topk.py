@@ -13,7 +13,9 @@ def tokens_to_keep(capacity: torch.Tensor, n_eligible: torch.Tensor) -> torch.Te
     return torch.minimum(k.clamp(min=1), n_eligible) * (n_eligible > 0)
 
 
-def topk_select(scores: torch.Tensor, eligible: torch.Tensor, capacity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_select(
+    scores: torch.Tensor, eligible: torch.Tensor, capacity: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the k = ceil(C * n_eligible) highest-scoring eligible tokens of each row.
 
     scores (B, T) router logits; eligible (B, T) bool; capacity: a scalar or (B,) per-row capacity.

@@ -21,7 +21,9 @@ def load_checkpoint_file(ckpt_path: str, role: str = "checkpoint") -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"{role} '{ckpt_path}' is corrupt or not a torch checkpoint ({type(e).__name__})") from None
+        raise CheckpointError(
+            f"{role} '{ckpt_path}' is corrupt or not a torch checkpoint ({type(e).__name__})"
+        ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{role} '{ckpt_path}' is not a modlab checkpoint")
     return ckpt
@@ -56,7 +58,9 @@ def read_pretrained_lm_checkpoint(ckpt_path: str, role: str = "checkpoint") -> d
     """An LM checkpoint that holds a whole pretrained LM (a router-tuned one holds routers only)."""
     ckpt = read_lm_checkpoint(ckpt_path, role)
     if ckpt["hyper_parameters"].get("mindskip", {}).get("enabled"):
-        raise CheckpointError(f"{role} '{ckpt_path}' is a router-tuned checkpoint; give the pretrained LM it was tuned from")
+        raise CheckpointError(
+            f"{role} '{ckpt_path}' is a router-tuned checkpoint; give the pretrained LM it was tuned from"
+        )
     return ckpt
 
 

@@ -66,6 +66,8 @@ class EvalConfig:
         if self.guidance < 0 or self.temperature < 0:
             raise ConfigError("eval.guidance and eval.temperature must be >= 0")
         if self.speed_prompts < 0 or self.speed_context < 1 or self.speed_new_tokens < 2 or self.speed_repeats < 1:
-            raise ConfigError("eval.speed_prompts must be >= 0, speed_context and speed_repeats >= 1, speed_new_tokens >= 2")
+            raise ConfigError(
+                "eval.speed_prompts must be >= 0, speed_context and speed_repeats >= 1, speed_new_tokens >= 2"
+            )
         if self.mmu_max_rows < 0 or self.lm_max_rows < 0 or self.ref_classifier_epochs < 1:
             raise ConfigError("eval.mmu_max_rows and eval.lm_max_rows must be >= 0, eval.ref_classifier_epochs >= 1")

@@ -17,8 +17,17 @@ from modlab.data.config import DataConfig
 from modlab.data.digits import load_digit_splits
 from modlab.data.image_tokenizer import build_image_tokenizer
 from modlab.data.rows import (
-    DigitRows, LMRows, MMUPrompts, PreBatched, SceneMMUPrompts, SceneRows, SceneT2IPrompts, T2IPrompts,
-    collate_prebatched, collate_rows, same_length_batches,
+    DigitRows,
+    LMRows,
+    MMUPrompts,
+    PreBatched,
+    SceneMMUPrompts,
+    SceneRows,
+    SceneT2IPrompts,
+    T2IPrompts,
+    collate_prebatched,
+    collate_rows,
+    same_length_batches,
 )
 from modlab.data.text_corpus import load_corpus, split_corpus
 from modlab.data.tokens import TokenSpace
@@ -27,8 +36,14 @@ from modlab.tasks.config import EvalConfig
 
 def image_tokenizer_for(cfg: DataConfig):
     """The (unfitted) image tokenizer a data config asks for."""
-    return build_image_tokenizer(cfg.image_tokenizer, levels=cfg.levels, codebook_size=cfg.codebook_size,
-                                 patch=cfg.patch, seed=cfg.split_seed, image_size=cfg.image_size)
+    return build_image_tokenizer(
+        cfg.image_tokenizer,
+        levels=cfg.levels,
+        codebook_size=cfg.codebook_size,
+        patch=cfg.patch,
+        seed=cfg.split_seed,
+        image_size=cfg.image_size,
+    )
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -46,16 +61,24 @@ class DigitsDataModule(L.LightningDataModule):
         self._collate = partial(collate_rows, pad_id=self.space.pad)
 
     def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=self._collate,
-                          num_workers=self.cfg.num_workers, drop_last=shuffle,
-                          persistent_workers=self.cfg.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self._collate,
+            num_workers=self.cfg.num_workers,
+            drop_last=shuffle,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
 
     def _image_rows(self, split: str, task: str):
         train = split == "train"
         if self.scenes:
             c = self.cfg
             n = {"train": c.train_scenes, "val": c.val_scenes, "test": c.test_scenes}[split]
-            return SceneRows(self.space, self.image_tokenizer, self.splits[split], split, c.grid, n, task, train, c.scene_seed)
+            return SceneRows(
+                self.space, self.image_tokenizer, self.splits[split], split, c.grid, n, task, train, c.scene_seed
+            )
         return DigitRows(self.space, self.codes[split], self.splits[split].labels, task, train)
 
     def _task_sets(self, split: str) -> dict:
@@ -82,7 +105,11 @@ class DigitsDataModule(L.LightningDataModule):
         if e.lm_max_rows:
             lm = Subset(lm, range(min(e.lm_max_rows, len(lm))))
         if self.scenes:
-            return [self._scene_mmu_loader(), self._loader(self._scene_t2i_prompts(), bs, False), self._loader(lm, bs, False)]
+            return [
+                self._scene_mmu_loader(),
+                self._loader(self._scene_t2i_prompts(), bs, False),
+                self._loader(lm, bs, False),
+            ]
         mmu = MMUPrompts(self.space, self.codes["test"], self.splits["test"].labels)
         if e.mmu_max_rows:
             mmu = Subset(mmu, range(min(e.mmu_max_rows, len(mmu))))
@@ -98,12 +125,17 @@ class DigitsDataModule(L.LightningDataModule):
 
     def _scene_t2i_prompts(self) -> SceneT2IPrompts:
         c = self.cfg
-        return SceneT2IPrompts(self.space, self.image_tokenizer, self.splits["test"], c.grid,
-                               self.eval_cfg.t2i_per_category, c.scene_seed)
+        return SceneT2IPrompts(
+            self.space, self.image_tokenizer, self.splits["test"], c.grid, self.eval_cfg.t2i_per_category, c.scene_seed
+        )
 
     def _scene_mmu_loader(self) -> DataLoader:
         """Questions differ in length and greedy decoding needs unpadded rows: batch rows of one length."""
         ds = self.scene_mmu_prompts()
         batches = same_length_batches([ds.question_length(i) for i in range(len(ds))], self.cfg.eval_batch_size)
-        return DataLoader(PreBatched(ds, batches), batch_size=1, num_workers=self.cfg.num_workers,
-                          collate_fn=partial(collate_prebatched, pad_id=self.space.pad))
+        return DataLoader(
+            PreBatched(ds, batches),
+            batch_size=1,
+            num_workers=self.cfg.num_workers,
+            collate_fn=partial(collate_prebatched, pad_id=self.space.pad),
+        )

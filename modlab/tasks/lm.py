@@ -39,8 +39,16 @@ ROUTER_PREFIX = "skip.routers."
 
 
 class LMModule(L.LightningModule):
-    def __init__(self, model: dict, data: dict, task: dict, eval: dict, mindskip: dict | None = None,
-                 base: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        model: dict,
+        data: dict,
+        task: dict,
+        eval: dict,
+        mindskip: dict | None = None,
+        base: str | None = None,
+        seed: int = 0,
+    ):
         """`base`: the pretrained LM checkpoint a native model is router-tuned from."""
         super().__init__()
         self.save_hyperparameters()
@@ -63,8 +71,16 @@ class LMModule(L.LightningModule):
         self.test_capacity, self.val_loss = MeanMetric(), MeanMetric()
 
     @classmethod
-    def from_configs(cls, model: ModelConfig, data: DataConfig, task: TaskConfig, eval: EvalConfig,
-                     mindskip: MindSkipConfig, base: str | None = None, seed: int = 0):
+    def from_configs(
+        cls,
+        model: ModelConfig,
+        data: DataConfig,
+        task: TaskConfig,
+        eval: EvalConfig,
+        mindskip: MindSkipConfig,
+        base: str | None = None,
+        seed: int = 0,
+    ):
         return cls(asdict(model), asdict(data), asdict(task), asdict(eval), asdict(mindskip), base, seed)
 
     # ---- checkpoints: a router-tuned one holds the routers alone --------------------------------
@@ -72,7 +88,9 @@ class LMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["modlab_kind"] = LM_KIND
         if self.skip is not None:
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(ROUTER_PREFIX)}
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if k.startswith(ROUTER_PREFIX)
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.skip is not None:
@@ -82,8 +100,14 @@ class LMModule(L.LightningModule):
 
     def router_info(self) -> dict:
         """What `routers.safetensors` records besides the weights: enough to rebuild the base."""
-        return {"model": asdict(self.model_cfg), "base": self.hparams.base, "mindskip": asdict(self.skip_cfg),
-                "data": asdict(self.data_cfg), "d_model": self.lm.d_model, "n_layer": self.lm.n_layer}
+        return {
+            "model": asdict(self.model_cfg),
+            "base": self.hparams.base,
+            "mindskip": asdict(self.skip_cfg),
+            "data": asdict(self.data_cfg),
+            "d_model": self.lm.d_model,
+            "n_layer": self.lm.n_layer,
+        }
 
     # ---- training -------------------------------------------------------------------------------
 
@@ -153,5 +177,7 @@ def load_lm_module(ckpt_path: str) -> LMModule:
     try:
         module.load_state_dict(ckpt["state_dict"], strict=module.skip is None)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
+        ) from None
     return module.eval()

@@ -17,7 +17,8 @@ def adamw_warmup_cosine(params, t: TaskConfig, total_steps: int) -> dict:
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=t.lr, betas=tuple(t.betas),
+        lr=t.lr,
+        betas=tuple(t.betas),
     )
     total = max(1, total_steps)
 

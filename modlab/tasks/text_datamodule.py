@@ -29,7 +29,9 @@ class TextDataModule(L.LightningDataModule):
         self.tokens = corpus_tokens(cfg.lm_files, tokenizer)
         for name, toks in self.tokens.items():
             if len(toks) < cfg.lm_length + 1:
-                raise DataError(f"the {name} split has {len(toks)} tokens, fewer than one row of data.lm_length={cfg.lm_length}")
+                raise DataError(
+                    f"the {name} split has {len(toks)} tokens, fewer than one row of data.lm_length={cfg.lm_length}"
+                )
         self.batch_size = cfg.batch_size.get("lm", 0)
         if self.batch_size < 1:
             raise DataError("causal-LM training needs data.batch_size.lm >= 1")
@@ -41,8 +43,15 @@ class TextDataModule(L.LightningDataModule):
         return Subset(rows, spread(len(rows), n)) if n else rows
 
     def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=self._collate, drop_last=shuffle,
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self._collate,
+            drop_last=shuffle,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
 
     def train_dataloader(self):
         if self.cfg.lm_train_rows:  # Router-Tuning's small fixed tuning set

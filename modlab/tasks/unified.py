@@ -27,15 +27,15 @@ from modlab.data.image_tokenizer import image_tokenizer_from_state
 from modlab.data.tokens import IGNORE_INDEX, TokenSpace
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.evaluation.scene_metrics import SceneMetrics
-from modlab.models.config import ModelConfig
 from modlab.flops import last_train_step_flops, train_step_flops
+from modlab.models.config import ModelConfig
 from modlab.models.unified_models import build_unified_model
 from modlab.routing.config import RoutingConfig
 from modlab.routing.plan import apply_routing, causal_routing_stats, set_anneal_fraction
 from modlab.routing.schedule import anneal_fraction
 from modlab.tasks.config import EvalConfig, TaskConfig
-from modlab.tasks.optim import adamw_warmup_cosine
 from modlab.tasks.digits_datamodule import image_tokenizer_for
+from modlab.tasks.optim import adamw_warmup_cosine
 
 MMU_TEST, T2I_TEST, LM_TEST = 0, 1, 2
 
@@ -60,8 +60,15 @@ class UnifiedModule(L.LightningModule):
         self.flops_routed, self.flops_dense = MeanMetric(), MeanMetric()
 
     @classmethod
-    def from_configs(cls, model: ModelConfig, data: DataConfig, task: TaskConfig, eval: EvalConfig,
-                     routing: RoutingConfig | None = None, seed: int = 0):
+    def from_configs(
+        cls,
+        model: ModelConfig,
+        data: DataConfig,
+        task: TaskConfig,
+        eval: EvalConfig,
+        routing: RoutingConfig | None = None,
+        seed: int = 0,
+    ):
         return cls(asdict(model), asdict(data), asdict(task), asdict(eval), asdict(routing or RoutingConfig()), seed)
 
     # ---- checkpoint: the fitted image tokenizer travels with the weights ---------------------
@@ -91,7 +98,9 @@ class UnifiedModule(L.LightningModule):
         parts = combined[0] if isinstance(combined, tuple) else combined
         return [b for b in parts.values() if b is not None]
 
-    def _losses(self, combined, cond_dropout: float, generator=None) -> tuple[dict[str, torch.Tensor], int, float, float]:
+    def _losses(
+        self, combined, cond_dropout: float, generator=None
+    ) -> tuple[dict[str, torch.Tensor], int, float, float]:
         """Per-task losses, one forward per task batch: each is padded only to its own longest
         row (one concatenated batch padded T2I rows to the MMU length and wasted ~15 % compute).
         Also returns the row count and the step's routed / dense training FLOPs. With causal
@@ -130,13 +139,19 @@ class UnifiedModule(L.LightningModule):
     def step_flops(self, B: int, T: int) -> tuple[float, float]:
         """Analytic training FLOPs of the step just run, and of the same step without routing."""
         V = self.space.vocab_size
-        return (float(last_train_step_flops(self.model_cfg, V, self.model.transformer.blocks, B, T)),
-                float(train_step_flops(self.model_cfg, V, B, T)))
+        return (
+            float(last_train_step_flops(self.model_cfg, V, self.model.transformer.blocks, B, T)),
+            float(train_step_flops(self.model_cfg, V, B, T)),
+        )
 
     def flops_summary(self) -> dict[str, float]:
         """Mean training FLOPs per step over the run (for metrics.json)."""
         routed, dense = float(self.flops_routed.compute()), float(self.flops_dense.compute())
-        return {"train/flops_per_step": routed, "train/flops_per_step_dense": dense, "train/flops_ratio": routed / dense}
+        return {
+            "train/flops_per_step": routed,
+            "train/flops_per_step_dense": dense,
+            "train/flops_ratio": routed / dense,
+        }
 
     def validation_step(self, combined, batch_idx: int):
         # a fixed masking per batch index so val/loss is comparable between evaluations
@@ -200,8 +215,12 @@ class UnifiedModule(L.LightningModule):
             logged = m.mmu_metrics()
         else:
             codes = self.model.sample_images(batch, e.maskgit_steps, e.guidance, e.temperature, self.sample_generator)
-            m.update_t2i(self.ref_classifier, batch["prompt"], tok.decode(codes).to(self.device),
-                         tok.decode(batch["scene_codes"]).to(self.device))
+            m.update_t2i(
+                self.ref_classifier,
+                batch["prompt"],
+                tok.decode(codes).to(self.device),
+                tok.decode(batch["scene_codes"]).to(self.device),
+            )
             logged = m.t2i_metrics()
         for name, metric in logged.items():
             self.log(name, metric, add_dataloader_idx=False)
