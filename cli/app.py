@@ -41,11 +41,11 @@ JOB_ERRORS: list[BaseException] = []
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=None)
 def hydra_main(cfg: DictConfig):
-    from modlab.cli.commands import run_command
     from modlab.cli.errors import user_error_types
+    from modlab.cli.main import COMMANDS
 
     try:
-        return run_command(cfg)
+        return COMMANDS[cfg.command].run(cfg)
     except user_error_types() as e:
         if os.environ.get("MODLAB_DEBUG", "") not in ("", "0"):
             raise

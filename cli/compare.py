@@ -9,8 +9,9 @@ import json
 from omegaconf import DictConfig
 
 from modlab.analysis.compare import COST, comparison_rows, higher_is_better
-from modlab.cli.runtime import run_dir, write_csv
+from modlab.cli.runtime import run_dir
 from modlab.cli.schema import validate
+from modlab.outputs import write_csv
 
 
 def compare(cfg: DictConfig) -> dict:

@@ -55,7 +55,7 @@ def run_reporting_errors() -> None:
         fail(one_line(e))
     except KeyboardInterrupt:
         sys.stderr.write("modlab: interrupted\n")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     if app.JOB_ERRORS:  # user errors inside jobs (see app.hydra_main)
         more = len(app.JOB_ERRORS) - 1
         fail(one_line(app.JOB_ERRORS[0]) + (f" (and {more} more failed jobs)" if more else ""))

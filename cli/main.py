@@ -11,6 +11,7 @@ child as `python <this script> <sys.argv[1:]> hydra.run.dir=...`, so argv that a
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 
@@ -18,43 +19,48 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Command:
     name: str
-    config_name: str
     summary: str
     usage: str
+    function: str  # "module:function" run with the composed config (imported only then)
+
+    def run(self, cfg):
+        module, _, attr = self.function.partition(":")
+        return getattr(importlib.import_module(module), attr)(cfg)
 
 
+# The commands, in one table: the dispatcher, the help and the Hydra app read it. Each command's
+# config is conf/<name>.yaml, typed by its schema in modlab.cli.schema.
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("train", "train", "train or fine-tune a model", "modlab train +experiment=showo_dense"),
-        Command("eval", "eval", "evaluate a checkpoint on the held-out test split", "modlab eval ckpt_path=PATH"),
         Command(
-            "generate",
+            "train", "train or fine-tune a model", "modlab train +experiment=showo_dense", "modlab.cli.train:train"
+        ),
+        Command(
+            "eval",
+            "evaluate a checkpoint on the held-out test split",
+            "modlab eval ckpt_path=PATH",
+            "modlab.cli.evaluate:evaluate",
+        ),
+        Command(
             "generate",
             "sample T2I images (PNG grid) and MMU answers (text) from a checkpoint",
             "modlab generate ckpt_path=PATH",
+            "modlab.cli.generate:generate",
         ),
         Command(
-            "analyze",
             "analyze",
             "analyse a checkpoint: attention, importance, redundancy (+ routing plan), interactions",
             "modlab analyze redundancy ckpt_path=PATH",
+            "modlab.cli.analyze:analyze",
         ),
         Command(
             "compare",
-            "compare",
             "one table of metrics and FLOPs across run directories, and a Pareto plot",
             "modlab compare outputs/train/showo_dense/RUN outputs/train/showo_unimod/RUN",
+            "modlab.cli.compare:compare",
         ),
     )
-}
-
-# `modlab analyze <job>`: the jobs (modlab.analysis.config.JOBS) and what each writes
-ANALYSIS_JOBS = {
-    "attention": "attention to text vs image tokens per layer, task and query modality; mean attention maps",
-    "importance": "drop-one-layer task losses and metrics; LLM-Drop 1 - cos importance of every sublayer",
-    "redundancy": "ARank (rank of Q_h K_h^T) per layer and task; writes a routing plan (routing.plan=<file>)",
-    "interactions": "single-task vs joint training; a shared router with a joint budget vs task routers",
 }
 
 
@@ -62,45 +68,73 @@ class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit code 2."""
 
 
+def _table(header: str, rows: list[tuple[str, str]]):
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
+    table.add_column(header, style="bold cyan")
+    table.add_column("what it does")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def print_help() -> None:
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
+
+    from modlab.families import REGISTRY
 
     console = Console()
     console.print("[bold]modlab[/bold] — dynamic-depth transformers (MoD, UniMoD, MindSkip) from one command line\n")
     console.print(escape("usage: modlab <command> [hydra overrides...]"), highlight=False)
     console.print("       modlab <command> --help    (the command's config groups and options)\n", highlight=False)
-    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
-    table.add_column("command", style="bold cyan")
-    table.add_column("what it does")
-    for c in COMMANDS.values():
-        table.add_row(c.name, c.summary)
-    console.print(table)
+    console.print(_table("command", [(c.name, c.summary) for c in COMMANDS.values()]))
     console.print("\nexamples:", style="bold")
     for c in COMMANDS.values():
         console.print(f"  {c.usage}", highlight=False)
+    console.print("\nmodel families (model.arch):", style="bold")
+    console.print(_table("family", [(f.name, f.summary) for f in REGISTRY.values()]))
     console.print(
         "\nHydra flags work as usual: -m (multirun sweeps), --cfg job, --info, hydra.run.dir=...", highlight=False
     )
     console.print("Set MODLAB_DEBUG=1 to see full tracebacks.")
 
 
+def print_analysis_jobs() -> None:
+    from rich.console import Console
+
+    from modlab.analysis.jobs import JOBS
+
+    console = Console()
+    console.print("usage: modlab analyze <job> ckpt_path=PATH [overrides...]\n", highlight=False)
+    console.print(
+        _table("job", [(j.name, f"{j.summary} (families: {', '.join(j.families())})") for j in JOBS.values()])
+    )
+    console.print("\nEach job writes results.json, CSV tables and PNG plots into its run directory.", highlight=False)
+    console.print(
+        "A Hugging Face LM needs no checkpoint: model=hf_causal_lm model.path=DIR instead of ckpt_path.",
+        highlight=False,
+    )
+
+
 def rewrite_argv(argv: list[str]) -> list[str]:
-    """Turn `modlab <command> args...` into Hydra's argv (`--config-name=<cfg> args...`)."""
+    """Turn `modlab <command> args...` into Hydra's argv (`--config-name=<command> args...`)."""
     if argv and (argv[0].startswith("--config-name") or argv[0] in ("-cn",)):
         return argv  # already Hydra's form (e.g. a Lightning DDP child relaunch)
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         raise UserError(f"unknown command '{command}' (commands: {', '.join(COMMANDS)})")
     if command == "analyze":  # `analyze <job> ...` -> `--config-name=analyze analysis=<job> ...`
+        from modlab.analysis.jobs import JOBS
+
         job = rest[0] if rest else ""
-        if job not in ANALYSIS_JOBS:
-            raise UserError(f"unknown analysis job '{job}' (jobs: {', '.join(ANALYSIS_JOBS)})")
+        if job not in JOBS:
+            raise UserError(f"unknown analysis job '{job}' (jobs: {', '.join(JOBS)})")
         rest = [f"analysis={job}", *rest[1:]]
     if command == "compare":  # run directories are positional: `runs=[...]` for Hydra
         rest = compare_argv(rest)
-    return [f"--config-name={COMMANDS[command].config_name}", *rest]
+    return [f"--config-name={command}", *rest]
 
 
 def compare_argv(args: list[str]) -> list[str]:
@@ -110,26 +144,6 @@ def compare_argv(args: list[str]) -> list[str]:
         return args
     quoted = ",".join("'" + d.replace("\\", "\\\\").replace("'", "\\'") + "'" for d in dirs)
     return [f"runs=[{quoted}]", *[a for a in args if a not in dirs]]
-
-
-def print_analysis_jobs() -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print("usage: modlab analyze <job> ckpt_path=PATH [overrides...]\n", highlight=False)
-    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
-    table.add_column("job", style="bold cyan")
-    table.add_column("what it measures")
-    for name, summary in ANALYSIS_JOBS.items():
-        table.add_row(name, summary)
-    console.print(table)
-    console.print("\nEach job writes results.json, CSV tables and PNG plots into its run directory.", highlight=False)
-    console.print(
-        "Causal LMs: importance and redundancy of an lm_pretrain checkpoint; importance of a Hugging Face LM "
-        "with model=hf_causal_lm model.path=DIR instead of ckpt_path.",
-        highlight=False,
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

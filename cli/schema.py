@@ -20,53 +20,13 @@ from modlab.errors import ConfigError
 from modlab.mindskip.config import MindSkipConfig
 from modlab.models.config import ModelConfig
 from modlab.routing.config import RoutingConfig
-from modlab.tasks.config import EvalConfig, TaskConfig
-
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
-
-
-@dataclass
-class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: int = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "auto"  # auto: bf16-mixed where the hardware has fast bf16, else 32-true
-    max_steps: int = 600
-    val_check_interval: int = 200  # optimiser steps between validations
-    val_batches: int = 0  # batches per validation; 0: the whole validation split
-    log_every_n_steps: int = 25
-    gradient_clip_val: float = 1.0
-    fast_dev_run: int = 0  # > 0: run that many batches of fit and test, no checkpoints
-    deterministic: bool = False
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision '{self.precision}' is unknown ({', '.join(PRECISIONS)})")
-        if self.max_steps < 1 or self.devices < 1 or self.num_nodes < 1:
-            raise ConfigError("trainer.max_steps, trainer.devices and trainer.num_nodes must be >= 1")
-        if self.val_check_interval < 1 or self.log_every_n_steps < 1 or self.fast_dev_run < 0:
-            raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
-        if self.gradient_clip_val < 0 or self.val_batches < 0:
-            raise ConfigError("trainer.gradient_clip_val and trainer.val_batches must be >= 0")
-
-
-@dataclass
-class CallbacksConfig:
-    progress_bar: bool = True  # rich progress bar
-    model_summary: bool = True  # rich model summary at the start
-    checkpoint: bool = True  # last.ckpt + best-*.ckpt (by `monitor`)
-    monitor: str = "val/loss"
-    lr_monitor: bool = True
-
-
-@dataclass
-class LoggerConfig:
-    kind: str = "csv"  # csv | none
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("csv", "none"):
-            raise ConfigError(f"logger.kind '{self.kind}' is unknown (csv, none)")
+from modlab.training.config import (
+    CallbacksConfig,
+    EvalConfig,
+    LoggerConfig,
+    ObjectiveConfig,
+    TrainerConfig,
+)
 
 
 @dataclass
@@ -80,11 +40,12 @@ class TrainConfig:
     experiment_name: str = "default"
     seed: int = 42
     init_from: str | None = None  # a checkpoint to fine-tune from (dense -> routed: UniMoD's protocol)
+    dry_run: bool = False  # build the model and data, measure a step's training FLOPs, train nothing
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
-    mindskip: MindSkipConfig = field(default_factory=MindSkipConfig)  # task=lm: Router-Tuning
+    mindskip: MindSkipConfig = field(default_factory=MindSkipConfig)  # objective=lm: Router-Tuning
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -21,7 +21,7 @@ import torch
 
 from modlab.data.config import DataConfig
 from modlab.models.config import ModelConfig
-from modlab.models.unified_models import build_unified_model
+from modlab.training.unified import build_unified_model
 
 
 def _interleaved_seconds(fns: dict, repeats: int = 9, warmup: int = 2) -> dict:
@@ -40,8 +40,8 @@ def _interleaved_seconds(fns: dict, repeats: int = 9, warmup: int = 2) -> dict:
 
 def _experiment_batches():
     """One training step's task batches of the showo experiments (the default data config)."""
-    from modlab.tasks.config import EvalConfig
-    from modlab.tasks.digits_datamodule import DigitsDataModule
+    from modlab.training.config import EvalConfig
+    from modlab.training.digits_datamodule import DigitsDataModule
 
     dm = DigitsDataModule(DataConfig(), EvalConfig())
     return dm, [next(iter(loader)) for loader in dm.train_dataloader().iterables.values()]
@@ -51,7 +51,7 @@ def _train_step(model, batches: list[dict], bf16: bool):
     """A step as UnifiedModule trains: one forward per task batch, one backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    from modlab.routing.plan import causal_routing_stats
+    from modlab.routing.install import causal_routing_stats
 
     def batch_loss(b: dict) -> torch.Tensor:
         loss = sum(model.task_losses(model.training_batch(b, 0.1)).values())
@@ -90,7 +90,7 @@ def routed_training_step() -> list[dict]:
     import modlab.conf
     from modlab.flops import last_train_step_flops
     from modlab.routing.config import RoutingConfig
-    from modlab.routing.plan import apply_routing
+    from modlab.routing.install import apply_routing
 
     conf = Path(modlab.conf.__file__).parent / "routing"  # the experiments' routing configs
     dm, batches = _experiment_batches()
@@ -126,7 +126,7 @@ def routed_block_speed(
     from modlab.flops import block_forward_flops, router_forward_flops
     from modlab.models.omni_attention import causal_mask
     from modlab.models.transformer import Block
-    from modlab.routing.plan import RouteInfo
+    from modlab.routing.install import RouteInfo
     from modlab.routing.routed_block import RoutedBlock
 
     cfg = ModelConfig(d_model=d, n_layer=1, n_head=n_head)
@@ -295,7 +295,8 @@ def main() -> None:
         results["mindskip_generation"] = rows = mindskip_generation_speed()
     console.print(
         _table(
-            f"MindSkip batch-1 generation, capacity 0.5 (layers {rows[0]['closed_layers']} skipped) vs base (d=96, 8 layers, fp32)",
+            f"MindSkip batch-1 generation, capacity 0.5 (layers {rows[0]['closed_layers']} skipped) "
+            "vs base (d=96, 8 layers, fp32)",
             (
                 "context",
                 "prefill tok/s base",

@@ -50,7 +50,7 @@ FAMILIES = (
 )
 
 # Fine-tuning a trained model: a lower peak learning rate and a short warm-up.
-FINETUNE = ["task.lr=1e-3", "task.warmup_steps=20"]
+FINETUNE = ["objective.lr=1e-3", "objective.warmup_steps=20"]
 # --quick: a tiny model and a few steps of everything (tests/test_reproduce.py)
 QUICK = [
     "debug=fast",
@@ -80,12 +80,6 @@ def experiment_exists(name: str) -> bool:
     return (Path(modlab.conf.__file__).parent / "experiment" / f"{name}.yaml").is_file()
 
 
-def analysis_available() -> bool:
-    from modlab.cli.main import COMMANDS
-
-    return "analyze" in COMMANDS
-
-
 def run_modlab(args: list[str], run_dir: Path) -> None:
     """One `modlab` command with its run directory at `run_dir`, output in `<run_dir>.log`."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -106,35 +100,12 @@ def train(experiment: str, overrides: list[str], run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def probe_flops_per_step(experiment: str, overrides: list[str], n_batches: int = 4) -> float:
-    """Training FLOPs per step of a config, as metrics.json reports them (routing-aware, on
-    the rows really drawn), measured on a few training batches through the initialised model."""
-    import torch
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from modlab.cli.app import CONF_DIR
-    from modlab.cli.runtime import init_from_checkpoint
-    from modlab.cli.schema import validate
-    from modlab.tasks.digits_datamodule import DigitsDataModule
-    from modlab.tasks.unified import UnifiedModule
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        c = validate(compose(config_name="train", overrides=[f"+experiment={experiment}", *overrides]))
-    module = UnifiedModule.from_configs(c.model, c.data, c.task, c.eval, c.routing, seed=c.seed)
-    if c.init_from:
-        init_from_checkpoint(module, c.init_from)
-    dm = DigitsDataModule(c.data, c.eval, image_tokenizer=module.image_tokenizer if c.init_from else None)
-    iterators = {task: iter(dl) for task, dl in dm.train_dataloader().iterables.items()}
-    total = 0.0
-    with torch.no_grad():
-        for _ in range(n_batches):
-            for it in iterators.values():  # one forward per task batch, as a training step runs
-                batch = module.model.training_batch(next(it))
-                module.model.task_losses(batch)
-                total += module.step_flops(*batch["ids"].shape)[0]
-    return total / n_batches
+def probe_flops_per_step(experiment: str, overrides: list[str], run_dir: Path) -> float:
+    """Training FLOPs per step of a config, as metrics.json reports them (routing-aware, on the
+    rows really drawn): `modlab train ... dry_run=true` measures a few training batches through
+    the initialised model and trains nothing."""
+    run_modlab(["train", f"+experiment={experiment}", *overrides, "dry_run=true"], run_dir)
+    return json.loads((run_dir / "metrics.json").read_text())["train/flops_per_step"]
 
 
 # ---- the comparison ------------------------------------------------------------------------
@@ -153,10 +124,8 @@ def run_family(
     ckpt = dense.run_dir / "checkpoints" / "last.ckpt"
 
     unimod_overrides, unimod_note = [], "conf/routing/unimod.yaml capacities"
-    if skip_analysis or not analysis_available():
-        print(
-            f"[{fam.name}] analysis: skipped ({'--skip-analysis' if skip_analysis else 'no `modlab analyze` command'})"
-        )
+    if skip_analysis:
+        print(f"[{fam.name}] analysis: skipped (--skip-analysis)")
     else:
         print(f"[{fam.name}] analysis: ARank redundancy -> routing plan", flush=True)
         analysis_dir = out / fam.name / "analysis"
@@ -178,7 +147,7 @@ def run_family(
         ("UniMoD", "unimod", fam.unimod, unimod_overrides, unimod_note),
     ):
         common = [*extra, f"init_from={ckpt}", *FINETUNE, *overrides]
-        per_step = probe_flops_per_step(experiment, common)
+        per_step = probe_flops_per_step(experiment, common, out / fam.name / f"{dirname}_flops_probe")
         steps = max(1, round(budget / per_step))
         print(f"[{fam.name}] {method}: {experiment}, {per_step / 1e9:.2f} GFLOPs/step -> {steps} steps", flush=True)
         row = Row(fam.name, method, out / fam.name / dirname, note=note)
@@ -255,7 +224,8 @@ def write_table(
         m = r.metrics
         lines.append(
             f"Scorer ceilings ({r.family}, real test scenes after the image tokenizer): "
-            f"T2I {m.get('test/t2i_acc_tokenized', math.nan):.3f}, FID {m.get('test/t2i_fid_tokenized', math.nan):.2f}; "
+            f"T2I {m.get('test/t2i_acc_tokenized', math.nan):.3f}, "
+            f"FID {m.get('test/t2i_fid_tokenized', math.nan):.2f}; "
             f"reference classifier on real test digits {m.get('test/ref_classifier_acc', math.nan):.3f}."
         )
     for s in skipped:
@@ -267,21 +237,20 @@ def write_table(
 
 
 def write_pareto(rows: list[Row], out: Path) -> Path:
-    from modlab.evaluation.plots import save_pareto_plot
+    from modlab.analysis.plots import plot_pareto
 
+    x = "training GFLOPs per step"
     points = [
         {
             "label": f"{r.family} {r.method}",
             "family": r.family,
-            "x": r.metrics.get("train/flops_per_step", math.nan) / 1e9,
-            "y": {
-                "MMU accuracy": r.metrics.get("test/mmu_acc", math.nan),
-                "T2I accuracy": r.metrics.get("test/t2i_acc", math.nan),
-            },
+            x: r.metrics.get("train/flops_per_step", math.nan) / 1e9,
+            "MMU accuracy": r.metrics.get("test/mmu_acc", math.nan),
+            "T2I accuracy": r.metrics.get("test/t2i_acc", math.nan),
         }
         for r in rows
     ]
-    return save_pareto_plot(points, "training GFLOPs per step", out / "pareto.png")
+    return plot_pareto(points, x, {"MMU accuracy": True, "T2I accuracy": True}, out / "pareto.png", group="family")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -332,4 +301,4 @@ if __name__ == "__main__":
         main()
     except RuntimeError as e:
         sys.stderr.write(f"modlab reproduce: error: {e}\n")
-        raise SystemExit(1)
+        raise SystemExit(1) from None

@@ -22,7 +22,7 @@ from modlab.errors import ConfigError
 from modlab.models.config import ModelConfig
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.showo import ShowO
-from modlab.routing.plan import install_routing
+from modlab.routing.install import install_routing
 
 SP = TokenSpace(17)
 CFG = ModelConfig(d_model=32, n_layer=4, n_head=2)

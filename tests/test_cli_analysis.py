@@ -39,13 +39,13 @@ def save_tiny_unified(path: Path, arch: str = "showo") -> Path:
     from modlab.analysis.interactions import RowSampler, train_steps
     from modlab.data.config import DataConfig
     from modlab.models.config import ModelConfig
-    from modlab.tasks.config import EvalConfig, TaskConfig
-    from modlab.tasks.digits_datamodule import DigitsDataModule
-    from modlab.tasks.unified import UnifiedModule
+    from modlab.training.config import EvalConfig, ObjectiveConfig
+    from modlab.training.digits_datamodule import DigitsDataModule
+    from modlab.training.unified import UnifiedModule
 
     torch.manual_seed(0)
     module = UnifiedModule.from_configs(
-        ModelConfig(arch=arch, d_model=32, n_head=2, n_layer=4), DataConfig(), TaskConfig(), EvalConfig()
+        ModelConfig(arch=arch, d_model=32, n_head=2, n_layer=4), DataConfig(), ObjectiveConfig(), EvalConfig()
     )
     dm = DigitsDataModule(module.data_cfg, module.eval_cfg)
     module.image_tokenizer = dm.image_tokenizer
@@ -214,7 +214,7 @@ def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
     from modlab.analysis.calibration import calibration_batches
     from modlab.data.config import DataConfig
     from modlab.data.tokens import IGNORE_INDEX
-    from modlab.tasks.checkpoint import load_pretrained_lm
+    from modlab.training.checkpoint import load_pretrained_lm
 
     lm, _, hp = load_pretrained_lm(str(lm_pretrained))
     (batch,) = calibration_batches(DataConfig(**hp["data"]), None, ["lm"], 6, seed=0, split="val")["lm"]

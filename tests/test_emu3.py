@@ -9,7 +9,7 @@ from modlab.data.rows import collate_rows, mmu_row, t2i_row
 from modlab.data.tokens import IGNORE_INDEX, TokenSpace
 from modlab.models.config import ModelConfig
 from modlab.models.emu3 import Emu3
-from modlab.routing.plan import install_routing, threshold_routing
+from modlab.routing.install import install_routing, threshold_routing
 
 CFG = ModelConfig(arch="emu3", d_model=32, n_layer=2, n_head=2)
 SP = TokenSpace(17)

@@ -12,7 +12,7 @@ from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
 from modlab.models.showo import ShowO
 from modlab.routing.config import RoutingConfig
-from modlab.routing.plan import apply_routing, causal_routing_stats
+from modlab.routing.install import apply_routing, causal_routing_stats
 
 SP = TokenSpace(17)
 CFG = ModelConfig(d_model=64, n_layer=4, n_head=4)

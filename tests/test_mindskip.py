@@ -21,7 +21,7 @@ from modlab.mindskip.static_drop import attention_similarity, layers_to_drop
 from modlab.models.causal_lm import CausalLM
 from modlab.models.config import ModelConfig
 from modlab.models.hf_causal_lm import load_hf_causal_lm
-from modlab.tasks.config import EvalConfig, TaskConfig
+from modlab.training.config import EvalConfig, ObjectiveConfig
 
 CFG = ModelConfig(arch="lm", d_model=32, n_layer=4, n_head=2)
 
@@ -220,11 +220,11 @@ def test_routed_layers_default_and_errors():
 @pytest.fixture(scope="module")
 def base_ckpt(tmp_path_factory):
     """A real (tiny, 3-step) pretrained LM checkpoint written by Lightning."""
-    from modlab.tasks.lm import LMModule
-    from modlab.tasks.text_datamodule import TextDataModule
+    from modlab.training.lm import LMModule
+    from modlab.training.text_datamodule import TextDataModule
 
     data = DataConfig(name="text", lm_length=32, batch_size={"lm": 8}, eval_batch_size=32, lm_train_rows=64)
-    module = LMModule.from_configs(CFG, data, TaskConfig(name="lm"), EvalConfig(lm_max_rows=8), MindSkipConfig())
+    module = LMModule.from_configs(CFG, data, ObjectiveConfig(name="lm"), EvalConfig(lm_max_rows=8), MindSkipConfig())
     trainer = L.Trainer(
         max_steps=3,
         logger=False,
@@ -241,14 +241,14 @@ def base_ckpt(tmp_path_factory):
 
 
 def tuning_module(base_ckpt, **mindskip):
-    from modlab.tasks.lm import LMModule
+    from modlab.training.lm import LMModule
 
     path, data = base_ckpt
     skip = MindSkipConfig(**{"enabled": True, "n_routed": 2, "lam": 1.0, "target_capacity": 0.5, **mindskip})
     return LMModule.from_configs(
         CFG,
         data,
-        TaskConfig(name="lm", lr=0.05, warmup_steps=0, weight_decay=0.0),
+        ObjectiveConfig(name="lm", lr=0.05, warmup_steps=0, weight_decay=0.0),
         EvalConfig(lm_max_rows=8),
         skip,
         base=str(path),
@@ -256,7 +256,7 @@ def tuning_module(base_ckpt, **mindskip):
 
 
 def test_router_tuning_trains_the_routers_alone(base_ckpt):
-    from modlab.tasks.text_datamodule import TextDataModule
+    from modlab.training.text_datamodule import TextDataModule
 
     module = tuning_module(base_ckpt)
     frozen = {k: v.clone() for k, v in module.lm.state_dict().items() if ".router." not in k}
@@ -313,11 +313,11 @@ def test_router_file_round_trip(base_ckpt, tmp_path):
 
 
 def test_router_tuning_needs_a_pretrained_base():
-    from modlab.tasks.lm import LMModule
+    from modlab.training.lm import LMModule
 
     with pytest.raises(ConfigError, match="needs init_from"):
         LMModule.from_configs(
-            CFG, DataConfig(name="text"), TaskConfig(name="lm"), EvalConfig(), MindSkipConfig(enabled=True, n_routed=2)
+            CFG, DataConfig(name="text"), ObjectiveConfig(name="lm"), EvalConfig(), MindSkipConfig(enabled=True, n_routed=2)
         )
 
 

@@ -13,7 +13,7 @@ from modlab.errors import ConfigError
 from modlab.models.config import ModelConfig
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.transformer import Block, Transformer
-from modlab.routing.plan import RouteInfo, install_routing, routed_blocks, threshold_routing
+from modlab.routing.install import RouteInfo, install_routing, routed_blocks, threshold_routing
 from modlab.routing.routed_block import RoutedBlock
 from modlab.routing.topk import tokens_to_keep, topk_select
 

@@ -12,7 +12,7 @@ from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 from modlab.models.transformer import Block
 from modlab.routing.config import RoutingConfig, ScheduleConfig
-from modlab.routing.plan import set_anneal_fraction
+from modlab.routing.install import set_anneal_fraction
 from modlab.routing.plan_file import RoutingPlan, TaskPlan, load_plan, save_plan
 from modlab.routing.routed_block import RoutedBlock
 from modlab.routing.schedule import anneal_fraction, annealed_capacity

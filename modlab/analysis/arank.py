@@ -80,7 +80,8 @@ def arank_analysis(
     advance: Callable[[], None] | None = None,
 ) -> list[dict]:
     """One row per (task, layer): arank (mean rank), arank_std (over rows), arank_norm (rank / n),
-    arank_rel (rank / its bound: min(n, head_dim) pre-softmax, n post-softmax), seq_len (mean n) and head_arank (mean rank per head)."""
+    arank_rel (rank / its bound: min(n, head_dim) pre-softmax, n post-softmax), seq_len (mean n) and
+    head_arank (mean rank per head)."""
     out = []
     for task, task_batches in batches.items():
         per_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(subject.n_layer)}

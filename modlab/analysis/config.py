@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 
-JOBS = ("attention", "importance", "redundancy", "interactions")
 ARANK_KINDS = ("pre_softmax", "post_softmax")
 
 
@@ -122,5 +121,7 @@ class AnalysisConfig:
     interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
 
     def __post_init__(self) -> None:
+        from modlab.analysis.jobs import JOBS
+
         if self.job not in JOBS:
             raise ConfigError(f"unknown analysis job '{self.job}' (jobs: {', '.join(JOBS)})")

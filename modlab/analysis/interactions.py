@@ -27,7 +27,7 @@ from modlab.data.rows import collate_rows
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.showo import ShowO
-from modlab.routing.plan import RouteInfo, install_routing
+from modlab.routing.install import RouteInfo, install_routing
 from modlab.routing.routed_block import RoutedBlock
 
 

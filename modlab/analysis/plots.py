@@ -76,30 +76,41 @@ def plot_attention_maps(maps: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_pareto(points: list[dict], x: str, metrics: dict[str, bool], path: Path) -> Path:
-    """points: dicts with `label`, x and metric values; one panel per metric (True: higher is
-    better), the Pareto front (least x for the best metric) drawn as a step line."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+def plot_pareto(points: list[dict], x: str, metrics: dict[str, bool], path: Path, group: str | None = None) -> Path:
+    """points: dicts with `label`, x and metric values (and `<metric>_std` for an error bar); one
+    panel per metric (True: higher is better). The Pareto front (no other point is cheaper and
+    better) is drawn as a step line, one per `group` value when `group` names a key (e.g. family)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 3.9), squeeze=False)
     for ax, (metric, higher_better) in zip(axes[0], metrics.items()):
-        pts = [p for p in points if p.get(metric) is not None and p.get(x) is not None]
-        for p in pts:
-            ax.scatter(p[x], p[metric], s=30)
-            ax.annotate(p["label"], (p[x], p[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front(pts, x, metric, higher_better)
-        if front:
-            ax.step(
-                [p[x] for p in front],
-                [p[metric] for p in front],
-                where="post",
-                color="black",
-                alpha=0.5,
-                label="Pareto front",
-            )
+        pts = [p for p in points if _finite(p.get(metric)) and _finite(p.get(x))]
+        groups = list(dict.fromkeys(p.get(group) for p in pts)) if group else [None]
+        for i, g in enumerate(groups):
+            mine = [p for p in pts if group is None or p.get(group) == g]
+            color = f"C{i}"
+            for p in mine:
+                ax.errorbar(p[x], p[metric], yerr=p.get(f"{metric}_std"), fmt="o", ms=5, color=color, capsize=3)
+                label = str(p["label"]).removeprefix(str(g)).strip() if g is not None else p["label"]
+                ax.annotate(label, (p[x], p[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            front = pareto_front(mine, x, metric, higher_better)
+            if len(front) > 1 or (front and group is None):
+                ax.step(
+                    [p[x] for p in front],
+                    [p[metric] for p in front],
+                    where="post",
+                    color="black" if g is None else color,
+                    alpha=0.5,
+                    label="Pareto front" if g is None else f"{g} (Pareto front)",
+                )
+        if pts:
             ax.legend(fontsize=8)
         ax.set_xlabel(x)
         ax.set_ylabel(metric + (" (higher is better)" if higher_better else " (lower is better)"))
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
 
 
 def pareto_front(points: list[dict], x: str, metric: str, higher_better: bool) -> list[dict]:

@@ -6,12 +6,10 @@ from dataclasses import dataclass
 
 from modlab.errors import ConfigError
 
-ARCHS = ("showo", "emu3", "lm", "hf")
-
 
 @dataclass
 class ModelConfig:
-    arch: str = "showo"  # showo: omni-attention + masked image modelling | emu3: causal, all next-token | lm: tiny causal LM | hf: transformers
+    arch: str = "showo"  # the model family (modlab.families): showo, emu3, lm, hf, ...
     d_model: int = 128
     n_layer: int = 4
     n_head: int = 4
@@ -25,10 +23,10 @@ class ModelConfig:
     path: str | None = None  # arch=hf: a local Hugging Face model directory (the sizes above are unused)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"model.arch '{self.arch}' is unknown (known: {', '.join(ARCHS)})")
-        if self.arch == "hf" and not self.path:
-            raise ConfigError("model=hf_causal_lm needs model.path=<a local Hugging Face model directory>")
+        from modlab.families import get_family
+
+        if get_family(self.arch).requires_path and not self.path:
+            raise ConfigError(f"model.arch={self.arch} needs model.path=<a local model directory>")
         for name in ("d_model", "n_layer", "n_head"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")

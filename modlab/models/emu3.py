@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID
 from modlab.models.omni_attention import causal_mask
 from modlab.models.showo import ShowO, drop_captions
-from modlab.routing.plan import threshold_routing
+from modlab.routing.install import threshold_routing
 
 
 class Emu3(ShowO):

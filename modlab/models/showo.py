@@ -21,7 +21,7 @@ from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS, TEXT_VOCAB, TokenSp
 from modlab.models.config import ModelConfig
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.transformer import Transformer
-from modlab.routing.plan import RouteInfo, threshold_routing
+from modlab.routing.install import RouteInfo, threshold_routing
 
 
 def drop_captions(batch: dict, cond_dropout: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -70,12 +70,15 @@ class RoutingPlan:
         }
 
 
+def plan_text(plan: RoutingPlan) -> str:
+    """The plan file's YAML text."""
+    return "# modlab routing plan (see modlab/routing/plan_file.py)\n" + yaml.safe_dump(plan.to_dict(), sort_keys=False)
+
+
 def save_plan(plan: RoutingPlan, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "# modlab routing plan (see modlab/routing/plan_file.py)\n" + yaml.safe_dump(plan.to_dict(), sort_keys=False)
-    )
+    path.write_text(plan_text(plan))
     return path
 
 

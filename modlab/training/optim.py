@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from modlab.tasks.config import TaskConfig
+from modlab.training.config import ObjectiveConfig
 
 
-def adamw_warmup_cosine(params, t: TaskConfig, total_steps: int) -> dict:
+def adamw_warmup_cosine(params, t: ObjectiveConfig, total_steps: int) -> dict:
     """Lightning's configure_optimizers dict. Frozen parameters (requires_grad=False) are left
     out, so the optimizer holds exactly what is trained."""
     params = [p for p in params if p.requires_grad]

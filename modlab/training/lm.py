@@ -27,13 +27,13 @@ from torchmetrics.text import Perplexity
 
 from modlab.data.config import DataConfig
 from modlab.data.tokens import IGNORE_INDEX
-from modlab.errors import CheckpointError, ConfigError
+from modlab.errors import CheckpointError
 from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
 from modlab.models.config import ModelConfig
-from modlab.tasks.checkpoint import LM_KIND, build_lm, load_lm_weights, read_lm_checkpoint
-from modlab.tasks.config import EvalConfig, TaskConfig
-from modlab.tasks.optim import adamw_warmup_cosine
+from modlab.training.checkpoint import LM_KIND, build_lm, load_lm_weights, module_hparams, read_lm_checkpoint
+from modlab.training.config import EvalConfig, ObjectiveConfig
+from modlab.training.optim import adamw_warmup_cosine
 
 ROUTER_PREFIX = "skip.routers."
 
@@ -43,7 +43,7 @@ class LMModule(L.LightningModule):
         self,
         model: dict,
         data: dict,
-        task: dict,
+        objective: dict,
         eval: dict,
         mindskip: dict | None = None,
         base: str | None = None,
@@ -53,15 +53,13 @@ class LMModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg, self.data_cfg = ModelConfig(**model), DataConfig(**data)
-        self.task_cfg, self.eval_cfg = TaskConfig(**task), EvalConfig(**eval)
+        self.objective_cfg, self.eval_cfg = ObjectiveConfig(**objective), EvalConfig(**eval)
         self.skip_cfg = MindSkipConfig(**(mindskip or {}))
         self.lm, self.tokenizer = build_lm(self.model_cfg)
         if base is not None:
             load_lm_weights(self.lm, base, "the base checkpoint")
         self.skip: MindSkip | None = None
         if self.skip_cfg.enabled:
-            if self.model_cfg.arch == "lm" and base is None:
-                raise ConfigError("router tuning a native LM needs init_from=<an lm_pretrain checkpoint>")
             s = self.skip_cfg
             self.lm.requires_grad_(False)
             layers = s.routed_layers(self.lm.n_layer, getattr(self.lm, "always_runs", frozenset()))
@@ -75,13 +73,13 @@ class LMModule(L.LightningModule):
         cls,
         model: ModelConfig,
         data: DataConfig,
-        task: TaskConfig,
+        objective: ObjectiveConfig,
         eval: EvalConfig,
         mindskip: MindSkipConfig,
         base: str | None = None,
         seed: int = 0,
     ):
-        return cls(asdict(model), asdict(data), asdict(task), asdict(eval), asdict(mindskip), base, seed)
+        return cls(asdict(model), asdict(data), asdict(objective), asdict(eval), asdict(mindskip), base, seed)
 
     # ---- checkpoints: a router-tuned one holds the routers alone --------------------------------
 
@@ -151,7 +149,7 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self):
         steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        return adamw_warmup_cosine(self.parameters(), self.task_cfg, steps)
+        return adamw_warmup_cosine(self.parameters(), self.objective_cfg, steps)
 
     # ---- test -----------------------------------------------------------------------------------
 
@@ -170,7 +168,7 @@ def load_lm_module(ckpt_path: str) -> LMModule:
     """An LMModule from an LM checkpoint (a router-tuned one rebuilds its base first)."""
     ckpt = read_lm_checkpoint(ckpt_path)
     try:
-        module = LMModule(**ckpt["hyper_parameters"])
+        module = LMModule(**module_hparams(ckpt["hyper_parameters"]))
     except (TypeError, KeyError) as e:
         raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
     module.on_load_checkpoint(ckpt)

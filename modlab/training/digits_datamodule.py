@@ -31,7 +31,7 @@ from modlab.data.rows import (
 )
 from modlab.data.text_corpus import load_corpus, split_corpus
 from modlab.data.tokens import TokenSpace
-from modlab.tasks.config import EvalConfig
+from modlab.training.config import EvalConfig
 
 
 def image_tokenizer_for(cfg: DataConfig):

@@ -12,7 +12,7 @@ from modlab.data.config import DataConfig
 from modlab.data.rows import LMRows, collate_rows
 from modlab.data.text_corpus import corpus_tokens
 from modlab.errors import DataError
-from modlab.tasks.config import EvalConfig
+from modlab.training.config import EvalConfig
 
 
 def spread(n_total: int, n: int) -> list[int]:

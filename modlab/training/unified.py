@@ -29,24 +29,32 @@ from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.evaluation.scene_metrics import SceneMetrics
 from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
-from modlab.models.unified_models import build_unified_model
 from modlab.routing.config import RoutingConfig
-from modlab.routing.plan import apply_routing, causal_routing_stats, set_anneal_fraction
+from modlab.routing.install import apply_routing, causal_routing_stats, set_anneal_fraction
 from modlab.routing.schedule import anneal_fraction
-from modlab.tasks.config import EvalConfig, TaskConfig
-from modlab.tasks.digits_datamodule import image_tokenizer_for
-from modlab.tasks.optim import adamw_warmup_cosine
+from modlab.training.config import EvalConfig, ObjectiveConfig
+from modlab.training.digits_datamodule import image_tokenizer_for
+from modlab.training.optim import adamw_warmup_cosine
 
 MMU_TEST, T2I_TEST, LM_TEST = 0, 1, 2
 
 
+def build_unified_model(model_cfg: ModelConfig, space: TokenSpace, n_image_tokens: int):
+    """The model class of the unified family `model_cfg.arch` (Show-o-like, Emu3-like, ...)."""
+    from modlab.families import get_family
+
+    return get_family(model_cfg.arch).family().build_model(model_cfg, space, n_image_tokens)
+
+
 class UnifiedModule(L.LightningModule):
-    def __init__(self, model: dict, data: dict, task: dict, eval: dict, routing: dict | None = None, seed: int = 0):
+    def __init__(
+        self, model: dict, data: dict, objective: dict, eval: dict, routing: dict | None = None, seed: int = 0
+    ):
         super().__init__()
         # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module
         self.save_hyperparameters()
         self.model_cfg, self.data_cfg = ModelConfig(**model), DataConfig(**data)
-        self.task_cfg, self.eval_cfg = TaskConfig(**task), EvalConfig(**eval)
+        self.objective_cfg, self.eval_cfg = ObjectiveConfig(**objective), EvalConfig(**eval)
         self.routing_cfg = RoutingConfig(**(routing or {})).resolved(self.model_cfg.n_layer)
         self.hparams["routing"] = asdict(self.routing_cfg)  # a plan file's content, not its path
         self.image_tokenizer = image_tokenizer_for(self.data_cfg)  # replaced by the fitted one
@@ -64,12 +72,14 @@ class UnifiedModule(L.LightningModule):
         cls,
         model: ModelConfig,
         data: DataConfig,
-        task: TaskConfig,
+        objective: ObjectiveConfig,
         eval: EvalConfig,
         routing: RoutingConfig | None = None,
         seed: int = 0,
     ):
-        return cls(asdict(model), asdict(data), asdict(task), asdict(eval), asdict(routing or RoutingConfig()), seed)
+        return cls(
+            asdict(model), asdict(data), asdict(objective), asdict(eval), asdict(routing or RoutingConfig()), seed
+        )
 
     # ---- checkpoint: the fitted image tokenizer travels with the weights ---------------------
 
@@ -85,7 +95,7 @@ class UnifiedModule(L.LightningModule):
         """Task losses by their weights, plus the causal-routing loss: aux_bce shares the router
         with the main loss, so it is weighted (MoD: small); the predictor's loss trains only the
         stop-gradient predictor, so it enters at full weight without touching the model."""
-        w = self.task_cfg.loss_weights
+        w = self.objective_cfg.loss_weights
         loss = sum(w.get(k, 0.0) * v for k, v in losses.items() if k in w)
         if "router_aux" in losses:
             r = self.routing_cfg
@@ -126,7 +136,7 @@ class UnifiedModule(L.LightningModule):
         set_anneal_fraction(self.model, anneal_fraction(s.kind, self.global_step, s.anneal_steps))
 
     def training_step(self, combined, batch_idx: int):
-        losses, n, routed, dense = self._losses(combined, self.task_cfg.cond_dropout)
+        losses, n, routed, dense = self._losses(combined, self.objective_cfg.cond_dropout)
         loss = self._weighted_loss(losses)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         for k, v in losses.items():
@@ -164,7 +174,7 @@ class UnifiedModule(L.LightningModule):
 
     def configure_optimizers(self):
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        return adamw_warmup_cosine(self.parameters(), self.task_cfg, total)
+        return adamw_warmup_cosine(self.parameters(), self.objective_cfg, total)
 
     # ---- test ----------------------------------------------------------------------------------
 
@@ -224,3 +234,23 @@ class UnifiedModule(L.LightningModule):
             logged = m.t2i_metrics()
         for name, metric in logged.items():
             self.log(name, metric, add_dataloader_idx=False)
+
+
+def probe_training_flops(module: UnifiedModule, datamodule, n_batches: int = 4) -> dict[str, float]:
+    """Training FLOPs per step as metrics.json reports them (routing-aware, on the rows really
+    drawn), measured on `n_batches` training steps' batches through the model as it is, no
+    weight changed: what a run of this configuration will cost per step."""
+    iterators = {task: iter(dl) for task, dl in datamodule.train_dataloader().iterables.items()}
+    routed = dense = 0.0
+    with torch.no_grad():
+        for _ in range(n_batches):
+            for it in iterators.values():  # one forward per task batch, as a training step runs
+                batch = module.model.training_batch(next(it))
+                module.model.task_losses(batch)
+                r, d = module.step_flops(*batch["ids"].shape)
+                routed, dense = routed + r, dense + d
+    return {
+        "train/flops_per_step": routed / n_batches,
+        "train/flops_per_step_dense": dense / n_batches,
+        "train/flops_ratio": routed / dense,
+    }

@@ -1,0 +1,80 @@
+"""`modlab analyze redundancy`: ARank per layer and task (modlab.analysis.arank) and, for a
+unified model, the routing plan it implies (routing_plan.yaml, for `routing.plan=<file>`)."""
+
+from __future__ import annotations
+
+from modlab.analysis.report import JobResult, PlotSpec
+
+PLAN_FILE = "routing_plan.yaml"
+
+
+def run(c, target, progress) -> JobResult:
+    from modlab.analysis.arank import arank_analysis
+
+    subject, batches = target.subject, target.batches
+    a, p = c.analysis.arank, c.analysis.plan
+    L = subject.n_layer
+    rows = arank_analysis(
+        subject, batches, a.rtol, a.kind, progress.task(f"ARank ({a.kind})", sum(map(len, batches.values())))
+    )
+    val = {(r["task"], r["layer"]): r for r in rows}
+    series = {k: {t: [val[(t, i)][k] for i in range(L)] for t in batches} for k in ("arank", "arank_norm")}
+    panels = {"ARank (mean rank over heads)": series["arank"], "ARank / sequence length": series["arank_norm"]}
+    plots = [
+        PlotSpec(
+            "per_layer", "arank.png", {"panels": panels, "ylabel": "rank", "title": f"ARank, {a.kind}, rtol {a.rtol:g}"}
+        )
+    ]
+    shown_rows = [
+        [i, *[f"{val[(t, i)]['arank']:.1f} / {val[(t, i)]['arank_norm']:.3f}" for t in batches]] for i in range(L)
+    ]
+    result = JobResult(
+        tables={"arank": rows},
+        shown=[
+            (f"ARank per layer ({a.kind}, rtol {a.rtol:g}): rank / rank per token", ["layer", *batches], shown_rows)
+        ],
+        plots=plots,
+        extra=dict(target.info),
+    )
+    if not target.writes_plan:
+        result.notes.append(target.info.get("routing_plan_skipped", "this model gets no routing plan"))
+    elif p.write:
+        add_plan(c, target, series, result, progress)
+    return result
+
+
+def add_plan(c, target, series: dict, result: JobResult, progress) -> None:
+    """The routing plan from ARank (and LLM-Drop block importance with analysis.plan.importance)."""
+    from modlab.analysis.importance import llm_drop_importance
+    from modlab.analysis.plan_from_arank import plan_from_arank
+    from modlab.routing.plan_file import plan_text
+
+    subject, batches, a, p = target.subject, target.batches, c.analysis.arank, c.analysis.plan
+    importance = None
+    if p.importance:
+        advance = progress.task("LLM-Drop importance", sum(map(len, batches.values())))
+        blocks = {
+            (r["task"], r["layer"]): r["importance"]
+            for r in llm_drop_importance(subject, batches, advance)
+            if r["sublayer"] == "block"
+        }
+        importance = {t: [blocks[(t, i)] for i in range(subject.n_layer)] for t in batches}
+        result.extra["block_importance"] = importance
+    source = {
+        "ckpt_path": c.ckpt_path,
+        "job": "redundancy",
+        "arank_kind": a.kind,
+        "rtol": a.rtol,
+        "arank_norm": {t: [round(v, 4) for v in series["arank_norm"][t]] for t in batches},
+        "importance": bool(p.importance),
+        "calibration_rows": c.calibration.n_per_task,
+    }
+    plan = plan_from_arank(series["arank_norm"], p, importance, source)
+    result.files[PLAN_FILE] = plan_text(plan)
+    result.extra["routing_plan"] = {"path": PLAN_FILE, **plan.to_dict()}
+    plan_rows = [[t, str(tp.layers), str(tp.capacity)] for t, tp in plan.tasks.items()]
+    result.shown.append(("routing plan", ["task", "routed layers", "capacity"], plan_rows))
+    result.notes.append(
+        f"routing plan: {{out}}/{PLAN_FILE}\ntrain with it: modlab train +experiment=showo_unimod "
+        f"routing.plan={{out}}/{PLAN_FILE}"
+    )

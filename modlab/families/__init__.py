@@ -1,0 +1,154 @@
+"""Model families, registered once.
+
+A family is a kind of model modlab can train, load, evaluate and analyse (Show-o-like, Emu3-like,
+the tiny causal LM, a Hugging Face causal LM). `model.arch` names it, and so does every checkpoint
+(`hyper_parameters.model.arch`). Everything that differs between families lives behind one
+`ModelFamily` object (modlab.families.base); commands ask the registry for it instead of testing
+the architecture's name.
+
+The registry itself is cheap to import (no torch): `modlab --help`, `modlab analyze` and config
+validation read the specs; the implementation is imported only when a command really runs.
+
+Adding a family: one module with a `ModelFamily` subclass, one `register_family(FamilySpec(...))`
+entry (below, or from your own code before the command runs), and its `conf/model/<name>.yaml`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from modlab.errors import CheckpointError, ConfigError
+
+COMMANDS = ("train", "eval", "generate", "analyze")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What the CLI and the help need to know about a family without importing it."""
+
+    name: str  # the value of model.arch
+    summary: str
+    objective: str  # the objective config that trains it (conf/objective/<name>.yaml)
+    implementation: object  # "module:attribute" of its ModelFamily, or the object itself
+    analyses: tuple[str, ...] = ()  # the `modlab analyze` jobs it supports
+    routing: tuple[str, ...] = ()  # routing kinds besides dense (mod, unimod)
+    mindskip: bool = False  # Router-Tuning (MindSkip routers on attention)
+    commands: tuple[str, ...] = ("train", "eval", "analyze")
+    requires_path: bool = False  # model.path: the weights live in a local directory
+    _loaded: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def family(self):
+        """The ModelFamily object (imported on first use)."""
+        if "impl" not in self._loaded:
+            impl = self.implementation
+            if isinstance(impl, str):
+                module, _, attr = impl.partition(":")
+                impl = getattr(importlib.import_module(module), attr)
+            self._loaded["impl"] = impl
+        return self._loaded["impl"]
+
+    def require(self, command: str, what: str = "") -> None:
+        if command not in self.commands:
+            supported = [f.name for f in REGISTRY.values() if command in f.commands]
+            raise ConfigError(
+                f"{what or 'model.arch=' + self.name} is a {self.summary}: `modlab {command}` supports "
+                f"{', '.join(supported)}"
+            )
+
+    def check_training(self, run) -> None:
+        """One-line errors for settings this family cannot apply (never silently dropped)."""
+        self.require("train")
+        if run.objective.name != self.objective:
+            raise ConfigError(
+                f"model.arch={self.name} ({self.summary}) trains with objective={self.objective}, "
+                f"not objective={run.objective.name}"
+            )
+        if run.routing.kind != "dense" and run.routing.kind not in self.routing:
+            kinds = ", ".join(self.routing) or "none"
+            raise ConfigError(
+                f"routing={run.routing.kind} does not apply to model.arch={self.name} ({self.summary}); "
+                f"its routing kinds: {kinds}" + ("; it skips attention with mindskip=..." if self.mindskip else "")
+            )
+        if run.mindskip.enabled and not self.mindskip:
+            raise ConfigError(f"mindskip does not apply to model.arch={self.name} ({self.summary})")
+
+
+REGISTRY: dict[str, FamilySpec] = {}
+
+
+def register_family(spec: FamilySpec, replace: bool = False) -> FamilySpec:
+    if spec.name in REGISTRY and not replace:
+        raise ValueError(f"model family '{spec.name}' is already registered")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_family(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def family_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_family(name: str) -> FamilySpec:
+    if name not in REGISTRY:
+        raise ConfigError(f"model.arch '{name}' is unknown (model families: {', '.join(REGISTRY)})")
+    return REGISTRY[name]
+
+
+def families_for_analysis(job: str) -> list[str]:
+    return [f.name for f in REGISTRY.values() if job in f.analyses]
+
+
+def family_of_checkpoint(ckpt_path: str) -> FamilySpec:
+    """The family that wrote a checkpoint (or a MindSkip router file), from the `model.arch` it
+    records; a one-line CheckpointError for a file that is missing, unreadable or not modlab's."""
+    from modlab.training.checkpoint import checkpoint_arch
+
+    arch = checkpoint_arch(ckpt_path)
+    if arch not in REGISTRY:
+        raise CheckpointError(f"checkpoint '{ckpt_path}' holds a '{arch}' model, which no registered family loads")
+    return REGISTRY[arch]
+
+
+_UNIFIED_ANALYSES = ("attention", "importance", "redundancy")
+for _spec in (
+    FamilySpec(
+        "showo",
+        "Show-o-like unified model (omni-attention, masked image tokens)",
+        "unified",
+        "modlab.families.unified:SHOWO",
+        analyses=(*_UNIFIED_ANALYSES, "interactions"),
+        routing=("mod", "unimod"),
+        commands=COMMANDS,
+    ),
+    FamilySpec(
+        "emu3",
+        "Emu3-like unified model (causal, autoregressive images)",
+        "unified",
+        "modlab.families.unified:EMU3",
+        analyses=_UNIFIED_ANALYSES,
+        routing=("mod", "unimod"),
+        commands=COMMANDS,
+    ),
+    FamilySpec(
+        "lm",
+        "tiny causal LM over bytes",
+        "lm",
+        "modlab.families.causal_lm:CAUSAL_LM",
+        analyses=("importance", "redundancy"),
+        mindskip=True,
+    ),
+    FamilySpec(
+        "hf",
+        "Hugging Face causal LM (a local directory)",
+        "lm",
+        "modlab.families.hf_causal_lm:HF_CAUSAL_LM",
+        analyses=("importance",),
+        mindskip=True,
+        requires_path=True,
+    ),
+):
+    register_family(_spec)

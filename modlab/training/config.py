@@ -1,0 +1,129 @@
+"""Objective, optimiser, evaluation, Trainer, callbacks and logger settings (plain dataclasses:
+the schemas of their config groups)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modlab.data.tokens import TASKS
+from modlab.errors import ConfigError
+
+# unified: the T2I / MMU / LM tasks of a unified model; lm: causal LMs (pretraining, Router-Tuning)
+OBJECTIVES = ("unified", "lm")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "unified"
+    # Show-o weights its objectives 1.0 / 1.0 / 0.1 (T2I / MMU / LM)
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"t2i": 1.0, "mmu": 1.0, "lm": 0.1})
+    cond_dropout: float = 0.1  # caption dropout for classifier-free guidance
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ConfigError(f"objective.name '{self.name}' is unknown ({', '.join(OBJECTIVES)})")
+        unknown = set(self.loss_weights) - set(TASKS)
+        if unknown:
+            raise ConfigError(
+                f"objective.loss_weights has unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})"
+            )
+        if any(w < 0 for w in self.loss_weights.values()):
+            raise ConfigError("objective.loss_weights must be >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"objective.lr must be > 0, got {self.lr}")
+        if not 0 <= self.cond_dropout < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("objective.cond_dropout must be in [0, 1) and objective.min_lr_ratio in [0, 1]")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ConfigError("objective.warmup_steps and objective.weight_decay must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError("objective.betas must be two numbers in [0, 1)")
+
+
+@dataclass
+class EvalConfig:
+    t2i_per_digit: int = 20  # images sampled per digit for test/t2i_acc
+    t2i_per_category: int = 50  # digit scenes: prompts per category for test/t2i_acc
+    maskgit_steps: int = 12
+    guidance: float = 1.5  # classifier-free guidance scale (0 = off)
+    temperature: float = 1.0
+    max_answer_tokens: int = 16
+    mmu_max_rows: int = 0  # 0: the whole test split
+    lm_max_rows: int = 0  # 0: the whole held-out text
+    ref_classifier_epochs: int = 30
+    seed: int = 1234
+    # causal LMs (`modlab eval` of an LM checkpoint): batch-1 generation speed on held-out prompts
+    speed_prompts: int = 8  # prompts timed (0: no speed measurement)
+    speed_context: int = 256  # prompt tokens (prefill)
+    speed_new_tokens: int = 64  # generated tokens (decode)
+    speed_repeats: int = 5  # rounds; the median is reported
+
+    def __post_init__(self) -> None:
+        if self.t2i_per_category < 1:
+            raise ConfigError("eval.t2i_per_category must be >= 1")
+        if self.t2i_per_digit < 1 or self.maskgit_steps < 1 or self.max_answer_tokens < 1:
+            raise ConfigError("eval.t2i_per_digit, eval.maskgit_steps and eval.max_answer_tokens must be >= 1")
+        if self.guidance < 0 or self.temperature < 0:
+            raise ConfigError("eval.guidance and eval.temperature must be >= 0")
+        if self.speed_prompts < 0 or self.speed_context < 1 or self.speed_new_tokens < 2 or self.speed_repeats < 1:
+            raise ConfigError(
+                "eval.speed_prompts must be >= 0, speed_context and speed_repeats >= 1, speed_new_tokens >= 2"
+            )
+        if self.mmu_max_rows < 0 or self.lm_max_rows < 0 or self.ref_classifier_epochs < 1:
+            raise ConfigError("eval.mmu_max_rows and eval.lm_max_rows must be >= 0, eval.ref_classifier_epochs >= 1")
+
+
+# ---- the Lightning edge: Trainer, callbacks, logger ------------------------------------------
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"  # auto: bf16-mixed where the hardware has fast bf16, else 32-true
+    max_steps: int = 600
+    val_check_interval: int = 200  # optimiser steps between validations
+    val_batches: int = 0  # batches per validation; 0: the whole validation split
+    log_every_n_steps: int = 25
+    gradient_clip_val: float = 1.0
+    fast_dev_run: int = 0  # > 0: run that many batches of fit and test, no checkpoints
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision '{self.precision}' is unknown ({', '.join(PRECISIONS)})")
+        if self.max_steps < 1 or self.devices < 1 or self.num_nodes < 1:
+            raise ConfigError("trainer.max_steps, trainer.devices and trainer.num_nodes must be >= 1")
+        if self.val_check_interval < 1 or self.log_every_n_steps < 1 or self.fast_dev_run < 0:
+            raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
+        if self.gradient_clip_val < 0 or self.val_batches < 0:
+            raise ConfigError("trainer.gradient_clip_val and trainer.val_batches must be >= 0")
+
+
+@dataclass
+class CallbacksConfig:
+    progress_bar: bool = True  # rich progress bar
+    # a progress line (step, loss, steps/s, time left) every this many seconds in the log file,
+    # and on the console when it is not a terminal (a file, a batch job); 0: never
+    progress_interval_s: float = 30.0
+    model_summary: bool = True  # rich model summary at the start
+    checkpoint: bool = True  # last.ckpt + best-*.ckpt (by `monitor`)
+    monitor: str = "val/loss"
+    lr_monitor: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"  # csv | none
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("csv", "none"):
+            raise ConfigError(f"logger.kind '{self.kind}' is unknown (csv, none)")

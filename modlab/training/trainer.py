@@ -1,0 +1,128 @@
+"""The Lightning Trainer every command builds, and the fit -> test run of `modlab train`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("modlab")
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto`: bf16 autocast where the hardware multiplies bf16 fast, else full fp32."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    try:
+        fast_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        fast_bf16 = False
+    return "bf16-mixed" if fast_bf16 else "32-true"
+
+
+def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, training: bool = True):
+    """A Trainer from the trainer / callbacks / logger configs (modlab.training.config);
+    `callbacks_cfg` None: a bare progress bar (evaluation)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from modlab.training.callbacks import ParamSummary, ProgressLog
+
+    t, cb = trainer_cfg, callbacks_cfg
+    callbacks = []
+    if cb is None or cb.progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    if training and cb is not None:
+        if cb.progress_interval_s > 0:
+            callbacks.append(ProgressLog(cb.progress_interval_s))
+        if cb.model_summary:
+            callbacks.append(ParamSummary(max_depth=2))
+        if cb.checkpoint and not t.fast_dev_run:
+            callbacks.append(
+                ModelCheckpoint(
+                    # no "=" in the name: Hydra's override grammar would reject ckpt_path=.../best-step=N.ckpt
+                    dirpath=out_dir / "checkpoints",
+                    filename="best-step{step}",
+                    auto_insert_metric_name=False,
+                    monitor=cb.monitor,
+                    mode="min",
+                    save_top_k=1,
+                    save_last=True,
+                )
+            )
+        if cb.lr_monitor and logger_cfg.kind != "none":
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+    logger = CSVLogger(save_dir=out_dir, name="", version="") if logger_cfg.kind == "csv" else False
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=resolve_precision(t.precision, t.accelerator),
+        max_steps=t.max_steps,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.val_batches or 1.0,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val or None,
+        fast_dev_run=t.fast_dev_run or False,
+        deterministic=t.deterministic,
+        callbacks=callbacks,
+        logger=logger,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+    )
+
+
+def flatten_test_results(results: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in results:
+        out.update({k: float(v) for k, v in r.items()})
+    return out
+
+
+def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
+    """`modlab train`: build the family's module and data, fit, test the best checkpoint. Returns
+    the metrics for metrics.json (test metrics, what the family adds, steps and seconds) and
+    whether this process is rank 0 (the one that writes files)."""
+    import lightning as L
+
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    module, datamodule = family.build(run)
+    trainer = build_trainer(run.trainer, run.callbacks, run.logger, out_dir)
+    described = family.describe(module)
+    log.info(
+        "training %s (%s, seed %d) in %s",
+        run.experiment_name,
+        ", ".join(f"{k} {v:,}" for k, v in described.items()),
+        run.seed,
+        out_dir,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    extra = family.after_fit(module, trainer, out_dir)
+    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+    metrics = {
+        **flatten_test_results(results),
+        **extra,
+        **described,
+        "train_seconds": round(train_seconds, 2),
+        "train/steps": trainer.global_step,
+    }
+    # what only the tested (best) checkpoint knows, e.g. a router file of its routers
+    metrics.update(family.after_test(module, trainer, out_dir, metrics) if trainer.is_global_zero else {})
+    return metrics, trainer.is_global_zero
+
+
+def test_module(module, datamodule, trainer_cfg, logger_cfg, out_dir: Path) -> dict:
+    """`modlab eval` of a LightningModule: its test metrics."""
+    trainer = build_trainer(trainer_cfg, None, logger_cfg, out_dir, training=False)
+    return flatten_test_results(trainer.test(module, datamodule=datamodule, verbose=False))
