@@ -3,6 +3,7 @@
 #   make install        create .venv, install torch (CPU wheel by default) then modlab
 #   make test           fast test suite (< 10 min on 2 CPU cores)
 #   make test-full      everything, including the slow end-to-end training tests
+#   make lint           ruff check + ruff format --check (line length 120, config in pyproject.toml)
 #   make bench          speed benchmarks (prints ratios; never part of the tests)
 #   make reproduce      dense -> MoD / UniMoD fine-tunes on digit scenes; writes the comparison table
 #
@@ -19,7 +20,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install test test-full bench clean
+.PHONY: install test test-full lint format bench clean
 
 install: $(BIN)/modlab
 
@@ -38,6 +39,14 @@ test: install
 
 test-full: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n 2 -m "" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: install
 	$(BIN)/python -m modlab.bench

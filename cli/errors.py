@@ -47,6 +47,7 @@ def run_reporting_errors() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     from modlab.cli import app
 
+    app.JOB_ERRORS.clear()  # the entry point may run more than once in a process (tests)
     try:
         app.hydra_main()
     except user_error_types() as e:

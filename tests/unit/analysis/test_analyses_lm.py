@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_hf import save_tiny_hf
+from helpers import save_tiny_hf
 from torch.testing import assert_close
 
 from modlab.analysis.arank import arank_analysis

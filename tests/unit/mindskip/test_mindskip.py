@@ -8,7 +8,8 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from tiny_hf import FAMILIES, save_tiny_hf
+from helpers import HF_FAMILIES as FAMILIES
+from helpers import save_tiny_hf
 from torch.utils.flop_counter import FlopCounterMode
 
 from modlab.data.config import DataConfig
@@ -313,12 +314,13 @@ def test_router_file_round_trip(base_ckpt, tmp_path):
 
 
 def test_router_tuning_needs_a_pretrained_base():
-    from modlab.training.lm import LMModule
+    from types import SimpleNamespace
 
+    from modlab.families import get_family
+
+    run = SimpleNamespace(model=CFG, init_from=None, mindskip=MindSkipConfig(enabled=True, n_routed=2))
     with pytest.raises(ConfigError, match="needs init_from"):
-        LMModule.from_configs(
-            CFG, DataConfig(name="text"), ObjectiveConfig(name="lm"), EvalConfig(), MindSkipConfig(enabled=True, n_routed=2)
-        )
+        get_family("lm").family().base_of(run)
 
 
 # ---- the static baseline and FLOPs -------------------------------------------------------------

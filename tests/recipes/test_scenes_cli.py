@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, only_run_dir, run_modlab
+from helpers import REPO, TINY, only_run_dir, run_modlab
 
 from modlab.data.scenes import PROMPT_CATEGORIES, QUESTION_TYPES
 
-FAST = ("+experiment=scenes_dense", "debug=fast", "model.d_model=32", "model.n_head=2", "data.codebook_size=16")
+FAST = ("+experiment=scenes_dense", *TINY, "data.codebook_size=16")
 SCENE_KEYS = (
     {"test/mmu_acc", "test/t2i_acc", "test/t2i_acc_tokenized", "test/t2i_fid", "test/t2i_fid_tokenized", "test/lm_ppl"}
     | {f"test/mmu_acc/{t}" for t in QUESTION_TYPES}

@@ -7,28 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from helpers import TINY, composed
 
 from modlab.cli.app import CONF_DIR
 from modlab.cli.schema import validate
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-TINY = ["model.d_model=32", "model.n_layer=4", "model.n_head=2"]  # 4 layers: the unimod capacity lists are per layer
-
-
-def composed(config_name: str, overrides: list[str], out_dir: Path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def test_there_are_experiments():
@@ -42,7 +26,7 @@ def test_experiment_validates_and_debug_profile_wins(name, tmp_path):
     assert c.trainer.max_steps == 4  # debug=fast, although the experiment sets its own budget
 
 
-# experiments that fine-tune a pretrained LM: the extra overrides they need (TINY has 4 layers)
+# experiments that fine-tune a pretrained LM: the extra overrides they need (debug=tiny has 4 layers)
 NEEDS_LM_BASE = {"lm_router_tuning": ["mindskip.n_routed=2"]}
 
 
@@ -52,7 +36,7 @@ def lm_base(tmp_path_factory) -> Path:
     from modlab.cli.train import train
 
     out = tmp_path_factory.mktemp("lm_base")
-    train(composed("train", ["+experiment=lm_pretrain", "debug=fast", "callbacks.progress_bar=false", *TINY], out))
+    train(composed("train", ["+experiment=lm_pretrain", *TINY], out))
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -61,10 +45,6 @@ def test_experiment_trains_a_few_steps(name, tmp_path, request):
     from modlab.cli.train import train
 
     extra = [f"init_from={request.getfixturevalue('lm_base')}", *NEEDS_LM_BASE[name]] if name in NEEDS_LM_BASE else []
-    metrics = train(
-        composed(
-            "train", [f"+experiment={name}", "debug=fast", "callbacks.progress_bar=false", *TINY, *extra], tmp_path
-        )
-    )
+    metrics = train(composed("train", [f"+experiment={name}", *TINY, *extra], tmp_path))
     assert metrics["train/steps"] == 4
     assert json.loads((tmp_path / "metrics.json").read_text())["params"] == metrics["params"]

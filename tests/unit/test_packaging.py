@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import tomllib
-from conftest import REPO
+from helpers import REPO
 
 
 def test_every_package_under_modlab_is_listed_in_pyproject():

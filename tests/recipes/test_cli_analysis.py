@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import only_run_dir, run_modlab
-from test_cli import assert_one_line_error
-from tiny_hf import save_tiny_hf
+from helpers import TINY, assert_one_line_error, only_run_dir, run_modlab, save_tiny_hf, save_tiny_unified
 
-TINY = ("model.d_model=32", "model.n_head=2", "model.n_layer=4")
 SMALL_BUDGET = {
     "attention": ["calibration.n_per_task=6"],
     "importance": [
@@ -32,34 +29,6 @@ SMALL_BUDGET = {
         "analysis.interactions.batch_size=4",
     ],
 }
-
-
-def save_tiny_unified(path: Path, arch: str = "showo") -> Path:
-    """A tiny unified model (Show-o-like or Emu3-like) trained for a few steps, saved as a modlab checkpoint."""
-    from modlab.analysis.interactions import RowSampler, train_steps
-    from modlab.data.config import DataConfig
-    from modlab.models.config import ModelConfig
-    from modlab.training.config import EvalConfig, ObjectiveConfig
-    from modlab.training.digits_datamodule import DigitsDataModule
-    from modlab.training.unified import UnifiedModule
-
-    torch.manual_seed(0)
-    module = UnifiedModule.from_configs(
-        ModelConfig(arch=arch, d_model=32, n_head=2, n_layer=4), DataConfig(), ObjectiveConfig(), EvalConfig()
-    )
-    dm = DigitsDataModule(module.data_cfg, module.eval_cfg)
-    module.image_tokenizer = dm.image_tokenizer
-    samplers = {t: RowSampler(ds, 8, dm.space.pad, i) for i, (t, ds) in enumerate(dm._task_sets("train").items())}
-    model = module.model
-
-    def loss() -> torch.Tensor:
-        return sum(v for t, s in samplers.items() for v in model.task_losses(model.training_batch(s(), 0.1)).values())
-
-    train_steps(model, loss, steps=5, lr=3e-3)
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +71,6 @@ def test_redundancy_writes_a_plan_that_training_uses(tiny_ckpt: Path, tmp_path: 
     proc = run_modlab(
         "train",
         "+experiment=showo_unimod",
-        "debug=fast",
         *TINY,
         f"routing.plan={plan_path}",
         "callbacks.checkpoint=false",
@@ -281,29 +249,32 @@ def test_lm_bad_input_is_one_line_and_exit_2(lm_pretrained: Path, tmp_path: Path
 
 def test_lm_refusals(lm_pretrained: Path, tmp_path: Path):
     """The other ways an LM analysis is refused (in-process: the CLI turns each into one line)."""
-    from modlab.cli.analyze import lm_calibration_tasks, load_checkpoint_for, load_hf_for
+    from modlab.analysis.config import CalibrationConfig
     from modlab.cli.schema import AnalyzeConfig
     from modlab.errors import CheckpointError, ConfigError
+    from modlab.families import get_family
     from modlab.models.config import ModelConfig
+
+    lm_family = get_family("lm").family()
 
     with pytest.raises(ConfigError, match="one of them"):
         AnalyzeConfig()
     with pytest.raises(ConfigError, match="one of them"):
         AnalyzeConfig(ckpt_path=str(lm_pretrained), model=ModelConfig(arch="hf", path="dir"))
-    with pytest.raises(ConfigError, match="model=hf_causal_lm"):
-        load_hf_for("importance", ModelConfig(arch="lm"))
-    with pytest.raises(CheckpointError, match="cannot analyse a 'hf' model"):
-        load_hf_for("redundancy", ModelConfig(arch="hf", path=str(tmp_path)))
+    with pytest.raises(ConfigError, match="from its checkpoint"):
+        lm_family.load_pretrained(ModelConfig(arch="lm"))
+    loaded = lm_family.load_for_analysis(str(lm_pretrained))
     with pytest.raises(ConfigError, match="has no 'lm'"):
-        lm_calibration_tasks(["t2i", "mmu"])
-    assert lm_calibration_tasks(["t2i", "mmu", "lm"]) == ["lm"]
+        lm_family.analysis_target(loaded, CalibrationConfig(tasks=["t2i", "mmu"]), seed=0)
+    target = lm_family.analysis_target(loaded, CalibrationConfig(tasks=["t2i", "mmu", "lm"], n_per_task=2), seed=0)
+    assert list(target.batches) == ["lm"]
     with pytest.raises(CheckpointError, match="router file"):
-        load_checkpoint_for("importance", str(tmp_path / "routers.safetensors"))
+        lm_family.load_for_analysis(str(tmp_path / "routers.safetensors"))
     tuned = torch.load(lm_pretrained, weights_only=True)
     tuned["hyper_parameters"]["mindskip"] = {"enabled": True}
     torch.save(tuned, tmp_path / "tuned.ckpt")
     with pytest.raises(CheckpointError, match="router-tuned"):
-        load_checkpoint_for("importance", str(tmp_path / "tuned.ckpt"))
+        lm_family.load_for_analysis(str(tmp_path / "tuned.ckpt"))
 
 
 def test_compare_bad_input_is_one_line_and_exit_2(tmp_path: Path):

@@ -8,29 +8,15 @@ import math
 
 import pytest
 import torch
+from helpers import ROUTING_CFG as CFG
+from helpers import routed_block_inputs as batch
 
 from modlab.errors import ConfigError
-from modlab.models.config import ModelConfig
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.transformer import Block, Transformer
 from modlab.routing.install import RouteInfo, install_routing, routed_blocks, threshold_routing
 from modlab.routing.routed_block import RoutedBlock
 from modlab.routing.topk import tokens_to_keep, topk_select
-
-CFG = ModelConfig(d_model=32, n_layer=4, n_head=2)
-
-
-def batch(B=4, T=12, n_tasks=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, CFG.d_model, generator=g)
-    lengths = torch.tensor([T, T - 3, T - 5, 4][:B])
-    valid = torch.arange(T)[None] < lengths[:, None]
-    is_image = torch.zeros(B, T, dtype=torch.bool)
-    is_image[:, 3:7] = True
-    is_image &= valid
-    task = torch.arange(B) % n_tasks
-    positions = torch.arange(T).expand(B, T)
-    return x, positions, omni_attention_mask(is_image, valid), RouteInfo(task=task, valid=valid)
 
 
 def reference_routed_delta(rb: RoutedBlock, x, positions, mask, route) -> torch.Tensor:

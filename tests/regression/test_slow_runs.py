@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import only_run_dir, run_modlab
+from helpers import only_run_dir, run_modlab
 
 
 @pytest.mark.slow
@@ -24,11 +24,8 @@ def test_ddp_cpu_relaunches_children_through_the_dispatcher(tmp_path):
     proc = run_modlab(
         "train",
         "+experiment=showo_dense",
-        "debug=fast",
+        "debug=tiny",
         "trainer=ddp_cpu",
-        "model.d_model=32",
-        "model.n_layer=4",
-        "model.n_head=2",
         out_dir=tmp_path,
         timeout=600,
     )

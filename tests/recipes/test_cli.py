@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MODLAB, only_run_dir, run_modlab
+from helpers import MODLAB, TINY, assert_one_line_error, only_run_dir, run_modlab
 
-FAST = ("+experiment=showo_dense", "debug=fast", "model.d_model=32", "model.n_layer=4", "model.n_head=2")
+FAST = ("+experiment=showo_dense", *TINY)
 TEST_KEYS = {"test/mmu_acc", "test/t2i_acc", "test/ref_classifier_acc", "test/lm_ppl"}
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("modlab: error: "), proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

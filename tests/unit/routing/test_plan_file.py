@@ -7,6 +7,8 @@ import re
 
 import pytest
 import torch
+from helpers import ROUTING_CFG as CFG
+from helpers import routed_block_inputs as batch
 
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
@@ -16,7 +18,6 @@ from modlab.routing.install import set_anneal_fraction
 from modlab.routing.plan_file import RoutingPlan, TaskPlan, load_plan, save_plan
 from modlab.routing.routed_block import RoutedBlock
 from modlab.routing.schedule import anneal_fraction, annealed_capacity
-from tests.test_routing import CFG, batch
 
 
 def caps(table: dict, layer: int) -> dict:

@@ -7,9 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_LM, only_run_dir, run_modlab
-from test_cli import assert_one_line_error
-from tiny_hf import save_tiny_hf
+from helpers import TINY, assert_one_line_error, only_run_dir, run_modlab, save_tiny_hf
 
 SPEED = ("eval.speed_prompts=2", "eval.speed_context=32", "eval.speed_new_tokens=4", "eval.speed_repeats=1")
 
@@ -18,7 +16,7 @@ def test_router_tuning_then_eval_of_checkpoint_and_router_file(lm_pretrained, tm
     proc = run_modlab(
         "train",
         "+experiment=lm_router_tuning",
-        *TINY_LM,
+        *TINY,
         "mindskip.n_routed=2",
         f"init_from={lm_pretrained}",
         out_dir=tmp_path / "t",
@@ -108,7 +106,10 @@ def test_router_tuning_of_a_tiny_hf_model_end_to_end(tmp_path):
             ("not a Hugging Face model directory",),
         ),
         (("+experiment=lm_router_tuning", "model=hf_causal_lm"), ("needs model.path",)),
-        (("+experiment=lm_pretrain", "model=showo"), ("model=lm or model=hf_causal_lm",)),
+        (("+experiment=lm_pretrain", "model=showo"), ("model.arch=showo", "trains with objective=unified")),
+        (("+experiment=showo_dense", "model=lm"), ("model.arch=lm", "trains with objective=lm")),
+        (("+experiment=lm_pretrain", "routing=mod"), ("routing=mod does not apply to model.arch=lm",)),
+        (("+experiment=showo_dense", "mindskip=sequence"), ("mindskip does not apply to model.arch=showo",)),
         (("+experiment=lm_router_tuning", "mindskip.granularity=layer"), ("mindskip.granularity",)),
     ],
 )
