@@ -31,6 +31,7 @@ per-task routers come from `HFRouting.inputs(task=...)` (default: task 0 for eve
 from __future__ import annotations
 
 import inspect
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -81,6 +82,8 @@ class HFRoutedLayer(RoutedBlock):
         self.inputs = inputs
         # transformers calls layers with keywords, but map positional arguments by the layer's own signature
         self._arg_names = list(inspect.signature(layer.forward).parameters)
+        self.sizes_decode_masks = False  # set by install_hf_routing (see HFRoutedLayer.forward)
+        self._entries = None  # (cache, positions, holds a token) of the cached slots; see _record_entries
         if hasattr(layer, "attention_type"):  # some model loops read it off the layer
             self.attention_type = layer.attention_type
 
@@ -97,11 +100,18 @@ class HFRoutedLayer(RoutedBlock):
         x = hidden_states
         B, T, _ = x.shape
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and self._cached_length(cache) > 0 and self.mode != "threshold":
-            raise ConfigError(
-                "top-k routing sees the whole sequence and cannot decode with a KV cache; "
-                "decode under threshold_routing with causal=aux_bce or predictor"
-            )
+        threshold = self.mode == "threshold" and self.causal != "none"
+        if cache is not None and self._stored_entries(cache) > 0:
+            if not threshold:
+                raise ConfigError(
+                    "top-k routing sees the whole sequence and cannot decode with a KV cache; "
+                    "decode under threshold_routing with causal=aux_bce or predictor"
+                )
+            if self.sizes_decode_masks:
+                raise ConfigError(
+                    f"layer {self.layer_idx} cannot be routed while decoding with a KV cache: transformers sizes "
+                    "the decode masks and positions of its attention type from it; route later layers"
+                )
         valid = self._valid_tokens(kwargs.get("attention_mask"), B, T, x.device)
         task = self.inputs.task if self.inputs.task is not None else torch.zeros(B, dtype=torch.long, device=x.device)
         route = RouteInfo(task=task, valid=valid)
@@ -109,7 +119,7 @@ class HFRoutedLayer(RoutedBlock):
         self.last_kept = torch.zeros(B, dtype=torch.long, device=x.device)
         self.last_groups = []
         self.last_aux_loss = self.last_agreement = None
-        if self.mode == "threshold" and self.causal != "none":
+        if threshold:
             # every token whose decision logit is > 0 runs the layer: a per-token, causal choice
             eligible = valid & (self.decision_logits(x, task, scores).detach() > 0)
             out, self.last_selected = self._route_rows(x, kwargs, eligible, scores, torch.ones(()), None)
@@ -152,19 +162,32 @@ class HFRoutedLayer(RoutedBlock):
         if K == 0:  # threshold routing kept no token in any row
             return x, selected
         gate = torch.sigmoid(scores.float())
-        if K == T and bool(slot_ok.all()):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = self._past_entries(cache, B)
+        positions = kwargs.get("position_ids")
+        positions = positions.expand(B, T) if positions is not None else torch.arange(T, device=x.device).expand(B, T)
+        if K == T and bool(slot_ok.all()) and past is None:
             # every token runs: the layer gets exactly the model's own inputs (mask, cache and all)
-            return self._mix(x, self._call_layer(x, kwargs), gate), selected
+            out = self._mix(x, self._call_layer(x, kwargs), gate)
+            self._record_entries(cache, None, positions, slot_ok)
+            return out, selected
         kept_kwargs = dict(kwargs)
-        kept_kwargs["attention_mask"] = self._kept_mask(kwargs.get("attention_mask"), idx, slot_ok, T, x.dtype)
+        kept_positions = positions.gather(1, idx)
+        if past is None:
+            kept_kwargs["attention_mask"] = self._kept_mask(kwargs.get("attention_mask"), idx, slot_ok, T, x.dtype)
+        else:
+            # decoding: transformers sized its mask from another layer's cache; this layer's own
+            # entries (their positions and which slots hold a token) decide what the kept tokens see
+            kept_kwargs["attention_mask"] = self._decode_mask(past, kept_positions, slot_ok, x.dtype)
         if kwargs.get("position_ids") is not None:
-            kept_kwargs["position_ids"] = kwargs["position_ids"].expand(B, T).gather(1, idx)
+            kept_kwargs["position_ids"] = kept_positions
         if kwargs.get("position_embeddings") is not None:
             kept_kwargs["position_embeddings"] = tuple(
                 gather_tokens(t.expand(B, *t.shape[1:]), idx) for t in kwargs["position_embeddings"]
             )
         x_kept = gather_tokens(x, idx)
         new_kept = self._mix(x_kept, self._call_layer(x_kept, kept_kwargs), gather_tokens(gate, idx))
+        self._record_entries(cache, past, kept_positions, slot_ok)
         padded = torch.cat([x, x.new_zeros(B, 1, d)], 1)
         out = padded.scatter(1, idx_or_dummy[..., None].expand(B, K, d), new_kept.to(x.dtype))
         return out[:, :T], selected
@@ -240,11 +263,73 @@ class HFRoutedLayer(RoutedBlock):
             out["position_embeddings"] = tuple(t[rows] if t.shape[0] == B and B > 1 else t for t in pe)
         return out
 
-    def _cached_length(self, cache) -> int:
+    # ---- the compact KV cache --------------------------------------------------------------------
+    #
+    # Only kept tokens reach the attention, so only they write K/V into this layer's entry of the
+    # model's cache (a DynamicCache layer grows by what it is given): a token that skipped the
+    # layer has no entry there. Rows of a batch keep different counts, so a step appends
+    # K = max kept slots per row; `_entries` remembers, per cached slot, the original position of
+    # its token and whether it holds one, and the decode mask is built from that.
+
+    def _cache_layer(self, cache):
         layers = getattr(cache, "layers", None)
-        if layers is None or self.layer_idx >= len(layers):
-            return 0
-        return int(layers[self.layer_idx].get_seq_length())
+        return layers[self.layer_idx] if layers is not None and self.layer_idx < len(layers) else None
+
+    def _stored_entries(self, cache) -> int:
+        """Cached slots this layer holds now (a sliding-window layer keeps the last window - 1)."""
+        layer = self._cache_layer(cache)
+        keys = getattr(layer, "keys", None)
+        return int(keys.shape[-2]) if isinstance(keys, torch.Tensor) and keys.numel() else 0
+
+    def _past_entries(self, cache, B: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(positions, holds a token), each (B, L), of this layer's cached slots; None before the first write."""
+        if cache is None or self._stored_entries(cache) == 0:
+            return None
+        entries = self._entries
+        if entries is None or entries[0]() is not cache:
+            raise ConfigError(f"layer {self.layer_idx}'s KV cache was not written by this routed layer")
+        return entries[1], entries[2]
+
+    def _record_entries(self, cache, past, positions: torch.Tensor, slot_ok: torch.Tensor) -> None:
+        if cache is None or self._cache_layer(cache) is None:
+            return
+        if past is not None:
+            positions, slot_ok = torch.cat([past[0], positions], 1), torch.cat([past[1], slot_ok], 1)
+        stored = self._stored_entries(cache)
+        if stored < positions.shape[1]:
+            # a sliding-window cache layer keeps its last window - 1 slots; with more than one row,
+            # slots that hold no token could push a row's in-window entries out, so refuse
+            if positions.shape[0] > 1 and not bool(slot_ok.all()):
+                raise ConfigError(
+                    f"layer {self.layer_idx} has a sliding-window KV cache: decode it with one row at a time"
+                )
+            positions, slot_ok = positions[:, -stored:], slot_ok[:, -stored:]
+        self._entries = (weakref.ref(cache), positions, slot_ok)
+
+    def _decode_mask(self, past, q_pos: torch.Tensor, q_ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, K, L + K): the kept new tokens attend to this layer's cached entries and to each
+        other, causally and within the sliding window, by original position."""
+        k_pos = torch.cat([past[0], q_pos], 1)
+        k_ok = torch.cat([past[1], q_ok], 1)
+        q, k = q_pos[:, :, None], k_pos[:, None, :]
+        allowed = (k <= q) & k_ok[:, None, :]
+        if self.sliding_window is not None:
+            allowed &= q - k < self.sliding_window
+        K, L = q_pos.shape[1], past[0].shape[1]
+        eye = torch.zeros(K, L + K, dtype=torch.bool, device=q_pos.device)
+        eye[:, L:] = torch.eye(K, dtype=torch.bool, device=q_pos.device)
+        allowed = (allowed | eye)[:, None]
+        if self.attn_implementation == "sdpa":
+            return allowed
+        return torch.where(allowed, torch.zeros((), dtype=dtype, device=q_pos.device), torch.finfo(dtype).min)
+
+    def cache_entries(self, cache) -> torch.Tensor:
+        """(B,) cached K/V entries of this layer that hold a token (a sliding-window layer keeps
+        only its last window - 1 slots)."""
+        past = self._past_entries(cache, 0)
+        if past is None:
+            return torch.zeros(0, dtype=torch.long)
+        return past[1].sum(1)
 
 
 class HFRouting:
@@ -263,6 +348,10 @@ class HFRouting:
             yield
         finally:
             self._inputs.task, self._inputs.valid = old
+
+    def cache_entries(self, cache) -> dict[int, torch.Tensor]:
+        """(B,) cached K/V entries that hold a token, per routed layer."""
+        return {i: layer.cache_entries(cache) for i, layer in self.layers.items()}
 
     def kept_per_layer(self) -> dict[int, torch.Tensor]:
         """(B,) tokens each routed layer ran in the last forward."""
@@ -287,6 +376,10 @@ def install_hf_routing(
         )
     blocks = decoder_layers(model, family)
     inputs = HFRouteInputs()
+    # transformers sizes decode masks and positions from layer 0 and the first layer of each
+    # attention type; with a compact cache those layers must keep every token
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    sizes_masks = {0} | {layer_types.index(t) for t in set(layer_types)}
     routed: dict[int, HFRoutedLayer] = {}
     for i, caps in sorted(layer_capacity.items()):
         if not 0 <= i < len(blocks):
@@ -307,6 +400,7 @@ def install_hf_routing(
             weight=weight,
             causal=causal,
         )
+        layer.sizes_decode_masks = i in sizes_masks
         param = next(blocks[i].parameters(), None)
         if param is not None:  # routers live where the layer lives, in its dtype
             layer.router.to(device=param.device, dtype=param.dtype)

@@ -375,3 +375,69 @@ def test_analytic_training_flops_equal_torchs_flop_counter(layers):
     assert analytic == counter.get_total_flops()
     if layers:
         assert analytic < llama_train_step_flops(config, *ids.shape)
+
+
+# ---- compact KV cache for threshold-mode greedy decoding ---------------------------------------
+
+
+def decoding_model(family: str):
+    """Layers 2 and 3 routed by threshold (layer 0 and the first layer of each attention type
+    size transformers' decode masks and stay dense); routers spread so that both outcomes occur."""
+    model = tiny_model(family)
+    routing = install_hf_routing(model, {2: [0.5], 3: [0.5]}, causal="aux_bce")
+    spread_routers(routing)
+    return model, routing
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_greedy_decoding_equals_recomputation_and_caches_only_tokens_that_ran(family):
+    from modlab.routing.hf_decode import greedy_decode
+
+    model, routing = decoding_model(family)
+    ids = padded_batch()[0][:1, :8]
+    ran = dict.fromkeys(routing.layers, 0)
+
+    def count_tokens_that_ran(layer, args, kwargs, out):
+        ran[layer.layer_idx] += int(layer.last_selected.sum())
+
+    hooks = [layer.register_forward_hook(count_tokens_that_ran, with_kwargs=True) for layer in routing.layers.values()]
+    with threshold_routing(model):
+        cached, cached_logits, cache = greedy_decode(model, ids, 10)
+        for h in hooks:
+            h.remove()
+        recomputed, recomputed_logits, _ = greedy_decode(model, ids, 10, use_cache=False)
+    assert torch.equal(cached, recomputed)
+    torch.testing.assert_close(cached_logits, recomputed_logits)
+    n_tokens = ids.shape[1] + 10 - 1  # the last token is chosen, never fed back
+    assert cache.layers[0].get_seq_length() == n_tokens
+    entries = routing.cache_entries(cache)
+    for i in routing.layers:
+        assert cache.layers[i].get_seq_length() == ran[i]  # K/V written: exactly the tokens that ran
+        window = window_of(family, i)
+        assert int(entries[i].sum()) == (ran[i] if window is None else min(ran[i], window - 1))
+    assert min(ran.values()) < n_tokens  # some layer really skipped tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "phi", "gemma"])
+def test_cached_decoding_of_several_rows_equals_recomputation(family):
+    from modlab.routing.hf_decode import greedy_decode
+
+    model, routing = decoding_model(family)
+    ids = padded_batch()[0][:3, :8]
+    with threshold_routing(model):
+        cached, cached_logits, cache = greedy_decode(model, ids, 8)
+        recomputed, recomputed_logits, _ = greedy_decode(model, ids, 8, use_cache=False)
+    assert torch.equal(cached, recomputed)
+    torch.testing.assert_close(cached_logits, recomputed_logits)
+    entries = routing.cache_entries(cache)
+    assert any(len(set(e.tolist())) > 1 for e in entries.values())  # rows cache different counts
+
+
+def test_decoding_refuses_a_routed_layer_that_sizes_the_masks():
+    from modlab.routing.hf_decode import greedy_decode
+
+    model = tiny_model("llama")
+    routing = install_hf_routing(model, {0: [0.5]}, causal="aux_bce")
+    spread_routers(routing)
+    with threshold_routing(model), pytest.raises(ConfigError, match="layer 0 cannot be routed while decoding"):
+        greedy_decode(model, padded_batch()[0][:1, :8], 3)
