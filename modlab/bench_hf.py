@@ -2,12 +2,17 @@
 hidden 512, 8 heads, batch 4 x 1,024 tokens) with capacity 0.125 on every other layer, against the
 unmodified model, beside the speed-up its FLOPs predict.
 
-    python -m modlab.bench_hf [--repeats N] [--seq T] [--batch B] [--capacity C]
+    python -m modlab.bench_hf [--repeats N] [--seq T] [--batch B] [--capacity C] [--decode]
 
 As in modlab.bench, the two are timed in alternation (dense, routed, dense, ...) so a change of
 machine load hits both alike, and each keeps its fastest repeat. The prediction is the ratio of
 analytic training FLOPs (`llama_train_step_flops`, matrix multiplications only, counted as torch's
 FlopCounterMode counts them: attention as the full T x T square, backward = 2x forward).
+
+`--decode` adds batch-1 greedy decoding under threshold routing with the compact KV cache
+(modlab.routing.hf_decode) against the unmodified model: decode tokens/s and cached K/V entries.
+Its routers are untrained (random directions, so about half the tokens run a routed layer): the
+figures show what the cache saves at the fraction that ran, which is printed beside them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modlab.routing.hf_decode import greedy_decode
 from modlab.routing.hf_routed_layer import HFRoutedLayer, install_hf_routing
+from modlab.routing.plan import threshold_routing
 
 
 def llama_layer_forward_flops(config, rows: int, tokens: int) -> int:
@@ -131,14 +138,68 @@ def bench_hf_mod_training(
     }
 
 
+def bench_hf_mod_decoding(prompt: int = 256, new: int = 64, repeats: int = 3, seed: int = 0) -> dict:
+    """Batch-1 greedy decoding, routed (threshold mode, compact cache; layers 1, 3) vs unmodified."""
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = bench_llama_config(prompt + new)
+    dense = LlamaForCausalLM(config).eval()
+    routed = copy.deepcopy(dense)
+    layers = list(range(1, config.num_hidden_layers, 2))
+    routing = install_hf_routing(routed, {i: [0.125] for i in layers}, causal="aux_bce")
+    ids = torch.randint(0, config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(seed))
+    positions = torch.arange(prompt)[None]
+
+    def prefill(model):
+        with torch.no_grad():
+            model(input_ids=ids, position_ids=positions, cache=DynamicCache(config=config), use_cache=True)
+
+    with threshold_routing(routed):
+        seconds = interleaved_seconds(
+            {
+                "dense": lambda: greedy_decode(dense, ids, new),
+                "routed": lambda: greedy_decode(routed, ids, new),
+                "dense_prefill": lambda: prefill(dense),
+                "routed_prefill": lambda: prefill(routed),
+            },
+            repeats,
+        )
+        routed_tokens, _, cache = greedy_decode(routed, ids, new)
+    dense_tokens, _, _ = greedy_decode(dense, ids, new)
+    per_token = 2 * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) * 4  # K and V, fp32
+    n_cached = prompt + new - 1
+    dense_entries = config.num_hidden_layers * n_cached
+    routed_entries = sum(cache.layers[i].get_seq_length() for i in range(config.num_hidden_layers))
+    decode = {name: seconds[name] - seconds[f"{name}_prefill"] for name in ("dense", "routed")}
+    return {
+        "prompt": prompt,
+        "new_tokens": new,
+        "routed_layers": layers,
+        "fraction_that_ran_routed_layers": {i: cache.layers[i].get_seq_length() / n_cached for i in routing.layers},
+        "same_tokens_as_dense": bool(torch.equal(routed_tokens, dense_tokens)),  # untrained routers: not expected
+        "dense_decode_tok_s": (new - 1) / decode["dense"],
+        "routed_decode_tok_s": (new - 1) / decode["routed"],
+        "decode_speedup": decode["dense"] / decode["routed"],
+        "dense_kv_entries": dense_entries,
+        "routed_kv_entries": routed_entries,
+        "dense_kv_mib": dense_entries * per_token / 2**20,
+        "routed_kv_mib": routed_entries * per_token / 2**20,
+        "kv_saving": 1 - routed_entries / dense_entries,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--capacity", type=float, default=0.125)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--decode", action="store_true", help="also time batch-1 decoding with the compact KV cache")
     args = p.parse_args(argv)
-    result = bench_hf_mod_training(args.batch, args.seq, args.capacity, args.repeats)
+    result = {"training": bench_hf_mod_training(args.batch, args.seq, args.capacity, args.repeats)}
+    if args.decode:
+        result["decoding"] = bench_hf_mod_decoding(repeats=max(1, args.repeats // 2))
     print(json.dumps(result, indent=2))
 
 

@@ -166,10 +166,13 @@ class HFRoutedLayer(RoutedBlock):
         past = self._past_entries(cache, B)
         positions = kwargs.get("position_ids")
         positions = positions.expand(B, T) if positions is not None else torch.arange(T, device=x.device).expand(B, T)
-        if K == T and bool(slot_ok.all()) and past is None:
-            # every token runs: the layer gets exactly the model's own inputs (mask, cache and all)
+        if K == T and bool(slot_ok.all()):
+            # every token runs: the layer gets exactly the model's own inputs (mask, cache and all),
+            # except while decoding, where the mask comes from this layer's own cache
+            if past is not None:
+                kwargs = dict(kwargs, attention_mask=self._decode_mask(past, positions, slot_ok, x.dtype))
             out = self._mix(x, self._call_layer(x, kwargs), gate)
-            self._record_entries(cache, None, positions, slot_ok)
+            self._record_entries(cache, past, positions, slot_ok)
             return out, selected
         kept_kwargs = dict(kwargs)
         kept_positions = positions.gather(1, idx)
@@ -316,6 +319,8 @@ class HFRoutedLayer(RoutedBlock):
         if self.sliding_window is not None:
             allowed &= q - k < self.sliding_window
         K, L = q_pos.shape[1], past[0].shape[1]
+        if self.attn_implementation == "sdpa" and K == 1 and self.sliding_window is None and bool(k_ok.all()):
+            return None  # one new token that may see every cached entry: SDPA's unmasked path
         eye = torch.zeros(K, L + K, dtype=torch.bool, device=q_pos.device)
         eye[:, L:] = torch.eye(K, dtype=torch.bool, device=q_pos.device)
         allowed = (allowed | eye)[:, None]
