@@ -1,0 +1,207 @@
+"""Mixture-of-Depths inside a Hugging Face model: the training step of a tiny random Llama (4 layers,
+hidden 512, 8 heads, batch 4 x 1,024 tokens) with capacity 0.125 on every other layer, against the
+unmodified model, beside the speed-up its FLOPs predict.
+
+    python -m modlab.bench_hf [--repeats N] [--seq T] [--batch B] [--capacity C] [--decode]
+
+As in modlab.bench, the two are timed in alternation (dense, routed, dense, ...) so a change of
+machine load hits both alike, and each keeps its fastest repeat. The prediction is the ratio of
+analytic training FLOPs (`llama_train_step_flops`, matrix multiplications only, counted as torch's
+FlopCounterMode counts them: attention as the full T x T square, backward = 2x forward).
+
+`--decode` adds batch-1 greedy decoding under threshold routing with the compact KV cache
+(modlab.routing.hf_decode) against the unmodified model: decode tokens/s and cached K/V entries.
+Its routers are untrained (random directions, so about half the tokens run a routed layer): the
+figures show what the cache saves at the fraction that ran, which is printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from modlab.routing.hf_decode import greedy_decode
+from modlab.routing.hf_routed_layer import HFRoutedLayer, install_hf_routing
+from modlab.routing.plan import threshold_routing
+
+
+def llama_layer_forward_flops(config, rows: int, tokens: int) -> int:
+    """One Llama-family decoder layer (GQA attention, SwiGLU MLP) on `rows` rows of `tokens` tokens."""
+    d, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    q, kv = heads * head_dim, config.num_key_value_heads * head_dim
+    n = rows * tokens
+    linear = 2 * n * d * (q + 2 * kv + q) + 2 * n * d * 3 * config.intermediate_size  # q k v o; gate up down
+    attention = 2 * 2 * rows * tokens * tokens * q  # q k^T and p v over all heads
+    return linear + attention
+
+
+def llama_train_step_flops(config, B: int, T: int, routed: dict[int, list[tuple[int, int]]] | None = None) -> int:
+    """Forward + backward FLOPs of a Llama-family CausalLM on B rows of T tokens. `routed[layer]`
+    lists the (rows, K) batched calls a routed layer made (HFRoutedLayer.last_groups); its router
+    scores every token (2 * d FLOPs per token and router)."""
+    routed = routed or {}
+    d = config.hidden_size
+    total = 2 * B * T * d * config.vocab_size  # output head
+    for layer in range(config.num_hidden_layers):
+        if layer in routed:
+            total += sum(llama_layer_forward_flops(config, rows, k) for rows, k in routed[layer])
+            total += 2 * B * T * d  # the router (one column: MoD)
+        else:
+            total += llama_layer_forward_flops(config, B, T)
+    return 3 * total
+
+
+def routed_groups(model: nn.Module) -> dict[int, list[tuple[int, int]]]:
+    """What each routed layer of a transformers model ran in its last forward."""
+    return {m.layer_idx: list(m.last_groups) for m in model.modules() if isinstance(m, HFRoutedLayer)}
+
+
+def bench_llama_config(seq: int = 1024, attn_implementation: str = "sdpa"):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=1408,  # ~8/3 d, as Llama sizes its SwiGLU
+        vocab_size=1024,
+        max_position_embeddings=seq,
+        attn_implementation=attn_implementation,
+    )
+
+
+def train_step(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token loss, forward and backward (no optimiser: it is the same for both models)."""
+    model.zero_grad(set_to_none=True)
+    logits = model(input_ids=ids, use_cache=False).logits
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    return loss.detach()
+
+
+def interleaved_seconds(fns: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Seconds per call of each fn, timed in alternation; the fastest of `repeats` runs each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def bench_hf_mod_training(
+    batch: int = 4, seq: int = 1024, capacity: float = 0.125, repeats: int = 5, seed: int = 0
+) -> dict:
+    """Time the training step of the routed vs the unmodified tiny Llama; measured and predicted speed-up."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = bench_llama_config(seq)
+    dense = LlamaForCausalLM(config).train()
+    routed = copy.deepcopy(dense)
+    layers = list(range(1, config.num_hidden_layers, 2))  # every other layer: 1, 3
+    install_hf_routing(routed, {i: [capacity] for i in layers})
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    seconds = interleaved_seconds(
+        {"dense": lambda: train_step(dense, ids), "routed": lambda: train_step(routed, ids)}, repeats
+    )
+    dense_flops = llama_train_step_flops(config, batch, seq)
+    routed_flops = llama_train_step_flops(config, batch, seq, routed_groups(routed))
+    measured, predicted = seconds["dense"] / seconds["routed"], dense_flops / routed_flops
+    return {
+        "batch": batch,
+        "seq": seq,
+        "capacity": capacity,
+        "routed_layers": layers,
+        "kept_per_routed_layer": math.ceil(capacity * seq - 1e-6),
+        "threads": torch.get_num_threads(),
+        "dense_s": seconds["dense"],
+        "routed_s": seconds["routed"],
+        "dense_tflop": dense_flops / 1e12,
+        "routed_tflop": routed_flops / 1e12,
+        "measured_speedup": measured,
+        "predicted_speedup": predicted,
+        "measured_over_predicted": measured / predicted,
+    }
+
+
+def bench_hf_mod_decoding(prompt: int = 256, new: int = 64, repeats: int = 3, seed: int = 0) -> dict:
+    """Batch-1 greedy decoding, routed (threshold mode, compact cache; layers 1, 3) vs unmodified."""
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = bench_llama_config(prompt + new)
+    dense = LlamaForCausalLM(config).eval()
+    routed = copy.deepcopy(dense)
+    layers = list(range(1, config.num_hidden_layers, 2))
+    routing = install_hf_routing(routed, {i: [0.125] for i in layers}, causal="aux_bce")
+    ids = torch.randint(0, config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(seed))
+    positions = torch.arange(prompt)[None]
+
+    def prefill(model):
+        with torch.no_grad():
+            model(input_ids=ids, position_ids=positions, cache=DynamicCache(config=config), use_cache=True)
+
+    with threshold_routing(routed):
+        seconds = interleaved_seconds(
+            {
+                "dense": lambda: greedy_decode(dense, ids, new),
+                "routed": lambda: greedy_decode(routed, ids, new),
+                "dense_prefill": lambda: prefill(dense),
+                "routed_prefill": lambda: prefill(routed),
+            },
+            repeats,
+        )
+        routed_tokens, _, cache = greedy_decode(routed, ids, new)
+    dense_tokens, _, _ = greedy_decode(dense, ids, new)
+    per_token = 2 * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) * 4  # K and V, fp32
+    n_cached = prompt + new - 1
+    dense_entries = config.num_hidden_layers * n_cached
+    routed_entries = sum(cache.layers[i].get_seq_length() for i in range(config.num_hidden_layers))
+    decode = {name: seconds[name] - seconds[f"{name}_prefill"] for name in ("dense", "routed")}
+    return {
+        "prompt": prompt,
+        "new_tokens": new,
+        "routed_layers": layers,
+        "fraction_that_ran_routed_layers": {i: cache.layers[i].get_seq_length() / n_cached for i in routing.layers},
+        "same_tokens_as_dense": bool(torch.equal(routed_tokens, dense_tokens)),  # untrained routers: not expected
+        "dense_decode_tok_s": (new - 1) / decode["dense"],
+        "routed_decode_tok_s": (new - 1) / decode["routed"],
+        "decode_speedup": decode["dense"] / decode["routed"],
+        "dense_kv_entries": dense_entries,
+        "routed_kv_entries": routed_entries,
+        "dense_kv_mib": dense_entries * per_token / 2**20,
+        "routed_kv_mib": routed_entries * per_token / 2**20,
+        "kv_saving": 1 - routed_entries / dense_entries,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--capacity", type=float, default=0.125)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--decode", action="store_true", help="also time batch-1 decoding with the compact KV cache")
+    args = p.parse_args(argv)
+    result = {"training": bench_hf_mod_training(args.batch, args.seq, args.capacity, args.repeats)}
+    if args.decode:
+        result["decoding"] = bench_hf_mod_decoding(repeats=max(1, args.repeats // 2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
