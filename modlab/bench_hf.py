@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from modlab.routing.hf_decode import greedy_decode
 from modlab.routing.hf_routed_layer import HFRoutedLayer, install_hf_routing
-from modlab.routing.plan import threshold_routing
+from modlab.routing.install import threshold_routing
 
 
 def llama_layer_forward_flops(config, rows: int, tokens: int) -> int:

@@ -2,7 +2,7 @@
 
 `HFRoutedLayer` wraps one transformers decoder layer and gives it the semantics of modlab's own
 `RoutedBlock` (it *is* a RoutedBlock, so `routed_blocks`, `threshold_routing`, capacity annealing
-and `causal_routing_stats` from modlab.routing.plan work on HF models unchanged):
+and `causal_routing_stats` from modlab.routing.install work on HF models unchanged):
 
     each row keeps its k = ceil(C * n_valid) top-scoring valid tokens (padding never), sorted, and
     only those run the original layer:   y_i = x_i + w_i * (layer(x_sel)_i - x_i),   x_i elsewhere.
@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from modlab.errors import ConfigError
 from modlab.models.hf_families import HFFamily, decoder_layers, hf_family, layer_sliding_window
-from modlab.routing.plan import RouteInfo
+from modlab.routing.install import RouteInfo
 from modlab.routing.routed_block import RoutedBlock, gather_tokens
 from modlab.routing.schedule import annealed_capacity
 from modlab.routing.topk import topk_select

@@ -17,7 +17,7 @@ from modlab.errors import ConfigError
 from modlab.models.hf_families import HF_FAMILIES, decoder_layers
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_routed_layer import HFRoutedLayer, apply_hf_routing, install_hf_routing
-from modlab.routing.plan import causal_routing_stats, routed_blocks, threshold_routing
+from modlab.routing.install import causal_routing_stats, routed_blocks, threshold_routing
 
 transformers = pytest.importorskip("transformers")
 
