@@ -8,7 +8,10 @@ repeat: the least-disturbed run, as `timeit` advises.
 Tables: the Show-o-like training step in fp32 vs bf16 autocast (the choice
 `trainer.precision=auto` makes); a routed block vs the dense block at several capacities beside
 the FLOPs-predicted speed-up; the routed experiments' training step vs showo_dense; MindSkip
-batch-1 prefill / decode vs the base causal LM at several context lengths.
+batch-1 prefill / decode vs the base causal LM at several context lengths; Mixture-of-Depths inside
+a tiny Hugging Face Llama (modlab.bench_hf): the training step at capacity 0.125 on every other
+layer vs the unmodified model beside its FLOPs-predicted speed-up, and batch-1 greedy decoding
+with the compact KV cache vs dense (decode tok/s, cached K/V entries and MiB).
 """
 
 from __future__ import annotations
@@ -228,6 +231,61 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
     return table
 
 
+def hf_mod_tables(console, results: dict, training: dict | None = None, decoding: dict | None = None) -> None:
+    """The HF MoD training step and compact-cache decoding (modlab.bench_hf), if transformers is
+    installed; `training` / `decoding`: keyword arguments of bench_hf's functions (default: the issue's sizes)."""
+    try:
+        from modlab.bench_hf import bench_hf_mod_decoding, bench_hf_mod_training
+    except ImportError:  # transformers is the optional `hf` extra
+        console.print("HF MoD benchmarks skipped: transformers is not installed (pip install 'modlab[hf]')")
+        return
+    with console.status("HF Llama MoD training step: capacity 0.125 on layers 1, 3 vs unmodified"):
+        results["hf_mod_training"] = r = bench_hf_mod_training(**(training or {}))
+    console.print(
+        _table(
+            f"HF Llama MoD training step (4 layers, d=512, 8 heads, batch {r['batch']} x {r['seq']} tokens, "
+            f"capacity {r['capacity']} on layers {r['routed_layers']}, fp32, forward + backward)",
+            ("dense s", "routed s", "FLOPs-predicted speed-up", "measured speed-up", "measured / predicted"),
+            [
+                (
+                    f"{r['dense_s']:.3f}",
+                    f"{r['routed_s']:.3f}",
+                    f"{r['predicted_speedup']:.2f}x",
+                    f"{r['measured_speedup']:.2f}x",
+                    f"{r['measured_over_predicted']:.2f}",
+                )
+            ],
+        )
+    )
+    with console.status("HF Llama MoD decoding: compact KV cache vs dense"):
+        results["hf_mod_decoding"] = r = bench_hf_mod_decoding(**(decoding or {}))
+    ran = ", ".join(f"{i}: {f:.0%}" for i, f in r["fraction_that_ran_routed_layers"].items())
+    console.print(
+        _table(
+            f"HF Llama MoD batch-1 greedy decoding, threshold routing, compact KV cache vs dense "
+            f"(prompt {r['prompt']}, {r['new_tokens']} new tokens; tokens that ran routed layers {ran})",
+            (
+                "decode tok/s dense",
+                "decode tok/s routed",
+                "decode speed-up",
+                "KV MiB dense",
+                "KV MiB routed",
+                "KV saved",
+            ),
+            [
+                (
+                    f"{r['dense_decode_tok_s']:.0f}",
+                    f"{r['routed_decode_tok_s']:.0f}",
+                    f"{r['decode_speedup']:.2f}x",
+                    f"{r['dense_kv_mib']:.2f}",
+                    f"{r['routed_kv_mib']:.2f}",
+                    f"{r['kv_saving']:.1%}",
+                )
+            ],
+        )
+    )
+
+
 def main() -> None:
     from rich.console import Console
 
@@ -326,6 +384,8 @@ def main() -> None:
             ],
         )
     )
+
+    hf_mod_tables(console, results)
 
     out = Path("outputs/bench")
     out.mkdir(parents=True, exist_ok=True)
