@@ -36,6 +36,9 @@ class FamilySpec:
     mindskip: bool = False  # Router-Tuning (MindSkip routers on attention)
     commands: tuple[str, ...] = ("train", "eval", "analyze")
     requires_path: bool = False  # model.path: the weights live in a local directory
+    dtypes: tuple[str, ...] = ("auto",)  # model.dtype values it applies (modlab.models.config.DTYPES)
+    # objective.trainable=routers: the kinds of routers it trains alone, the model frozen ("mindskip", "mod")
+    router_tuning: tuple[str, ...] = ()
     _loaded: dict = field(default_factory=dict, compare=False, repr=False)
 
     def family(self):
@@ -72,6 +75,29 @@ class FamilySpec:
             )
         if run.mindskip.enabled and not self.mindskip:
             raise ConfigError(f"mindskip does not apply to model.arch={self.name} ({self.summary})")
+        if run.mindskip.enabled and run.routing.kind != "dense":
+            raise ConfigError(
+                f"routing={run.routing.kind} and mindskip in one run: choose one (token routing of whole layers, "
+                "or MindSkip's attention gates)"
+            )
+        self._check_trainable(run)
+
+    def _check_trainable(self, run) -> None:
+        trainable = getattr(run.objective, "trainable", "auto")
+        routers = "mindskip" if run.mindskip.enabled else run.routing.kind
+        if trainable == "all" and run.mindskip.enabled:
+            raise ConfigError(
+                "objective.trainable=all with mindskip: Router-Tuning trains the routers alone on a frozen model "
+                "(objective.trainable=routers or auto)"
+            )
+        if trainable == "routers":
+            if routers == "dense":
+                raise ConfigError("objective.trainable=routers, but the run has no routers (routing=mod or mindskip)")
+            if routers not in self.router_tuning:
+                raise ConfigError(
+                    f"objective.trainable=routers does not apply to routing={routers} on model.arch={self.name} "
+                    f"({self.summary}); it trains routers alone for: {', '.join(self.router_tuning) or 'nothing'}"
+                )
 
 
 REGISTRY: dict[str, FamilySpec] = {}
@@ -140,6 +166,7 @@ for _spec in (
         "modlab.families.causal_lm:CAUSAL_LM",
         analyses=("importance", "redundancy"),
         mindskip=True,
+        router_tuning=("mindskip",),
     ),
     FamilySpec(
         "hf",
@@ -147,8 +174,11 @@ for _spec in (
         "lm",
         "modlab.families.hf_causal_lm:HF_CAUSAL_LM",
         analyses=("importance",),
+        routing=("mod",),  # token routing inside the decoder layers (UniMoD's task routers need tasks)
         mindskip=True,
         requires_path=True,
+        dtypes=("auto", "bfloat16", "float32"),
+        router_tuning=("mindskip", "mod"),
     ),
 ):
     register_family(_spec)

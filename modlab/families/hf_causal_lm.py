@@ -1,8 +1,12 @@
 """The Hugging Face causal-LM family (`hf`): a local `save_pretrained` directory (model.path),
-router-tuned with MindSkip and analysed without a modlab checkpoint. Everything else is the
+fine-tuned with or without Mixture-of-Depths token routing in its decoder layers (`routing=mod`),
+router-tuned with MindSkip, and analysed without a modlab checkpoint. Everything else is the
 native causal LM's (modlab.families.causal_lm)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
 
 from modlab.errors import ConfigError
 from modlab.families.causal_lm import CausalLMFamily, LoadedLM
@@ -14,13 +18,62 @@ class HFCausalLMFamily(CausalLMFamily):
     def new_lm(self, model_cfg):
         from modlab.models.hf_causal_lm import load_hf_causal_lm
 
-        return load_hf_causal_lm(model_cfg.path)
+        return load_hf_causal_lm(model_cfg.path, model_cfg.dtype)
 
     def base_of(self, run):
         """The weights come from model.path; init_from is for native LMs."""
         if run.mindskip.enabled and run.init_from:
             raise ConfigError("init_from is for native LMs; a Hugging Face model's base is model.path")
         return run.model, None
+
+    # ---- train -----------------------------------------------------------------------------------
+
+    def build(self, run):
+        """An HFLMModule (token routing, Router-Tuning or plain fine-tuning) in the weights dtype
+        `model.dtype` resolves to on the trainer's device (recorded in the checkpoint)."""
+        from modlab.models.hf_causal_lm import resolve_dtype
+        from modlab.training.hf_lm import HFLMModule
+        from modlab.training.text_datamodule import TextDataModule
+
+        if run.init_from:
+            raise ConfigError("init_from is for native LMs; a Hugging Face model's base is model.path")
+        model_cfg = replace(run.model, dtype=resolve_dtype(run.model.dtype, run.trainer.accelerator))
+        module = HFLMModule.from_run(run, model_cfg)
+        return module, TextDataModule(run.data, run.eval, module.tokenizer)
+
+    def after_fit(self, module, trainer, out_dir: Path) -> dict:
+        agreement = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "val/router_agreement"}
+        return {**module.flops_summary(), **agreement, "dtype": module.model_cfg.dtype}
+
+    # ---- eval ------------------------------------------------------------------------------------
+
+    def load(self, ckpt_path: str):
+        if str(ckpt_path).endswith(".safetensors"):  # a MindSkip router file
+            return super().load(ckpt_path)
+        from modlab.training.hf_lm import load_hf_lm_module
+
+        return load_hf_lm_module(ckpt_path)
+
+    def evaluate(self, module, run, out_dir: Path) -> dict:
+        """A token-routed model: perplexity under the causal decision (and top-k, and dense),
+        capacity, FLOPs ratio and batch-1 decoding with the compact KV cache; otherwise as the
+        native LM (MindSkip: routed vs base vs static drop)."""
+        if getattr(module, "routing", None) is None:
+            return super().evaluate(module, run, out_dir)
+        from modlab.training.hf_lm import decode_speed
+        from modlab.training.text_datamodule import TextDataModule
+        from modlab.training.trainer import test_module
+
+        e = run.eval
+        data_cfg = replace(module.data_cfg, lm_files=list(module.data_cfg.lm_files))
+        dm = TextDataModule(data_cfg, e, module.tokenizer)
+        metrics = test_module(module, dm, run.trainer, run.logger, out_dir)
+        if e.speed_prompts:
+            prompts = dm.prompts(e.speed_prompts, e.speed_context)
+            metrics.update(decode_speed(module, prompts, e.speed_new_tokens, e.speed_repeats))
+        return {**metrics, **self.describe(module), "dtype": module.model_cfg.dtype, "ckpt_path": run.ckpt_path}
+
+    # ---- analyze ---------------------------------------------------------------------------------
 
     def load_pretrained(self, model_cfg) -> LoadedLM:
         """The directory itself, its text read with the default text settings (96-token windows

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from modlab.errors import ConfigError
 
+# weights dtype of a model loaded from a directory; auto: bf16 on a CUDA device with bf16, else fp32
+DTYPES = ("auto", "bfloat16", "float32")
+
 
 @dataclass
 class ModelConfig:
@@ -21,12 +24,21 @@ class ModelConfig:
     attn_layer_drop: float = 0.0
     norm_eps: float = 1e-5
     path: str | None = None  # arch=hf: a local Hugging Face model directory (the sizes above are unused)
+    dtype: str = "auto"  # arch=hf: weights dtype (auto | bfloat16 | float32); see DTYPES
 
     def __post_init__(self) -> None:
         from modlab.families import get_family
 
-        if get_family(self.arch).requires_path and not self.path:
+        spec = get_family(self.arch)
+        if spec.requires_path and not self.path:
             raise ConfigError(f"model.arch={self.arch} needs model.path=<a local model directory>")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype '{self.dtype}' is unknown ({', '.join(DTYPES)})")
+        if self.dtype not in spec.dtypes:
+            raise ConfigError(
+                f"model.dtype={self.dtype} does not apply to model.arch={self.arch} ({spec.summary}): its weights "
+                f"are {', '.join(spec.dtypes)} (trainer.precision sets autocast)"
+            )
         for name in ("d_model", "n_layer", "n_head"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")

@@ -1,5 +1,6 @@
-"""Hugging Face causal LMs (Llama, Mistral, Qwen2 families) from a local directory, behind the
-interface of modlab's own CausalLM, so MindSkip, Router-Tuning and the evaluation treat both alike.
+"""Hugging Face causal LMs (the families of modlab.models.hf_families: Llama, Mistral, Qwen2/3,
+Gemma 1/2/3, Phi, Phi-3) from a local directory, behind the interface of modlab's own CausalLM, so
+MindSkip, Router-Tuning, token routing and the evaluation treat both alike.
 
 Nothing is downloaded: `model.path` must be a directory written by `save_pretrained`. The text
 is tokenized with the directory's tokenizer when it ships one, else as UTF-8 bytes (ids 0..255,
@@ -17,8 +18,9 @@ import torch.nn as nn
 from modlab.data.text_tokenizer import ByteTokenizer, HFTokenizer
 from modlab.errors import CheckpointError, ConfigError
 from modlab.models.causal_lm import TokenFlops
+from modlab.models.hf_families import HF_FAMILIES, decoder_layers, hf_family
 
-SUPPORTED = ("llama", "mistral", "qwen2")
+SUPPORTED = tuple(HF_FAMILIES)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -43,6 +45,10 @@ class HFCausalLM(nn.Module):
     def __init__(self, model: nn.Module, path: str):
         super().__init__()
         self.hf, self.path = model, path
+        self.family = hf_family(model.config)
+        # transformers also sizes the masks of each attention type (full / sliding) from its first layer
+        layer_types = list(getattr(model.config, "layer_types", None) or [])
+        self.always_runs = frozenset({0} | {layer_types.index(t) for t in set(layer_types)})
 
     @property
     def n_layer(self) -> int:
@@ -57,10 +63,10 @@ class HFCausalLM(nn.Module):
         return self.hf.config.vocab_size
 
     def attention_slots(self) -> list[tuple[nn.Module, str]]:
-        return [(layer, "self_attn") for layer in self.hf.model.layers]
+        return [(layer, self.family.attention) for layer in self.decoder_layers()]
 
     def decoder_layers(self) -> list[nn.Module]:
-        return list(self.hf.model.layers)
+        return list(decoder_layers(self.hf, self.family))
 
     def new_cache(self) -> HFCache:
         from transformers import DynamicCache
@@ -95,9 +101,40 @@ class HFCausalLM(nn.Module):
         return logits
 
 
-def load_hf_causal_lm(path: str) -> tuple[HFCausalLM, ByteTokenizer | HFTokenizer]:
-    """The model (fp32, eval mode) and its tokenizer; every way a directory can be wrong is a
-    one-line ConfigError / CheckpointError."""
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, accelerator: str | None) -> str:
+    """`model.dtype` for the device the trainer runs on: auto is bfloat16 on a CUDA device with
+    bf16, float32 elsewhere (CPU); bfloat16 where the device lacks it is a one-line ConfigError.
+    `accelerator` None: no device is known (analysis, evaluation): auto is float32."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            has_bf16, device = False, f"trainer.accelerator={accelerator}, but no CUDA device is available"
+        else:
+            has_bf16, device = torch.cuda.is_bf16_supported(), f"the CUDA device {torch.cuda.get_device_name()}"
+        if dtype == "auto":
+            return "bfloat16" if has_bf16 else "float32"
+    elif accelerator in ("cpu", "auto"):
+        try:
+            has_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            has_bf16 = False
+        device = "this CPU (no AVX512-BF16 / AMX)"
+    elif accelerator is None:
+        has_bf16, device = True, ""
+    else:
+        has_bf16, device = False, f"trainer.accelerator={accelerator} (modlab checks bf16 on cpu and gpu only)"
+    if dtype == "auto":
+        return "float32"
+    if dtype == "bfloat16" and not has_bf16:
+        raise ConfigError(f"model.dtype=bfloat16 but {device} has no bf16: use model.dtype=float32 or auto")
+    return dtype
+
+
+def load_hf_causal_lm(path: str, dtype: str = "float32") -> tuple[HFCausalLM, ByteTokenizer | HFTokenizer]:
+    """The model (in `dtype`: float32 | bfloat16, auto = float32; eval mode) and its tokenizer;
+    every way a directory can be wrong is a one-line ConfigError / CheckpointError."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
@@ -114,7 +151,8 @@ def load_hf_causal_lm(path: str) -> tuple[HFCausalLM, ByteTokenizer | HFTokenize
     if config.model_type not in SUPPORTED:
         raise ConfigError(f"model.path '{path}' holds a '{config.model_type}' model; supported: {', '.join(SUPPORTED)}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation="sdpa")
+        torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, None)]
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype, attn_implementation="sdpa")
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"model.path '{path}': the weights could not be loaded ({type(e).__name__})") from None
     if any((p / f).is_file() for f in TOKENIZER_FILES):

@@ -10,6 +10,8 @@ from modlab.errors import ConfigError
 
 # unified: the T2I / MMU / LM tasks of a unified model; lm: causal LMs (pretraining, Router-Tuning)
 OBJECTIVES = ("unified", "lm")
+# what trains: auto (Router-Tuning: the routers; anything else: every weight) | all | routers
+TRAINABLE = ("auto", "all", "routers")
 
 
 @dataclass
@@ -23,10 +25,15 @@ class ObjectiveConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    # routers: only the routers (MoD routers and causal predictors, or MindSkip's) train, the
+    # model is frozen, as Router-Tuning does; all: every weight; auto: routers for MindSkip, else all
+    trainable: str = "auto"
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
             raise ConfigError(f"objective.name '{self.name}' is unknown ({', '.join(OBJECTIVES)})")
+        if self.trainable not in TRAINABLE:
+            raise ConfigError(f"objective.trainable '{self.trainable}' is unknown ({', '.join(TRAINABLE)})")
         unknown = set(self.loss_weights) - set(TASKS)
         if unknown:
             raise ConfigError(

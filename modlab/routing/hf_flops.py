@@ -1,0 +1,64 @@
+"""Analytic FLOPs of a Hugging Face CausalLM's step, with and without token routing, for every
+family in modlab.models.hf_families (bench_hf's Llama count, generalised).
+
+Counted as torch's FlopCounterMode counts them: matrix multiplications only, 2 FLOPs per
+multiply-add. A decoder layer costs 2 * tokens * (the weights of every nn.Linear in it: q, k, v, o
+and the MLP, whatever the family names them; Phi's parallel MLP and Phi-3's fused projections
+included) plus its attention, q k^T and p v over all query heads as the full square of the tokens
+it ran (SDPA and eager compute it whole, masked or not). A routed layer (HFRoutedLayer) costs that
+for each batched call it made (`routed_groups`: rows x kept tokens) plus its router and predictor,
+which score every token. The output head costs 2 * tokens * d * vocab. A training step is counted
+as forward + backward = 3 x forward (the backward of a matmul is two matmuls), as
+modlab.flops and modlab.bench_hf count it.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from modlab.models.hf_families import decoder_layers
+from modlab.routing.hf_routed_layer import HFRoutedLayer
+
+
+def linear_weights(module: nn.Module) -> int:
+    """Multiply-adds per token of every nn.Linear under `module`."""
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def query_width(config) -> int:
+    """Query heads x head dim: the width of q k^T and p v."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_attention_heads * head_dim
+
+
+def layer_forward_flops(layer: nn.Module, config, rows: int, tokens: int) -> int:
+    """One (unrouted) decoder layer on `rows` rows of `tokens` tokens."""
+    return 2 * rows * tokens * linear_weights(layer) + 2 * 2 * rows * tokens * tokens * query_width(config)
+
+
+def routed_groups(model: nn.Module) -> dict[int, list[tuple[int, int]]]:
+    """The (rows, kept tokens) batched calls each routed layer of a transformers model made in its
+    last forward (what really ran)."""
+    return {m.layer_idx: list(m.last_groups) for m in model.modules() if isinstance(m, HFRoutedLayer)}
+
+
+def forward_flops(model: nn.Module, B: int, T: int, routed: dict[int, list[tuple[int, int]]] | None = None) -> int:
+    """Forward FLOPs of a transformers CausalLM on B rows of T tokens; `routed`: what each routed
+    layer ran (routed_groups after the forward), None: every layer dense."""
+    config = model.config
+    total = 2 * B * T * config.hidden_size * config.vocab_size  # output head
+    for i, layer in enumerate(decoder_layers(model)):
+        if isinstance(layer, HFRoutedLayer):
+            if routed is None:
+                total += layer_forward_flops(layer.block, config, B, T)
+                continue
+            total += sum(layer_forward_flops(layer.block, config, rows, k) for rows, k in routed.get(i, []))
+            total += 2 * B * T * layer.routing_weights()  # the router (and predictor) score every token
+        else:
+            total += layer_forward_flops(layer, config, B, T)
+    return total
+
+
+def train_step_flops(model: nn.Module, B: int, T: int, routed: dict[int, list[tuple[int, int]]] | None = None) -> int:
+    """Forward + backward FLOPs of one training step (3 x forward)."""
+    return 3 * forward_flops(model, B, T, routed)
