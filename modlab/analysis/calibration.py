@@ -42,8 +42,13 @@ def calibration_batches(
         for task in ("t2i", "mmu"):
             if task in tasks:
                 sets[task] = DigitRows(space, codes, digits.labels, task, train=False)
-    if "lm" in tasks:
-        tokens = corpus_tokens(data_cfg.lm_files, text_tokenizer)[split]
+    if "lm" in tasks and getattr(data_cfg, "lm_format", "text") == "alpaca":  # instruction rows
+        from modlab.data.instructions import ListRows, instruction_splits
+
+        sets["lm"] = ListRows(instruction_splits(data_cfg.lm_files, text_tokenizer, data_cfg.lm_length)[0][split])
+    elif "lm" in tasks:
+        fmt, field = getattr(data_cfg, "lm_format", "text"), getattr(data_cfg, "text_field", "text")
+        tokens = corpus_tokens(data_cfg.lm_files, text_tokenizer, fmt, field)[split]
         if len(tokens) < data_cfg.lm_length + 1:
             raise DataError(
                 f"the {split} split has {len(tokens)} tokens of text, fewer than one row of "

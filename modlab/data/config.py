@@ -8,6 +8,8 @@ from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 
 KINDS = ("digits", "scenes")
+# causal LMs: how data.lm_files are read (modlab.data.text_corpus, modlab.data.instructions)
+LM_FORMATS = ("text", "jsonl", "alpaca")
 
 
 @dataclass
@@ -25,6 +27,10 @@ class DataConfig:
     codebook_size: int = 64  # patch_kmeans: number of codes
     patch: int = 2  # patch_kmeans: patch side
     lm_files: list[str] = field(default_factory=list)  # empty: Python's pydoc topics
+    # text: plain text files | jsonl: one JSON object a line, its `text_field` is a document |
+    # alpaca: instruction / input / output records (JSONL or a JSON list), loss on the output only
+    lm_format: str = "text"
+    text_field: str = "text"
     lm_length: int = 96  # bytes per LM row
     lm_train_rows: int = 0  # > 0: a fixed set of that many training windows (Router-Tuning's small set)
     # rows of each task per training batch; 0 leaves a task out
@@ -50,6 +56,10 @@ class DataConfig:
             raise ConfigError(f"data.batch_size has unknown task(s) {sorted(unknown)} (known: {', '.join(TASKS)})")
         if any(v < 0 for v in self.batch_size.values()) or not any(self.batch_size.values()):
             raise ConfigError("data.batch_size values must be >= 0 and at least one task must be > 0")
+        if self.lm_format not in LM_FORMATS:
+            raise ConfigError(f"data.lm_format '{self.lm_format}' is unknown ({', '.join(LM_FORMATS)})")
+        if self.lm_format != "text" and not self.lm_files:
+            raise ConfigError(f"data.lm_format={self.lm_format} reads your files: give data.lm_files=[...]")
         if self.lm_train_rows < 0:
             raise ConfigError(f"data.lm_train_rows must be >= 0, got {self.lm_train_rows}")
         if self.lm_length < 8 or self.eval_batch_size < 1 or self.num_workers < 0:

@@ -80,6 +80,11 @@ class FamilySpec:
                 f"routing={run.routing.kind} and mindskip in one run: choose one (token routing of whole layers, "
                 "or MindSkip's attention gates)"
             )
+        if run.data.lm_format != "text" and self.objective != "lm":
+            raise ConfigError(
+                f"data.lm_format={run.data.lm_format} reads text for causal LMs; model.arch={self.name} "
+                "reads plain text files (data.lm_format=text)"
+            )
         self._check_trainable(run)
 
     def _check_trainable(self, run) -> None:
