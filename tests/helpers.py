@@ -142,3 +142,46 @@ def routed_block_inputs(B=4, T=12, n_tasks=2, seed=0):
     task = torch.arange(B) % n_tasks
     positions = torch.arange(T).expand(B, T)
     return x, positions, omni_attention_mask(is_image, valid), RouteInfo(task=task, valid=valid)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def save_tiny_tokenizer(path: Path, chat_template: str | None = CHAT_TEMPLATE) -> Path:
+    """A byte-level BPE tokenizer with no merges (256 byte tokens, then <pad> and <eos>: 258 ids,
+    within save_tiny_hf's vocabulary), saved into `path` (e.g. a model directory), with a chat
+    template unless None. Built from nothing; nothing is downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=258, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(["a"], trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    if chat_template is not None:
+        fast.chat_template = chat_template
+    fast.save_pretrained(path)
+    return path
+
+
+def write_alpaca(path: Path, n: int = 40, drop: tuple[int, str] | None = None) -> Path:
+    """An Alpaca-format JSONL file of n records (every other one with an input); `drop`
+    (record index, field) leaves that field out of that record (line index + 1)."""
+    import json
+
+    lines = []
+    for i in range(n):
+        rec = {"instruction": f"Write the number {i} in words.", "input": "" if i % 2 else f"n = {i}"}
+        rec["output"] = f"The number is {i}."
+        if drop is not None and drop[0] == i:
+            rec.pop(drop[1])
+        lines.append(json.dumps(rec))
+    path.write_text("\n".join(lines) + "\n")
+    return path
