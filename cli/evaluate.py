@@ -1,4 +1,5 @@
-"""`modlab eval ckpt_path=...`: the test metrics of a checkpoint, written to metrics.json."""
+"""`modlab eval ckpt_path=...`: the test metrics of a checkpoint, written to metrics.json; with
+`harness.tasks=[...]` also lm-evaluation-harness scores of its base and routed model side by side."""
 
 from __future__ import annotations
 
@@ -15,7 +16,34 @@ def evaluate(cfg: DictConfig) -> dict:
     spec = family_of_checkpoint(c.ckpt_path)
     spec.require("eval", c.ckpt_path)
     family = spec.family()
+    tm = None
+    if c.harness.tasks:  # an unknown task fails before the model is loaded
+        from modlab.evaluation.harness import task_manager
+
+        tm = task_manager(c.harness)
     module = family.load(c.ckpt_path)
     seed_everything(c.seed)
     out = run_dir()
-    return finish_run("modlab eval", family.evaluate(module, c, out), out)
+    metrics = family.evaluate(module, c, out)
+    if c.harness.tasks:
+        from modlab.evaluation.harness import run_harness
+
+        variants, tokenizer, device = family.harness_variants(module)
+        scores = run_harness(variants, tokenizer, c.harness, tm, device)
+        metrics.update(scores)
+        print_harness_table(scores)
+    return finish_run("modlab eval", metrics, out)
+
+
+def print_harness_table(scores: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from modlab.evaluation.harness import side_by_side
+
+    table = Table(title="lm-evaluation-harness: base vs routed")
+    for col in ("task / metric", "base", "routed", "routed - base"):
+        table.add_column(col, justify="left" if col.startswith("task") else "right")
+    for row in side_by_side(scores):
+        table.add_row(*row)
+    Console().print(table)

@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from modlab.analysis.config import AnalysisConfig, CalibrationConfig
 from modlab.data.config import DataConfig
 from modlab.errors import ConfigError
+from modlab.evaluation.harness_config import HarnessConfig
 from modlab.mindskip.config import MindSkipConfig
 from modlab.models.config import ModelConfig
 from modlab.routing.config import RoutingConfig
@@ -64,6 +65,7 @@ class EvalCommandConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)  # lm-evaluation-harness tasks (causal LMs)
     debug: dict[str, Any] | None = None
 
 

@@ -185,3 +185,28 @@ def write_alpaca(path: Path, n: int = 40, drop: tuple[int, str] | None = None) -
         lines.append(json.dumps(rec))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_mc_task(directory: Path, name: str = "tiny_mc", n: int = 8) -> Path:
+    """A local lm-eval multiple-choice task: JSONL documents and the task YAML that reads them with
+    the `json` builder (nothing is downloaded). Returns the directory (harness.include_path)."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    docs = [
+        {"question": f"What is {i} plus 1?", "choices": [str(i + 1), f"{i} and more", "no"], "label": i % 2}
+        for i in range(n)
+    ]
+    (directory / f"{name}.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    (directory / f"{name}.yaml").write_text(
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {directory / (name + '.jsonl')}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        "doc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return directory

@@ -73,6 +73,11 @@ class ModelFamily:
     def evaluate(self, loaded, run, out_dir: Path) -> dict:
         raise ConfigError(f"model family '{self.name}' has no evaluation")
 
+    def harness_variants(self, loaded) -> tuple[dict, object, object]:
+        """lm-evaluation-harness (`modlab eval harness.tasks=[...]`): ({"base": logits_fn,
+        "routed": logits_fn}, the text tokenizer, the device), logits_fn(ids (1, T)) -> (1, T, vocab)."""
+        raise ConfigError(f"model family '{self.name}' is not a causal LM: lm-evaluation-harness does not apply")
+
     def generate(self, loaded, run, out_dir: Path) -> dict:
         raise ConfigError(f"model family '{self.name}' does not generate images")
 

@@ -130,6 +130,24 @@ class CausalLMFamily(ModelFamily):
         precision = "bf16-mixed" if autocast else "32-true"
         return {**metrics, "params": module.lm.num_params(), "ckpt_path": run.ckpt_path, "precision": precision}
 
+    def harness_variants(self, module):
+        """base: every attention gate open (the pretrained model); routed: with the MindSkip routers."""
+        lm, skip = module.lm, module.skip
+
+        def logits_fn(routers: bool):
+            def logits(ids):
+                if skip is None:
+                    return lm(ids)
+                with skip.variant(routers=routers), skip.context(valid=None):
+                    return lm(ids)
+
+            return logits
+
+        variants = {"base": logits_fn(False)}
+        if skip is not None and skip.layers:
+            variants["routed"] = logits_fn(True)
+        return variants, module.tokenizer, next(module.parameters()).device
+
     # ---- analyze ---------------------------------------------------------------------------------
 
     def load_for_analysis(self, ckpt_path: str) -> LoadedLM:

@@ -73,6 +73,26 @@ class HFCausalLMFamily(CausalLMFamily):
             metrics.update(decode_speed(module, prompts, e.speed_new_tokens, e.speed_repeats))
         return {**metrics, **self.describe(module), "dtype": module.model_cfg.dtype, "ckpt_path": run.ckpt_path}
 
+    def harness_variants(self, module):
+        """A token-routed model: routed = the causal (threshold) routing decoding uses, base = the
+        same weights unrouted; otherwise as the native LM (MindSkip gates or none)."""
+        if getattr(module, "routing", None) is None:
+            return super().harness_variants(module)
+        from modlab.routing.install import threshold_routing
+        from modlab.training.hf_lm import unrouted
+
+        lm = module.lm
+
+        def routed(ids):
+            with threshold_routing(lm.hf):
+                return lm(ids)
+
+        def base(ids):
+            with unrouted(module.routing):
+                return lm(ids)
+
+        return {"base": base, "routed": routed}, module.tokenizer, next(module.parameters()).device
+
     # ---- analyze ---------------------------------------------------------------------------------
 
     def load_pretrained(self, model_cfg) -> LoadedLM:
