@@ -150,6 +150,9 @@ def load_hf_causal_lm(path: str, dtype: str = "float32") -> tuple[HFCausalLM, By
         ) from None
     if config.model_type not in SUPPORTED:
         raise ConfigError(f"model.path '{path}' holds a '{config.model_type}' model; supported: {', '.join(SUPPORTED)}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its weight-loading bar would break one-line errors on stderr
     try:
         torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, None)]
         model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype, attn_implementation="sdpa")

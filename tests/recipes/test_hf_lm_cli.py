@@ -1,0 +1,223 @@
+"""The real `modlab` command on a tiny random Hugging Face Llama saved to a directory (nothing is
+downloaded): Mixture-of-Depths fine-tuning -> eval (perplexity under causal routing, compact-cache
+decoding, a local lm-eval task) -> Router-Tuning and routers-only MoD from an Alpaca-format JSONL
+file through the model's chat template; and every bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import (
+    TINY,
+    assert_one_line_error,
+    only_run_dir,
+    run_modlab,
+    save_tiny_hf,
+    save_tiny_tokenizer,
+    write_alpaca,
+    write_mc_task,
+)
+
+pytest.importorskip("transformers")
+
+SPEED = ("eval.speed_prompts=2", "eval.speed_context=32", "eval.speed_new_tokens=4", "eval.speed_repeats=1")
+
+
+def offline_env(tmp_path) -> dict:
+    return {"HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return save_tiny_hf(tmp_path_factory.mktemp("hf") / "llama")
+
+
+@pytest.fixture(scope="module")
+def mod_run(hf_dir, tmp_path_factory):
+    """`modlab train +experiment=hf_mod` on the tiny Llama: its run directory."""
+    out = tmp_path_factory.mktemp("mod")
+    proc = run_modlab("train", "+experiment=hf_mod", f"model.path={hf_dir}", *TINY, out_dir=out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return only_run_dir(out)
+
+
+def test_mod_fine_tune_routes_tokens_and_reports_training_flops(mod_run):
+    m = json.loads((mod_run / "metrics.json").read_text())
+    assert m["params_trained"] == m["params"] and m["dtype"] == "float32"  # objective.trainable=auto: all
+    # capacity 0.125 on layers 1 and 3, annealed from dense over 100 steps: 4 steps cut a little
+    assert m["train/flops_per_step"] < m["train/flops_per_step_dense"]
+    assert m["train/flops_ratio"] == pytest.approx(m["train/flops_per_step"] / m["train/flops_per_step_dense"])
+    assert 0 <= m["test/capacity"] <= 1 and 0 < m["test/flops_ratio"] <= 1
+    assert {"test/ppl", "test/ppl_topk", "test/ppl_dense", "val/router_agreement"} <= set(m)
+    ckpt = torch.load(mod_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "lm.hf.model.layers.1.router.proj.weight" in ckpt["state_dict"]
+    assert "lm.hf.model.layers.1.block.self_attn.q_proj.weight" in ckpt["state_dict"]  # the routed layer's weights
+    assert ckpt["hyper_parameters"]["routing"]["kind"] == "mod"
+
+
+def test_eval_of_the_mod_checkpoint_causal_perplexity_decoding_and_a_local_harness_task(mod_run, tmp_path):
+    trained = json.loads((mod_run / "metrics.json").read_text())
+    best = next((mod_run / "checkpoints").glob("best-step*.ckpt"))
+    args = ["eval", f"ckpt_path={best}", "debug=fast", *SPEED]
+    harness = importable("lm_eval")
+    if harness:
+        args += ["harness.tasks=[tiny_mc]", f"harness.include_path={write_mc_task(tmp_path / 'tasks')}"]
+    proc = run_modlab(*args, out_dir=tmp_path / "e", env=offline_env(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    e = json.loads((only_run_dir(tmp_path / "e") / "metrics.json").read_text())
+    # the checkpoint reloads to the model that was tested: the same causal perplexity
+    assert e["test/ppl"] == pytest.approx(trained["test/ppl"], rel=1e-4)
+    assert e["test/capacity"] == pytest.approx(trained["test/capacity"], rel=1e-4)
+    # batch-1 greedy decoding with the compact cache keeps no K/V where a token skipped a layer
+    assert e["speed/routed_kv_entries"] <= e["speed/dense_kv_entries"] and e["speed/routed_generate_tok_s"] > 0
+    if harness:
+        assert 0 <= e["harness/tiny_mc/acc_base"] <= 1 and 0 <= e["harness/tiny_mc/acc_routed"] <= 1
+        assert "lm-evaluation-harness: base vs routed" in proc.stdout and "tiny_mc/acc" in proc.stdout
+
+
+def importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.fixture(scope="module")
+def hf_chat_dir(tmp_path_factory):
+    """The tiny Llama with a byte-level tokenizer that has a chat template."""
+    path = save_tiny_hf(tmp_path_factory.mktemp("hf_chat") / "llama")
+    return save_tiny_tokenizer(path)
+
+
+def test_router_tuning_from_alpaca_jsonl_through_the_chat_template(hf_chat_dir, tmp_path):
+    alpaca = write_alpaca(tmp_path / "alpaca.jsonl")
+    proc = run_modlab(
+        "train",
+        "+experiment=lm_router_tuning",
+        "model=hf_causal_lm",
+        f"model.path={hf_chat_dir}",
+        "data.lm_format=alpaca",
+        f"data.lm_files=[{alpaca}]",
+        "data.lm_length=128",
+        "mindskip.n_routed=2",
+        "debug=fast",
+        "callbacks.progress_bar=false",
+        out_dir=tmp_path / "t",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = only_run_dir(tmp_path / "t")
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["params_trained"] == 2 * 32 and m["test/ppl_base"] > 1.0
+    assert (run / "routers.safetensors").is_file()
+
+
+def test_routers_only_mod_from_alpaca_checkpoints_the_routers_alone_and_reloads(hf_dir, tmp_path):
+    alpaca = write_alpaca(tmp_path / "alpaca.jsonl")
+    proc = run_modlab(
+        "train",
+        "+experiment=hf_mod",
+        f"model.path={hf_dir}",
+        "objective.trainable=routers",
+        "routing.causal=predictor",
+        "data.lm_format=alpaca",
+        f"data.lm_files=[{alpaca}]",
+        "data.lm_length=256",
+        *TINY,
+        out_dir=tmp_path / "t",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = only_run_dir(tmp_path / "t")
+    m = json.loads((run / "metrics.json").read_text())
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    keys = set(ckpt["state_dict"])
+    assert keys and all(".router." in k or ".predictor." in k for k in keys)
+    assert m["params_trained"] == sum(v.numel() for v in ckpt["state_dict"].values())
+    best = next((run / "checkpoints").glob("best-step*.ckpt"))
+    proc = run_modlab("eval", f"ckpt_path={best}", "debug=fast", "eval.speed_prompts=0", out_dir=tmp_path / "e")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    e = json.loads((only_run_dir(tmp_path / "e") / "metrics.json").read_text())
+    assert e["test/ppl"] == pytest.approx(m["test/ppl"], rel=1e-4)
+
+
+# ---- bad input: one line, exit code 2 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("routing.layers=[1,7]",), ("routing.layers [7] out of range", "0..3")),
+        (("routing=unimod",), ("routing=unimod does not apply to model.arch=hf",)),
+        (("routing.causal=none",), ("routing.causal=none has no causal decision",)),
+        (("mindskip=sequence",), ("routing=mod and mindskip in one run",)),
+        (
+            ("routing=dense", "objective.trainable=routers"),
+            ("objective.trainable=routers, but the run has no routers",),
+        ),
+        (("model.dtype=float16",), ("model.dtype 'float16' is unknown",)),
+    ],
+)
+def test_bad_hf_training_input_is_one_line_and_exit_2(hf_dir, tmp_path, args, needles):
+    proc = run_modlab("train", "+experiment=hf_mod", f"model.path={hf_dir}", *TINY, *args, out_dir=tmp_path)
+    assert_one_line_error(proc, *needles)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_bf16_where_the_device_lacks_it_is_one_line(hf_dir, tmp_path):
+    proc = run_modlab(
+        "train",
+        "+experiment=hf_mod",
+        f"model.path={hf_dir}",
+        "trainer=gpu",
+        "model.dtype=bfloat16",
+        *TINY,
+        out_dir=tmp_path,
+    )
+    assert_one_line_error(proc, "model.dtype=bfloat16", "no CUDA device", "has no bf16")
+
+
+def test_an_alpaca_file_with_a_missing_field_is_one_line(hf_dir, tmp_path):
+    bad = write_alpaca(tmp_path / "bad.jsonl", drop=(2, "output"))
+    proc = run_modlab(
+        "train",
+        "+experiment=hf_mod",
+        f"model.path={hf_dir}",
+        "data.lm_format=alpaca",
+        f"data.lm_files=[{bad}]",
+        *TINY,
+        out_dir=tmp_path,
+    )
+    assert_one_line_error(proc, f"{bad} line 3: no 'output' field")
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (
+            ("+experiment=lm_pretrain", "model.dtype=bfloat16"),
+            ("model.dtype=bfloat16 does not apply to model.arch=lm",),
+        ),
+        (("+experiment=showo_mod", "objective.trainable=routers"), ("objective.trainable=routers does not apply",)),
+        (
+            ("+experiment=showo_dense", "data.lm_format=jsonl", "data.lm_files=[x.jsonl]"),
+            ("data.lm_format=jsonl reads text for causal LMs",),
+        ),
+        (("+experiment=lm_router_tuning", "objective.trainable=all"), ("objective.trainable=all with mindskip",)),
+    ],
+)
+def test_settings_other_families_cannot_apply_are_one_line(tmp_path, args, needles):
+    assert_one_line_error(run_modlab("train", *args, out_dir=tmp_path), *needles)
+
+
+def test_an_unknown_lm_eval_task_is_one_line(mod_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    proc = run_modlab(
+        "eval",
+        f"ckpt_path={mod_run / 'checkpoints' / 'last.ckpt'}",
+        "harness.tasks=[no_such_task]",
+        f"harness.include_path={tmp_path}",
+        out_dir=tmp_path / "e",
+        env=offline_env(tmp_path),
+    )
+    assert_one_line_error(proc, "lm-eval knows no task 'no_such_task'")
