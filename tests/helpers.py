@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODLAB = str(Path(sys.executable).parent / "modlab")
 # the tiny debug profile (conf/debug/tiny.yaml): 4 layers, d = 32, a few steps of everything
 TINY = ("debug=tiny",)
-HF_FAMILIES = ("llama", "mistral", "qwen2")
+# every supported Hugging Face family (modlab.models.hf_families): MindSkip and token routing apply to all
+HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3")
 
 
 def _routing_cfg():
@@ -72,19 +73,27 @@ def composed(config_name: str, overrides: list[str], out_dir: Path):
     return cfg
 
 
+# config values some families need beyond the common tiny sizes (Qwen3 / Gemma size heads by head_dim)
+HF_EXTRA = {
+    "qwen3": {"head_dim": 8},
+    "gemma": {"head_dim": 8},
+    "gemma2": {"head_dim": 8},
+    "gemma3_text": {"head_dim": 8},
+    "phi3": {"pad_token_id": 0},
+}
+
+
 def save_tiny_hf(path: Path, family: str = "llama", n_layer: int = 4, seed: int = 0) -> Path:
-    """A tiny random Hugging Face causal LM, saved with save_pretrained (byte-level text needs a
-    vocabulary of at least 256)."""
+    """A tiny random Hugging Face causal LM of any family in modlab.models.hf_families, saved with
+    save_pretrained (byte-level text needs a vocabulary of at least 256)."""
     import transformers as T
     from transformers.utils import logging
 
+    from modlab.models.hf_families import HF_FAMILIES as ENTRIES
+
     logging.disable_progress_bar()
-    config_cls, model_cls = {
-        "llama": (T.LlamaConfig, T.LlamaForCausalLM),
-        "mistral": (T.MistralConfig, T.MistralForCausalLM),
-        "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM),
-    }[family]
-    cfg = config_cls(
+    entry = ENTRIES[family]
+    cfg = getattr(T, entry.config_class)(
         vocab_size=260,
         hidden_size=32,
         intermediate_size=64,
@@ -92,9 +101,10 @@ def save_tiny_hf(path: Path, family: str = "llama", n_layer: int = 4, seed: int 
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
+        **HF_EXTRA.get(family, {}),
     )
     torch.manual_seed(seed)
-    model_cls(cfg).save_pretrained(path)
+    getattr(T, entry.causal_lm_class)(cfg).save_pretrained(path)
     return path
 
 

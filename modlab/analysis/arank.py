@@ -6,7 +6,9 @@ model's own attention mask instead, as earlier work did). The rank is numerical:
 (float64 SVD) above `rtol` times the largest count. A low rank means the layer's attention is
 explained by few token directions: its tokens are redundant, so the layer is a candidate for
 routing. Rank is bounded by min(n, head_dim), so it is reported raw, normalised by the row's
-sequence length n (what the routing plan uses), and relative to that bound.
+sequence length n (what the routing plan uses), and relative to that bound. For a Hugging Face
+LM, Q and K are read as its own attention uses them: after its RoPE, key heads repeated for
+grouped-query attention (modlab.analysis.hf_attention).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from modlab.analysis.subject import Subject, core_block, layer_inputs
+from modlab.analysis.subject import Subject, layer_attention
 from modlab.models.transformer import attention_probs
 
 
@@ -56,8 +58,10 @@ def head_ranks(
     rtol: float,
     kind: str = "pre_softmax",
     mask: torch.Tensor | None = None,
+    probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, H) ranks of each row's and head's attention matrix over its valid tokens.
+    """(B, H) ranks of each row's and head's attention matrix over its valid tokens (`probs`: the
+    model's own softmax map for post_softmax; default softmax(q k^T / sqrt(d)) under `mask`).
 
     Padding rows and columns are zeroed, which leaves the singular values of the valid block
     unchanged, so rows of different lengths share one batched SVD."""
@@ -65,9 +69,9 @@ def head_ranks(
     if kind == "pre_softmax":
         return product_rank(q.double() * keep, k.double() * keep, rtol)
     if kind == "post_softmax":
-        return numerical_rank(
-            attention_probs(q.float(), k.float(), mask).double() * keep * keep.transpose(-2, -1), rtol
-        )
+        if probs is None:
+            probs = attention_probs(q.float(), k.float(), mask)
+        return numerical_rank(probs.double() * keep * keep.transpose(-2, -1), rtol)
     raise ValueError(f"unknown ARank kind '{kind}'")
 
 
@@ -85,14 +89,16 @@ def arank_analysis(
     out = []
     for task, task_batches in batches.items():
         per_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(subject.n_layer)}
+        head_dim: dict[int, int] = {}
         for batch in task_batches:
             valid = batch["valid"]
 
-            def read(i, block, x, positions, mask):
-                q, k, _ = block.attn.qk(block.norm_attn(x), positions)
-                per_layer[i].append((head_ranks(q, k, valid, rtol, kind, mask).cpu(), valid.sum(1).cpu()))
+            def read(i, q, k, mask, probs, dim):
+                p = probs() if kind == "post_softmax" else None
+                per_layer[i].append((head_ranks(q, k, valid, rtol, kind, mask, p).cpu(), valid.sum(1).cpu()))
+                head_dim[i] = dim
 
-            with layer_inputs(subject.blocks, read):
+            with layer_attention(subject, read):
                 subject.run(batch)
             if advance:
                 advance()
@@ -100,7 +106,7 @@ def arank_analysis(
             ranks = torch.cat([r for r, _ in parts]).double()  # (rows, H)
             n = torch.cat([n for _, n in parts]).double()[:, None]
             # the largest rank possible: Q K^T has rank <= head_dim; a softmax map only <= n
-            bound = n.clamp(max=core_block(subject.blocks[i]).attn.head_dim) if kind == "pre_softmax" else n
+            bound = n.clamp(max=head_dim[i]) if kind == "pre_softmax" else n
             row_rank = ranks.mean(1)
             out.append(
                 {

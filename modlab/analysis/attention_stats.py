@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from modlab.analysis.subject import Subject, layer_inputs
-from modlab.models.transformer import attention_probs
+from modlab.analysis.subject import Subject, layer_attention
 
 QUERY_KINDS = ("all", "text", "image")
 
@@ -48,9 +47,8 @@ def attention_analysis(
             is_image, valid = batch["is_image"], batch["valid"]
             t = is_image.shape[1]
 
-            def read(i, block, x, positions, mask):
-                q, k, _ = block.attn.qk(block.norm_attn(x), positions)
-                probs = attention_probs(q, k, mask).float()
+            def read(i, q, k, mask, attention_probs, head_dim):
+                probs = attention_probs().float()
                 for kind, (s, n) in image_mass(probs, is_image, valid).items():
                     mass[(i, kind)][0] += s
                     mass[(i, kind)][1] += n
@@ -61,7 +59,7 @@ def attention_analysis(
                         uniform[kind][0] += s
                         uniform[kind][1] += n
 
-            with layer_inputs(subject.blocks, read):
+            with layer_attention(subject, read):
                 subject.run(batch)
             query_count[:t] += valid.sum(0)
             if advance:
@@ -82,3 +80,28 @@ def attention_analysis(
                 )
         maps[task] = map_sum / query_count.clamp(min=1)[None, :, None]
     return rows, maps
+
+
+def text_attention_rows(maps: dict[str, torch.Tensor]) -> list[dict]:
+    """Where a text-only model's queries look, per task and layer, from the mean attention maps
+    (averaged over heads and rows; query 0, which can only see itself, left out): the share on the
+    first token (the "attention sink"), on the token itself, on the previous token, and the mean
+    distance back to the keys attended to."""
+    rows = []
+    for task, m in maps.items():
+        L, T, _ = m.shape
+        q = torch.arange(T)
+        distance = (q[:, None] - q[None, :]).clamp(min=0).float()
+        for i in range(L):
+            p = m[i, 1:]  # (T - 1, T)
+            rows.append(
+                {
+                    "task": task,
+                    "layer": i,
+                    "to_first": float(p[:, 0].mean()),
+                    "to_self": float(p.diagonal(offset=1).mean()),
+                    "to_previous": float(p.diagonal(offset=0).mean()),
+                    "mean_distance": float((p * distance[1:]).sum(-1).mean()),
+                }
+            )
+    return rows

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -66,16 +67,29 @@ def block_sublayers(layer: nn.Module, args: tuple, kwargs: dict) -> Sublayers:
     )
 
 
-def hf_sublayers(layer: nn.Module, args: tuple, kwargs: dict) -> Sublayers:
-    """transformers' Llama / Mistral / Qwen2 decoder layer: the attention is called with the
-    layer's own keyword arguments (position embeddings, mask, ...), as the layer itself does."""
-    x = args[0] if args else kwargs["hidden_states"]
-    rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-    return Sublayers(
-        x,
-        lambda h: layer.self_attn(hidden_states=layer.input_layernorm(h), **rest)[0],
-        lambda h: layer.mlp(layer.post_attention_layernorm(h)),
-    )
+def hf_sublayers(family):
+    """Sublayers of a transformers decoder layer of `family` (modlab.models.hf_families): the
+    attention is called with the layer's own keyword arguments (position embeddings, mask, ...),
+    as the layer itself does, and each branch applies the norms its family puts around it (Gemma
+    2 / 3 normalise the branch outputs too). Phi runs attention and MLP in parallel off one norm:
+    its MLP branch reads the layer input x whatever stream it is given, so x + attn(x) + mlp(.)
+    is still the layer's output."""
+
+    def sublayers(layer: nn.Module, args: tuple, kwargs: dict) -> Sublayers:
+        x = args[0] if args else kwargs["hidden_states"]
+        rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        core = getattr(layer, "block", layer)  # a routed layer: measured as if every token ran it
+        attn, mlp = getattr(core, family.attention), getattr(core, family.mlp)
+        attn_in, mlp_in = getattr(core, family.input_norm), getattr(core, family.mlp_norm)
+        attn_out = getattr(core, family.attn_out_norm) if family.attn_out_norm else nn.Identity()
+        mlp_out = getattr(core, family.mlp_out_norm) if family.mlp_out_norm else nn.Identity()
+        return Sublayers(
+            x,
+            lambda h: attn_out(attn(hidden_states=attn_in(h), **rest)[0]),
+            lambda h: mlp_out(mlp(mlp_in(x if family.parallel_attn_mlp else h))),
+        )
+
+    return sublayers
 
 
 @dataclass
@@ -89,6 +103,10 @@ class Subject:
     sublayers: Callable[[nn.Module, tuple, dict], Sublayers] = block_sublayers
     # layers return the new stream x + f(x) (transformers), not modlab's delta f(x)
     returns_stream: bool = False
+    # a model whose layers are not modlab Blocks: attention(fn) is a context manager that, while
+    # active, calls fn(layer, q, k, mask, probs, head_dim) as each layer's attention runs
+    # (modlab.analysis.hf_attention); None: read modlab Blocks (layer_attention)
+    attention: Callable | None = None
 
     @property
     def n_layer(self) -> int:
@@ -117,6 +135,26 @@ def layer_inputs(
     """While active, every forward calls fn(layer, block, x, positions, attn_mask) with each layer's
     input (the full sequence, also for routed layers) before the layer runs. modlab blocks only."""
     with _pre_hooks(blocks, lambda i, layer, args, kwargs: fn(i, core_block(layer), *_block_args(args, kwargs))):
+        yield
+
+
+@contextmanager
+def layer_attention(subject: Subject, fn: Callable) -> Iterator[None]:
+    """While active, every forward calls fn(layer, q, k, mask, probs, head_dim) for each layer:
+    its queries and keys (B, H, T, head_dim) after RoPE, key heads repeated to the query heads
+    (grouped-query attention), the boolean attention mask (B, 1, T, T) and probs() the attention
+    probabilities (B, H, T, T) the model computes."""
+    if subject.attention is not None:
+        with subject.attention(fn):
+            yield
+        return
+    from modlab.models.transformer import attention_probs
+
+    def read(i, block, x, positions, mask):
+        q, k, _ = block.attn.qk(block.norm_attn(x), positions)
+        fn(i, q, k, mask, lambda: attention_probs(q, k, mask), block.attn.head_dim)
+
+    with layer_inputs(subject.blocks, read):
         yield
 
 
@@ -155,5 +193,10 @@ def lm_subject(lm) -> Subject:
         }
 
     if isinstance(lm, HFCausalLM):
-        return Subject(lm, lm.hf.model.layers, run, task_losses, hf_sublayers, returns_stream=True)
+        from modlab.analysis.hf_attention import hf_attention_capture
+        from modlab.models.hf_families import decoder_layers
+
+        blocks = decoder_layers(lm.hf, lm.family)
+        capture = partial(hf_attention_capture, lm)
+        return Subject(lm, blocks, run, task_losses, hf_sublayers(lm.family), returns_stream=True, attention=capture)
     return Subject(lm, lm.transformer.blocks, run, task_losses)

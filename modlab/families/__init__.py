@@ -178,7 +178,7 @@ for _spec in (
         "Hugging Face causal LM (a local directory)",
         "lm",
         "modlab.families.hf_causal_lm:HF_CAUSAL_LM",
-        analyses=("importance",),
+        analyses=("attention", "importance", "redundancy"),
         routing=("mod",),  # token routing inside the decoder layers (UniMoD's task routers need tasks)
         mindskip=True,
         requires_path=True,

@@ -155,7 +155,12 @@ def load_hf_causal_lm(path: str, dtype: str = "float32") -> tuple[HFCausalLM, By
     hf_logging.disable_progress_bar()  # its weight-loading bar would break one-line errors on stderr
     try:
         torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, None)]
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype, attn_implementation="sdpa")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype, attn_implementation="sdpa")
+        except ValueError as e:  # a family without SDPA support (Gemma 2: attention logit soft-capping)
+            if "attention implementation" not in str(e):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype, attn_implementation="eager")
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"model.path '{path}': the weights could not be loaded ({type(e).__name__})") from None
     if any((p / f).is_file() for f in TOKENIZER_FILES):

@@ -32,10 +32,23 @@ class HFFamily:
     final_norm: str = "model.norm"
     attention: str = "self_attn"  # attribute of a decoder layer
     input_norm: str = "input_layernorm"  # the norm the attention reads
+    mlp: str = "mlp"  # attribute of a decoder layer
+    mlp_norm: str = "post_attention_layernorm"  # the norm the MLP reads (input_norm where they run in parallel)
+    # Gemma 2 / 3 also normalise each branch's output before the residual add
+    attn_out_norm: str | None = None
+    mlp_out_norm: str | None = None
     parallel_attn_mlp: bool = False  # attention and MLP both read input_norm(x); one residual add
     layer_returns_tuple: bool = False  # a decoder layer returns (hidden_states, ...) rather than a tensor
     sliding_window: str = SLIDING_NONE  # how sliding-window layers are marked (see module docstring)
 
+
+# Gemma 2 / 3: x + post_attention_layernorm(attn(input_layernorm(x))), then
+# h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))
+GEMMA2_NORMS = dict(
+    mlp_norm="pre_feedforward_layernorm",
+    attn_out_norm="post_attention_layernorm",
+    mlp_out_norm="post_feedforward_layernorm",
+)
 
 HF_FAMILIES: dict[str, HFFamily] = {
     f.model_type: f
@@ -45,9 +58,22 @@ HF_FAMILIES: dict[str, HFFamily] = {
         HFFamily("qwen2", "Qwen2Config", "Qwen2ForCausalLM", sliding_window=SLIDING_PER_LAYER_TYPE),
         HFFamily("qwen3", "Qwen3Config", "Qwen3ForCausalLM", sliding_window=SLIDING_PER_LAYER_TYPE),
         HFFamily("gemma", "GemmaConfig", "GemmaForCausalLM"),
-        HFFamily("gemma2", "Gemma2Config", "Gemma2ForCausalLM", sliding_window=SLIDING_PER_LAYER_TYPE),
-        HFFamily("gemma3_text", "Gemma3TextConfig", "Gemma3ForCausalLM", sliding_window=SLIDING_PER_LAYER_TYPE),
-        HFFamily("phi", "PhiConfig", "PhiForCausalLM", final_norm="model.final_layernorm", parallel_attn_mlp=True),
+        HFFamily("gemma2", "Gemma2Config", "Gemma2ForCausalLM", sliding_window=SLIDING_PER_LAYER_TYPE, **GEMMA2_NORMS),
+        HFFamily(
+            "gemma3_text",
+            "Gemma3TextConfig",
+            "Gemma3ForCausalLM",
+            sliding_window=SLIDING_PER_LAYER_TYPE,
+            **GEMMA2_NORMS,
+        ),
+        HFFamily(
+            "phi",
+            "PhiConfig",
+            "PhiForCausalLM",
+            final_norm="model.final_layernorm",
+            mlp_norm="input_layernorm",
+            parallel_attn_mlp=True,
+        ),
         HFFamily("phi3", "Phi3Config", "Phi3ForCausalLM", sliding_window=SLIDING_ALL_LAYERS),
     )
 }

@@ -1,6 +1,7 @@
 """`modlab analyze attention`: the share of attention queries give to image tokens, per layer,
 task and query modality (beside the share if attention were spread evenly), and the mean
-attention map per layer."""
+attention map per layer. A text-only model (a causal LM) gets where its queries look instead:
+the first token, itself, the previous token, the mean distance back."""
 
 from __future__ import annotations
 
@@ -38,12 +39,43 @@ def run(c, target, progress) -> JobResult:
         ),
         PlotSpec("attention_maps", "attention_maps.png", {"maps": maps}),
     ]
+    if not any(b["is_image"].any() for task_batches in batches.values() for b in task_batches):
+        return text_only_result(rows, maps, plots[1:], subject.n_layer)
     return JobResult(
         tables={"attention_fractions": rows},
         shown=[
             (
                 "share of attention on image tokens (in brackets: if spread evenly over the visible keys)",
                 ["task", "layer", "all queries", "text queries", "image queries"],
+                shown,
+            )
+        ],
+        plots=plots,
+    )
+
+
+def text_only_result(rows, maps, plots, n_layer: int) -> JobResult:
+    """A text-only model (a causal LM): no image share to report; where its queries look instead."""
+    from modlab.analysis.attention_stats import text_attention_rows
+
+    text_rows = text_attention_rows(maps)
+    shown = [
+        (
+            r["task"],
+            r["layer"],
+            fmt(r["to_first"]),
+            fmt(r["to_self"]),
+            fmt(r["to_previous"]),
+            f"{r['mean_distance']:.1f}",
+        )
+        for r in text_rows
+    ]
+    return JobResult(
+        tables={"attention_text": text_rows, "attention_fractions": rows},
+        shown=[
+            (
+                "where queries look (mean attention maps over heads and rows)",
+                ["task", "layer", "first token", "itself", "previous token", "mean distance"],
                 shown,
             )
         ],

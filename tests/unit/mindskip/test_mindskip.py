@@ -364,9 +364,13 @@ def test_llm_drop_scores_of_an_hf_model_are_the_cosine_of_what_its_forward_compu
     def keep_input(i):
         return lambda module, args, kwargs: inputs.__setitem__(i, args[0] if args else kwargs["hidden_states"])
 
+    # the branch adds the attention output after the norm its family puts there (Gemma 2 / 3)
+    layers, norm = lm.decoder_layers(), lm.family.attn_out_norm
+    branch = (lambda i, a: getattr(layers[i], norm)(a)) if norm else (lambda i, a: a)
+
     def score(i):
         return lambda module, args, out: cos.__setitem__(
-            i, torch.nn.functional.cosine_similarity(inputs[i], inputs[i] + out[0], dim=-1)
+            i, torch.nn.functional.cosine_similarity(inputs[i], inputs[i] + branch(i, out[0]), dim=-1)
         )
 
     hooks = [
