@@ -5,11 +5,16 @@ native causal LM's (modlab.families.causal_lm)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modlab.errors import ConfigError
 from modlab.families.causal_lm import CausalLMFamily, LoadedLM
+
+
+@dataclass
+class LoadedRoutedLM(LoadedLM):
+    routing: object = None  # the HFRouting of a token-routed checkpoint
 
 
 class HFCausalLMFamily(CausalLMFamily):
@@ -94,6 +99,37 @@ class HFCausalLMFamily(CausalLMFamily):
         return {"base": base, "routed": routed}, module.tokenizer, next(module.parameters()).device
 
     # ---- analyze ---------------------------------------------------------------------------------
+
+    def load_for_analysis(self, ckpt_path: str):
+        """A token-routed (MoD) checkpoint is analysed unrouted: every token runs every layer with
+        the fine-tuned weights, so each layer is seen with its full sequence; others as the native LM."""
+        from modlab.training.checkpoint import read_lm_checkpoint
+
+        if str(ckpt_path).endswith(".safetensors"):
+            return super().load_for_analysis(ckpt_path)
+        hp = read_lm_checkpoint(ckpt_path)["hyper_parameters"]
+        if (hp.get("routing") or {}).get("kind", "dense") == "dense":
+            return super().load_for_analysis(ckpt_path)
+        from modlab.training.hf_lm import load_hf_lm_module
+
+        module = load_hf_lm_module(ckpt_path)
+        return LoadedRoutedLM(module.lm, module.tokenizer, module.data_cfg, module.routing)
+
+    def analysis_target(self, loaded, calibration, seed: int):
+        target = super().analysis_target(loaded, calibration, seed)
+        routing = getattr(loaded, "routing", None)
+        if routing is not None:
+            from modlab.training.hf_lm import unrouted
+
+            run = target.subject.run
+
+            def run_unrouted(batch):
+                with unrouted(routing):
+                    return run(batch)
+
+            target.subject.run = run_unrouted
+            target.info["routed_layers_analysed"] = "unrouted: every token runs every layer"
+        return target
 
     def load_pretrained(self, model_cfg) -> LoadedLM:
         """The directory itself, its text read with the default text settings (96-token windows

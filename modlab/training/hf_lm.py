@@ -53,13 +53,15 @@ def is_router_key(key: str) -> bool:
 def unrouted(routing: HFRouting):
     """The model with its routed layers replaced by the layers they wrap: every token runs every layer."""
     blocks = decoder_layers(routing.model, routing.family)
-    for i, layer in routing.layers.items():
-        blocks[i] = layer.block
+    # only where the routed layer still sits (an analysis may have put a stand-in there)
+    swapped = [i for i, layer in routing.layers.items() if blocks[i] is layer]
+    for i in swapped:
+        blocks[i] = routing.layers[i].block
     try:
         yield
     finally:
-        for i, layer in routing.layers.items():
-            blocks[i] = layer
+        for i in swapped:
+            blocks[i] = routing.layers[i]
 
 
 class HFLMModule(LMModule):

@@ -1,7 +1,8 @@
 """The real `modlab` command on a tiny random Hugging Face Llama saved to a directory (nothing is
 downloaded): Mixture-of-Depths fine-tuning -> eval (perplexity under causal routing, compact-cache
-decoding, a local lm-eval task) -> Router-Tuning and routers-only MoD from an Alpaca-format JSONL
-file through the model's chat template; and every bad input as one line with exit code 2."""
+decoding, a local lm-eval task) -> analyze attention | redundancy | importance -> Router-Tuning and
+routers-only MoD from an Alpaca-format JSONL file through the model's chat template; and every bad
+input as one line with exit code 2."""
 
 from __future__ import annotations
 
@@ -75,6 +76,19 @@ def test_eval_of_the_mod_checkpoint_causal_perplexity_decoding_and_a_local_harne
     if harness:
         assert 0 <= e["harness/tiny_mc/acc_base"] <= 1 and 0 <= e["harness/tiny_mc/acc_routed"] <= 1
         assert "lm-evaluation-harness: base vs routed" in proc.stdout and "tiny_mc/acc" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "job, table", [("attention", "attention_text"), ("redundancy", "arank"), ("importance", "llm_drop")]
+)
+def test_analyses_of_the_mod_checkpoint_and_of_the_model_directory(mod_run, hf_dir, tmp_path, job, table):
+    for i, source in enumerate((f"ckpt_path={mod_run / 'checkpoints' / 'last.ckpt'}", f"model.path={hf_dir}")):
+        extra = () if i == 0 else ("model=hf_causal_lm",)
+        out = tmp_path / str(i)
+        proc = run_modlab("analyze", job, source, *extra, "calibration.n_per_task=4", out_dir=out)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        r = json.loads((only_run_dir(out) / "results.json").read_text())
+        assert r["arch"] == "hf" and {row["layer"] for row in r["results"][table]} == {0, 1, 2, 3}
 
 
 def importable(name: str) -> bool:

@@ -159,3 +159,16 @@ def test_dtype_resolution():
         assert resolve_dtype("auto", "gpu") == "float32"
     elif torch.cuda.is_bf16_supported():
         assert resolve_dtype("auto", "gpu") == "bfloat16"
+
+
+def test_unrouted_leaves_a_stand_in_where_an_analysis_put_one(hf_dir):
+    m = module_of(hf_dir).eval()
+    layers = m.lm.decoder_layers()
+    blocks = m.routing.model.model.layers
+    stand_in = torch.nn.Identity()
+    routed = blocks[1]
+    blocks[1] = stand_in
+    with unrouted(m.routing):
+        assert blocks[1] is stand_in and blocks[3] is layers[3].block
+    assert blocks[1] is stand_in and blocks[3] is layers[3]
+    blocks[1] = routed
