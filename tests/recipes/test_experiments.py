@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import TINY, composed
+from helpers import TINY, composed, save_tiny_hf
 
 from modlab.cli.app import CONF_DIR
 from modlab.cli.schema import validate
@@ -19,9 +19,22 @@ def test_there_are_experiments():
     assert "showo_dense" in EXPERIMENTS
 
 
+# experiments on a Hugging Face model directory (model.path=DIR): a tiny random one
+NEEDS_HF_DIR = {"hf_mod"}
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> Path:
+    return save_tiny_hf(tmp_path_factory.mktemp("hf") / "llama")
+
+
+def hf_args(name: str, request) -> list[str]:
+    return [f"model.path={request.getfixturevalue('hf_dir')}"] if name in NEEDS_HF_DIR else []
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_validates_and_debug_profile_wins(name, tmp_path):
-    c = validate(composed("train", [f"+experiment={name}", "debug=fast"], tmp_path))
+def test_experiment_validates_and_debug_profile_wins(name, tmp_path, request):
+    c = validate(composed("train", [f"+experiment={name}", "debug=fast", *hf_args(name, request)], tmp_path))
     assert c.experiment_name == name
     assert c.trainer.max_steps == 4  # debug=fast, although the experiment sets its own budget
 
@@ -45,6 +58,7 @@ def test_experiment_trains_a_few_steps(name, tmp_path, request):
     from modlab.cli.train import train
 
     extra = [f"init_from={request.getfixturevalue('lm_base')}", *NEEDS_LM_BASE[name]] if name in NEEDS_LM_BASE else []
+    extra += hf_args(name, request)
     metrics = train(composed("train", [f"+experiment={name}", *TINY, *extra], tmp_path))
     assert metrics["train/steps"] == 4
     assert json.loads((tmp_path / "metrics.json").read_text())["params"] == metrics["params"]
