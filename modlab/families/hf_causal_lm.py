@@ -50,6 +50,28 @@ class HFCausalLMFamily(CausalLMFamily):
         agreement = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "val/router_agreement"}
         return {**module.flops_summary(), **agreement, "dtype": module.model_cfg.dtype}
 
+    def dry_run(self, run) -> dict:
+        """What a run would cost: parameters, and for a token-routed model the training FLOPs of
+        one step on a training batch (routed, dense, ratio), at the schedule's first step."""
+        module, dm = self.build(run)
+        out = self.describe(module)
+        if module.routing is not None:
+            import torch
+
+            from modlab.routing.hf_flops import routed_groups, train_step_flops
+
+            batch = next(iter(dm.train_dataloader()))
+            module.train()
+            module.on_train_batch_start(batch, 0)
+            with torch.no_grad():
+                module.losses(batch)
+            B, T = batch["ids"].shape
+            routed = float(train_step_flops(module.lm.hf, B, T, routed_groups(module.lm.hf)))
+            dense = float(train_step_flops(module.lm.hf, B, T))
+            out["train/flops_per_step"], out["train/flops_per_step_dense"] = routed, dense
+            out["train/flops_ratio"] = routed / dense
+        return out
+
     # ---- eval ------------------------------------------------------------------------------------
 
     def load(self, ckpt_path: str):
