@@ -78,6 +78,15 @@ def test_eval_of_the_mod_checkpoint_causal_perplexity_decoding_and_a_local_harne
         assert "lm-evaluation-harness: base vs routed" in proc.stdout and "tiny_mc/acc" in proc.stdout
 
 
+def test_dry_run_reports_a_steps_training_flops(hf_dir, tmp_path):
+    proc = run_modlab(
+        "train", "+experiment=hf_mod", f"model.path={hf_dir}", "schedule=constant", "dry_run=true", out_dir=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
+    assert m["train/flops_ratio"] < 0.75 and not list(tmp_path.rglob("*.ckpt"))  # C = 0.125 on 2 of 4 layers
+
+
 @pytest.mark.parametrize(
     "job, table", [("attention", "attention_text"), ("redundancy", "arank"), ("importance", "llm_drop")]
 )
