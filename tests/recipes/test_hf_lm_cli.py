@@ -227,6 +227,7 @@ def test_an_alpaca_file_with_a_missing_field_is_one_line(hf_dir, tmp_path):
             ("data.lm_format=jsonl reads text for causal LMs",),
         ),
         (("+experiment=lm_router_tuning", "objective.trainable=all"), ("objective.trainable=all with mindskip",)),
+        (("+experiment=lm_pretrain", "objective.trainable=some"), ("objective.trainable 'some' is unknown",)),
     ],
 )
 def test_settings_other_families_cannot_apply_are_one_line(tmp_path, args, needles):
@@ -244,3 +245,13 @@ def test_an_unknown_lm_eval_task_is_one_line(mod_run, tmp_path):
         env=offline_env(tmp_path),
     )
     assert_one_line_error(proc, "lm-eval knows no task 'no_such_task'")
+
+
+def test_fine_tune_on_jsonl_documents_and_a_line_without_the_text_field(hf_dir, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"id": i, "body": f"Document {i} says something. " * 12}) for i in range(60)))
+    args = ("train", "+experiment=hf_mod", f"model.path={hf_dir}", "data.lm_format=jsonl", f"data.lm_files=[{docs}]")
+    proc = run_modlab(*args, "data.text_field=body", *TINY, out_dir=tmp_path / "ok")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((only_run_dir(tmp_path / "ok") / "metrics.json").read_text())["test/ppl"] > 1
+    assert_one_line_error(run_modlab(*args, *TINY, out_dir=tmp_path / "bad"), f"{docs} line 1: no 'text' field")
