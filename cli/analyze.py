@@ -341,7 +341,7 @@ def redundancy_job(c, module, subject, batches, out: Path, progress) -> JobResul
             "importance": bool(p.importance),
             "calibration_rows": c.calibration.n_per_task,
         }
-        plan = plan_from_arank(series["arank_norm"], p, importance, source)
+        plan = plan_from_arank(rows, p, module.model_cfg, module.space.vocab_size, module.data_cfg, importance, source)
         path = save_plan(plan, out / "routing_plan.yaml")
         extra["routing_plan"] = {"path": str(path), **plan.to_dict()}
         shown.append(
