@@ -270,6 +270,7 @@ def importance_job(c, module, subject, batches, out: Path, progress) -> JobResul
                 imp.classifier_epochs,
                 seed=c.seed,
                 tasks=tuple(t for t in ("mmu", "t2i") if t in batches),
+                data_cfg=module.data_cfg,
             )
         advance = progress.task("drop one layer", L + 1)
         drop = drop_layer_importance(subject, batches, metrics, seed=c.seed, advance=advance)
