@@ -125,3 +125,18 @@ def test_test_metrics_report_the_threshold_kept_fraction_beside_the_capacity():
         logits = module.model(lm["ids"], lm["is_image"], lm["valid"], lm["task"])
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), lm["labels"].flatten(), ignore_index=-100)
     assert math.isclose(metrics["test/lm_ppl"], math.exp(float(nll)), rel_tol=1e-4)
+
+
+def test_compare_keeps_the_kept_fractions_out_of_the_compared_metrics(tmp_path):
+    """The per-layer kept fractions describe routing: `modlab compare` keeps them in each run's
+    row but does not make a column and a Pareto plot of each."""
+    import json
+
+    from modlab.analysis.compare import comparison_rows
+
+    m = {"test/mmu_acc": 0.5, "test/kept/mmu/layer2": 0.3, "test/capacity/mmu/layer2": 0.25}
+    m |= {"test/kept_dense_min/lm": 1.0, "test/lm_ppl": 3.0, "test/lm_ppl_causal": 1.0}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
+    rows, metrics = comparison_rows([str(tmp_path)])
+    assert metrics == ["test/lm_ppl", "test/mmu_acc"] and rows[0]["test/kept/mmu/layer2"] == 0.3
