@@ -61,6 +61,11 @@ def label_runs(runs: list[dict]) -> list[str]:
     return labels
 
 
+# test keys that describe how a routed model routed (modlab.training.unified), not how well it does:
+# kept in each run's row, left out of the compared metrics and the Pareto plots
+ROUTING_DIAGNOSTICS = ("test/kept/", "test/kept_dense_min/", "test/capacity/", "test/lm_ppl_causal")
+
+
 def comparison_rows(paths: list[str]) -> tuple[list[dict], list[str]]:
     """One flat row per run ({label, run, <metrics>}) and the metric keys that are task metrics."""
     runs = [read_run(r) for r in find_runs(paths)]
@@ -72,7 +77,7 @@ def comparison_rows(paths: list[str]) -> tuple[list[dict], list[str]]:
         }
         for lab, r in zip(label_runs(runs), runs)
     ]
-    metrics = sorted({k for r in rows for k in r if k.startswith("test/")})
+    metrics = sorted({k for r in rows for k in r if k.startswith("test/") and not k.startswith(ROUTING_DIAGNOSTICS)})
     return rows, metrics
 
 

@@ -49,16 +49,22 @@ class ARankConfig:
 
 @dataclass
 class PlanConfig:
-    """How `redundancy` turns ARank into a routing plan (modlab.analysis.plan_from_arank)."""
+    """How `redundancy` turns ARank into a routing plan (modlab.analysis.plan_from_arank): ARank
+    relative to its bound ranks (task, layer) pairs; capacities are allocated, most redundant
+    pairs lowest, until the training-FLOPs ratio of the planned model is `target_flops_ratio`."""
 
     write: bool = True
     tasks: list[str] = field(default_factory=lambda: ["t2i", "mmu"])  # routed tasks; others run dense
-    fraction: float = 0.5  # route the more redundant half of the layers
+    fraction: float = 0.5  # candidates: the more redundant half of each task's layers
     min_capacity: float = 0.1
     max_capacity: float = 1.0
     importance: bool = False  # also rank layers by LLM-Drop block importance (rank sum with ARank)
+    # training FLOPs of the planned model / the dense model (modlab.flops); Show-o's paper: ~0.85
+    target_flops_ratio: float = 0.85
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.target_flops_ratio <= 1.0:
+            raise ConfigError(f"analysis.plan.target_flops_ratio must be in (0, 1], got {self.target_flops_ratio}")
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"analysis.plan.fraction must be in (0, 1], got {self.fraction}")
         if not 0.0 < self.min_capacity <= self.max_capacity <= 1.0:

@@ -18,8 +18,14 @@ token. With `causal="aux_bce"` (MoD's auxiliary loss) the router's own logits ar
 BCE loss to be > 0 exactly for the tokens top-k selected; with `causal="predictor"` a small MLP
 on the stop-gradient hidden state learns the same decision and the router is left alone. In
 `mode="threshold"` (decoding) each token runs the block iff that logit is > 0: a decision that
-depends on the token's own hidden state only, hence causal. `last_agreement` records how often
-the threshold decision equals top-k's (a metric worth watching: it is what decoding relies on).
+depends on the token's own hidden state only, hence causal. Rows whose capacity in this layer is
+1.0 (a task that is dense here, e.g. LM rows of a UniMoD layer that routes MMU only) ran every
+token under top-k, so they run every token under threshold routing too: no logit decides for
+them, and neither the causal loss nor `last_agreement` counts their tokens. `last_agreement`
+records how often the threshold decision equals top-k's over the *routed* tokens (a metric worth
+watching: it is what decoding relies on). In threshold mode every call also adds, per task id,
+the tokens that ran and the valid tokens to `threshold_counts` (what decoding really kept, beside
+the target capacity; `modlab.routing.install.threshold_kept` reads it).
 
 Rows are handled in one batched gather / scatter: the kept indices are sorted (causal order is
 preserved), their *original* positions are gathered for RoPE, and the attention mask is sliced on
@@ -84,6 +90,8 @@ class RoutedBlock(nn.Module):
         self.last_kept: torch.Tensor | None = None  # (B,) tokens kept per row in the last call
         # (rows, K) of each batched call in the last forward: what really ran (for FLOPs)
         self.last_groups: list[tuple[int, int]] = []
+        # threshold mode: (task ids, 2) running sums of [tokens that ran, valid tokens] per task id
+        self.threshold_counts: torch.Tensor | None = None
 
     def routing_weights(self) -> int:
         """Weights applied to every token to decide the routing (for FLOPs accounting)."""
@@ -94,20 +102,29 @@ class RoutedBlock(nn.Module):
         """The causal routing decision's logits: > 0 means "run the block" at decoding time."""
         return scores if self.predictor is None else self.predictor(x.detach(), task)
 
+    def row_capacity(self, task: torch.Tensor, capacity: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) the capacity of each row's router (a task id past the last router uses the last)."""
+        capacity = self.capacity if capacity is None else capacity
+        return capacity[task.clamp(max=len(capacity) - 1)]
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, route) -> torch.Tensor:
         scores = self.router(x, route.task)  # (B, T) logits
         self.last_kept = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         self.last_groups = []
         self.last_aux_loss = self.last_agreement = None
         if self.mode == "threshold" and self.causal != "none":
-            # every token whose decision logit is > 0 runs the block: a per-token, causal choice
-            eligible = route.valid & (self.decision_logits(x, route.task, scores).detach() > 0)
+            # every token whose decision logit is > 0 runs the block: a per-token, causal choice;
+            # rows of a task that is dense in this layer (capacity 1) run all their tokens
+            dense_row = self.row_capacity(route.task) >= 1.0
+            decided = self.decision_logits(x, route.task, scores).detach() > 0
+            eligible = route.valid & (decided | dense_row[:, None])
             out, self.last_selected = self._route_rows(x, positions, attn_mask, eligible, scores, torch.ones(()), None)
+            self._count_threshold(route, eligible)
             return out
         capacity = self.capacity
         if self.training and self.anneal < 1.0:
             capacity = annealed_capacity(capacity, self.anneal)
-        row_capacity = capacity[route.task.clamp(max=len(capacity) - 1)]
+        row_capacity = self.row_capacity(route.task, capacity)
         if len(row_capacity.unique()) == 1:  # MoD, or one capacity for all rows: one call
             out, selected = self._route_rows(x, positions, attn_mask, route.valid, scores, row_capacity, None)
         else:
@@ -125,11 +142,31 @@ class RoutedBlock(nn.Module):
             self._score_causal_decision(x, route, scores, selected)
         return out
 
+    def _count_threshold(self, route, ran: torch.Tensor) -> None:
+        """Add this call's tokens that ran and valid tokens per task id to `threshold_counts`."""
+        task = route.task.long()
+        n = max(int(task.max()) + 1 if task.numel() else 0, len(self.capacity))
+        counts = torch.zeros(n, 2, dtype=torch.float64, device=ran.device)
+        counts[:, 0].index_add_(0, task, ran.sum(1).double())
+        counts[:, 1].index_add_(0, task, route.valid.sum(1).double())
+        old = self.threshold_counts
+        if old is not None and len(old) < n:
+            old = torch.cat([old, old.new_zeros(n - len(old), 2)])
+        elif old is not None and len(old) > n:
+            counts = torch.cat([counts, counts.new_zeros(len(old) - n, 2)])
+        self.threshold_counts = counts if old is None else old.to(counts.device) + counts
+
     def _score_causal_decision(self, x, route, scores, selected) -> None:
-        """BCE of the decision logits against top-k's choice (target 1 = selected), over valid
-        tokens; for aux_bce it trains the router itself, for the predictor only the predictor."""
-        logits = self.decision_logits(x, route.task, scores).float()[route.valid]
-        target = selected[route.valid]
+        """BCE of the decision logits against top-k's choice (target 1 = selected), over the valid
+        tokens of *routed* rows (capacity < 1: a dense row's tokens all run, whatever the logit);
+        for aux_bce it trains the router itself, for the predictor only the predictor. With no
+        routed token the loss is a zero that keeps the graph and the agreement stays None."""
+        routed = route.valid & (self.row_capacity(route.task) < 1.0)[:, None]
+        logits = self.decision_logits(x, route.task, scores).float()
+        if not bool(routed.any()):
+            self.last_aux_loss = logits.sum() * 0.0
+            return
+        logits, target = logits[routed], selected[routed]
         self.last_aux_loss = F.binary_cross_entropy_with_logits(logits, target.float())
         self.last_agreement = ((logits.detach() > 0) == target).float().mean()
 

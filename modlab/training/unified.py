@@ -5,9 +5,23 @@ Test metrics (all on the held-out test split, all torchmetrics):
     test/t2i_acc            MaskGIT samples for "a handwritten <d>" classified as d by the
                             reference classifier, trained here on the real training digits
     test/ref_classifier_acc that classifier's own accuracy on the real test digits
-    test/lm_ppl             per-byte perplexity of the held-out text
+    test/lm_ppl             per-byte perplexity of the held-out text, with routed layers routing by
+                            their causal decision (threshold), as MMU answers and Emu3-like T2I
+                            already do: top-k over a row would let later bytes decide which earlier
+                            bytes run a layer, which is not an autoregressive perplexity
+    test/lm_ppl_causal      1.0 when test/lm_ppl was causal; 0.0 when some routed layer has no
+                            causal decision (routing.causal=none) and had to route by top-k
+    test/kept/<task>/layer<i>      routed models: the fraction of that task's tokens that threshold
+    test/capacity/<task>/layer<i>  routing ran in layer i during the test, beside the target
+                                   capacity (only pairs with capacity < 1; modlab.routing.install.threshold_kept)
+    test/kept_dense_min/<task>     the smallest such fraction over the layers where the task is
+                                   dense (capacity 1): 1.0, since a dense task runs every token
 On digit scenes (data.kind=scenes) MMU and T2I are scored per question type / prompt category,
 with a digits-FID (modlab.evaluation.scene_metrics).
+
+Validation: val/loss and val/loss_<task> are measured with top-k routing, the routing training
+optimises (val/loss stays the checkpoint monitor); val/loss_lm_causal is the LM loss with
+threshold routing (what test/lm_ppl measures), logged for models with causal routing decisions.
 """
 
 from __future__ import annotations
@@ -24,13 +38,23 @@ from torchmetrics.text import Perplexity
 from modlab.data.config import DataConfig
 from modlab.data.digits import answered_digit, load_digit_splits
 from modlab.data.image_tokenizer import image_tokenizer_from_state
-from modlab.data.tokens import IGNORE_INDEX, TokenSpace
+from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS, TokenSpace
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.evaluation.scene_metrics import SceneMetrics
 from modlab.flops import last_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
 from modlab.routing.config import RoutingConfig
-from modlab.routing.install import apply_routing, causal_routing_stats, set_anneal_fraction
+from modlab.routing.install import (
+    apply_routing,
+    causal_routing_stats,
+    has_causal_routing,
+    reset_threshold_counts,
+    routed_blocks,
+    routes_causally,
+    set_anneal_fraction,
+    threshold_kept,
+    threshold_routing,
+)
 from modlab.routing.schedule import anneal_fraction
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.digits_datamodule import image_tokenizer_for
@@ -123,11 +147,13 @@ class UnifiedModule(L.LightningModule):
             a, g = causal_routing_stats(self.model)
             if a is not None:
                 aux.append(a)
+            if g is not None:  # over routed tokens only: a batch of a dense task has none
                 agreement.append(g)
             r, d = self.step_flops(*batch["ids"].shape)
             rows, routed, dense = rows + batch["ids"].shape[0], routed + r, dense + d
         if aux:
             losses["router_aux"] = torch.stack(aux).mean()
+        if agreement:
             losses["router_agreement"] = torch.stack(agreement).mean()
         return losses, rows, routed, dense
 
@@ -171,6 +197,12 @@ class UnifiedModule(L.LightningModule):
             self.log(f"val/{k}" if k.startswith("router_") else f"val/loss_{k}", v, batch_size=n)
         self.val_loss.update(self._weighted_loss(losses))
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
+        if has_causal_routing(self.model):  # the LM loss as test/lm_ppl measures it: causal routing
+            for part in self._task_batches(combined):
+                if bool((part["task"] == TASK_ID["lm"]).all()):
+                    with threshold_routing(self.model):
+                        causal = self.model.task_losses(self.model.training_batch(part, 0.0, generator=g))
+                    self.log("val/loss_lm_causal", causal["lm"], batch_size=len(part["ids"]))
 
     def configure_optimizers(self):
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
@@ -180,6 +212,7 @@ class UnifiedModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         e = self.eval_cfg
+        reset_threshold_counts(self.model)
         splits = load_digit_splits(self.data_cfg.split_seed)
         self.ref_classifier = train_reference_classifier(
             splits["train"].images, splits["train"].labels, seed=e.seed, epochs=e.ref_classifier_epochs
@@ -214,9 +247,30 @@ class UnifiedModule(L.LightningModule):
             self.t2i_acc.update(self.ref_classifier.predict(images), batch["digit"])
             self.log("test/t2i_acc", self.t2i_acc, add_dataloader_idx=False)
         else:
-            logits = self.model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
+            with threshold_routing(self.model):  # causal routing: an autoregressive perplexity
+                logits = self.model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
             self.lm_ppl.update(logits.float(), batch["labels"])
             self.log("test/lm_ppl", self.lm_ppl, add_dataloader_idx=False)
+            self.log("test/lm_ppl_causal", float(routes_causally(self.model)), add_dataloader_idx=False)
+
+    def on_test_epoch_end(self) -> None:
+        """The fraction of each task's tokens that threshold routing ran per routed layer, beside
+        its target capacity (counts summed over processes before the ratio)."""
+        for b in routed_blocks(self.model):
+            counts = b.threshold_counts
+            counts = torch.zeros(len(TASKS), 2, dtype=torch.float64) if counts is None else counts[: len(TASKS)]
+            counts = torch.cat([counts, counts.new_zeros(len(TASKS) - len(counts), 2)]).to(self.device)
+            b.threshold_counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        dense_min: dict[str, float] = {}
+        for r in threshold_kept(self.model.transformer.blocks):
+            task = TASKS[r["task"]]
+            if r["capacity"] < 1.0:
+                self.log(f"test/kept/{task}/layer{r['layer']}", r["kept"], add_dataloader_idx=False)
+                self.log(f"test/capacity/{task}/layer{r['layer']}", r["capacity"], add_dataloader_idx=False)
+            else:
+                dense_min[task] = min(dense_min.get(task, 1.0), r["kept"])
+        for task, kept in dense_min.items():
+            self.log(f"test/kept_dense_min/{task}", kept, add_dataloader_idx=False)
 
     def _scene_test_step(self, batch: dict, dataloader_idx: int) -> None:
         e, m, tok = self.eval_cfg, self.scene_metrics, self.image_tokenizer
