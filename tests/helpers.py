@@ -142,3 +142,12 @@ def routed_block_inputs(B=4, T=12, n_tasks=2, seed=0):
     task = torch.arange(B) % n_tasks
     positions = torch.arange(T).expand(B, T)
     return x, positions, omni_attention_mask(is_image, valid), RouteInfo(task=task, valid=valid)
+
+
+def traced(module, *args, **kwargs):
+    """(module(*args, **kwargs), the routing record of its last routed call) (modlab.routing.trace)."""
+    from modlab.routing.trace import record_routing
+
+    with record_routing(module) as trace:
+        out = module(*args, **kwargs)
+    return out, trace.last()

@@ -28,7 +28,7 @@ from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS
 from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.showo import ShowO
 from modlab.routing.install import RouteInfo, install_routing
-from modlab.routing.routed_block import RoutedBlock
+from modlab.routing.trace import record_routing
 
 
 def train_steps(
@@ -182,32 +182,18 @@ def masked_pair(model: ShowO, batches: dict[str, dict], cond_dropout: float, gen
 def kept_fractions(
     model: ShowO, segment_task: torch.Tensor, run: Callable[[], object]
 ) -> dict[tuple[int, str], tuple[int, int]]:
-    """{(layer, task): (kept, valid)} tokens per routed layer during `run()`, as each routed
-    block records them (`last_selected`; `segment_task` (B, T) gives each token's task)."""
+    """{(layer, task): (kept, valid)} tokens per routed layer during `run()`, as the routing trace
+    records them (`segment_task` (B, T) gives each token's task: packed rows mix tasks)."""
     counts: dict[tuple[int, str], list[int]] = {}
-    handles = []
-
-    def hook(i: int):
-        def read(module: RoutedBlock, args, output):
-            route, kept = args[3], module.last_selected
-            for name in TASKS:
-                tok = segment_task == TASK_ID[name]
-                if tok.any():
-                    c = counts.setdefault((i, name), [0, 0])
-                    c[0] += int((kept & tok).sum())
-                    c[1] += int((route.valid & tok).sum())
-
-        return read
-
-    for i, layer in enumerate(model.transformer.blocks):
-        if isinstance(layer, RoutedBlock):
-            handles.append(layer.register_forward_hook(hook(i)))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), record_routing(model) as trace:
+        run()
+    for r in trace.records:
+        for name in TASKS:
+            tok = segment_task == TASK_ID[name]
+            if tok.any():
+                c = counts.setdefault((r.layer, name), [0, 0])
+                c[0] += int((r.selected & tok).sum())
+                c[1] += int((r.valid & tok).sum())
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 

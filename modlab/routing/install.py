@@ -30,6 +30,7 @@ def install_routing(
         if not all(0.0 < c <= 1.0 for c in caps):
             raise ConfigError(f"capacities must be in (0, 1], got {caps} for layer {i}")
         blocks[i] = RoutedBlock(blocks[i], d_model, list(caps), weight, causal)
+        blocks[i].layer_index = i
 
 
 def set_anneal_fraction(model: nn.Module, fraction: float) -> None:
@@ -61,17 +62,6 @@ def threshold_routing(model: nn.Module):
             b.mode = "topk"
 
 
-def causal_routing_stats(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Mean over routed layers of the last forward's causal-decision BCE and its agreement with
-    top-k over routed tokens (rows of a task dense in a layer are not counted there); (None,
-    None) if no layer learns a causal decision, agreement None if no routed token was seen."""
-    blocks = [b for b in routed_blocks(model) if b.last_aux_loss is not None]
-    if not blocks:
-        return None, None
-    agree = [b.last_agreement for b in blocks if b.last_agreement is not None]
-    return torch.stack([b.last_aux_loss for b in blocks]).mean(), torch.stack(agree).mean() if agree else None
-
-
 def has_causal_routing(model: nn.Module) -> bool:
     """Whether threshold_routing changes anything: some routed layer has a causal decision."""
     return any(b.causal != "none" for b in routed_blocks(model))
@@ -80,27 +70,3 @@ def has_causal_routing(model: nn.Module) -> bool:
 def routes_causally(model: nn.Module) -> bool:
     """Whether every routed layer can route causally (a dense model trivially can)."""
     return all(b.causal != "none" for b in routed_blocks(model))
-
-
-def reset_threshold_counts(model: nn.Module) -> None:
-    """Forget what threshold routing kept so far (see RoutedBlock.threshold_counts)."""
-    for b in routed_blocks(model):
-        b.threshold_counts = None
-
-
-def threshold_kept(blocks: nn.ModuleList) -> list[dict]:
-    """What threshold routing kept since the last reset: one dict per (routed layer, task id)
-    seen, {layer, task, kept (tokens that ran / valid tokens), capacity (the target), tokens}.
-    Token-weighted over every threshold-mode forward (decoding re-runs the prefix each step, so a
-    prompt token counts once per step; its decision is causal, so it is the same each time)."""
-    out = []
-    for i, b in enumerate(blocks):
-        if not isinstance(b, RoutedBlock) or b.threshold_counts is None:
-            continue
-        counts = b.threshold_counts.cpu()
-        for t in range(len(counts)):
-            ran, total = float(counts[t, 0]), float(counts[t, 1])
-            if total > 0:
-                cap = float(b.capacity[min(t, len(b.capacity) - 1)])
-                out.append({"layer": i, "task": t, "kept": ran / total, "capacity": cap, "tokens": total})
-    return out

@@ -13,7 +13,7 @@ Test metrics (all on the held-out test split, all torchmetrics):
                             causal decision (routing.causal=none) and had to route by top-k
     test/kept/<task>/layer<i>      routed models: the fraction of that task's tokens that threshold
     test/capacity/<task>/layer<i>  routing ran in layer i during the test, beside the target
-                                   capacity (only pairs with capacity < 1; modlab.routing.install.threshold_kept)
+                                   capacity (only pairs with capacity < 1; counted by modlab.routing.trace)
     test/kept_dense_min/<task>     the smallest such fraction over the layers where the task is
                                    dense (capacity 1): 1.0, since a dense task runs every token
 On digit scenes (data.kind=scenes) MMU and T2I are scored per question type / prompt category,
@@ -41,21 +41,18 @@ from modlab.data.image_tokenizer import image_tokenizer_from_state
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS, TokenSpace
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.evaluation.scene_metrics import SceneMetrics
-from modlab.flops import last_train_step_flops, train_step_flops
+from modlab.flops import traced_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
 from modlab.routing.config import RoutingConfig
 from modlab.routing.install import (
     apply_routing,
-    causal_routing_stats,
     has_causal_routing,
-    reset_threshold_counts,
-    routed_blocks,
     routes_causally,
     set_anneal_fraction,
-    threshold_kept,
     threshold_routing,
 )
 from modlab.routing.schedule import anneal_fraction
+from modlab.routing.trace import RoutingTrace, record_routing, start_recording, stop_recording
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.digits_datamodule import image_tokenizer_for
 from modlab.training.optim import adamw_warmup_cosine
@@ -143,13 +140,14 @@ class UnifiedModule(L.LightningModule):
         aux, agreement = [], []
         for part in self._task_batches(combined):
             batch = self.model.training_batch(part, cond_dropout, generator=generator)
-            losses.update(self.model.task_losses(batch))
-            a, g = causal_routing_stats(self.model)
+            with record_routing(self.model) as trace:
+                losses.update(self.model.task_losses(batch))
+            a, g = trace.causal_stats()
             if a is not None:
                 aux.append(a)
             if g is not None:  # over routed tokens only: a batch of a dense task has none
                 agreement.append(g)
-            r, d = self.step_flops(*batch["ids"].shape)
+            r, d = self.step_flops(trace, *batch["ids"].shape)
             rows, routed, dense = rows + batch["ids"].shape[0], routed + r, dense + d
         if aux:
             losses["router_aux"] = torch.stack(aux).mean()
@@ -172,11 +170,11 @@ class UnifiedModule(L.LightningModule):
         self.log("train/flops_ratio", routed / dense, batch_size=n)
         return loss
 
-    def step_flops(self, B: int, T: int) -> tuple[float, float]:
-        """Analytic training FLOPs of the step just run, and of the same step without routing."""
+    def step_flops(self, trace: RoutingTrace, B: int, T: int) -> tuple[float, float]:
+        """Analytic training FLOPs of the forward `trace` recorded, and of the same step without routing."""
         V = self.space.vocab_size
         return (
-            float(last_train_step_flops(self.model_cfg, V, self.model.transformer.blocks, B, T)),
+            float(traced_train_step_flops(self.model_cfg, V, trace, B, T)),
             float(train_step_flops(self.model_cfg, V, B, T)),
         )
 
@@ -212,7 +210,8 @@ class UnifiedModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         e = self.eval_cfg
-        reset_threshold_counts(self.model)
+        # what threshold routing (decoding) runs, over the whole test epoch
+        self.test_routing = start_recording(self.model, counts_only=True)
         splits = load_digit_splits(self.data_cfg.split_seed)
         self.ref_classifier = train_reference_classifier(
             splits["train"].images, splits["train"].labels, seed=e.seed, epochs=e.ref_classifier_epochs
@@ -256,19 +255,22 @@ class UnifiedModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """The fraction of each task's tokens that threshold routing ran per routed layer, beside
         its target capacity (counts summed over processes before the ratio)."""
-        for b in routed_blocks(self.model):
-            counts = b.threshold_counts
-            counts = torch.zeros(len(TASKS), 2, dtype=torch.float64) if counts is None else counts[: len(TASKS)]
-            counts = torch.cat([counts, counts.new_zeros(len(TASKS) - len(counts), 2)]).to(self.device)
-            b.threshold_counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        trace = stop_recording(self.model, self.test_routing)
+        L, n = self.model_cfg.n_layer, len(TASKS)
+        counts, capacity = torch.zeros(L, n, 2, dtype=torch.float64), torch.ones(L, n)
+        for (layer, task, mode), (ran, valid, cap) in trace.counts.items():
+            if mode == "threshold" and 0 <= layer < L and task < n:
+                counts[layer, task] += torch.tensor([ran, valid], dtype=torch.float64)
+                capacity[layer, task] = cap
+        counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
         dense_min: dict[str, float] = {}
-        for r in threshold_kept(self.model.transformer.blocks):
-            task = TASKS[r["task"]]
-            if r["capacity"] < 1.0:
-                self.log(f"test/kept/{task}/layer{r['layer']}", r["kept"], add_dataloader_idx=False)
-                self.log(f"test/capacity/{task}/layer{r['layer']}", r["capacity"], add_dataloader_idx=False)
+        for layer, t in counts[..., 1].nonzero().tolist():
+            task, kept, cap = TASKS[t], float(counts[layer, t, 0] / counts[layer, t, 1]), float(capacity[layer, t])
+            if cap < 1.0:
+                self.log(f"test/kept/{task}/layer{layer}", kept, add_dataloader_idx=False)
+                self.log(f"test/capacity/{task}/layer{layer}", cap, add_dataloader_idx=False)
             else:
-                dense_min[task] = min(dense_min.get(task, 1.0), r["kept"])
+                dense_min[task] = min(dense_min.get(task, 1.0), kept)
         for task, kept in dense_min.items():
             self.log(f"test/kept_dense_min/{task}", kept, add_dataloader_idx=False)
 
@@ -300,8 +302,9 @@ def probe_training_flops(module: UnifiedModule, datamodule, n_batches: int = 4) 
         for _ in range(n_batches):
             for it in iterators.values():  # one forward per task batch, as a training step runs
                 batch = module.model.training_batch(next(it))
-                module.model.task_losses(batch)
-                r, d = module.step_flops(*batch["ids"].shape)
+                with record_routing(module.model) as trace:
+                    module.model.task_losses(batch)
+                r, d = module.step_flops(trace, *batch["ids"].shape)
                 routed, dense = routed + r, dense + d
     return {
         "train/flops_per_step": routed / n_batches,

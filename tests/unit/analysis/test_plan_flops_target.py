@@ -20,13 +20,14 @@ from modlab.data.rows import DigitRows, LMRows, collate_rows
 from modlab.data.text_corpus import load_corpus, split_corpus
 from modlab.data.tokens import TASKS, TokenSpace
 from modlab.errors import ConfigError
-from modlab.flops import last_train_step_flops, train_step_flops
+from modlab.flops import traced_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
 from modlab.models.showo import ShowO
 from modlab.routing.config import RoutingConfig
 from modlab.routing.install import apply_routing
 from modlab.routing.plan_file import save_plan
 from modlab.routing.topk import tokens_to_keep
+from modlab.routing.trace import record_routing
 from modlab.training.digits_datamodule import image_tokenizer_for
 
 BIG = ModelConfig(d_model=512, n_layer=8, n_head=4)  # head_dim 128
@@ -131,7 +132,7 @@ def test_bad_targets_are_one_line_config_errors():
 
 def test_a_plan_from_a_real_model_meets_its_target_in_a_routed_forward(tmp_path):
     """ARank of a tiny Show-o-like model on digit rows -> plan at 0.85 -> the routed model's
-    FLOPs, as training counts them (last_train_step_flops of real forwards), are within 2 %."""
+    FLOPs, as training counts them (traced_train_step_flops of real forwards), are within 2 %."""
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=64, n_layer=4, n_head=2)
     data = DataConfig(batch_size={"t2i": 16, "mmu": 16, "lm": 4})
@@ -155,8 +156,9 @@ def test_a_plan_from_a_real_model_meets_its_target_in_a_routed_forward(tmp_path)
     with torch.no_grad():
         for task, n in data.batch_size.items():
             b = collate_rows([sets[task][i] for i in range(n)], space.pad)
-            model(b["ids"], b["is_image"], b["valid"], b["task"])
+            with record_routing(model) as trace:
+                model(b["ids"], b["is_image"], b["valid"], b["task"])
             B, T = b["ids"].shape
-            routed += last_train_step_flops(cfg, space.vocab_size, model.transformer.blocks, B, T)
+            routed += traced_train_step_flops(cfg, space.vocab_size, trace, B, T)
             dense += train_step_flops(cfg, space.vocab_size, B, T)
     assert abs(routed / dense - 0.85) <= 0.02 * 0.85, (routed / dense, plan.source["predicted_flops_ratio"])

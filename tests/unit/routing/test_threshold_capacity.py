@@ -10,6 +10,7 @@ import math
 
 import lightning as L
 import torch
+from helpers import traced
 
 from modlab.data.config import DataConfig
 from modlab.data.rows import collate_rows, t2i_row
@@ -17,8 +18,9 @@ from modlab.data.tokens import TASK_ID, TokenSpace
 from modlab.models.config import ModelConfig
 from modlab.models.emu3 import Emu3
 from modlab.routing.config import RoutingConfig
-from modlab.routing.install import RouteInfo, install_routing, routed_blocks, threshold_kept, threshold_routing
+from modlab.routing.install import RouteInfo, install_routing, routed_blocks, threshold_routing
 from modlab.routing.routed_block import RoutedBlock
+from modlab.routing.trace import record_routing
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.digits_datamodule import DigitsDataModule
 from modlab.training.unified import UnifiedModule
@@ -50,13 +52,13 @@ def test_a_dense_task_runs_every_token_of_its_dense_layers_under_threshold_routi
     )
     spread_routers(model)
     batch = t2i_rows()
-    with threshold_routing(model):
+    with threshold_routing(model), record_routing(model) as trace:
         model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
-        layer2, layer3 = model.transformer.blocks[2], model.transformer.blocks[3]
-        assert torch.equal(layer2.last_selected, batch["valid"])  # dense for T2I: every token runs
-        ran3 = layer3.last_selected.sum() / batch["valid"].sum()
-        assert 0.0 < ran3 < 1.0  # routed for T2I: the decision really chooses
-    kept = {(r["layer"], r["task"]): r for r in threshold_kept(model.transformer.blocks)}
+    (layer2,), (layer3,) = trace.layer(2), trace.layer(3)
+    assert torch.equal(layer2.selected, batch["valid"])  # dense for T2I: every token runs
+    ran3 = layer3.selected.sum() / batch["valid"].sum()
+    assert 0.0 < ran3 < 1.0  # routed for T2I: the decision really chooses
+    kept = {(r["layer"], r["task"]): r for r in trace.kept_fractions("threshold", routed_only=False)}
     assert kept[(2, TASK_ID["t2i"])]["kept"] == 1.0 and kept[(2, TASK_ID["t2i"])]["capacity"] == 1.0
     t2i3 = kept[(3, TASK_ID["t2i"])]
     assert math.isclose(t2i3["kept"], float(ran3), rel_tol=1e-6) and math.isclose(t2i3["capacity"], 0.3, rel_tol=1e-6)
@@ -78,17 +80,17 @@ def test_router_agreement_counts_routed_tokens_only():
     task = torch.tensor([0, 0, 0, 1, 1, 1])
     positions = torch.arange(T).expand(B, T)
     mask = torch.ones(B, 1, T, T, dtype=torch.bool).tril()
-    rb(x, positions, mask, RouteInfo(task=task, valid=valid))
+    _, r = traced(rb, x, positions, mask, RouteInfo(task=task, valid=valid))
     logits = rb.router(x, task).detach()
     routed = valid & (task == 1)[:, None]
-    agree = (logits > 0) == rb.last_selected
+    agree = (logits > 0) == r.selected
     expected = agree[routed].float().mean()
     inflated = agree[valid].float().mean()  # what the old code reported
     assert not math.isclose(float(expected), float(inflated), abs_tol=1e-3)
-    torch.testing.assert_close(rb.last_agreement, expected)
+    torch.testing.assert_close(r.agreement, expected)
     # a batch with only dense rows has no routed token: no agreement, and a zero causal loss
-    rb(x[:3], positions[:3], mask[:3], RouteInfo(task=task[:3], valid=valid[:3]))
-    assert rb.last_agreement is None and float(rb.last_aux_loss.detach()) == 0.0
+    _, r = traced(rb, x[:3], positions[:3], mask[:3], RouteInfo(task=task[:3], valid=valid[:3]))
+    assert r.agreement is None and float(r.aux_loss.detach()) == 0.0
 
 
 def test_test_metrics_report_the_threshold_kept_fraction_beside_the_capacity():
