@@ -64,12 +64,19 @@ def threshold_routing(model: nn.Module):
 def causal_routing_stats(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Mean over routed layers of the last forward's causal-decision BCE and its agreement with
     top-k over routed tokens (rows of a task dense in a layer are not counted there); (None,
-    None) if no layer learns a causal decision, agreement None if no routed token was seen."""
+    None) if no layer learns a causal decision; (a zero that keeps the graph, None) if no layer
+    saw a routed token (e.g. a batch of a task that is dense everywhere)."""
     blocks = [b for b in routed_blocks(model) if b.last_aux_loss is not None]
     if not blocks:
         return None, None
-    agree = [b.last_agreement for b in blocks if b.last_agreement is not None]
-    return torch.stack([b.last_aux_loss for b in blocks]).mean(), torch.stack(agree).mean() if agree else None
+    # a layer where this forward had no routed token has a zero loss (kept in the graph) that
+    # must not dilute the mean over the layers that did route
+    routed = [b for b in blocks if b.last_agreement is not None]
+    zero = sum(b.last_aux_loss for b in blocks if b.last_agreement is None)
+    if not routed:
+        return zero, None
+    aux = torch.stack([b.last_aux_loss for b in routed]).mean() + zero
+    return aux, torch.stack([b.last_agreement for b in routed]).mean()
 
 
 def has_causal_routing(model: nn.Module) -> bool:
