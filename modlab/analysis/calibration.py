@@ -25,16 +25,20 @@ from modlab.errors import DataError
 LM_PAD = 0  # a causal LM's rows are padded with any id: `valid` masks them (as TextDataModule)
 
 
-def image_rows(data_cfg: DataConfig, image_tokenizer, tasks: list[str], split: str) -> dict[str, Dataset]:
-    """{task: evaluation-form rows of `split`} for t2i / mmu, of the data kind the model trained on."""
+def image_rows(
+    data_cfg: DataConfig, image_tokenizer, tasks: list[str], split: str, train: bool = False
+) -> dict[str, Dataset]:
+    """{task: rows of `split`} for t2i / mmu, of the data kind the model trained on: evaluation
+    templates, or with `train` the training form (random templates), e.g. for short training
+    runs on a checkpoint's own kind of data (the interactions job)."""
     space = TokenSpace(image_tokenizer.n_codes)
     digits = load_digit_splits(data_cfg.split_seed)[split]
     if data_cfg.kind == "scenes":
         c = data_cfg
         n = {"train": c.train_scenes, "val": c.val_scenes, "test": c.test_scenes}[split]
-        return {t: SceneRows(space, image_tokenizer, digits, split, c.grid, n, t, False, c.scene_seed) for t in tasks}
+        return {t: SceneRows(space, image_tokenizer, digits, split, c.grid, n, t, train, c.scene_seed) for t in tasks}
     codes = image_tokenizer.encode(digits.images)
-    return {t: DigitRows(space, codes, digits.labels, t, train=False) for t in tasks}
+    return {t: DigitRows(space, codes, digits.labels, t, train=train) for t in tasks}
 
 
 def calibration_batches(

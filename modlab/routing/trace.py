@@ -72,11 +72,19 @@ class RoutingTrace:
         return self.records[-1]
 
     def causal_stats(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Mean over the recorded calls of the causal decision's BCE (None if no layer learns one)
-        and of its agreement with top-k over routed tokens (None if no routed token was seen)."""
-        aux = [r.aux_loss for r in self.records if r.aux_loss is not None]
-        agree = [r.agreement for r in self.records if r.agreement is not None]
-        return (torch.stack(aux).mean() if aux else None, torch.stack(agree).mean() if agree else None)
+        """The causal decision's BCE and its agreement with top-k, averaged over the recorded calls
+        that saw routed tokens: (None, None) if no layer learns a decision; (a zero that keeps the
+        graph, None) if none saw a routed token (e.g. a batch of a task dense everywhere). A call
+        without routed tokens adds its zero loss but does not dilute the mean."""
+        learned = [r for r in self.records if r.aux_loss is not None]
+        if not learned:
+            return None, None
+        routed = [r for r in learned if r.agreement is not None]
+        zero = sum(r.aux_loss for r in learned if r.agreement is None)
+        if not routed:
+            return zero, None
+        aux = torch.stack([r.aux_loss for r in routed]).mean() + zero
+        return aux, torch.stack([r.agreement for r in routed]).mean()
 
     def flops_groups(self) -> tuple[dict[int, list[tuple[int, int]]], dict[int, int]]:
         """({layer: (rows, K) calls}, {layer: router weights}) of the recorded forward(s)."""

@@ -137,22 +137,24 @@ class UnifiedModule(L.LightningModule):
         Also returns the row count and the step's routed / dense training FLOPs. With causal
         routing, `router_aux` (the decision's BCE vs top-k) and `router_agreement` are added."""
         losses, rows, routed, dense = {}, 0, 0.0, 0.0
-        aux, agreement = [], []
+        aux, agreement, zero = [], [], 0.0
         for part in self._task_batches(combined):
             batch = self.model.training_batch(part, cond_dropout, generator=generator)
             with record_routing(self.model) as trace:
                 losses.update(self.model.task_losses(batch))
             a, g = trace.causal_stats()
-            if a is not None:
+            if g is not None:
                 aux.append(a)
-            if g is not None:  # over routed tokens only: a batch of a dense task has none
                 agreement.append(g)
+            elif a is not None:  # no routed token in this batch (a dense task): a zero in the graph
+                zero = zero + a
             r, d = self.step_flops(trace, *batch["ids"].shape)
             rows, routed, dense = rows + batch["ids"].shape[0], routed + r, dense + d
-        if aux:
-            losses["router_aux"] = torch.stack(aux).mean()
-        if agreement:
+        if aux:  # averaged over the task batches that had routed tokens
+            losses["router_aux"] = torch.stack(aux).mean() + zero
             losses["router_agreement"] = torch.stack(agreement).mean()
+        elif isinstance(zero, torch.Tensor):
+            losses["router_aux"] = zero
         return losses, rows, routed, dense
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

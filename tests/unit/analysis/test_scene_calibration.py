@@ -77,3 +77,13 @@ def test_importance_metrics_of_a_scenes_checkpoint_use_the_scene_scorers(scenes_
         b = collate_rows([questions[i] for i in g], space.pad)
         right.append(answers_correct(model.answer(b, max_new_tokens=16), b["answer"]))
     assert mmu_acc == float(torch.cat(right).float().mean())
+
+
+def test_training_form_rows_of_the_checkpoints_kind(scenes_module):
+    """image_rows(train=True): the checkpoint's own kind of rows in the training form (random
+    templates), for jobs that train briefly on it (interactions)."""
+    from modlab.analysis.calibration import image_rows
+
+    rows = image_rows(scenes_module.data_cfg, scenes_module.image_tokenizer, ["t2i", "mmu"], "train", train=True)
+    assert all(isinstance(ds, SceneRows) and ds.train and ds.n == DATA.train_scenes for ds in rows.values())
+    assert (rows["mmu"][0]["is_image"].sum() == 64).item()

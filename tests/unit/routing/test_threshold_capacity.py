@@ -142,3 +142,26 @@ def test_compare_keeps_the_kept_fractions_out_of_the_compared_metrics(tmp_path):
     (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
     rows, metrics = comparison_rows([str(tmp_path)])
     assert metrics == ["test/lm_ppl", "test/mmu_acc"] and rows[0]["test/kept/mmu/layer2"] == 0.3
+
+
+def test_layers_without_routed_tokens_do_not_dilute_the_causal_loss():
+    """UniMoD layer 1 routes task 1 only, layer 2 both tasks: on rows of task 0 the causal loss and
+    agreement are layer 2's alone (layer 1's dense rows contribute a graph-keeping zero)."""
+    from modlab.models.omni_attention import causal_mask
+    from modlab.models.transformer import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=32, n_layer=3, n_head=2), vocab_size=40)
+    install_routing(model.blocks, 32, {1: [1.0, 0.25], 2: [0.5, 0.25]}, "ste_sigmoid", "aux_bce")
+    ids = torch.randint(0, 40, (3, 10))
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    with record_routing(model) as trace:
+        model(ids, causal_mask(valid), route=RouteInfo(task=torch.zeros(3, dtype=torch.long), valid=valid))
+    aux, agreement = trace.causal_stats()
+    layer1, layer2 = model.blocks[1], model.blocks[2]
+    (record1,), (record2,) = trace.layer(1), trace.layer(2)
+    assert record1.agreement is None and float(record1.aux_loss.detach()) == 0.0
+    torch.testing.assert_close(aux, record2.aux_loss)
+    torch.testing.assert_close(agreement, record2.agreement)
+    aux.backward()  # the zero keeps layer 1's router in the graph (gradient 0, not None)
+    assert layer1.router.proj.weight.grad is not None and layer2.router.proj.weight.grad.abs().sum() > 0
