@@ -31,13 +31,13 @@ differences, paired by seed).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from modlab.analysis.importance import mean_task_losses
+from modlab.analysis.stats import paired_difference, spread_by
 from modlab.analysis.subject import showo_subject
 from modlab.data.rows import collate_rows
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS
@@ -515,47 +515,6 @@ def joint_vs_single_seeds(
     rows = [{**r, "run": "single" if r["run"].startswith("single:") else "joint"} for r in tables["final"]]
     tables["difference"] = paired_difference(rows, "run", "joint", "single", ("task",), "loss")
     return tables
-
-
-# ---- statistics over seeds ----------------------------------------------------------------------
-
-
-def spread_by(rows: list[dict], keys: tuple[str, ...], value: str) -> list[dict]:
-    """{*keys, mean, std (sample; 0 for one seed), n} of `value` per group."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r[k] for k in keys), []).append(float(r[value]))
-    return [{**dict(zip(keys, k)), **_stats(v)} for k, v in groups.items()]
-
-
-def paired_difference(rows: list[dict], arm: str, a: str, b: str, keys: tuple[str, ...], value: str) -> list[dict]:
-    """Per group of `keys`: `value` of arm a minus arm b, paired by seed; mean, std, n, the 95 %
-    t-interval half-width and whether that interval excludes 0 (the difference exceeds the
-    seed spread). With one seed there is no spread: ci95 is None and exceeds_spread False."""
-    by: dict[tuple, dict[str, dict[int, float]]] = {}
-    for r in rows:
-        by.setdefault(tuple(r[k] for k in keys), {}).setdefault(r[arm], {})[r["seed"]] = float(r[value])
-    out = []
-    for k, arms in by.items():
-        seeds = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
-        if not seeds:
-            continue
-        diffs = [arms[a][s] - arms[b][s] for s in seeds]
-        st = _stats(diffs)
-        ci = None
-        if len(diffs) > 1:
-            from scipy.stats import t as student_t
-
-            ci = float(student_t.ppf(0.975, len(diffs) - 1)) * st["std"] / math.sqrt(len(diffs))
-        out.append({**dict(zip(keys, k)), **st, "ci95": ci, "exceeds_spread": ci is not None and abs(st["mean"]) > ci})
-    return out
-
-
-def _stats(values: list[float]) -> dict:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "n": n}
 
 
 def _mean_by(rows: list[dict], keys: tuple[str, ...], value: str, weight: str) -> list[dict]:
