@@ -16,24 +16,33 @@ from modlab.outputs import write_csv
 
 
 def compare(cfg: DictConfig) -> dict:
-    c = validate(cfg)
+    config = validate(cfg)
     from rich.console import Console
     from rich.table import Table
 
     from modlab.analysis.plots import plot_pareto
 
-    rows, metrics = comparison_rows(c.runs)
+    rows, metrics = comparison_rows(config.runs)
     out = run_dir()
-    columns = [k for k in (COST, "train/flops_ratio", *metrics, "params", "train_seconds") if any(k in r for r in rows)]
-    write_csv([{k: r.get(k) for k in ("label", *columns, "run")} for r in rows], out / "compare.csv")
+    columns = [
+        key
+        for key in (COST, "train/flops_ratio", *metrics, "params", "train_seconds")
+        if any(key in row for row in rows)
+    ]
+    write_csv([{key: row.get(key) for key in ("label", *columns, "run")} for row in rows], out / "compare.csv")
     files = ["compare.csv"]
     groups = seed_groups(rows, columns)
-    seeded = any(g["n"] > 1 for g in groups)
+    seeded = any(group["n"] > 1 for group in groups)
     if seeded:
         write_csv(groups, out / "compare_seeds.csv")
         files.append("compare_seeds.csv")
-    if metrics and any(r.get(COST) is not None for r in rows):
-        plot_pareto(groups if seeded else rows, COST, {m: higher_is_better(m) for m in metrics}, out / "pareto.png")
+    if metrics and any(row.get(COST) is not None for row in rows):
+        plot_pareto(
+            groups if seeded else rows,
+            COST,
+            {metric: higher_is_better(metric) for metric in metrics},
+            out / "pareto.png",
+        )
         files.append("pareto.png")
     summary = {"runs": rows, "metrics": metrics, "files": files + ["results.json"]}
     (out / "results.json").write_text(
@@ -44,8 +53,8 @@ def compare(cfg: DictConfig) -> dict:
     table.add_column("run")
     for col in columns:
         table.add_column(col.replace("train/", "").replace("test/", ""), justify="right")
-    for r in rows:
-        table.add_row(r["label"], *[_fmt(r.get(k)) for k in columns])
+    for row in rows:
+        table.add_row(row["label"], *[_fmt(row.get(key)) for key in columns])
     console = Console()
     console.print(table)
     if seeded:
@@ -57,20 +66,21 @@ def compare(cfg: DictConfig) -> dict:
             table.add_column(
                 col.replace("train/", "").replace("test/", ""), justify="left" if col == "runs" else "right"
             )
-        for g in groups:
+        for group in groups:
             cells = [
-                _fmt(g.get(k)) + (f" ± {_fmt(g[k + '_std'])}" if g.get(k + "_ci95") is not None else "")
-                for k in columns
+                _fmt(group.get(key))
+                + (f" ± {_fmt(group[key + '_std'])}" if group.get(key + "_ci95") is not None else "")
+                for key in columns
             ]
-            table.add_row(g["label"], str(g["n"]), *cells)
+            table.add_row(group["label"], str(group["n"]), *cells)
         console.print(table)
     console.print(f"{', '.join(files)}, results.json in [bold]{out}[/bold]")
     return {"runs": rows, **({"seed_groups": groups} if seeded else {})}
 
 
-def _fmt(v) -> str:
-    if v is None:
+def _fmt(value) -> str:
+    if value is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:.3e}" if abs(v) >= 1e5 else f"{v:.4g}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
+    if isinstance(value, float):
+        return f"{value:.3e}" if abs(value) >= 1e5 else f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)

@@ -11,11 +11,11 @@ from modlab.outputs import finish_run
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    c = validate(cfg)
-    spec = family_of_checkpoint(c.ckpt_path)
-    spec.require("eval", c.ckpt_path)
+    run = validate(cfg)
+    spec = family_of_checkpoint(run.ckpt_path)
+    spec.require("eval", run.ckpt_path)
     family = spec.family()
-    module = family.load(c.ckpt_path)
-    seed_everything(c.seed)
+    module = family.load(run.ckpt_path)
+    seed_everything(run.seed)
     out = run_dir()
-    return finish_run("modlab eval", family.evaluate(module, c, out), out)
+    return finish_run("modlab eval", family.evaluate(module, run, out), out)
