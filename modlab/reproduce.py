@@ -52,7 +52,7 @@ FAMILIES = (
 
 # Fine-tuning a trained model: a lower peak learning rate and a short warm-up.
 FINETUNE = ["objective.lr=1e-3", "objective.warmup_steps=20"]
-# --quick: a tiny model and a few steps of everything (tests/test_reproduce.py)
+# --quick: a tiny model and a few steps of everything (tests/recipes/test_scenes_cli.py)
 QUICK = [
     "debug=fast",
     "model.d_model=32",

@@ -104,7 +104,6 @@ class InteractionsConfig:
     joint_training: bool = True  # (a) single-task vs joint training from scratch
     shared_router: bool = True  # (b) one shared router with a joint budget vs task routers
     steps: int = 30  # optimiser steps of each (a) run
-    router_steps: int = 20  # (b), quick form (shared_vs_task_routers): router-only steps, one seed
     batch_size: int = 12  # rows per task per step
     lr: float = 2e-3
     router_lr: float = 1e-2  # only the routers train in (b), from random init
@@ -118,8 +117,8 @@ class InteractionsConfig:
     router_patience: int = 2  # (b): calm checks in a row that count as converged
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.router_steps < 1 or self.batch_size < 1:
-            raise ConfigError("analysis.interactions.steps, router_steps and batch_size must be >= 1")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("analysis.interactions.steps and batch_size must be >= 1")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"analysis.interactions.seeds must be distinct seeds, at least one, got {self.seeds}")
         if self.eval_every < 0 or min(self.router_max_steps, self.router_eval_every, self.router_patience) < 1:

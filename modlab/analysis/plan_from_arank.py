@@ -1,6 +1,6 @@
 """From ARank to a routing plan (the file `routing.plan=<file>` trains with), for a FLOPs budget.
 
-The rule (scale-free; DESIGN.md: "ARank ranks layers and tasks; how much to prune is a budget
+The rule (scale-free; docs/design.md: "ARank ranks layers and tasks; how much to prune is a budget
 question"):
 
 1. Redundancy. Pre-softmax ARank is bounded by min(n, head_dim), so it is read relative to that

@@ -1,6 +1,6 @@
 """Show-o-like unified model: one transformer over text + image codes with omni-attention.
 
-Training objectives (DESIGN.md):
+Training objectives (docs/data.md):
 - T2I: masked-token prediction on image codes. Per row t ~ U(0, 1), mask ratio cos(pi t / 2),
   loss on the masked positions only. Captions are dropped (made invisible) with probability
   `cond_dropout` so the same model also learns the unconditional distribution for CFG.

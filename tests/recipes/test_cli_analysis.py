@@ -25,7 +25,6 @@ SMALL_BUDGET = {
     "interactions": [
         "calibration.n_per_task=4",
         "analysis.interactions.steps=2",
-        "analysis.interactions.router_steps=2",
         "analysis.interactions.batch_size=4",
         "analysis.interactions.seeds=[0,1]",
         "analysis.interactions.router_max_steps=4",
