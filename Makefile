@@ -6,6 +6,7 @@
 #   make lint           ruff check + ruff format --check (line length 120, config in pyproject.toml)
 #   make bench          speed benchmarks (prints ratios; never part of the tests)
 #   make reproduce      dense -> MoD / UniMoD fine-tunes on digit scenes; writes the comparison table
+#                       (SEEDS=3: every fine-tune with three seeds from one dense base; mean ± std)
 #
 # Torch: TORCH is the pip requirement used when .venv has no torch yet. The default is the
 # CPU build. GPU users either put their own torch into .venv first (it is kept), or pass e.g.
@@ -53,8 +54,9 @@ bench: install
 
 .PHONY: reproduce
 REPRODUCE_ARGS ?=
+SEEDS ?= 1
 reproduce: install
-	$(BIN)/python -m modlab.reproduce $(REPRODUCE_ARGS)
+	$(BIN)/python -m modlab.reproduce --seeds $(SEEDS) $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache build *.egg-info

@@ -20,35 +20,35 @@ from modlab.families import family_of_checkpoint, get_family
 
 
 def analyze(cfg: DictConfig) -> dict:
-    c = validate(cfg)
-    job = JOBS[c.analysis.job]
-    if c.model:  # a model that needs no checkpoint (a Hugging Face directory)
-        spec, what = get_family(c.model.arch), c.model.path
+    run = validate(cfg)
+    job = JOBS[run.analysis.job]
+    if run.model:  # a model that needs no checkpoint (a Hugging Face directory)
+        spec, what = get_family(run.model.arch), run.model.path
     else:
-        spec, what = family_of_checkpoint(c.ckpt_path), c.ckpt_path
+        spec, what = family_of_checkpoint(run.ckpt_path), run.ckpt_path
     if job.name not in spec.analyses:
         families = ", ".join(job.families())
         raise CheckpointError(
             f"analyze {job.name} cannot analyse a '{spec.name}' model ({what}); it analyses: {families}"
         )
     family = spec.family()
-    loaded = family.load_pretrained(c.model) if c.model else family.load_for_analysis(c.ckpt_path)
+    loaded = family.load_pretrained(run.model) if run.model else family.load_for_analysis(run.ckpt_path)
     import torch
 
     from modlab.analysis.report import Progress, write_report
 
-    torch.manual_seed(c.seed)
+    torch.manual_seed(run.seed)
     start = time.perf_counter()
-    target = family.analysis_target(loaded, c.calibration, c.seed)
+    target = family.analysis_target(loaded, run.calibration, run.seed)
     with Progress() as progress:
-        result = job.run(c, target, progress)
-    rows = {t: sum(len(b["ids"]) for b in bs) for t, bs in target.batches.items()}
+        result = job.run(run, target, progress)
+    rows = {task: sum(len(batch["ids"]) for batch in parts) for task, parts in target.batches.items()}
     header = {
         "job": job.name,
-        "ckpt_path": c.ckpt_path,
+        "ckpt_path": run.ckpt_path,
         "arch": spec.name,
-        "calibration": {**asdict(c.calibration), "tasks": list(target.batches), "rows": rows},
-        "analysis": asdict(c.analysis),
-        **({"model_path": c.model.path} if c.model else {}),
+        "calibration": {**asdict(run.calibration), "tasks": list(target.batches), "rows": rows},
+        "analysis": asdict(run.analysis),
+        **({"model_path": run.model.path} if run.model else {}),
     }
     return write_report(result, run_dir(), header, time.perf_counter() - start)

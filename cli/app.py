@@ -25,8 +25,8 @@ def experiment_of_checkpoint(path: str, hf_path: str | None = None) -> str:
     directory (`modlab analyze ... model.path=DIR`, no checkpoint) -> `hf_<its name>`."""
     if path is None and hf_path:
         return f"hf_{Path(hf_path).name}"
-    m = re.search(r"train/([^/]+)/[^/]+/checkpoints/[^/]+$", str(path))
-    return m.group(1) if m else "checkpoint"
+    found = re.search(r"train/([^/]+)/[^/]+/checkpoints/[^/]+$", str(path))
+    return found.group(1) if found else "checkpoint"
 
 
 OmegaConf.register_new_resolver("modlab_run_id", lambda: RUN_ID, replace=True)
@@ -46,8 +46,8 @@ def hydra_main(cfg: DictConfig):
 
     try:
         return COMMANDS[cfg.command].run(cfg)
-    except user_error_types() as e:
+    except user_error_types() as error:
         if os.environ.get("MODLAB_DEBUG", "") not in ("", "0"):
             raise
-        JOB_ERRORS.append(e)
+        JOB_ERRORS.append(error)
         return None

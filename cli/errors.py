@@ -29,7 +29,7 @@ def one_line(exc: BaseException) -> str:
         # OmegaConf / Hydra append context that is long and rarely helps on one line
         for tail in (" full_key:", " Config search path:", " To append to your config"):
             text = text.split(tail)[0].strip()
-        if text and "$VALUE" not in text and not any(text in p for p in parts):
+        if text and "$VALUE" not in text and not any(text in part for part in parts):
             parts.append(text)
         exc = exc.__cause__ or exc.__context__
     return ": ".join(parts) if parts else "invalid input"
@@ -50,10 +50,10 @@ def run_reporting_errors() -> None:
     app.JOB_ERRORS.clear()  # the entry point may run more than once in a process (tests)
     try:
         app.hydra_main()
-    except user_error_types() as e:
+    except user_error_types() as error:
         if debug:
             raise
-        fail(one_line(e))
+        fail(one_line(error))
     except KeyboardInterrupt:
         sys.stderr.write("modlab: interrupted\n")
         raise SystemExit(130) from None

@@ -12,24 +12,24 @@ from modlab.outputs import finish_run
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    c = validate(cfg)
-    spec = family_of_checkpoint(c.ckpt_path)
-    spec.require("eval", c.ckpt_path)
+    run = validate(cfg)
+    spec = family_of_checkpoint(run.ckpt_path)
+    spec.require("eval", run.ckpt_path)
     family = spec.family()
     tm = None
-    if c.harness.tasks:  # an unknown task fails before the model is loaded
+    if run.harness.tasks:  # an unknown task fails before the model is loaded
         from modlab.evaluation.harness import task_manager
 
-        tm = task_manager(c.harness)
-    module = family.load(c.ckpt_path)
-    seed_everything(c.seed)
+        tm = task_manager(run.harness)
+    module = family.load(run.ckpt_path)
+    seed_everything(run.seed)
     out = run_dir()
-    metrics = family.evaluate(module, c, out)
-    if c.harness.tasks:
+    metrics = family.evaluate(module, run, out)
+    if run.harness.tasks:
         from modlab.evaluation.harness import run_harness
 
         variants, tokenizer, device = family.harness_variants(module)
-        scores = run_harness(variants, tokenizer, c.harness, tm, device)
+        scores = run_harness(variants, tokenizer, run.harness, tm, device)
         metrics.update(scores)
         print_harness_table(scores)
     return finish_run("modlab eval", metrics, out)

@@ -10,8 +10,8 @@ from modlab.families import family_of_checkpoint
 
 
 def generate(cfg: DictConfig) -> dict:
-    c = validate(cfg)
-    spec = family_of_checkpoint(c.ckpt_path)
-    spec.require("generate", c.ckpt_path)
+    run = validate(cfg)
+    spec = family_of_checkpoint(run.ckpt_path)
+    spec.require("generate", run.ckpt_path)
     family = spec.family()
-    return family.generate(family.load(c.ckpt_path), c, run_dir())
+    return family.generate(family.load(run.ckpt_path), run, run_dir())

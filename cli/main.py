@@ -31,8 +31,8 @@ class Command:
 # The commands, in one table: the dispatcher, the help and the Hydra app read it. Each command's
 # config is conf/<name>.yaml, typed by its schema in modlab.cli.schema.
 COMMANDS: dict[str, Command] = {
-    c.name: c
-    for c in (
+    command.name: command
+    for command in (
         Command(
             "train", "train or fine-tune a model", "modlab train +experiment=showo_dense", "modlab.cli.train:train"
         ),
@@ -89,12 +89,12 @@ def print_help() -> None:
     console.print("[bold]modlab[/bold] — dynamic-depth transformers (MoD, UniMoD, MindSkip) from one command line\n")
     console.print(escape("usage: modlab <command> [hydra overrides...]"), highlight=False)
     console.print("       modlab <command> --help    (the command's config groups and options)\n", highlight=False)
-    console.print(_table("command", [(c.name, c.summary) for c in COMMANDS.values()]))
+    console.print(_table("command", [(command.name, command.summary) for command in COMMANDS.values()]))
     console.print("\nexamples:", style="bold")
-    for c in COMMANDS.values():
-        console.print(f"  {c.usage}", highlight=False)
+    for command in COMMANDS.values():
+        console.print(f"  {command.usage}", highlight=False)
     console.print("\nmodel families (model.arch):", style="bold")
-    console.print(_table("family", [(f.name, f.summary) for f in REGISTRY.values()]))
+    console.print(_table("family", [(family.name, family.summary) for family in REGISTRY.values()]))
     console.print(
         "\nHydra flags work as usual: -m (multirun sweeps), --cfg job, --info, hydra.run.dir=...", highlight=False
     )
@@ -109,7 +109,7 @@ def print_analysis_jobs() -> None:
     console = Console()
     console.print("usage: modlab analyze <job> ckpt_path=PATH [overrides...]\n", highlight=False)
     console.print(
-        _table("job", [(j.name, f"{j.summary} (families: {', '.join(j.families())})") for j in JOBS.values()])
+        _table("job", [(job.name, f"{job.summary} (families: {', '.join(job.families())})") for job in JOBS.values()])
     )
     console.print("\nEach job writes results.json, CSV tables and PNG plots into its run directory.", highlight=False)
     console.print(
@@ -139,11 +139,11 @@ def rewrite_argv(argv: list[str]) -> list[str]:
 
 def compare_argv(args: list[str]) -> list[str]:
     """`compare DIR... key=value...` -> `runs=['DIR',...] key=value...` (quoted: any path is fine)."""
-    dirs = [a for a in args if "=" not in a and not a.startswith("-")]
+    dirs = [arg for arg in args if "=" not in arg and not arg.startswith("-")]
     if not dirs:
         return args
-    quoted = ",".join("'" + d.replace("\\", "\\\\").replace("'", "\\'") + "'" for d in dirs)
-    return [f"runs=[{quoted}]", *[a for a in args if a not in dirs]]
+    quoted = ",".join("'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'" for path in dirs)
+    return [f"runs=[{quoted}]", *[arg for arg in args if arg not in dirs]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         hydra_argv = rewrite_argv(argv)
-    except UserError as e:
-        fail(str(e))
+    except UserError as error:
+        fail(str(error))
     sys.argv = [sys.argv[0], *hydra_argv]
     from modlab.cli.errors import run_reporting_errors
 

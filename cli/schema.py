@@ -155,11 +155,11 @@ _ABSENT = object()
 
 
 def _flatten(tree: dict, prefix: str = ""):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
         else:
-            yield f"{prefix}{k}", v
+            yield f"{prefix}{key}", value
 
 
 def _command_line_keys() -> set[str]:
@@ -168,4 +168,4 @@ def _command_line_keys() -> set[str]:
 
     if not HydraConfig.initialized():
         return set()
-    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return {override.split("=", 1)[0].lstrip("+~") for override in HydraConfig.get().overrides.task}

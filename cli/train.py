@@ -12,18 +12,18 @@ from modlab.outputs import finish_run
 
 
 def train(cfg: DictConfig) -> dict:
-    c = validate(cfg)
-    spec = get_family(c.model.arch)
-    spec.check_training(c)
+    run = validate(cfg)
+    spec = get_family(run.model.arch)
+    spec.check_training(run)
     out = run_dir()
-    if c.dry_run:
+    if run.dry_run:
         from modlab.cli.runtime import seed_everything
 
-        seed_everything(c.seed)
-        return finish_run(f"modlab train {c.experiment_name} (dry run)", spec.family().dry_run(c), out)
+        seed_everything(run.seed)
+        return finish_run(f"modlab train {run.experiment_name} (dry run)", spec.family().dry_run(run), out)
     from modlab.training.trainer import fit_and_test
 
-    metrics, writes_files = fit_and_test(spec.family(), c, out)
+    metrics, writes_files = fit_and_test(spec.family(), run, out)
     if writes_files:  # rank 0 only
-        finish_run(f"modlab train {c.experiment_name}", metrics, out)
+        finish_run(f"modlab train {run.experiment_name}", metrics, out)
     return metrics

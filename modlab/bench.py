@@ -54,11 +54,12 @@ def _train_step(model, batches: list[dict], bf16: bool):
     """A step as UnifiedModule trains: one forward per task batch, one backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    from modlab.routing.install import causal_routing_stats
+    from modlab.routing.trace import record_routing
 
     def batch_loss(b: dict) -> torch.Tensor:
-        loss = sum(model.task_losses(model.training_batch(b, 0.1)).values())
-        aux, _ = causal_routing_stats(model)  # the routers' causal-decision loss, as in training
+        with record_routing(model) as trace:
+            loss = sum(model.task_losses(model.training_batch(b, 0.1)).values())
+        aux, _ = trace.causal_stats()  # the routers' causal-decision loss, as in training
         return loss if aux is None else loss + 0.01 * aux
 
     def step():
@@ -91,9 +92,10 @@ def routed_training_step() -> list[dict]:
     from omegaconf import OmegaConf
 
     import modlab.conf
-    from modlab.flops import last_train_step_flops
+    from modlab.flops import traced_train_step_flops
     from modlab.routing.config import RoutingConfig
     from modlab.routing.install import apply_routing
+    from modlab.routing.trace import record_routing
 
     conf = Path(modlab.conf.__file__).parent / "routing"  # the experiments' routing configs
     dm, batches = _experiment_batches()
@@ -107,8 +109,9 @@ def routed_training_step() -> list[dict]:
         steps[name] = _train_step(model, batches, bf16=True)
         flops = 0
         for batch in batches:  # the FLOPs of each task batch's forward, as the training step counts
-            model.task_losses(model.training_batch(batch, 0.1))
-            flops += last_train_step_flops(cfg, dm.space.vocab_size, model.transformer.blocks, *batch["ids"].shape)
+            with record_routing(model) as trace:
+                model.task_losses(model.training_batch(batch, 0.1))
+            flops += traced_train_step_flops(cfg, dm.space.vocab_size, trace, *batch["ids"].shape)
         rows.append({"routing": name, "flops": flops})
     seconds = _interleaved_seconds(steps)
     for r in rows:
@@ -131,6 +134,7 @@ def routed_block_speed(
     from modlab.models.transformer import Block
     from modlab.routing.install import RouteInfo
     from modlab.routing.routed_block import RoutedBlock
+    from modlab.routing.trace import record_routing
 
     cfg = ModelConfig(d_model=d, n_layer=1, n_head=n_head)
     torch.manual_seed(0)
@@ -152,7 +156,9 @@ def routed_block_speed(
     rows = []
     for c, rb in routed.items():
         routed_s = seconds[c]
-        k = rb.last_groups[0][1]
+        with record_routing(rb) as trace:
+            rb(x, positions, mask, route)
+        k = trace.last().groups[0][1]
         routed_flops = block_forward_flops(cfg, B, k) + router_forward_flops(B, T, rb.routing_weights())
         predicted, measured = dense_flops / routed_flops, dense_s / routed_s
         rows.append(

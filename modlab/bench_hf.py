@@ -28,8 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modlab.routing.hf_decode import greedy_decode
-from modlab.routing.hf_routed_layer import HFRoutedLayer, install_hf_routing
+from modlab.routing.hf_routed_layer import install_hf_routing
 from modlab.routing.install import threshold_routing
+from modlab.routing.trace import record_routing
 
 
 def llama_layer_forward_flops(config, rows: int, tokens: int) -> int:
@@ -45,7 +46,7 @@ def llama_layer_forward_flops(config, rows: int, tokens: int) -> int:
 
 def llama_train_step_flops(config, B: int, T: int, routed: dict[int, list[tuple[int, int]]] | None = None) -> int:
     """Forward + backward FLOPs of a Llama-family CausalLM on B rows of T tokens. `routed[layer]`
-    lists the (rows, K) batched calls a routed layer made (HFRoutedLayer.last_groups); its router
+    lists the (rows, K) batched calls a routed layer made (`routed_groups`); its router
     scores every token (2 * d FLOPs per token and router)."""
     routed = routed or {}
     d = config.hidden_size
@@ -59,9 +60,11 @@ def llama_train_step_flops(config, B: int, T: int, routed: dict[int, list[tuple[
     return 3 * total
 
 
-def routed_groups(model: nn.Module) -> dict[int, list[tuple[int, int]]]:
-    """What each routed layer of a transformers model ran in its last forward."""
-    return {m.layer_idx: list(m.last_groups) for m in model.modules() if isinstance(m, HFRoutedLayer)}
+def routed_groups(model: nn.Module, run) -> dict[int, list[tuple[int, int]]]:
+    """What each routed layer of a transformers model ran during `run()` (its (rows, K) calls)."""
+    with record_routing(model) as trace:
+        run()
+    return trace.flops_groups()[0]
 
 
 def bench_llama_config(seq: int = 1024, attn_implementation: str = "sdpa"):
@@ -119,7 +122,7 @@ def bench_hf_mod_training(
         {"dense": lambda: train_step(dense, ids), "routed": lambda: train_step(routed, ids)}, repeats
     )
     dense_flops = llama_train_step_flops(config, batch, seq)
-    routed_flops = llama_train_step_flops(config, batch, seq, routed_groups(routed))
+    routed_flops = llama_train_step_flops(config, batch, seq, routed_groups(routed, lambda: train_step(routed, ids)))
     measured, predicted = seconds["dense"] / seconds["routed"], dense_flops / routed_flops
     return {
         "batch": batch,

@@ -58,17 +58,8 @@ def train_step_flops(
     return 3 * model_forward_flops(cfg, vocab_size, B, T, routed, router_weights)
 
 
-def last_train_step_flops(cfg: ModelConfig, vocab_size: int, blocks, B: int, T: int) -> int:
-    """Training FLOPs of the forward just run on (B, T) through `blocks`, with what each routed
-    layer really ran in that forward (its `last_groups`)."""
-    from modlab.routing.routed_block import RoutedBlock
-
-    routed = {i: b for i, b in enumerate(blocks) if isinstance(b, RoutedBlock)}
-    return train_step_flops(
-        cfg,
-        vocab_size,
-        B,
-        T,
-        {i: b.last_groups for i, b in routed.items()},
-        {i: b.routing_weights() for i, b in routed.items()},
-    )
+def traced_train_step_flops(cfg: ModelConfig, vocab_size: int, trace, B: int, T: int) -> int:
+    """Training FLOPs of a forward on (B, T) whose routing `trace` recorded (modlab.routing.trace:
+    the batched calls each routed layer really made)."""
+    groups, router_weights = trace.flops_groups()
+    return train_step_flops(cfg, vocab_size, B, T, groups, router_weights)

@@ -42,16 +42,17 @@ class Family:
     dense: str
     mod: str
     unimod: str
+    plan_target: float  # the training-FLOPs ratio the ARank plan is allocated to (UniMoD paper: 0.85 for Show-o)
 
 
 FAMILIES = (
-    Family("Show-o-like", dense="scenes_dense", mod="scenes_mod", unimod="scenes_unimod"),
-    Family("Emu3-like", dense="scenes_emu3_dense", mod="scenes_emu3_mod", unimod="scenes_emu3_unimod"),
+    Family("Show-o-like", dense="scenes_dense", mod="scenes_mod", unimod="scenes_unimod", plan_target=0.85),
+    Family("Emu3-like", dense="scenes_emu3_dense", mod="scenes_emu3_mod", unimod="scenes_emu3_unimod", plan_target=0.6),
 )
 
 # Fine-tuning a trained model: a lower peak learning rate and a short warm-up.
 FINETUNE = ["objective.lr=1e-3", "objective.warmup_steps=20"]
-# --quick: a tiny model and a few steps of everything (tests/test_reproduce.py)
+# --quick: a tiny model and a few steps of everything (tests/recipes/test_scenes_cli.py)
 QUICK = [
     "debug=fast",
     "model.d_model=32",
@@ -65,10 +66,11 @@ QUICK = [
 @dataclass
 class Row:
     family: str
-    method: str  # dense | dense (fine-tuned) | MoD | UniMoD
+    method: str  # dense | dense (fine-tuned) | MoD | UniMoD | UniMoD (plan ...)
     run_dir: Path
     metrics: dict = field(default_factory=dict)
     note: str = ""
+    seed: int | None = None  # the fine-tune's seed (the dense base has one seed of its own)
 
 
 # ---- running modlab ------------------------------------------------------------------------
@@ -112,8 +114,15 @@ def probe_flops_per_step(experiment: str, overrides: list[str], run_dir: Path) -
 
 
 def run_family(
-    fam: Family, out: Path, finetune_steps: int, extra: list[str], skip_analysis: bool, dense_run: Path | None = None
+    fam: Family,
+    out: Path,
+    finetune_steps: int,
+    extra: list[str],
+    skip_analysis: bool,
+    dense_run: Path | None = None,
+    seeds: tuple[int, ...] = (42,),
 ) -> list[Row]:
+    """The dense base (one seed), the ARank plan from it, then every fine-tune for every seed."""
     if dense_run is None:
         print(f"\n[{fam.name}] dense: {fam.dense}", flush=True)
         dense = Row(fam.name, "dense", out / fam.name / "dense")
@@ -123,40 +132,45 @@ def run_family(
         dense = Row(fam.name, "dense", dense_run, json.loads((dense_run / "metrics.json").read_text()))
     ckpt = dense.run_dir / "checkpoints" / "last.ckpt"
 
-    unimod_overrides, unimod_note = [], "conf/routing/unimod.yaml capacities"
+    methods = [
+        ("dense (fine-tuned)", "dense_ft", fam.dense, [], "control: same FLOPs budget"),
+        ("MoD", "mod", fam.mod, [], "conf/routing/mod.yaml"),
+        ("UniMoD", "unimod", fam.unimod, [], "the experiment's task capacities"),
+    ]
     if skip_analysis:
         print(f"[{fam.name}] analysis: skipped (--skip-analysis)")
     else:
-        print(f"[{fam.name}] analysis: ARank redundancy -> routing plan", flush=True)
+        print(
+            f"[{fam.name}] analysis: ARank redundancy -> routing plan at {fam.plan_target:g} of dense FLOPs", flush=True
+        )
         analysis_dir = out / fam.name / "analysis"
+        target = f"analysis.plan.target_flops_ratio={fam.plan_target}"
         try:
-            run_modlab(["analyze", "redundancy", f"ckpt_path={ckpt}"], analysis_dir)
+            run_modlab(["analyze", "redundancy", f"ckpt_path={ckpt}", target], analysis_dir)
             plan = analysis_dir / "routing_plan.yaml"
             if plan.is_file():
-                unimod_overrides, unimod_note = [f"routing.plan={plan}"], f"routing plan from ARank ({plan.name})"
+                method = f"UniMoD (ARank plan @ {fam.plan_target:g})"
+                methods.append(
+                    (method, "unimod_plan", fam.unimod, [f"routing.plan={plan}"], f"routing plan ({plan.name})")
+                )
             else:
-                print("    the analysis wrote no routing_plan.yaml: UniMoD uses conf/routing/unimod.yaml")
+                print("    the analysis wrote no routing_plan.yaml: no plan-based UniMoD row")
         except RuntimeError as e:
-            print(f"    analysis failed, UniMoD uses conf/routing/unimod.yaml: {e}")
+            print(f"    analysis failed, no plan-based UniMoD row: {e}")
 
     budget = finetune_steps * dense.metrics["train/flops_per_step"]
     rows = [dense]
-    for method, dirname, experiment, overrides, note in (
-        ("dense (fine-tuned)", "dense_ft", fam.dense, [], "control: same FLOPs budget"),
-        ("MoD", "mod", fam.mod, [], "conf/routing/mod.yaml"),
-        ("UniMoD", "unimod", fam.unimod, unimod_overrides, unimod_note),
-    ):
+    for method, dirname, experiment, overrides, note in methods:
         common = [*extra, f"init_from={ckpt}", *FINETUNE, *overrides]
         per_step = probe_flops_per_step(experiment, common, out / fam.name / f"{dirname}_flops_probe")
         steps = max(1, round(budget / per_step))
         print(f"[{fam.name}] {method}: {experiment}, {per_step / 1e9:.2f} GFLOPs/step -> {steps} steps", flush=True)
-        row = Row(fam.name, method, out / fam.name / dirname, note=note)
-        row.metrics = train(
-            experiment,
-            [*common, f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, min(steps, 250))}"],
-            row.run_dir,
-        )
-        rows.append(row)
+        for seed in seeds:
+            run_dir = out / fam.name / dirname / f"seed{seed}" if len(seeds) > 1 else out / fam.name / dirname
+            row = Row(fam.name, method, run_dir, note=note, seed=seed)
+            schedule = [f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, min(steps, 250))}"]
+            row.metrics = train(experiment, [*common, *schedule, f"seed={seed}"], row.run_dir)
+            rows.append(row)
     return rows
 
 
@@ -185,42 +199,95 @@ def _value(row: Row, key: str, dense_flops: float):
     return math.nan if v is None else v
 
 
+def _cell(values: list[float], fmt: str) -> str:
+    from modlab.analysis.stats import spread
+
+    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    st = spread(values)
+    return f"{fmt.format(st['mean'])} ± {fmt.format(st['std'])}"
+
+
+DIFFERENCES = (
+    ("MMU all", "test/mmu_acc", "{:+.3f}"),
+    ("T2I all", "test/t2i_acc", "{:+.3f}"),
+    ("FID", "test/t2i_fid", "{:+.1f}"),
+)
+
+
+def difference_lines(rows: list[Row]) -> list[str]:
+    """Each fine-tune minus the dense control, paired by seed: mean, 95 % interval, and whether it
+    exceeds the seed spread (the interval excludes 0)."""
+    from modlab.analysis.stats import paired_difference
+
+    lines = [
+        "",
+        "Differences to the dense control (same FLOPs budget), paired by seed: mean ± 95 % interval;",
+        "**bold** where the interval excludes 0 (the difference exceeds the seed spread).",
+        "",
+        "| model | method | " + " | ".join(f"Δ {name}" for name, _, _ in DIFFERENCES) + " |",
+        "|---|---|" + "---|" * len(DIFFERENCES),
+    ]
+    for fam in dict.fromkeys(r.family for r in rows):
+        tuned = [r for r in rows if r.family == fam and r.seed is not None]
+        for method in dict.fromkeys(r.method for r in tuned if r.method != "dense (fine-tuned)"):
+            cells = []
+            for _, key, fmt in DIFFERENCES:
+                data = [{"arm": r.method, "seed": r.seed, "v": r.metrics.get(key)} for r in tuned]
+                data = [d for d in data if d["arm"] in (method, "dense (fine-tuned)") and d["v"] is not None]
+                diff = paired_difference(data, "arm", method, "dense (fine-tuned)", (), "v")
+                if not diff:
+                    cells.append("–")
+                    continue
+                d = diff[0]
+                text = fmt.format(d["mean"]) + ("" if d["ci95"] is None else f" ± {d['ci95']:.3f}")
+                cells.append(f"**{text}**" if d["exceeds_spread"] else text)
+            lines.append(f"| {fam} | {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_table(
     rows: list[Row], skipped: list[str], out: Path, finetune_steps: int, wall_s: float
 ) -> tuple[Path, Path]:
     dense_flops = {r.family: r.metrics.get("train/flops_per_step", math.nan) for r in rows if r.method == "dense"}
-    header = ["model", "method", *[c[0] for c in COLUMNS], "routing"]
-    table = [
-        [r.family, r.method, *[_value(r, key, dense_flops[r.family]) for _, key, _ in COLUMNS], r.note] for r in rows
+    header = ["model", "method", "seed", *[c[0] for c in COLUMNS], "routing"]
+    per_run = [
+        [r.family, r.method, r.seed, *[_value(r, key, dense_flops[r.family]) for _, key, _ in COLUMNS], r.note]
+        for r in rows
     ]
     csv_path = out / "results.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
-        w.writerows(table)
+        w.writerows(per_run)
+    seeds = sorted({r.seed for r in rows if r.seed is not None})
     lines = [
         "# Digit scenes: dense vs MoD vs UniMoD (UniMoD paper, Table-style)",
         "",
-        f"Fine-tunes start from the dense checkpoint with the training FLOPs of {finetune_steps} dense steps each.",
+        f"Fine-tunes start from the dense checkpoint with the training FLOPs of {finetune_steps} dense steps each"
+        + (
+            f", each with seeds {', '.join(map(str, seeds))} (cells: mean ± std over seeds)." if len(seeds) > 1 else "."
+        ),
         "GFLOPs/step: analytic training FLOPs (forward + backward) of one step, routing-aware.",
         "MMU: exact-match answers to 100 test questions per type; T2I: generated scenes that show the prompt",
         "(blank detector + reference classifier per cell); FID: digits-FID of generated cells vs real test digits.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
+        "| " + " | ".join(h for h in header if h != "seed") + " |",
+        "|" + "|".join("---" for h in header if h != "seed") + "|",
     ]
-    formats = ["{}", "{}", *[c[2] for c in COLUMNS], "{}"]
-    for values in table:
-        lines.append(
-            "| "
-            + " | ".join(
-                "–" if isinstance(v, float) and math.isnan(v) else f.format(v) for f, v in zip(formats, values)
-            )
-            + " |"
-        )
-    ceilings = [r for r in rows if r.method == "dense"]
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.family, r.method), []).append(r)
+    for (fam, method), members in groups.items():
+        cells = [_cell([_value(r, key, dense_flops[fam]) for r in members], fmt) for _, key, fmt in COLUMNS]
+        lines.append(f"| {fam} | {method} | " + " | ".join(cells) + f" | {members[0].note} |")
+    if len(seeds) > 1:
+        lines += difference_lines(rows)
     lines.append("")
-    for r in ceilings:
+    for r in (r for r in rows if r.method == "dense"):
         m = r.metrics
         lines.append(
             f"Scorer ceilings ({r.family}, real test scenes after the image tokenizer): "
@@ -237,19 +304,25 @@ def write_table(
 
 
 def write_pareto(rows: list[Row], out: Path) -> Path:
+    """Training cost vs MMU / T2I accuracy, one point per (family, method): the mean over seeds
+    with a ± std error bar."""
     from modlab.analysis.plots import plot_pareto
+    from modlab.analysis.stats import spread
 
     x = "training GFLOPs per step"
-    points = [
-        {
-            "label": f"{r.family} {r.method}",
-            "family": r.family,
-            x: r.metrics.get("train/flops_per_step", math.nan) / 1e9,
-            "MMU accuracy": r.metrics.get("test/mmu_acc", math.nan),
-            "T2I accuracy": r.metrics.get("test/t2i_acc", math.nan),
-        }
-        for r in rows
-    ]
+    keys = {x: "train/flops_per_step", "MMU accuracy": "test/mmu_acc", "T2I accuracy": "test/t2i_acc"}
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.family, r.method), []).append(r)
+    points = []
+    for (fam, method), members in groups.items():
+        point = {"label": f"{fam} {method}", "family": fam}
+        for name, key in keys.items():
+            values = [m.metrics[key] for m in members if m.metrics.get(key) is not None]
+            st = spread(values) if values else {"mean": math.nan, "std": 0.0}
+            scale = 1e9 if name == x else 1.0
+            point[name], point[f"{name}_std"] = st["mean"] / scale, st["std"] / scale
+        points.append(point)
     return plot_pareto(points, x, {"MMU accuracy": True, "T2I accuracy": True}, out / "pareto.png", group="family")
 
 
@@ -267,8 +340,16 @@ def main(argv: list[str] | None = None) -> Path:
         help="reuse this Show-o-like dense run directory (metrics.json, checkpoints/last.ckpt) instead of training one",
     )
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps of everything (for tests)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="fine-tune every method with this many seeds (42, 43, ...) from one dense base",
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. model.n_layer=6")
     a = p.parse_args(argv)
+    if a.seeds < 1:
+        raise RuntimeError(f"--seeds must be >= 1, got {a.seeds}")
     if a.dense_run and not all((a.dense_run / f).is_file() for f in ("metrics.json", "checkpoints/last.ckpt")):
         raise RuntimeError(
             f"--dense-run {a.dense_run} holds no metrics.json and checkpoints/last.ckpt of a finished run"
@@ -288,7 +369,8 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"[{fam.name}] skipped: no experiment {', '.join(missing)}")
             continue
         reuse = a.dense_run.resolve() if a.dense_run and fam is FAMILIES[0] else None
-        rows += run_family(fam, out, a.finetune_steps, extra, a.skip_analysis, reuse)
+        seeds = tuple(42 + i for i in range(a.seeds))
+        rows += run_family(fam, out, a.finetune_steps, extra, a.skip_analysis, reuse, seeds)
     md, csv_path = write_table(rows, skipped, out, a.finetune_steps, time.perf_counter() - start)
     plot = write_pareto(rows, out)
     print("\n" + md.read_text())

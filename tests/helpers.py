@@ -154,6 +154,15 @@ def routed_block_inputs(B=4, T=12, n_tasks=2, seed=0):
     return x, positions, omni_attention_mask(is_image, valid), RouteInfo(task=task, valid=valid)
 
 
+def traced(module, *args, **kwargs):
+    """(module(*args, **kwargs), the routing record of its last routed call) (modlab.routing.trace)."""
+    from modlab.routing.trace import record_routing
+
+    with record_routing(module) as trace:
+        out = module(*args, **kwargs)
+    return out, trace.last()
+
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"

@@ -6,7 +6,8 @@ model's own attention mask instead, as earlier work did). The rank is numerical:
 (float64 SVD) above `rtol` times the largest count. A low rank means the layer's attention is
 explained by few token directions: its tokens are redundant, so the layer is a candidate for
 routing. Rank is bounded by min(n, head_dim), so it is reported raw, normalised by the row's
-sequence length n (what the routing plan uses), and relative to that bound. For a Hugging Face
+sequence length n, and relative to that bound (`arank_rel`: what the routing plan ranks by,
+modlab.analysis.plan_from_arank; rank / n mostly measures how long the rows are). For a Hugging Face
 LM, Q and K are read as its own attention uses them: after its RoPE, key heads repeated for
 grouped-query attention (modlab.analysis.hf_attention).
 """

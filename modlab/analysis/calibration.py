@@ -1,23 +1,44 @@
 """Calibration batches: N held-out rows per task, drawn with a seed, collated per task.
 
 Rows of one task go through the model together (as in training), so a task's statistics are
-never mixed with another task's padding. Digit rows use fixed caption / question templates
-(the evaluation form); LM rows are windows of the held-out text, as `modlab eval` reads it (in
-the model's own tokens for a Hugging Face LM with a tokenizer).
+never mixed with another task's padding. Image rows are of the checkpoint's own `data.kind`,
+coded by its own image tokenizer: single digits (DigitRows) or digit scenes (SceneRows of the
+split, drawn as the data module draws its validation / test scenes), with the evaluation
+templates. A scenes model analysed on single-digit rows would be measured on rows it never saw
+(16 instead of 64 image tokens with the patch codebook, 35-62 instead of 80-100 tokens). LM rows
+are windows of the held-out text, as `modlab eval` reads it (in the model's own tokens for a
+Hugging Face LM with a tokenizer).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.data import Dataset
 
 from modlab.data.config import DataConfig
 from modlab.data.digits import load_digit_splits
-from modlab.data.rows import DigitRows, LMRows, collate_rows
+from modlab.data.rows import DigitRows, LMRows, SceneRows, collate_rows
 from modlab.data.text_corpus import corpus_tokens
 from modlab.data.tokens import TokenSpace
 from modlab.errors import DataError
 
 LM_PAD = 0  # a causal LM's rows are padded with any id: `valid` masks them (as TextDataModule)
+
+
+def image_rows(
+    data_cfg: DataConfig, image_tokenizer, tasks: list[str], split: str, train: bool = False
+) -> dict[str, Dataset]:
+    """{task: rows of `split`} for t2i / mmu, of the data kind the model trained on: evaluation
+    templates, or with `train` the training form (random templates), e.g. for short training
+    runs on a checkpoint's own kind of data (the interactions job)."""
+    space = TokenSpace(image_tokenizer.n_codes)
+    digits = load_digit_splits(data_cfg.split_seed)[split]
+    if data_cfg.kind == "scenes":
+        c = data_cfg
+        n = {"train": c.train_scenes, "val": c.val_scenes, "test": c.test_scenes}[split]
+        return {t: SceneRows(space, image_tokenizer, digits, split, c.grid, n, t, train, c.scene_seed) for t in tasks}
+    codes = image_tokenizer.encode(digits.images)
+    return {t: DigitRows(space, codes, digits.labels, t, train=train) for t in tasks}
 
 
 def calibration_batches(
@@ -37,11 +58,7 @@ def calibration_batches(
     g = torch.Generator().manual_seed(seed)
     sets = {}
     if {"t2i", "mmu"} & set(tasks):
-        digits = load_digit_splits(data_cfg.split_seed)[split]
-        codes = image_tokenizer.encode(digits.images)
-        for task in ("t2i", "mmu"):
-            if task in tasks:
-                sets[task] = DigitRows(space, codes, digits.labels, task, train=False)
+        sets.update(image_rows(data_cfg, image_tokenizer, [t for t in ("t2i", "mmu") if t in tasks], split))
     if "lm" in tasks and getattr(data_cfg, "lm_format", "text") == "alpaca":  # instruction rows
         from modlab.data.instructions import ListRows, instruction_splits
 

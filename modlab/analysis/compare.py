@@ -2,6 +2,9 @@
 
 A path is a run directory (it holds metrics.json) or any directory above runs, e.g. a sweep
 directory: every run below it is taken. Plain files only: no torch needed.
+
+Runs that differ only in `seed` form a group (`seed_groups`): mean, sample std and the 95 %
+t-interval of each metric over the group's seeds.
 """
 
 from __future__ import annotations
@@ -43,38 +46,73 @@ def read_run(run: Path) -> dict:
         "run": str(run),
         "experiment": cfg.get("experiment_name", run.name),
         "overrides": overrides,
+        "seed": cfg.get("seed"),
         "metrics": metrics,
     }
 
 
-def label_runs(runs: list[dict]) -> list[str]:
-    """The experiment name, plus the overrides that tell runs of one experiment apart."""
+def label_runs(runs: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The experiment name, plus the overrides that tell runs of one experiment apart (leaving
+    out overrides that start with one of `ignore`, e.g. "seed=")."""
     labels = []
+    skip = ("hydra.", "paths.", *ignore)
     for r in runs:
         same = [o for o in runs if o["experiment"] == r["experiment"]]
         if len(same) == 1:
             labels.append(r["experiment"])
             continue
-        common = set.intersection(*(set(o["overrides"]) for o in same))
-        own = [o for o in r["overrides"] if o not in common and not o.startswith(("hydra.", "paths."))]
+        kept = [[o for o in x["overrides"] if not o.startswith(skip)] for x in same]
+        common = set.intersection(*(set(k) for k in kept))
+        own = [o for o in r["overrides"] if o not in common and not o.startswith(skip)]
+        if ignore and not own:
+            labels.append(r["experiment"])
+            continue
         labels.append(" ".join([r["experiment"], *own]) if own else f"{r['experiment']} ({Path(r['run']).name})")
     return labels
 
 
+# test keys that describe how a routed model routed (modlab.training.unified), not how well it does:
+# kept in each run's row, left out of the compared metrics and the Pareto plots
+ROUTING_DIAGNOSTICS = ("test/kept/", "test/kept_dense_min/", "test/capacity/", "test/lm_ppl_causal")
+
+
 def comparison_rows(paths: list[str]) -> tuple[list[dict], list[str]]:
-    """One flat row per run ({label, run, <metrics>}) and the metric keys that are task metrics."""
+    """One flat row per run ({label, group, seed, run, <metrics>}: `group` is the label without
+    the seed) and the metric keys that are task metrics."""
     runs = [read_run(r) for r in find_runs(paths)]
     rows = [
         {
             "label": lab,
+            "group": group,
+            "seed": r["seed"],
             "run": r["run"],
             **{k: v for k, v in r["metrics"].items() if isinstance(v, (int, float)) or v is None},
         }
-        for lab, r in zip(label_runs(runs), runs)
+        for lab, group, r in zip(label_runs(runs), label_runs(runs, ignore=("seed=",)), runs)
     ]
-    metrics = sorted({k for r in rows for k in r if k.startswith("test/")})
+    metrics = sorted({k for r in rows for k in r if k.startswith("test/") and not k.startswith(ROUTING_DIAGNOSTICS)})
     return rows, metrics
 
 
 def higher_is_better(metric: str) -> bool:
     return not any(s in metric for s in LOWER_IS_BETTER)
+
+
+def seed_groups(rows: list[dict], keys: list[str]) -> list[dict]:
+    """One row per group of runs that differ only in their seed: {label, n, seeds, <key>,
+    <key>_std, <key>_ci95} (mean, sample std and 95 % t-interval half-width over the seeds)."""
+    from modlab.analysis.stats import spread
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    out = []
+    for label, members in groups.items():
+        g = {"label": label, "n": len(members), "seeds": sorted(m["seed"] for m in members if m["seed"] is not None)}
+        for k in keys:
+            values = [float(m[k]) for m in members if isinstance(m.get(k), (int, float))]
+            if values:
+                st = spread(values)
+                g |= {k: st["mean"], f"{k}_std": st["std"], f"{k}_ci95": st["ci95"]}
+        out.append(g)
+    return out

@@ -49,16 +49,22 @@ class ARankConfig:
 
 @dataclass
 class PlanConfig:
-    """How `redundancy` turns ARank into a routing plan (modlab.analysis.plan_from_arank)."""
+    """How `redundancy` turns ARank into a routing plan (modlab.analysis.plan_from_arank): ARank
+    relative to its bound ranks (task, layer) pairs; capacities are allocated, most redundant
+    pairs lowest, until the training-FLOPs ratio of the planned model is `target_flops_ratio`."""
 
     write: bool = True
     tasks: list[str] = field(default_factory=lambda: ["t2i", "mmu"])  # routed tasks; others run dense
-    fraction: float = 0.5  # route the more redundant half of the layers
+    fraction: float = 0.5  # candidates: the more redundant half of each task's layers
     min_capacity: float = 0.1
     max_capacity: float = 1.0
     importance: bool = False  # also rank layers by LLM-Drop block importance (rank sum with ARank)
+    # training FLOPs of the planned model / the dense model (modlab.flops); Show-o's paper: ~0.85
+    target_flops_ratio: float = 0.85
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.target_flops_ratio <= 1.0:
+            raise ConfigError(f"analysis.plan.target_flops_ratio must be in (0, 1], got {self.target_flops_ratio}")
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"analysis.plan.fraction must be in (0, 1], got {self.fraction}")
         if not 0.0 < self.min_capacity <= self.max_capacity <= 1.0:
@@ -89,21 +95,39 @@ class ImportanceConfig:
 
 @dataclass
 class InteractionsConfig:
-    """Short training runs (small on purpose: the job should finish in about 2 minutes on CPU)."""
+    """(a) single-task vs joint training, (b) shared vs task routers (modlab.analysis.interactions).
+
+    (b) tunes the routers alone until their routing stops moving (`router_competition`: checks
+    every router_eval_every steps, stops after router_patience calm checks, at most
+    router_max_steps), for every seed in `seeds`; (a) runs every seed at equal steps per task."""
 
     joint_training: bool = True  # (a) single-task vs joint training from scratch
     shared_router: bool = True  # (b) one shared router with a joint budget vs task routers
     steps: int = 30  # optimiser steps of each (a) run
-    router_steps: int = 20  # optimiser steps of each (b) fine-tune from the checkpoint
     batch_size: int = 12  # rows per task per step
     lr: float = 2e-3
-    router_lr: float = 1e-3
+    router_lr: float = 1e-2  # only the routers train in (b), from random init
     capacity: float = 0.25  # (b): the budget; routed layers: the last half
     tasks: list[str] = field(default_factory=lambda: ["t2i", "mmu"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # (a) and (b) are repeated per seed
+    eval_every: int = 0  # (a): held-out losses every this many steps (0: at the end only)
+    router_max_steps: int = 300  # (b): router-only steps at most
+    router_eval_every: int = 10  # (b): steps between two measurements of the routing
+    router_tol: float = 0.01  # (b): calm = kept fractions and flipped decisions moved less than this
+    router_patience: int = 2  # (b): calm checks in a row that count as converged
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.router_steps < 1 or self.batch_size < 1:
-            raise ConfigError("analysis.interactions.steps, router_steps and batch_size must be >= 1")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("analysis.interactions.steps and batch_size must be >= 1")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"analysis.interactions.seeds must be distinct seeds, at least one, got {self.seeds}")
+        if self.eval_every < 0 or min(self.router_max_steps, self.router_eval_every, self.router_patience) < 1:
+            raise ConfigError(
+                "analysis.interactions: eval_every must be >= 0, router_max_steps, router_eval_every and "
+                "router_patience >= 1"
+            )
+        if not 0.0 < self.router_tol < 1.0:
+            raise ConfigError(f"analysis.interactions.router_tol must be in (0, 1), got {self.router_tol}")
         if self.lr <= 0 or self.router_lr <= 0:
             raise ConfigError("analysis.interactions.lr and router_lr must be > 0")
         if not 0.0 < self.capacity <= 1.0:

@@ -11,6 +11,21 @@
       task    UniMoD's task routers: each task keeps C of its own tokens.
     Then count the tokens each task keeps per routed layer on held-out rows. A shared router that
     starves one task keeps far less than C of its tokens and far more of the other's.
+
+What the numbers can support (issue 12). Fresh random routers already split a joint budget
+unevenly (a random projection ranks two tasks' hidden states differently), and a few steps that
+train every weight change the model, not only the routers. So (b) tunes the routers alone (the
+checkpoint's weights are frozen; `router_competition`), until the routing stops moving: every
+`eval_every` steps it measures, on the held-out rows, each task's kept fraction per routed layer
+and the share of held-out tokens whose routing decision flipped since the last check, and stops
+once both moved less than `tol` for `patience` checks in a row (or at `max_steps`, recorded as
+not converged). The curve is returned, and the whole is repeated for several seeds (router
+initialisation and training rows), with the mean and spread over seeds; only a gap between the
+shared router and the task routers that exceeds that spread says the tasks compete. (a) compares
+runs at equal steps per task: a joint step holds one batch of every task, so after N steps each
+task has seen N of its batches in the joint run as in its single-task run
+(`joint_vs_single_seeds`, with the held-out losses along the way and the per-seed joint - single
+differences, paired by seed).
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from modlab.analysis.importance import mean_task_losses
+from modlab.analysis.stats import paired_difference, spread_by
 from modlab.analysis.subject import showo_subject
 from modlab.data.rows import collate_rows
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS
@@ -29,6 +45,7 @@ from modlab.models.omni_attention import omni_attention_mask
 from modlab.models.showo import ShowO
 from modlab.routing.install import RouteInfo, install_routing
 from modlab.routing.routed_block import RoutedBlock
+from modlab.routing.trace import record_routing
 
 
 def train_steps(
@@ -38,28 +55,67 @@ def train_steps(
     lr: float,
     weight_decay: float = 0.1,
     advance: Callable[[], None] | None = None,
-) -> None:
-    """AdamW with a short linear warm-up (a tenth of the steps) and gradient clipping at 1."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.95),
-    )
+    params: list[torch.nn.Parameter] | None = None,
+    every: int = 0,
+    check: Callable[[int], bool] | None = None,
+) -> int:
+    """AdamW with a short linear warm-up (a tenth of the steps) and gradient clipping at 1.
+    `params`: train only these (the others are frozen for the duration); default: all.
+    `check(step)` is called (in eval mode, after `step` steps) before training and every `every`
+    steps; returning True stops the run early. Returns the steps taken."""
+    trained = list(model.parameters()) if params is None else list(params)
+    ids = {id(p) for p in trained}
+    frozen = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    decay = [p for p in trained if p.dim() >= 2]
+    rest = [p for p in trained if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+
+    def checked(step: int) -> bool:
+        if check is None:
+            return False
+        model.eval()
+        stop = check(step)
+        model.train()
+        return bool(stop)
+
     model.train()
-    for _ in range(steps):
-        loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if advance:
-            advance()
-    model.eval()
+    done = 0
+    try:
+        if checked(0):
+            return 0
+        for done in range(1, steps + 1):
+            loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            opt.step()
+            sched.step()
+            if advance:
+                advance()
+            if every and (done % every == 0 or done == steps) and checked(done):
+                break
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.eval()
+    return done
+
+
+def router_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The routers' weights (and causal-decision predictors') of every routed block."""
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, RoutedBlock)
+        for sub in (m.router, m.predictor)
+        if sub is not None
+        for p in sub.parameters()
+    ]
 
 
 class RowSampler:
@@ -182,33 +238,182 @@ def masked_pair(model: ShowO, batches: dict[str, dict], cond_dropout: float, gen
 def kept_fractions(
     model: ShowO, segment_task: torch.Tensor, run: Callable[[], object]
 ) -> dict[tuple[int, str], tuple[int, int]]:
-    """{(layer, task): (kept, valid)} tokens per routed layer during `run()`, as each routed
-    block records them (`last_selected`; `segment_task` (B, T) gives each token's task)."""
+    """{(layer, task): (kept, valid)} tokens per routed layer during `run()`, as the routing trace
+    records them (`segment_task` (B, T) gives each token's task: packed rows mix tasks)."""
     counts: dict[tuple[int, str], list[int]] = {}
-    handles = []
-
-    def hook(i: int):
-        def read(module: RoutedBlock, args, output):
-            route, kept = args[3], module.last_selected
-            for name in TASKS:
-                tok = segment_task == TASK_ID[name]
-                if tok.any():
-                    c = counts.setdefault((i, name), [0, 0])
-                    c[0] += int((kept & tok).sum())
-                    c[1] += int((route.valid & tok).sum())
-
-        return read
-
-    for i, layer in enumerate(model.transformer.blocks):
-        if isinstance(layer, RoutedBlock):
-            handles.append(layer.register_forward_hook(hook(i)))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), record_routing(model) as trace:
+        run()
+    for r in trace.records:
+        for name in TASKS:
+            tok = segment_task == TASK_ID[name]
+            if tok.any():
+                c = counts.setdefault((r.layer, name), [0, 0])
+                c[0] += int((r.selected & tok).sum())
+                c[1] += int((r.valid & tok).sum())
     return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def _routed_copy(base: ShowO, router: str, layers: list[int], capacity: float, tasks, seed: int) -> ShowO:
+    """A copy of `base` with fresh routers (seeded): one shared router or one per task."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(base)
+    caps = [capacity] if router == "shared" else [capacity if t in tasks else 1.0 for t in TASKS]
+    install_routing(model.transformer.blocks, base.cfg.d_model, {i: caps for i in layers}, "ste_sigmoid")
+    return model
+
+
+def _held_out_pairs(held_out: dict[str, list[dict]], tasks) -> list[dict[str, dict]]:
+    """Batch j of every task, cut to the same row count (packing pairs row b of each task)."""
+    out = []
+    for j in range(min(len(held_out[t]) for t in tasks)):
+        parts = {t: held_out[t][j] for t in tasks}
+        n = min(len(p["ids"]) for p in parts.values())
+        out.append({t: {k: v[:n] for k, v in p.items()} for t, p in parts.items()})
+    return out
+
+
+def routing_state(model: ShowO, router: str, pairs: list[dict[str, dict]], pad_id: int):
+    """On the held-out pairs: {(layer, task): [kept, valid]} and every routed layer's selection
+    of every forward (for how many decisions flip between two checks)."""
+    totals: dict[tuple[int, str], list[int]] = {}
+    with record_routing(model) as every_call:
+        for parts in pairs:
+            if router == "shared":
+                packed = pack_rows(list(parts.values()), pad_id)
+                found = kept_fractions(model, packed["segment_task"], lambda: packed_logits(model, packed))
+            else:
+                found = {}
+                for p in parts.values():
+                    seg = torch.where(p["valid"], p["task"][:, None], -1)
+                    found |= kept_fractions(model, seg, lambda p=p: showo_subject(model).run(p))
+            for key, (k, v) in found.items():
+                tot = totals.setdefault(key, [0, 0])
+                tot[0], tot[1] = tot[0] + k, tot[1] + v
+    selections = [r.selected.flatten() for r in every_call.records]
+    return totals, torch.cat(selections) if selections else torch.zeros(0, dtype=torch.bool)
+
+
+def _router_loss(model: ShowO, router: str, samplers, weights, cond_dropout: float, pad_id: int):
+    def loss_fn() -> torch.Tensor:
+        parts = masked_pair(model, {t: s() for t, s in samplers.items()}, cond_dropout)
+        if router == "shared":
+            return weighted_loss(packed_task_losses(model, pack_rows(parts, pad_id)), weights)
+        losses = {}
+        for p in parts:
+            losses.update(model.task_losses(p))
+        return weighted_loss(losses, weights)
+
+    return loss_fn
+
+
+def _routed_held_out_losses(model: ShowO, router: str, pairs, pad_id: int, seed: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    with torch.no_grad():
+        for parts in pairs:
+            n = len(next(iter(parts.values()))["ids"])
+            masked = masked_pair(model, parts, 0.0, g)
+            if router == "shared":
+                losses = packed_task_losses(model, pack_rows(masked, pad_id))
+            else:
+                losses = {k: v for p in masked for k, v in model.task_losses(p).items()}
+            rows += [{"task": task, "loss": float(loss), "rows": n} for task, loss in losses.items()]
+    return rows
+
+
+def router_competition(
+    base: ShowO,
+    make_samplers: Callable[[int], dict[str, RowSampler]],
+    held_out: dict[str, list[dict]],
+    layers: list[int],
+    capacity: float,
+    lr: float,
+    weights: dict[str, float],
+    cond_dropout: float,
+    seeds: list[int],
+    pad_id: int,
+    max_steps: int = 200,
+    eval_every: int = 20,
+    tol: float = 0.01,
+    patience: int = 2,
+    advance: Callable[[], None] | None = None,
+) -> dict[str, list[dict]]:
+    """(b), measured as the module docstring says: for router in (shared, task) and each seed,
+    fresh routers on a frozen copy of `base` are tuned alone (AdamW at `lr`, no weight decay)
+    until the kept fractions and the held-out routing decisions stop moving (both change by less
+    than `tol` for `patience` checks in a row, checked every `eval_every` steps) or `max_steps`.
+
+    Returns tables:
+      curve       {router, seed, step, layer, task, kept_fraction}  every check, step 0 = fresh routers
+      movement    {router, seed, step, kept_change, flipped}        largest kept-fraction change and
+                                                                    share of decisions flipped since the last check
+      runs        {router, seed, steps, converged}                  converged: the routing stopped moving
+      final       {router, seed, layer, task, kept_fraction}        after tuning
+      summary     {router, layer, task, mean, std, n}               over seeds
+      gap         {layer, task, mean, std, n, ci95, exceeds_spread} shared - task routers, paired by seed
+      losses      {router, seed, task, loss}                        held-out, after tuning
+      loss_summary {router, task, mean, std, n}"""
+    if not seeds:
+        raise ValueError("router_competition needs at least one seed")
+    tasks = list(make_samplers(seeds[0]))
+    pairs = _held_out_pairs(held_out, tasks)
+    tables: dict[str, list[dict]] = {k: [] for k in ("curve", "movement", "runs", "final", "losses")}
+    for router in ("shared", "task"):
+        for seed in seeds:
+            model = _routed_copy(base, router, layers, capacity, tasks, seed)
+            samplers = make_samplers(seed)
+            state = {"prev": None, "calm": 0, "converged": False}
+
+            def check(step: int, router=router, seed=seed, model=model, state=state) -> bool:
+                totals, sel = routing_state(model, router, pairs, pad_id)
+                kept = {key: k / v for key, (k, v) in totals.items()}
+                for (layer, task), frac in sorted(kept.items()):
+                    tables["curve"].append(
+                        {
+                            "router": router,
+                            "seed": seed,
+                            "step": step,
+                            "layer": layer,
+                            "task": task,
+                            "kept_fraction": frac,
+                        }
+                    )
+                if state["prev"] is not None:
+                    prev_kept, prev_sel = state["prev"]
+                    change = max(abs(kept[k] - prev_kept[k]) for k in kept)
+                    flipped = float((sel != prev_sel).float().mean()) if len(sel) else 0.0
+                    tables["movement"].append(
+                        {"router": router, "seed": seed, "step": step, "kept_change": change, "flipped": flipped}
+                    )
+                    state["calm"] = state["calm"] + 1 if max(change, flipped) < tol else 0
+                state["prev"] = (kept, sel)
+                state["converged"] = state["calm"] >= patience
+                return state["converged"]
+
+            steps = train_steps(
+                model,
+                _router_loss(model, router, samplers, weights, cond_dropout, pad_id),
+                max_steps,
+                lr,
+                weight_decay=0.0,  # decay would pull the routers to zero, where every score ties
+                advance=advance,
+                params=router_parameters(model),
+                every=eval_every,
+                check=check,
+            )
+            tables["runs"].append({"router": router, "seed": seed, "steps": steps, "converged": state["converged"]})
+            last = max(r["step"] for r in tables["curve"] if r["router"] == router and r["seed"] == seed)
+            tables["final"] += [
+                {k: r[k] for k in ("router", "seed", "layer", "task", "kept_fraction")}
+                for r in tables["curve"]
+                if r["router"] == router and r["seed"] == seed and r["step"] == last
+            ]
+            for r in _mean_by(_routed_held_out_losses(model, router, pairs, pad_id, seed), ("task",), "loss", "rows"):
+                tables["losses"].append({"router": router, "seed": seed, **r})
+    tables["summary"] = spread_by(tables["final"], ("router", "layer", "task"), "kept_fraction")
+    tables["loss_summary"] = spread_by(tables["losses"], ("router", "task"), "loss")
+    tables["gap"] = paired_difference(tables["final"], "router", "shared", "task", ("layer", "task"), "kept_fraction")
+    return tables
 
 
 def shared_vs_task_routers(
@@ -225,65 +430,91 @@ def shared_vs_task_routers(
     pad_id: int,
     advance: Callable[[], None] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Rows {router, stage, layer, task, kept_fraction} (stage: init | tuned) and
-    {router, task, loss} (held-out, after tuning), for router = shared | task."""
-    d = base.cfg.d_model
-    n_held = min(len(b) for b in (held_out[t] for t in samplers))
-    kept_rows, loss_rows = [], []
-    for router in ("shared", "task"):
-        torch.manual_seed(seed)
-        model = copy.deepcopy(base)
-        caps = [capacity] if router == "shared" else [capacity if t in samplers else 1.0 for t in TASKS]
-        install_routing(model.transformer.blocks, d, {i: caps for i in layers}, "ste_sigmoid")
+    """One seed and a fixed number of router-only steps (the quick form of router_competition,
+    which the job should use): rows {router, stage, layer, task, kept_fraction} (stage: init |
+    tuned) and {router, task, loss} (held-out, after tuning), for router = shared | task. Only the
+    routers train; the model's weights stay those of `base`."""
+    tables = router_competition(
+        base,
+        lambda s: samplers,
+        held_out,
+        layers,
+        capacity,
+        lr,
+        weights,
+        cond_dropout,
+        [seed],
+        pad_id,
+        max_steps=steps,
+        eval_every=steps,
+        tol=0.0,
+        patience=1,
+        advance=advance,
+    )
+    kept = [
+        {"router": r["router"], "stage": "init" if r["step"] == 0 else "tuned", **{k: r[k] for k in ("layer", "task")}}
+        | {"kept_fraction": r["kept_fraction"]}
+        for r in tables["curve"]
+        if r["step"] in (0, steps)
+    ]
+    return kept, [{k: r[k] for k in ("router", "task", "loss")} for r in tables["losses"]]
 
-        def measure(stage: str) -> None:
-            totals: dict[tuple[int, str], list[int]] = {}
-            for j in range(n_held):
-                parts = {t: held_out[t][j] for t in samplers}
-                n = min(len(p["ids"]) for p in parts.values())
-                parts = {t: {k: v[:n] for k, v in p.items()} for t, p in parts.items()}
-                if router == "shared":
-                    packed = pack_rows(list(parts.values()), pad_id)
-                    found = kept_fractions(model, packed["segment_task"], lambda: packed_logits(model, packed))
-                else:
-                    found = {}
-                    for p in parts.values():
-                        seg = torch.where(p["valid"], p["task"][:, None], -1)
-                        found |= kept_fractions(model, seg, lambda p=p: showo_subject(model).run(p))
-                for key, (k, v) in found.items():
-                    tot = totals.setdefault(key, [0, 0])
-                    tot[0], tot[1] = tot[0] + k, tot[1] + v
-            for (layer, task), (k, v) in sorted(totals.items()):
-                kept_rows.append(
-                    {"router": router, "stage": stage, "layer": layer, "task": task, "kept_fraction": k / v}
-                )
 
-        measure("init")
+def joint_vs_single_seeds(
+    make_model: Callable[[], ShowO],
+    make_samplers: Callable[[int], dict[str, RowSampler]],
+    held_out: dict[str, list[dict]],
+    steps: int,
+    lr: float,
+    weights: dict[str, float],
+    cond_dropout: float,
+    seeds: list[int],
+    eval_every: int = 0,
+    advance: Callable[[], None] | None = None,
+) -> dict[str, list[dict]]:
+    """(a) over several seeds, at equal steps per task: a joint step holds one batch of every
+    task, a single-task step one batch of its task, so after `steps` steps every task has seen
+    `steps` of its batches in both. Each seed fixes the initial weights and the rows drawn, the
+    same for every run of that seed.
 
-        def loss_fn() -> torch.Tensor:
-            parts = masked_pair(model, {t: s() for t, s in samplers.items()}, cond_dropout)
-            if router == "shared":
-                return weighted_loss(packed_task_losses(model, pack_rows(parts, pad_id)), weights)
-            losses = {}
-            for p in parts:
-                losses.update(model.task_losses(p))
-            return weighted_loss(losses, weights)
+    Returns tables:
+      curve       {run, seed, step, task, loss}        held-out loss every `eval_every` steps and at the end
+      final       {run, seed, task, loss}              after `steps`
+      summary     {run, task, mean, std, n}            over seeds
+      difference  {task, mean, std, n, ci95, exceeds_spread}  joint - single-task, paired by seed"""
+    if not seeds:
+        raise ValueError("joint_vs_single_seeds needs at least one seed")
+    task_names = list(make_samplers(seeds[0]))
+    runs = {f"single:{t}": [t] for t in task_names} | {"joint": task_names}
+    tables: dict[str, list[dict]] = {"curve": [], "final": []}
+    for seed in seeds:
+        for run, tasks in runs.items():
+            torch.manual_seed(seed)
+            model = make_model()
+            samplers = make_samplers(seed)
 
-        train_steps(model, loss_fn, steps, lr, advance=advance)
-        measure("tuned")
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for j in range(n_held):
-                parts = {t: held_out[t][j] for t in samplers}
-                n = min(len(p["ids"]) for p in parts.values())
-                parts = masked_pair(model, {t: {k: v[:n] for k, v in p.items()} for t, p in parts.items()}, 0.0, g)
-                if router == "shared":
-                    losses = packed_task_losses(model, pack_rows(parts, pad_id))
-                else:
-                    losses = {k: v for p in parts for k, v in model.task_losses(p).items()}
-                for task, loss in losses.items():
-                    loss_rows.append({"router": router, "task": task, "loss": float(loss), "rows": n})
-    return kept_rows, _mean_by(loss_rows, ("router", "task"), "loss", "rows")
+            def loss_fn(model=model, samplers=samplers, tasks=tasks) -> torch.Tensor:
+                losses = {}
+                for t in tasks:
+                    losses.update(model.task_losses(model.training_batch(samplers[t](), cond_dropout)))
+                return weighted_loss(losses, weights)
+
+            def check(step: int, model=model, run=run, seed=seed, tasks=tasks) -> bool:
+                own = {t: held_out[t] for t in tasks}
+                for task, loss in mean_task_losses(showo_subject(model), own, seed).items():
+                    tables["curve"].append({"run": run, "seed": seed, "step": step, "task": task, "loss": loss})
+                return False
+
+            train_steps(model, loss_fn, steps, lr, advance=advance, every=eval_every or steps, check=check)
+            tables["final"] += [
+                {k: r[k] for k in ("run", "seed", "task", "loss")}
+                for r in tables["curve"]
+                if r["run"] == run and r["seed"] == seed and r["step"] == steps
+            ]
+    tables["summary"] = spread_by(tables["final"], ("run", "task"), "loss")
+    rows = [{**r, "run": "single" if r["run"].startswith("single:") else "joint"} for r in tables["final"]]
+    tables["difference"] = paired_difference(rows, "run", "joint", "single", ("task",), "loss")
+    return tables
 
 
 def _mean_by(rows: list[dict], keys: tuple[str, ...], value: str, weight: str) -> list[dict]:

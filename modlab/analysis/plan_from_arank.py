@@ -1,19 +1,60 @@
-"""From ARank to a routing plan (the file `routing.plan=<file>` trains with).
+"""From ARank to a routing plan (the file `routing.plan=<file>` trains with), for a FLOPs budget.
 
-Per routed task: the routed layers are the more redundant `fraction` of the layers (lowest ARank
-normalised by sequence length; with importance, the lowest rank sum of normalised ARank and
-LLM-Drop block importance), ties going to the deeper layer. Each routed layer's capacity is its
-normalised ARank rank(Q K^T) / n, clipped to [min_capacity, max_capacity]: a layer whose attention
-spans r independent directions over n tokens keeps about r of its n tokens.
+The rule (scale-free; docs/design.md: "ARank ranks layers and tasks; how much to prune is a budget
+question"):
+
+1. Redundancy. Pre-softmax ARank is bounded by min(n, head_dim), so it is read relative to that
+   bound: r(task, layer) = ARank / min(n, head_dim) in (0, 1] (`arank_rel` of
+   modlab.analysis.arank; post-softmax ARank is bounded by n, and arank_rel divides by n). Lower
+   r = more redundant. It does not depend on how long the rows are or how wide the heads are: a
+   layer using half of the directions it could use has r = 0.5 at head_dim 32 and 60-token rows
+   as at head_dim 128 and 1,000-token rows. (The old rule, capacity = ARank / n, measured row
+   length: ARank <= head_dim, so at head_dim 128 and 1,000 tokens every capacity was <= 0.128 and
+   clipped to the floor, and the task with longer rows always looked more redundant.)
+   With `importance`, the score is the mean of r's rank and LLM-Drop block importance's rank
+   among the candidate pairs, scaled to [0, 1].
+2. Candidates. Per routed task, the most redundant `fraction` of its layers (ties go to the
+   deeper layer).
+3. Allocation. One knob lam >= 0 lowers capacities, most redundant pairs first:
+
+       capacity(p) = clip(1 - (lam - offset(p)), min_capacity, max_capacity),
+       offset(p)   = score(p) - the smallest score among the candidates
+
+   so the most redundant pair starts to lose tokens at lam = 0, a pair whose relative rank is
+   0.2 higher starts at lam = 0.2, and at every lam a more redundant pair keeps fewer tokens. A
+   pair at capacity 1 is not routed. The training-FLOPs ratio (routed / dense, modlab.flops on
+   the planned configuration) falls monotonically in lam; bisection finds the lam whose ratio is
+   `target_flops_ratio` (capacities are rounded to 3 decimals, and k = ceil(C n) makes the ratio
+   a step function; the ratio of the rounded plan is what the file records).
+4. Workload. The FLOPs are those of one training step of the checkpoint's data mix:
+   `data.batch_size[task]` rows of each task (one forward per task batch, as UnifiedModule
+   trains), each as long as that task's mean calibration row. Calibration rows come from the
+   checkpoint's own data kind with the evaluation templates, so their lengths are the training
+   rows' lengths up to template variation; padding to the longest row of a batch is not
+   modelled (a percent or so on digit rows). Tasks that are never routed (e.g. LM rows) cost
+   their dense FLOPs in both numerator and denominator: they bound how low the ratio can go. A
+   task with training rows but no calibration rows uses `data.lm_length` for LM rows; for an
+   image task that is an error (add it to calibration.tasks).
+
+The plan's `source` records the rule, the target, the predicted ratio and the workload.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+
+import torch
 
 from modlab.analysis.config import PlanConfig
+from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
+from modlab.flops import train_step_flops
 from modlab.routing.plan_file import RoutingPlan, TaskPlan
+from modlab.routing.topk import tokens_to_keep
+
+RULE = "arank_rel ranks (task, layer); capacities allocated to a target training-FLOPs ratio"
+ROUND = 3  # decimals of a planned capacity
 
 
 def _ranks(values: list[float]) -> list[int]:
@@ -25,25 +66,144 @@ def _ranks(values: list[float]) -> list[int]:
     return pos
 
 
+def training_workload(arank_rows: list[dict], data_cfg) -> dict[str, tuple[int, int]]:
+    """{task: (rows per training step, tokens per row)} from `data.batch_size` and the mean
+    calibration row length per task (`seq_len` of the ARank rows)."""
+    lengths: dict[str, list[float]] = {}
+    for r in arank_rows:
+        lengths.setdefault(r["task"], []).append(r["seq_len"])
+    out = {}
+    for task, rows in data_cfg.batch_size.items():
+        if rows <= 0:
+            continue
+        if task in lengths:
+            n = round(sum(lengths[task]) / len(lengths[task]))
+        elif task == "lm":
+            n = data_cfg.lm_length
+        else:
+            raise ConfigError(
+                f"the FLOPs budget needs the length of {task} rows (they train with data.batch_size.{task}="
+                f"{rows}): add {task} to calibration.tasks"
+            )
+        out[task] = (int(rows), max(1, int(n)))
+    return out
+
+
+def plan_flops_ratio(
+    layer_caps: dict[str, dict[int, float]], model_cfg, vocab_size: int, workload: dict[str, tuple[int, int]]
+) -> float:
+    """Training FLOPs of one step with this routing over those of the dense step (modlab.flops).
+
+    `layer_caps` {task: {layer: capacity}}: every layer routed for some task holds a routed
+    block with one router column per task; a task's rows run ceil(C n) tokens there (all n
+    where the task is not routed), and every token pays for the router."""
+    routed_layers = sorted({i for caps in layer_caps.values() for i in caps})
+    routers = {i: model_cfg.d_model * len(TASKS) for i in routed_layers}
+    routed = dense = 0
+    for task, (rows, n) in workload.items():
+        caps = layer_caps.get(task, {})
+        groups = {}
+        for i in routed_layers:  # k as the routed block computes it (float32 capacity buffer)
+            k = int(tokens_to_keep(torch.tensor(caps.get(i, 1.0), dtype=torch.float32), torch.tensor(n)))
+            groups[i] = [(rows, k)]
+        routed += train_step_flops(model_cfg, vocab_size, rows, n, groups, routers)
+        dense += train_step_flops(model_cfg, vocab_size, rows, n)
+    return routed / dense
+
+
+def _scores(
+    arank_rel: dict[str, list[float]], cfg: PlanConfig, importance: dict[str, list[float]] | None
+) -> dict[tuple[str, int], float]:
+    """Redundancy score of each candidate (task, layer): lower = more redundant."""
+    candidates = {}
+    for task in cfg.tasks:
+        values = arank_rel[task]
+        n_layer = len(values)
+        order = _ranks(values)
+        if importance is not None:
+            order = [a + b for a, b in zip(order, _ranks(importance[task]))]
+        n_routed = max(1, math.floor(cfg.fraction * n_layer + 1e-9))
+        for i in sorted(range(n_layer), key=lambda i: (order[i], values[i], -i))[:n_routed]:
+            candidates[(task, i)] = values[i]
+    if importance is None:
+        return candidates
+    keys = list(candidates)
+    rel = _ranks([candidates[k] for k in keys])
+    imp = _ranks([importance[t][i] for t, i in keys])
+    scale = max(1, 2 * (len(keys) - 1))
+    return {k: (a + b) / scale for k, a, b in zip(keys, rel, imp)}
+
+
+def _capacities(scores: dict[tuple[str, int], float], lam: float, cfg: PlanConfig) -> dict[str, dict[int, float]]:
+    low = min(scores.values())
+    out: dict[str, dict[int, float]] = {}
+    for (task, i), s in scores.items():
+        c = 1.0 - (lam - (s - low))
+        if c < 1.0:
+            out.setdefault(task, {})[i] = round(min(cfg.max_capacity, max(cfg.min_capacity, c)), ROUND)
+    return out
+
+
 def plan_from_arank(
-    arank_norm: dict[str, list[float]],
+    arank_rows: list[dict],
     cfg: PlanConfig,
+    model_cfg,
+    vocab_size: int,
+    data_cfg,
     importance: dict[str, list[float]] | None = None,
     source: dict | None = None,
 ) -> RoutingPlan:
-    """arank_norm: {task: normalised ARank per layer}; importance: {task: block importance per layer}."""
-    missing = [t for t in cfg.tasks if t not in arank_norm]
+    """The routing plan for `cfg.target_flops_ratio` (see the module docstring).
+
+    arank_rows: modlab.analysis.arank.arank_analysis's rows (task, layer, arank_rel, seq_len);
+    model_cfg / vocab_size: the model the plan is for; data_cfg: its training data (rows per
+    task per step, LM row length); importance: {task: LLM-Drop block importance per layer}."""
+    arank_rel: dict[str, list[float]] = {}
+    for r in sorted(arank_rows, key=lambda r: (r["task"], r["layer"])):
+        arank_rel.setdefault(r["task"], []).append(float(r["arank_rel"]))
+    missing = [t for t in cfg.tasks if t not in arank_rel]
     if missing:
         raise ConfigError(f"analysis.plan.tasks {missing} have no calibration rows (add them to calibration.tasks)")
-    tasks = {}
-    for task in cfg.tasks:
-        values = arank_norm[task]
-        n_layer = len(values)
-        score = _ranks(values)
-        if importance is not None:
-            score = [a + b for a, b in zip(score, _ranks(importance[task]))]
-        n_routed = max(1, math.floor(cfg.fraction * n_layer + 1e-9))
-        layers = sorted(sorted(range(n_layer), key=lambda i: (score[i], values[i], -i))[:n_routed])
-        caps = [round(min(cfg.max_capacity, max(cfg.min_capacity, values[i])), 3) for i in layers]
-        tasks[task] = TaskPlan(layers, caps)
-    return RoutingPlan(n_layer=len(next(iter(arank_norm.values()))), tasks=tasks, source=source or {})
+    n_layer = len(next(iter(arank_rel.values())))
+    if n_layer != model_cfg.n_layer:
+        raise ConfigError(f"ARank covers {n_layer} layers but the model has {model_cfg.n_layer}")
+    workload = training_workload(arank_rows, data_cfg)
+    routed_tasks = [t for t in cfg.tasks if t in workload]
+    if not routed_tasks:
+        raise ConfigError(f"analysis.plan.tasks {list(cfg.tasks)} have no training rows (data.batch_size is 0)")
+    scores = _scores(arank_rel, replace(cfg, tasks=routed_tasks), importance)
+    target = cfg.target_flops_ratio
+
+    def ratio(lam: float) -> tuple[float, dict]:
+        caps = _capacities(scores, lam, cfg)
+        return plan_flops_ratio(caps, model_cfg, vocab_size, workload), caps
+
+    hi = 1.0 - cfg.min_capacity + max(scores.values()) - min(scores.values()) + 1e-6  # every candidate at the floor
+    floor_ratio, caps = ratio(hi)
+    if target < 1.0 and floor_ratio > target * 1.02:
+        raise ConfigError(
+            f"analysis.plan.target_flops_ratio={target:g} is out of reach: with fraction={cfg.fraction:g} and "
+            f"min_capacity={cfg.min_capacity:g} the lowest training-FLOPs ratio is {floor_ratio:.3f} (raise the "
+            f"target or fraction, or lower min_capacity)"
+        )
+    lo, best = 0.0, (abs(floor_ratio - target), floor_ratio, caps, hi)
+    for _ in range(60):  # ratio(lam) falls as lam grows: bisection on the one knob
+        mid = (lo + hi) / 2
+        r, caps = ratio(mid)
+        if abs(r - target) < best[0]:
+            best = (abs(r - target), r, caps, mid)
+        if r > target:
+            lo = mid
+        else:
+            hi = mid
+    _, predicted, caps, lam = best
+    tasks = {t: TaskPlan(sorted(c), [c[i] for i in sorted(c)]) for t, c in caps.items() if c}
+    info = {
+        "rule": RULE,
+        "target_flops_ratio": target,
+        "predicted_flops_ratio": round(predicted, 4),
+        "allocation_knob": round(lam, 4),
+        "arank_rel": {t: [round(v, 4) for v in vs] for t, vs in arank_rel.items()},
+        "flops_workload": {t: {"rows": b, "tokens": n} for t, (b, n) in workload.items()},
+    }
+    return RoutingPlan(n_layer=n_layer, tasks=tasks, source={**(source or {}), **info})

@@ -4,7 +4,7 @@
     [256, 256 + n_codes)          image codes from the image tokenizer
     then the specials             [T2I] [MMU] [SOI] [EOI] [PAD] [MASK] [EOS]
 
-Row formats (DESIGN.md): T2I `[T2I] text [SOI] image [EOI]`, MMU `[MMU] [SOI] image [EOI] text`,
+Row formats (docs/data.md): T2I `[T2I] text [SOI] image [EOI]`, MMU `[MMU] [SOI] image [EOI] text`,
 LM `text`.
 """
 

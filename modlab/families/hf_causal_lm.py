@@ -58,7 +58,7 @@ class HFCausalLMFamily(CausalLMFamily):
         if module.routing is not None:
             import torch
 
-            from modlab.routing.hf_flops import routed_groups, train_step_flops
+            from modlab.routing.hf_flops import train_step_flops
 
             batch = next(iter(dm.train_dataloader()))
             module.train()
@@ -66,7 +66,7 @@ class HFCausalLMFamily(CausalLMFamily):
             with torch.no_grad():
                 module.losses(batch)
             B, T = batch["ids"].shape
-            routed = float(train_step_flops(module.lm.hf, B, T, routed_groups(module.lm.hf)))
+            routed = float(train_step_flops(module.lm.hf, B, T, module.last_trace.flops_groups()[0]))
             dense = float(train_step_flops(module.lm.hf, B, T))
             out["train/flops_per_step"], out["train/flops_per_step_dense"] = routed, dense
             out["train/flops_ratio"] = routed / dense

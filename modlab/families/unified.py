@@ -104,6 +104,7 @@ class UnifiedFamily(ModelFamily):
                 i.classifier_epochs,
                 seed=seed,
                 tasks=tasks,
+                data_cfg=module.data_cfg,
             )
 
         return AnalysisTarget(module, showo_subject(module.model), batches, task_metrics=task_metrics)

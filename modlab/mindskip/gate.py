@@ -8,6 +8,13 @@ input, the normalised hidden state, so wrapping the attention module is all it t
 modlab's CausalLM and for transformers' decoder layers alike. Zero init gives sigmoid = 0.5 =
 tau: every gate starts open and the wrapped model starts equal to the base.
 
+Router-Tuning trains the routers on the base model as it is at inference: when any layer is
+routed, MindSkip switches off the base's training-time LayerDrop on attention
+(`model.attn_layer_drop`, modlab.models.causal_lm) and its dropout. Left on (the model is in
+training mode while the routers train), each forward would drop a random 40 % of the attention
+sublayers per row: four identical forwards gave four losses, and a dropped sublayer gives its
+router no gradient.
+
 Inference really skips: with sequence granularity a closed gate returns zeros without calling
 the attention (no q/k/v/o projections, no KV entry). The decision is made at prefill and held
 while decoding (`MindSkip.context(reuse=True)`), so cached and uncached generation agree. With
@@ -135,6 +142,18 @@ class GatedAttention(nn.Module):
         return (out, *result[1:]) if self.returns_tuple else out
 
 
+def freeze_regularisation(lm: nn.Module) -> None:
+    """Switch off the frozen base's random training-time regularisation (LayerDrop on attention,
+    dropout), so that the routers train on the deterministic model they will gate."""
+    for m in lm.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        # modlab's LMBlock.attn_layer_drop and Attention.dropout, transformers' attention_dropout
+        for name in ("attn_layer_drop", "dropout", "attention_dropout"):
+            if isinstance(getattr(m, name, None), float):
+                setattr(m, name, 0.0)
+
+
 class MindSkip(nn.Module):
     """Wraps every attention module of `lm` (a CausalLM or HFCausalLM) in a GatedAttention and
     holds the routers of the routed layers (the only parameters Router-Tuning trains)."""
@@ -163,6 +182,8 @@ class MindSkip(nn.Module):
             setattr(parent, name, gate)
             gates.append(gate)
         self.gates = gates  # a plain list, not submodules: the wrappers live in the model
+        if self.layers:
+            freeze_regularisation(lm)
 
     # ---- what runs ------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Emu3-like unified model: the same token space as Show-o-like, pure causal next-token
 prediction for both modalities, autoregressive image generation.
 
-What differs from ShowO (which it reuses for embeddings, task losses and MMU answers):
+What differs from ShowO (both share modlab.models.unified_model: embeddings, task losses, MMU answers):
 - attention is plainly causal: image tokens see only earlier image tokens;
 - the T2I objective is next-token prediction of the image codes and [EOI] after the caption
   (no masking); captions are still dropped at random so classifier-free guidance works;
@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID
 from modlab.models.omni_attention import causal_mask
-from modlab.models.showo import ShowO, drop_captions
+from modlab.models.unified_model import UnifiedModel, drop_captions
 from modlab.routing.install import threshold_routing
 
 
-class Emu3(ShowO):
+class Emu3(UnifiedModel):
     def attention_mask(self, is_image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return causal_mask(valid)
 

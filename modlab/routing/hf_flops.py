@@ -6,7 +6,8 @@ multiply-add. A decoder layer costs 2 * tokens * (the weights of every nn.Linear
 and the MLP, whatever the family names them; Phi's parallel MLP and Phi-3's fused projections
 included) plus its attention, q k^T and p v over all query heads as the full square of the tokens
 it ran (SDPA and eager compute it whole, masked or not). A routed layer (HFRoutedLayer) costs that
-for each batched call it made (`routed_groups`: rows x kept tokens) plus its router and predictor,
+for each batched call it made (a routing trace's `flops_groups()`: rows x kept tokens; see
+modlab.routing.trace) plus its router and predictor,
 which score every token. The output head costs 2 * tokens * d * vocab. A training step is counted
 as forward + backward = 3 x forward (the backward of a matmul is two matmuls), as
 modlab.flops and modlab.bench_hf count it.
@@ -36,15 +37,9 @@ def layer_forward_flops(layer: nn.Module, config, rows: int, tokens: int) -> int
     return 2 * rows * tokens * linear_weights(layer) + 2 * 2 * rows * tokens * tokens * query_width(config)
 
 
-def routed_groups(model: nn.Module) -> dict[int, list[tuple[int, int]]]:
-    """The (rows, kept tokens) batched calls each routed layer of a transformers model made in its
-    last forward (what really ran)."""
-    return {m.layer_idx: list(m.last_groups) for m in model.modules() if isinstance(m, HFRoutedLayer)}
-
-
 def forward_flops(model: nn.Module, B: int, T: int, routed: dict[int, list[tuple[int, int]]] | None = None) -> int:
     """Forward FLOPs of a transformers CausalLM on B rows of T tokens; `routed`: what each routed
-    layer ran (routed_groups after the forward), None: every layer dense."""
+    layer ran ({layer: [(rows, K), ...]}, a routing trace's flops_groups()[0]), None: every layer dense."""
     config = model.config
     total = 2 * B * T * config.hidden_size * config.vocab_size  # output head
     for i, layer in enumerate(decoder_layers(model)):

@@ -2,7 +2,7 @@
 
 `HFRoutedLayer` wraps one transformers decoder layer and gives it the semantics of modlab's own
 `RoutedBlock` (it *is* a RoutedBlock, so `routed_blocks`, `threshold_routing`, capacity annealing
-and `causal_routing_stats` from modlab.routing.install work on HF models unchanged):
+and modlab.routing.trace.record_routing work on HF models unchanged):
 
     each row keeps its k = ceil(C * n_valid) top-scoring valid tokens (padding never), sorted, and
     only those run the original layer:   y_i = x_i + w_i * (layer(x_sel)_i - x_i),   x_i elsewhere.
@@ -42,7 +42,6 @@ from modlab.errors import ConfigError
 from modlab.models.hf_families import HFFamily, decoder_layers, hf_family, layer_sliding_window
 from modlab.routing.install import RouteInfo
 from modlab.routing.routed_block import RoutedBlock, gather_tokens
-from modlab.routing.schedule import annealed_capacity
 from modlab.routing.topk import topk_select
 
 # Attention implementations whose masks the wrapper can slice: SDPA (bool masks, or None for its
@@ -78,6 +77,7 @@ class HFRoutedLayer(RoutedBlock):
     ):
         super().__init__(layer, d_model, capacity, weight, causal)
         self.layer_idx, self.sliding_window = layer_idx, sliding_window
+        self.layer_index = layer_idx  # what routing traces report
         self.attn_implementation, self.returns_tuple = attn_implementation, returns_tuple
         self.inputs = inputs
         # transformers calls layers with keywords, but map positional arguments by the layer's own signature
@@ -116,51 +116,28 @@ class HFRoutedLayer(RoutedBlock):
         task = self.inputs.task if self.inputs.task is not None else torch.zeros(B, dtype=torch.long, device=x.device)
         route = RouteInfo(task=task, valid=valid)
         scores = self.router(x, task)  # (B, T) logits
-        self.last_kept = torch.zeros(B, dtype=torch.long, device=x.device)
-        self.last_groups = []
-        self.last_aux_loss = self.last_agreement = None
-        if threshold:
-            # every token whose decision logit is > 0 runs the layer: a per-token, causal choice
-            eligible = valid & (self.decision_logits(x, task, scores).detach() > 0)
-            out, self.last_selected = self._route_rows(x, kwargs, eligible, scores, torch.ones(()), None)
-            return self._as_layer_output(out)
-        capacity = self.capacity
-        if self.training and self.anneal < 1.0:
-            capacity = annealed_capacity(capacity, self.anneal)
-        row_capacity = capacity[task.clamp(max=len(capacity) - 1)]
-        if len(row_capacity.unique()) == 1 or cache is not None:
-            # one batched call (a KV cache takes whole-batch updates only)
-            out, selected = self._route_rows(x, kwargs, valid, scores, row_capacity, None)
-        else:
-            # task routers with different capacities: each task's rows go through together, so a
-            # row pays for its own task's largest k, not the batch's (as in RoutedBlock)
-            out, selected = x.clone(), torch.zeros_like(valid)
-            for t in task.unique().tolist():
-                rows = (task == t).nonzero().squeeze(1)
-                out[rows], selected[rows] = self._route_rows(
-                    x[rows], self._take_rows(kwargs, rows, B), valid[rows], scores[rows], row_capacity[rows], rows
-                )
-        self.last_selected = selected
-        if self.causal != "none":
-            self._score_causal_decision(x, route, scores, selected)
+
+        def run_rows(rows, eligible, capacity):
+            if rows is None:
+                return self._route_rows(x, kwargs, eligible, scores, capacity)
+            return self._route_rows(x[rows], self._take_rows(kwargs, rows, B), eligible, scores[rows], capacity)
+
+        # the decision is RoutedBlock's (threshold / top-k, per-task groups, causal loss, traces);
+        # a KV cache takes whole-batch updates only, so with one the batch goes in one call
+        out = self.route(x, route, scores, run_rows, x.clone(), one_call=cache is not None)
         return self._as_layer_output(out)
 
-    def _route_rows(self, x, kwargs, eligible, scores, capacity, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """The new hidden states of these rows, and which of their tokens ran the layer (B, T)."""
+    def _route_rows(self, x, kwargs, eligible, scores, capacity) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The new hidden states of these rows, which of their tokens ran the layer (B, T), and
+        the batched call's K."""
         B, T, d = x.shape
         idx, slot_ok = topk_select(scores.detach(), eligible, capacity)
-        kept = slot_ok.sum(1)
-        if rows is None:
-            self.last_kept = kept
-        else:
-            self.last_kept[rows] = kept
         K = idx.shape[1]
-        self.last_groups.append((B, K))
         # unused slots are sent to a dummy token T, which is dropped: no token is written twice
         idx_or_dummy = idx.masked_fill(~slot_ok, T)
         selected = torch.zeros(B, T + 1, dtype=torch.bool, device=x.device).scatter(1, idx_or_dummy, True)[:, :T]
         if K == 0:  # threshold routing kept no token in any row
-            return x, selected
+            return x, selected, 0
         gate = torch.sigmoid(scores.float())
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = self._past_entries(cache, B)
@@ -173,7 +150,7 @@ class HFRoutedLayer(RoutedBlock):
                 kwargs = dict(kwargs, attention_mask=self._decode_mask(past, positions, slot_ok, x.dtype))
             out = self._mix(x, self._call_layer(x, kwargs), gate)
             self._record_entries(cache, past, positions, slot_ok)
-            return out, selected
+            return out, selected, K
         kept_kwargs = dict(kwargs)
         kept_positions = positions.gather(1, idx)
         if past is None:
@@ -193,7 +170,7 @@ class HFRoutedLayer(RoutedBlock):
         self._record_entries(cache, past, kept_positions, slot_ok)
         padded = torch.cat([x, x.new_zeros(B, 1, d)], 1)
         out = padded.scatter(1, idx_or_dummy[..., None].expand(B, K, d), new_kept.to(x.dtype))
-        return out[:, :T], selected
+        return out[:, :T], selected, K
 
     def _mix(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """x + w * (y - x) with RoutedBlock's router weight w, written so that w == 1 gives y exactly."""
@@ -357,10 +334,6 @@ class HFRouting:
     def cache_entries(self, cache) -> dict[int, torch.Tensor]:
         """(B,) cached K/V entries that hold a token, per routed layer."""
         return {i: layer.cache_entries(cache) for i, layer in self.layers.items()}
-
-    def kept_per_layer(self) -> dict[int, torch.Tensor]:
-        """(B,) tokens each routed layer ran in the last forward."""
-        return {i: layer.last_kept for i, layer in self.layers.items()}
 
 
 def install_hf_routing(

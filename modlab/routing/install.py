@@ -30,6 +30,7 @@ def install_routing(
         if not all(0.0 < c <= 1.0 for c in caps):
             raise ConfigError(f"capacities must be in (0, 1], got {caps} for layer {i}")
         blocks[i] = RoutedBlock(blocks[i], d_model, list(caps), weight, causal)
+        blocks[i].layer_index = i
 
 
 def set_anneal_fraction(model: nn.Module, fraction: float) -> None:
@@ -61,13 +62,11 @@ def threshold_routing(model: nn.Module):
             b.mode = "topk"
 
 
-def causal_routing_stats(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Mean over routed layers of the last forward's causal-decision BCE and its agreement with
-    top-k; (None, None) if no layer learns a causal decision."""
-    blocks = [b for b in routed_blocks(model) if b.last_aux_loss is not None]
-    if not blocks:
-        return None, None
-    return (
-        torch.stack([b.last_aux_loss for b in blocks]).mean(),
-        torch.stack([b.last_agreement for b in blocks]).mean(),
-    )
+def has_causal_routing(model: nn.Module) -> bool:
+    """Whether threshold_routing changes anything: some routed layer has a causal decision."""
+    return any(b.causal != "none" for b in routed_blocks(model))
+
+
+def routes_causally(model: nn.Module) -> bool:
+    """Whether every routed layer can route causally (a dense model trivially can)."""
+    return all(b.causal != "none" for b in routed_blocks(model))

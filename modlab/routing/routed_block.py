@@ -18,8 +18,17 @@ token. With `causal="aux_bce"` (MoD's auxiliary loss) the router's own logits ar
 BCE loss to be > 0 exactly for the tokens top-k selected; with `causal="predictor"` a small MLP
 on the stop-gradient hidden state learns the same decision and the router is left alone. In
 `mode="threshold"` (decoding) each token runs the block iff that logit is > 0: a decision that
-depends on the token's own hidden state only, hence causal. `last_agreement` records how often
-the threshold decision equals top-k's (a metric worth watching: it is what decoding relies on).
+depends on the token's own hidden state only, hence causal. Rows whose capacity in this layer is
+1.0 (a task that is dense here, e.g. LM rows of a UniMoD layer that routes MMU only) ran every
+token under top-k, so they run every token under threshold routing too: no logit decides for
+them, and neither the causal loss nor its agreement with top-k counts their tokens. How often
+the threshold decision equals top-k's over the *routed* tokens is worth watching: it is what
+decoding relies on.
+
+What a call did (tokens kept per row and task, the batched calls, the causal loss and
+agreement) is recorded in every open trace (modlab.routing.trace.record_routing); nothing is
+kept on the block between forwards. `route` is the decision itself, shared with the Hugging Face
+routed layer (modlab.routing.hf_routed_layer), which only runs the kept tokens differently.
 
 Rows are handled in one batched gather / scatter: the kept indices are sorted (causal order is
 preserved), their *original* positions are gathered for RoPE, and the attention mask is sliced on
@@ -76,14 +85,10 @@ class RoutedBlock(nn.Module):
         self.predictor = RoutingPredictor(d_model, n_routers=len(capacity)) if causal == "predictor" else None
         self.register_buffer("capacity", torch.tensor(capacity, dtype=torch.float32), persistent=False)
         self.weight, self.causal = weight, causal
-        self.mode = "topk"  # "threshold" while decoding (needs causal != "none"); see plan.threshold_routing
-        self.last_aux_loss: torch.Tensor | None = None  # BCE of the causal decision vs top-k, last call
-        self.last_agreement: torch.Tensor | None = None  # fraction of valid tokens where they agree
+        self.mode = "topk"  # "threshold" while decoding (needs causal != "none"); see install.threshold_routing
         self.anneal = 1.0  # training-time capacity schedule (modlab.routing.schedule); eval: target
-        self.last_selected: torch.Tensor | None = None  # (B, T) tokens that ran the block in the last call
-        self.last_kept: torch.Tensor | None = None  # (B,) tokens kept per row in the last call
-        # (rows, K) of each batched call in the last forward: what really ran (for FLOPs)
-        self.last_groups: list[tuple[int, int]] = []
+        self.layer_index = -1  # set when installed into a model (the index the traces report)
+        self.routing_traces: list = []  # open RoutingTraces (modlab.routing.trace.record_routing)
 
     def routing_weights(self) -> int:
         """Weights applied to every token to decide the routing (for FLOPs accounting)."""
@@ -94,62 +99,103 @@ class RoutedBlock(nn.Module):
         """The causal routing decision's logits: > 0 means "run the block" at decoding time."""
         return scores if self.predictor is None else self.predictor(x.detach(), task)
 
+    def row_capacity(self, task: torch.Tensor, capacity: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) the capacity of each row's router (a task id past the last router uses the last)."""
+        capacity = self.capacity if capacity is None else capacity
+        return capacity[task.clamp(max=len(capacity) - 1)]
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, route) -> torch.Tensor:
         scores = self.router(x, route.task)  # (B, T) logits
-        self.last_kept = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        self.last_groups = []
-        self.last_aux_loss = self.last_agreement = None
+
+        def run_rows(rows, eligible, capacity):
+            if rows is None:
+                return self._route_rows(x, positions, attn_mask, eligible, scores, capacity)
+            return self._route_rows(x[rows], positions[rows], attn_mask[rows], eligible, scores[rows], capacity)
+
+        return self.route(x, route, scores, run_rows, torch.zeros_like(x))
+
+    def route(self, x: torch.Tensor, route, scores: torch.Tensor, run_rows, empty_out: torch.Tensor, one_call=False):
+        """Which tokens run the layer, and running it: the decision every routed layer shares.
+
+        `run_rows(rows, eligible, capacity)` runs the wrapped layer on the top-k eligible tokens
+        of those rows (rows None: all) and returns (out, selected (rows, T), K of its call);
+        `empty_out` is what rows that run nothing return (zeros for a delta, x for a stream).
+        `one_call`: every row in one batched call even when tasks differ in capacity."""
+        groups: list[tuple[int, int]] = []
+        aux = agreement = None
         if self.mode == "threshold" and self.causal != "none":
-            # every token whose decision logit is > 0 runs the block: a per-token, causal choice
-            eligible = route.valid & (self.decision_logits(x, route.task, scores).detach() > 0)
-            out, self.last_selected = self._route_rows(x, positions, attn_mask, eligible, scores, torch.ones(()), None)
-            return out
-        capacity = self.capacity
-        if self.training and self.anneal < 1.0:
-            capacity = annealed_capacity(capacity, self.anneal)
-        row_capacity = capacity[route.task.clamp(max=len(capacity) - 1)]
-        if len(row_capacity.unique()) == 1:  # MoD, or one capacity for all rows: one call
-            out, selected = self._route_rows(x, positions, attn_mask, route.valid, scores, row_capacity, None)
+            # every token whose decision logit is > 0 runs the block: a per-token, causal choice;
+            # rows of a task that is dense in this layer (capacity 1) run all their tokens
+            row_capacity = self.row_capacity(route.task)
+            decided = self.decision_logits(x, route.task, scores).detach() > 0
+            eligible = route.valid & (decided | (row_capacity >= 1.0)[:, None])
+            out, selected, k = run_rows(None, eligible, torch.ones((), device=x.device))
+            groups.append((x.shape[0], k))
+            mode = "threshold"
         else:
-            # Task routers with different capacities: the rows of each task go through together.
-            # Rows of one task keep similar k, so the batched K = max k wastes little; mixing tasks
-            # (e.g. dense LM rows with MMU rows at 0.2) would make every row pay for the largest k.
-            out, selected = torch.zeros_like(x), torch.zeros_like(route.valid)
-            for t in route.task.unique().tolist():
-                rows = (route.task == t).nonzero().squeeze(1)
-                out[rows], selected[rows] = self._route_rows(
-                    x[rows], positions[rows], attn_mask[rows], route.valid[rows], scores[rows], row_capacity[rows], rows
-                )
-        self.last_selected = selected
-        if self.causal != "none":
-            self._score_causal_decision(x, route, scores, selected)
+            mode = "topk"
+            capacity = self.capacity
+            if self.training and self.anneal < 1.0:
+                capacity = annealed_capacity(capacity, self.anneal)
+            row_capacity = self.row_capacity(route.task, capacity)
+            if one_call or len(row_capacity.unique()) == 1:  # MoD, or one capacity for all rows: one call
+                out, selected, k = run_rows(None, route.valid, row_capacity)
+                groups.append((x.shape[0], k))
+            else:
+                # Task routers with different capacities: the rows of each task go through together.
+                # Rows of one task keep similar k, so the batched K = max k wastes little; mixing tasks
+                # (e.g. dense LM rows with MMU rows at 0.2) would make every row pay for the largest k.
+                out, selected = empty_out, torch.zeros_like(route.valid)
+                for t in route.task.unique().tolist():
+                    rows = (route.task == t).nonzero().squeeze(1)
+                    out[rows], selected[rows], k = run_rows(rows, route.valid[rows], row_capacity[rows])
+                    groups.append((len(rows), k))
+            if self.causal != "none":
+                aux, agreement = self._score_causal_decision(x, route, scores, selected)
+        if self.routing_traces:
+            from modlab.routing.trace import LayerRouting
+
+            record = LayerRouting(
+                self.layer_index,
+                mode,
+                route.task,
+                route.valid,
+                selected,
+                self.row_capacity(route.task),
+                groups,
+                self.routing_weights(),
+                aux,
+                agreement,
+            )
+            for trace in self.routing_traces:
+                trace.add(record)
         return out
 
-    def _score_causal_decision(self, x, route, scores, selected) -> None:
-        """BCE of the decision logits against top-k's choice (target 1 = selected), over valid
-        tokens; for aux_bce it trains the router itself, for the predictor only the predictor."""
-        logits = self.decision_logits(x, route.task, scores).float()[route.valid]
-        target = selected[route.valid]
-        self.last_aux_loss = F.binary_cross_entropy_with_logits(logits, target.float())
-        self.last_agreement = ((logits.detach() > 0) == target).float().mean()
+    def _score_causal_decision(self, x, route, scores, selected) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """BCE of the decision logits against top-k's choice (target 1 = selected), over the valid
+        tokens of *routed* rows (capacity < 1: a dense row's tokens all run, whatever the logit),
+        and their agreement; for aux_bce it trains the router itself, for the predictor only the
+        predictor. With no routed token the loss is a zero that keeps the graph, agreement None."""
+        routed = route.valid & (self.row_capacity(route.task) < 1.0)[:, None]
+        logits = self.decision_logits(x, route.task, scores).float()
+        if not bool(routed.any()):
+            return logits.sum() * 0.0, None
+        logits, target = logits[routed], selected[routed]
+        aux = F.binary_cross_entropy_with_logits(logits, target.float())
+        return aux, ((logits.detach() > 0) == target).float().mean()
 
-    def _route_rows(self, x, positions, attn_mask, valid, scores, capacity, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """The routed delta of these rows, and which of their tokens ran the block (B, T)."""
+    def _route_rows(self, x, positions, attn_mask, valid, scores, capacity) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The routed delta of these rows, which of their tokens ran the block (B, T), and the
+        batched call's K."""
         idx, slot_ok = topk_select(scores.detach(), valid, capacity)
-        kept = slot_ok.sum(1)
-        if rows is None:
-            self.last_kept = kept
-        else:
-            self.last_kept[rows] = kept
-        self.last_groups.append((x.shape[0], idx.shape[1]))
         # unused slots point at token 0; adding 0 there leaves a selected token 0 selected
         selected = torch.zeros(valid.shape, device=x.device).scatter_add(1, idx, slot_ok.float()) > 0
         if idx.shape[1] == 0:  # threshold routing kept no token in any row
-            return torch.zeros_like(x), selected
+            return torch.zeros_like(x), selected, 0
         delta = self.block(gather_tokens(x, idx), positions.gather(1, idx), slice_mask(attn_mask, idx, slot_ok))
         gate = torch.sigmoid(gather_tokens(scores, idx).float())
         # (g - g) is exactly 0, so the straight-through weight is exactly 1 in the forward pass
         w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
         delta = (delta * (w * slot_ok)[..., None].to(delta.dtype)).to(x.dtype)  # bf16 under autocast
         # unused slots point at token 0 with a zero delta, so scatter_add leaves it unchanged
-        return torch.zeros_like(x).scatter_add(1, idx[..., None].expand_as(delta), delta), selected
+        return torch.zeros_like(x).scatter_add(1, idx[..., None].expand_as(delta), delta), selected, idx.shape[1]

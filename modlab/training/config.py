@@ -20,7 +20,7 @@ class ObjectiveConfig:
     # Show-o weights its objectives 1.0 / 1.0 / 0.1 (T2I / MMU / LM)
     loss_weights: dict[str, float] = field(default_factory=lambda: {"t2i": 1.0, "mmu": 1.0, "lm": 0.1})
     cond_dropout: float = 0.1  # caption dropout for classifier-free guidance
-    lr: float = 1e-3
+    lr: float = 2e-3  # as conf/objective/unified.yaml (lm.yaml sets 3e-3)
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
     warmup_steps: int = 50
     weight_decay: float = 0.1

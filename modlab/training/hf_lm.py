@@ -35,10 +35,11 @@ from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError, ConfigError
 from modlab.models.hf_families import decoder_layers
 from modlab.routing.config import RoutingConfig
-from modlab.routing.hf_flops import forward_flops, routed_groups, train_step_flops
+from modlab.routing.hf_flops import forward_flops, train_step_flops
 from modlab.routing.hf_routed_layer import HFRouting, apply_hf_routing
-from modlab.routing.install import causal_routing_stats, set_anneal_fraction, threshold_routing
+from modlab.routing.install import set_anneal_fraction, threshold_routing
 from modlab.routing.schedule import anneal_fraction
+from modlab.routing.trace import record_routing
 from modlab.training.checkpoint import module_hparams, read_lm_checkpoint
 from modlab.training.lm import LMModule
 
@@ -106,6 +107,7 @@ class HFLMModule(LMModule):
             Perplexity(ignore_index=IGNORE_INDEX),
         )
         self.test_flops_ratio = MeanMetric()
+        self.last_trace = None  # the routing trace of the last losses() forward
 
     @classmethod
     def from_run(cls, run, model_cfg):
@@ -143,13 +145,20 @@ class HFLMModule(LMModule):
             return self.lm(batch["ids"], valid=batch.get("valid"))
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        out = super().losses(batch)
-        if self.routing is not None:
-            aux, agreement = causal_routing_stats(self.lm)
-            if aux is not None:
-                r = self.routing_cfg
-                out["router_aux"], out["router_agreement"] = aux, agreement
-                out["loss"] = out["loss"] + (r.aux_weight if r.causal == "aux_bce" else 1.0) * aux
+        """LMModule's losses; for a token-routed model also the causal decision's loss (and its
+        agreement with top-k) from the routing trace of the forward, kept in `self.last_trace`."""
+        if self.routing is None:
+            return super().losses(batch)
+        with record_routing(self.lm) as trace:
+            out = super().losses(batch)
+        self.last_trace = trace
+        aux, agreement = trace.causal_stats()
+        if aux is not None:
+            r = self.routing_cfg
+            out["router_aux"] = aux
+            if agreement is not None:
+                out["router_agreement"] = agreement
+            out["loss"] = out["loss"] + (r.aux_weight if r.causal == "aux_bce" else 1.0) * aux
         return out
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -167,7 +176,7 @@ class HFLMModule(LMModule):
         for k in ("router_aux", "router_agreement"):
             if k in out:
                 self.log(f"train/{k}", out[k], batch_size=B)
-        routed = float(train_step_flops(self.lm.hf, B, T, routed_groups(self.lm.hf)))
+        routed = float(train_step_flops(self.lm.hf, B, T, self.last_trace.flops_groups()[0]))
         dense = float(train_step_flops(self.lm.hf, B, T))
         self.flops_routed.update(routed)
         self.flops_dense.update(dense)
@@ -177,7 +186,7 @@ class HFLMModule(LMModule):
     def validation_step(self, batch: dict, batch_idx: int):
         super().validation_step(batch, batch_idx)
         if self.routing is not None:
-            _, agreement = causal_routing_stats(self.lm)
+            _, agreement = self.last_trace.causal_stats()
             if agreement is not None:
                 self.log("val/router_agreement", agreement, batch_size=batch["ids"].shape[0])
 
@@ -200,14 +209,14 @@ class HFLMModule(LMModule):
         B, T = batch["ids"].shape
         valid = batch.get("valid")
         n_valid = float(valid.sum()) if valid is not None else float(B * T)
-        with threshold_routing(self.lm):
+        with threshold_routing(self.lm), record_routing(self.lm) as trace:
             logits = self.forward_logits(batch)
-            groups = routed_groups(self.lm.hf)
-            kept = sum(float(k.sum()) for k in self.routing.kept_per_layer().values())
+        kept = sum(float(r.selected.sum()) for r in trace.records)
         self.test_ppl.update(logits.float(), batch["labels"])
         self.log("test/ppl", self.test_ppl)
         self.test_capacity.update(kept / (n_valid * len(self.routing.layers)), weight=n_valid)
         self.log("test/capacity", self.test_capacity)
+        groups = trace.flops_groups()[0]
         self.test_flops_ratio.update(forward_flops(self.lm.hf, B, T, groups) / forward_flops(self.lm.hf, B, T))
         self.log("test/flops_ratio", self.test_flops_ratio)
         self.test_ppl_topk.update(self.forward_logits(batch).float(), batch["labels"])

@@ -2,8 +2,9 @@
 
 Pretraining (`mindskip.enabled=false`): next-token loss on every weight.
 Router-Tuning (`mindskip.enabled=true`): the base (a pretrained checkpoint `base`, or a Hugging
-Face directory `model.path`) is frozen, a zero-initialised router gates each routed attention
-sublayer, and only the routers train on
+Face directory `model.path`) is frozen, its training-time LayerDrop on attention and dropout are
+switched off (whatever the base was pretrained with: the routers must see the model they gate),
+a zero-initialised router gates each routed attention sublayer, and only the routers train on
 
     loss = LM loss + lam * relu(mean gate - target capacity)
 
@@ -17,7 +18,7 @@ gate over the routed layers), and for a routed model test/ppl_base (the base mod
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import lightning as L
 import torch
@@ -55,6 +56,8 @@ class LMModule(L.LightningModule):
         self.model_cfg, self.data_cfg = ModelConfig(**model), DataConfig(**data)
         self.objective_cfg, self.eval_cfg = ObjectiveConfig(**objective), EvalConfig(**eval)
         self.skip_cfg = MindSkipConfig(**(mindskip or {}))
+        if self.skip_cfg.enabled:  # routers train on the deterministic base (MindSkip also enforces it)
+            self.model_cfg = replace(self.model_cfg, attn_layer_drop=0.0, dropout=0.0)
         self.lm, self.tokenizer = build_lm(self.model_cfg)
         if base is not None:
             load_lm_weights(self.lm, base, "the base checkpoint")

@@ -5,9 +5,23 @@ Test metrics (all on the held-out test split, all torchmetrics):
     test/t2i_acc            MaskGIT samples for "a handwritten <d>" classified as d by the
                             reference classifier, trained here on the real training digits
     test/ref_classifier_acc that classifier's own accuracy on the real test digits
-    test/lm_ppl             per-byte perplexity of the held-out text
+    test/lm_ppl             per-byte perplexity of the held-out text, with routed layers routing by
+                            their causal decision (threshold), as MMU answers and Emu3-like T2I
+                            already do: top-k over a row would let later bytes decide which earlier
+                            bytes run a layer, which is not an autoregressive perplexity
+    test/lm_ppl_causal      1.0 when test/lm_ppl was causal; 0.0 when some routed layer has no
+                            causal decision (routing.causal=none) and had to route by top-k
+    test/kept/<task>/layer<i>      routed models: the fraction of that task's tokens that threshold
+    test/capacity/<task>/layer<i>  routing ran in layer i during the test, beside the target
+                                   capacity (only pairs with capacity < 1; counted by modlab.routing.trace)
+    test/kept_dense_min/<task>     the smallest such fraction over the layers where the task is
+                                   dense (capacity 1): 1.0, since a dense task runs every token
 On digit scenes (data.kind=scenes) MMU and T2I are scored per question type / prompt category,
 with a digits-FID (modlab.evaluation.scene_metrics).
+
+Validation: val/loss and val/loss_<task> are measured with top-k routing, the routing training
+optimises (val/loss stays the checkpoint monitor); val/loss_lm_causal is the LM loss with
+threshold routing (what test/lm_ppl measures), logged for models with causal routing decisions.
 """
 
 from __future__ import annotations
@@ -24,14 +38,21 @@ from torchmetrics.text import Perplexity
 from modlab.data.config import DataConfig
 from modlab.data.digits import answered_digit, load_digit_splits
 from modlab.data.image_tokenizer import image_tokenizer_from_state
-from modlab.data.tokens import IGNORE_INDEX, TokenSpace
+from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS, TokenSpace
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.evaluation.scene_metrics import SceneMetrics
-from modlab.flops import last_train_step_flops, train_step_flops
+from modlab.flops import traced_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
 from modlab.routing.config import RoutingConfig
-from modlab.routing.install import apply_routing, causal_routing_stats, set_anneal_fraction
+from modlab.routing.install import (
+    apply_routing,
+    has_causal_routing,
+    routes_causally,
+    set_anneal_fraction,
+    threshold_routing,
+)
 from modlab.routing.schedule import anneal_fraction
+from modlab.routing.trace import RoutingTrace, record_routing, start_recording, stop_recording
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.digits_datamodule import image_tokenizer_for
 from modlab.training.optim import adamw_warmup_cosine
@@ -116,19 +137,24 @@ class UnifiedModule(L.LightningModule):
         Also returns the row count and the step's routed / dense training FLOPs. With causal
         routing, `router_aux` (the decision's BCE vs top-k) and `router_agreement` are added."""
         losses, rows, routed, dense = {}, 0, 0.0, 0.0
-        aux, agreement = [], []
+        aux, agreement, zero = [], [], 0.0
         for part in self._task_batches(combined):
             batch = self.model.training_batch(part, cond_dropout, generator=generator)
-            losses.update(self.model.task_losses(batch))
-            a, g = causal_routing_stats(self.model)
-            if a is not None:
+            with record_routing(self.model) as trace:
+                losses.update(self.model.task_losses(batch))
+            a, g = trace.causal_stats()
+            if g is not None:
                 aux.append(a)
                 agreement.append(g)
-            r, d = self.step_flops(*batch["ids"].shape)
+            elif a is not None:  # no routed token in this batch (a dense task): a zero in the graph
+                zero = zero + a
+            r, d = self.step_flops(trace, *batch["ids"].shape)
             rows, routed, dense = rows + batch["ids"].shape[0], routed + r, dense + d
-        if aux:
-            losses["router_aux"] = torch.stack(aux).mean()
+        if aux:  # averaged over the task batches that had routed tokens
+            losses["router_aux"] = torch.stack(aux).mean() + zero
             losses["router_agreement"] = torch.stack(agreement).mean()
+        elif isinstance(zero, torch.Tensor):
+            losses["router_aux"] = zero
         return losses, rows, routed, dense
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -146,11 +172,11 @@ class UnifiedModule(L.LightningModule):
         self.log("train/flops_ratio", routed / dense, batch_size=n)
         return loss
 
-    def step_flops(self, B: int, T: int) -> tuple[float, float]:
-        """Analytic training FLOPs of the step just run, and of the same step without routing."""
+    def step_flops(self, trace: RoutingTrace, B: int, T: int) -> tuple[float, float]:
+        """Analytic training FLOPs of the forward `trace` recorded, and of the same step without routing."""
         V = self.space.vocab_size
         return (
-            float(last_train_step_flops(self.model_cfg, V, self.model.transformer.blocks, B, T)),
+            float(traced_train_step_flops(self.model_cfg, V, trace, B, T)),
             float(train_step_flops(self.model_cfg, V, B, T)),
         )
 
@@ -171,6 +197,12 @@ class UnifiedModule(L.LightningModule):
             self.log(f"val/{k}" if k.startswith("router_") else f"val/loss_{k}", v, batch_size=n)
         self.val_loss.update(self._weighted_loss(losses))
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
+        if has_causal_routing(self.model):  # the LM loss as test/lm_ppl measures it: causal routing
+            for part in self._task_batches(combined):
+                if bool((part["task"] == TASK_ID["lm"]).all()):
+                    with threshold_routing(self.model):
+                        causal = self.model.task_losses(self.model.training_batch(part, 0.0, generator=g))
+                    self.log("val/loss_lm_causal", causal["lm"], batch_size=len(part["ids"]))
 
     def configure_optimizers(self):
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
@@ -180,6 +212,8 @@ class UnifiedModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         e = self.eval_cfg
+        # what threshold routing (decoding) runs, over the whole test epoch
+        self.test_routing = start_recording(self.model, counts_only=True)
         splits = load_digit_splits(self.data_cfg.split_seed)
         self.ref_classifier = train_reference_classifier(
             splits["train"].images, splits["train"].labels, seed=e.seed, epochs=e.ref_classifier_epochs
@@ -214,9 +248,33 @@ class UnifiedModule(L.LightningModule):
             self.t2i_acc.update(self.ref_classifier.predict(images), batch["digit"])
             self.log("test/t2i_acc", self.t2i_acc, add_dataloader_idx=False)
         else:
-            logits = self.model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
+            with threshold_routing(self.model):  # causal routing: an autoregressive perplexity
+                logits = self.model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
             self.lm_ppl.update(logits.float(), batch["labels"])
             self.log("test/lm_ppl", self.lm_ppl, add_dataloader_idx=False)
+            self.log("test/lm_ppl_causal", float(routes_causally(self.model)), add_dataloader_idx=False)
+
+    def on_test_epoch_end(self) -> None:
+        """The fraction of each task's tokens that threshold routing ran per routed layer, beside
+        its target capacity (counts summed over processes before the ratio)."""
+        trace = stop_recording(self.model, self.test_routing)
+        L, n = self.model_cfg.n_layer, len(TASKS)
+        counts, capacity = torch.zeros(L, n, 2, dtype=torch.float64), torch.ones(L, n)
+        for (layer, task, mode), (ran, valid, cap) in trace.counts.items():
+            if mode == "threshold" and 0 <= layer < L and task < n:
+                counts[layer, task] += torch.tensor([ran, valid], dtype=torch.float64)
+                capacity[layer, task] = cap
+        counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
+        dense_min: dict[str, float] = {}
+        for layer, t in counts[..., 1].nonzero().tolist():
+            task, kept, cap = TASKS[t], float(counts[layer, t, 0] / counts[layer, t, 1]), float(capacity[layer, t])
+            if cap < 1.0:
+                self.log(f"test/kept/{task}/layer{layer}", kept, add_dataloader_idx=False)
+                self.log(f"test/capacity/{task}/layer{layer}", cap, add_dataloader_idx=False)
+            else:
+                dense_min[task] = min(dense_min.get(task, 1.0), kept)
+        for task, kept in dense_min.items():
+            self.log(f"test/kept_dense_min/{task}", kept, add_dataloader_idx=False)
 
     def _scene_test_step(self, batch: dict, dataloader_idx: int) -> None:
         e, m, tok = self.eval_cfg, self.scene_metrics, self.image_tokenizer
@@ -246,8 +304,9 @@ def probe_training_flops(module: UnifiedModule, datamodule, n_batches: int = 4) 
         for _ in range(n_batches):
             for it in iterators.values():  # one forward per task batch, as a training step runs
                 batch = module.model.training_batch(next(it))
-                module.model.task_losses(batch)
-                r, d = module.step_flops(*batch["ids"].shape)
+                with record_routing(module.model) as trace:
+                    module.model.task_losses(batch)
+                r, d = module.step_flops(trace, *batch["ids"].shape)
                 routed, dense = routed + r, dense + d
     return {
         "train/flops_per_step": routed / n_batches,

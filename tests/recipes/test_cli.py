@@ -189,3 +189,22 @@ def test_init_from_an_incompatible_checkpoint_is_a_one_line_error(trained_run: P
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     proc = run_modlab("train", "+experiment=showo_unimod", "debug=fast", f"init_from={ckpt}", out_dir=tmp_path)
     assert_one_line_error(proc, "different model config")
+
+
+def test_a_run_piped_to_a_file_prints_progress_lines_while_it_trains(tmp_path: Path):
+    """stdout is a pipe, not a terminal: progress lines (step, loss, steps/s, time left) appear
+    at the interval, in the log file too, and the model summary claims no FLOPs."""
+    proc = run_modlab(
+        "train",
+        *FAST,
+        "trainer.max_steps=6",
+        "callbacks.progress_interval_s=0.01",
+        "callbacks.checkpoint=false",
+        out_dir=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = re.findall(r"step (\d+)/6  loss [\d.]+  [\d.]+ steps/s  elapsed \d+:\d\d  left \d+:\d\d", proc.stdout)
+    assert len(lines) >= 3 and lines[-1] == "6", proc.stdout[-2000:]
+    log = (only_run_dir(tmp_path) / "train.log").read_text()
+    assert "step 6/6" in log
+    assert "Total FLOPs" not in proc.stdout and "Trainable params" in proc.stdout

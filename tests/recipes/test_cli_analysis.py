@@ -25,8 +25,10 @@ SMALL_BUDGET = {
     "interactions": [
         "calibration.n_per_task=4",
         "analysis.interactions.steps=2",
-        "analysis.interactions.router_steps=2",
         "analysis.interactions.batch_size=4",
+        "analysis.interactions.seeds=[0,1]",
+        "analysis.interactions.router_max_steps=4",
+        "analysis.interactions.router_eval_every=2",
     ],
 }
 
@@ -102,10 +104,13 @@ def test_every_job_writes_json_csv_and_png(job: str, tiny_ckpt: Path, tmp_path: 
     if job == "interactions":
         runs = {r["run"] for r in results["results"]["joint_training"]}
         assert runs == {"single:t2i", "single:mmu", "joint"}
-        kept = results["results"]["router_competition"]
-        assert {(r["router"], r["stage"]) for r in kept} == {
-            (a, b) for a in ("shared", "task") for b in ("init", "tuned")
+        assert {(r["router"], r["seed"]) for r in results["results"]["router_runs"]} == {
+            (a, s) for a in ("shared", "task") for s in (0, 1)
         }
+        steps = {r["step"] for r in results["results"]["router_curve"]}
+        assert 0 in steps and max(steps) <= 4  # fresh routers, then every 2 router-only steps
+        gap = results["results"]["router_gap"]
+        assert gap and all(r["n"] == 2 and r["ci95"] is not None for r in gap)
 
 
 def test_compare_of_a_sweep_directory(tmp_path: Path):

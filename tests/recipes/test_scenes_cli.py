@@ -71,9 +71,26 @@ def test_reproduce_table_and_plot(scenes_run: Path, tmp_path: Path):
     text = md.read_text()
     assert "| Show-o-like | MoD |" in text and "Not run: Emu3-like" in text
     header, dense, mod = csv_path.read_text().strip().splitlines()
-    assert header.split(",")[2:5] == ["steps", "GFLOPs/step", "vs dense"]
-    assert [f"MMU {t}" for t in QUESTION_TYPES] + ["MMU all"] == header.split(",")[5:11]
-    assert math.isclose(float(mod.split(",")[4]), 0.5)
+    assert header.split(",")[2:6] == ["seed", "steps", "GFLOPs/step", "vs dense"]
+    assert [f"MMU {t}" for t in QUESTION_TYPES] + ["MMU all"] == header.split(",")[6:12]
+    assert math.isclose(float(mod.split(",")[5]), 0.5)
+    assert write_pareto(rows, tmp_path).stat().st_size > 0
+
+
+def test_reproduce_table_over_seeds_states_which_differences_exceed_the_spread(scenes_run: Path, tmp_path: Path):
+    from modlab.reproduce import Row, write_pareto, write_table
+
+    m = json.loads((scenes_run / "metrics.json").read_text())
+    rows = [Row("Show-o-like", "dense", scenes_run, m)]
+    for seed, (control, mod) in zip((42, 43, 44), ((0.50, 0.60), (0.52, 0.63), (0.49, 0.58))):
+        rows.append(Row("Show-o-like", "dense (fine-tuned)", scenes_run, {**m, "test/mmu_acc": control}, seed=seed))
+        rows.append(Row("Show-o-like", "MoD", scenes_run, {**m, "test/mmu_acc": mod, "test/t2i_acc": 0.3}, seed=seed))
+    md, csv_path = write_table(rows, [], tmp_path, 10, 60.0)
+    text = md.read_text()
+    assert "seeds 42, 43, 44" in text and "0.603 ± 0.025" in text  # MoD's MMU over the three seeds
+    (line,) = [x for x in text.splitlines() if x.startswith("| Show-o-like | MoD | **")]
+    assert "**+0.100 ±" in line  # +0.10 on every seed: beyond the spread
+    assert len(csv_path.read_text().strip().splitlines()) == 1 + 7  # one row per run and seed
     assert write_pareto(rows, tmp_path).stat().st_size > 0
 
 

@@ -8,11 +8,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from modlab.data.rows import collate_rows, concat_batches, lm_row, mmu_row, t2i_row
 from modlab.data.tokens import TokenSpace
-from modlab.flops import last_train_step_flops, train_step_flops
+from modlab.flops import traced_train_step_flops, train_step_flops
 from modlab.models.config import ModelConfig
 from modlab.models.showo import ShowO
 from modlab.routing.config import RoutingConfig
-from modlab.routing.install import apply_routing, causal_routing_stats
+from modlab.routing.install import apply_routing
+from modlab.routing.trace import record_routing
 
 SP = TokenSpace(17)
 CFG = ModelConfig(d_model=64, n_layer=4, n_head=4)
@@ -40,12 +41,13 @@ def test_analytic_flops_match_flop_counter(routing):
     apply_routing(model.transformer.blocks, CFG.d_model, routing)
     batch = model.mask_images(mixed_batch())
     with FlopCounterMode(display=False) as counter:
-        loss = sum(model.task_losses(batch).values())
-        aux, _ = causal_routing_stats(model)
+        with record_routing(model) as trace:
+            loss = sum(model.task_losses(batch).values())
+        aux, _ = trace.causal_stats()
         loss = loss if aux is None else loss + aux
         loss.backward()
     B, T = batch["ids"].shape
-    analytic = last_train_step_flops(CFG, SP.vocab_size, model.transformer.blocks, B, T)
+    analytic = traced_train_step_flops(CFG, SP.vocab_size, trace, B, T)
     measured = counter.get_total_flops()
     assert abs(analytic - measured) / measured < 0.05, (analytic, measured)
     if routing.kind != "dense":

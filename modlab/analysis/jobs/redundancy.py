@@ -39,11 +39,11 @@ def run(c, target, progress) -> JobResult:
     if not target.writes_plan:
         result.notes.append(target.info.get("routing_plan_skipped", "this model gets no routing plan"))
     elif p.write:
-        add_plan(c, target, series, result, progress)
+        add_plan(c, target, rows, series, result, progress)
     return result
 
 
-def add_plan(c, target, series: dict, result: JobResult, progress) -> None:
+def add_plan(c, target, rows: list[dict], series: dict, result: JobResult, progress) -> None:
     """The routing plan from ARank (and LLM-Drop block importance with analysis.plan.importance)."""
     from modlab.analysis.importance import llm_drop_importance
     from modlab.analysis.plan_from_arank import plan_from_arank
@@ -69,7 +69,8 @@ def add_plan(c, target, series: dict, result: JobResult, progress) -> None:
         "importance": bool(p.importance),
         "calibration_rows": c.calibration.n_per_task,
     }
-    plan = plan_from_arank(series["arank_norm"], p, importance, source)
+    module = target.loaded  # a unified model: the plan's FLOPs are computed on its configuration
+    plan = plan_from_arank(rows, p, module.model_cfg, module.space.vocab_size, module.data_cfg, importance, source)
     result.files[PLAN_FILE] = plan_text(plan)
     result.extra["routing_plan"] = {"path": PLAN_FILE, **plan.to_dict()}
     plan_rows = [[t, str(tp.layers), str(tp.capacity)] for t, tp in plan.tasks.items()]

@@ -16,6 +16,7 @@ from modlab.analysis.interactions import kept_fractions, pack_rows, packed_logit
 from modlab.analysis.plan_from_arank import plan_from_arank
 from modlab.analysis.plots import pareto_front
 from modlab.analysis.subject import showo_subject
+from modlab.data.config import DataConfig
 from modlab.data.rows import collate_rows, lm_row, mmu_row, t2i_row
 from modlab.data.tokens import TokenSpace
 from modlab.errors import ConfigError
@@ -176,19 +177,36 @@ def test_skip_one_layer_restores_the_model_even_on_error():
 # ---- routing plan ------------------------------------------------------------------------------
 
 
+def _arank_rows(arank: dict[str, list[float]], n: int = 40) -> list[dict]:
+    return [
+        {"task": t, "layer": i, "arank_rel": v, "arank": v * 32, "arank_norm": v * 32 / n, "seq_len": n}
+        for t, vs in arank.items()
+        for i, v in enumerate(vs)
+    ]
+
+
 def test_plan_routes_the_more_redundant_half_with_arank_capacities():
+    # the plan rule changed (issue 12): capacities now come from a FLOPs target, not ARank / n;
+    # this keeps the layer choice checks (tests/unit/test_plan_flops_target.py checks the budget)
+    model, data = ModelConfig(d_model=64, n_layer=4, n_head=2), DataConfig(batch_size={"t2i": 8, "mmu": 8, "lm": 0})
+
+    def plan_of(arank, cfg, importance=None, source=None):
+        return plan_from_arank(_arank_rows(arank), cfg, model, 300, data, importance, source)
+
     arank = {"t2i": [0.9, 0.5, 0.6, 0.05], "mmu": [0.3, 0.3, 0.3, 0.3], "lm": [0.1] * 4}
-    plan = plan_from_arank(arank, PlanConfig(tasks=["t2i", "mmu"], min_capacity=0.1), source={"x": 1})
-    assert plan.n_layer == 4 and set(plan.tasks) == {"t2i", "mmu"}
-    assert plan.tasks["t2i"].layers == [1, 3] and plan.tasks["t2i"].capacity == [0.5, 0.1]  # 0.05 clipped
-    assert plan.tasks["mmu"].layers == [2, 3] and plan.tasks["mmu"].capacity == [0.3, 0.3]  # ties: deeper
+    plan = plan_of(arank, PlanConfig(tasks=["t2i", "mmu"], min_capacity=0.1, target_flops_ratio=0.6), source={"x": 1})
+    assert plan.n_layer == 4 and set(plan.tasks) == {"t2i", "mmu"} and plan.source["x"] == 1
+    assert plan.tasks["t2i"].layers == [1, 3] and plan.tasks["t2i"].capacity[1] == 0.1  # most redundant: floor
+    assert plan.tasks["mmu"].layers == [2, 3]  # ties: deeper
     # ARank alone routes 1 and 3; layer 3 being the most important block moves it out for layer 2
     arank = {"t2i": [0.9, 0.5, 0.6, 0.55]}
-    assert plan_from_arank(arank, PlanConfig(tasks=["t2i"])).tasks["t2i"].layers == [1, 3]
-    plan = plan_from_arank(arank, PlanConfig(tasks=["t2i"]), importance={"t2i": [0.5, 0.01, 0.02, 0.9]})
+    cfg = PlanConfig(tasks=["t2i"], target_flops_ratio=0.7)
+    data = DataConfig(batch_size={"t2i": 8, "mmu": 0, "lm": 0})
+    assert plan_of(arank, cfg).tasks["t2i"].layers == [1, 3]
+    plan = plan_of(arank, cfg, importance={"t2i": [0.5, 0.01, 0.02, 0.9]})
     assert plan.tasks["t2i"].layers == [1, 2]
     with pytest.raises(ConfigError, match="calibration"):
-        plan_from_arank({"t2i": [0.5] * 4}, PlanConfig(tasks=["mmu"]))
+        plan_of({"t2i": [0.5] * 4}, PlanConfig(tasks=["mmu"]))
 
 
 def test_zero_calibration_rows_and_unknown_jobs_are_config_errors():

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from modlab.models.hf_families import HF_FAMILIES
-from modlab.routing.hf_flops import forward_flops, routed_groups, train_step_flops
+from modlab.routing.hf_flops import forward_flops, train_step_flops
 from modlab.routing.hf_routed_layer import install_hf_routing
+from modlab.routing.trace import record_routing
 
 transformers = pytest.importorskip("transformers")
 
@@ -54,9 +55,9 @@ def test_training_flops_equal_torchs_flop_counter(family, layers):
     model = model_of(family)
     install_hf_routing(model, layers)
     ids = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, record_routing(model) as trace:
         step(model, ids)
-    groups = routed_groups(model)
+    groups = trace.flops_groups()[0]
     assert train_step_flops(model, *ids.shape, groups) == counter.get_total_flops()
     assert train_step_flops(model, *ids.shape, groups) == 3 * forward_flops(model, *ids.shape, groups)
     if layers:

@@ -12,12 +12,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import traced
 
 from modlab.errors import ConfigError
 from modlab.models.hf_families import HF_FAMILIES, decoder_layers
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_routed_layer import HFRoutedLayer, apply_hf_routing, install_hf_routing
-from modlab.routing.install import causal_routing_stats, routed_blocks, threshold_routing
+from modlab.routing.install import routed_blocks, threshold_routing
+from modlab.routing.trace import record_routing
 
 transformers = pytest.importorskip("transformers")
 
@@ -169,9 +171,9 @@ def test_batched_wrapper_equals_per_row_reference(family, capacity):
     wrapper, x, kwargs, valid, routing = routed_layer_and_inputs(family, layer_idx, capacity)
     task = torch.tensor([0, 1, 0, 1]) % len(capacity)
     with torch.no_grad(), routing.inputs(task=task):
-        out = wrapper(x, **kwargs)
+        out, record = traced(wrapper, x, **kwargs)
         expected = reference_routed_layer(wrapper, x, kwargs, valid, task, window_of(family, layer_idx))
-    assert wrapper.last_kept.tolist() != LENGTHS  # a real selection
+    assert record.kept.tolist() != LENGTHS  # a real selection
     torch.testing.assert_close(out[valid], expected[valid])
 
 
@@ -181,9 +183,9 @@ def test_threshold_routed_layer_equals_per_row_reference(family):
     wrapper.mode = "threshold"
     task = torch.zeros(4, dtype=torch.long)
     with torch.no_grad():
-        out = wrapper(x, **kwargs)
+        out, record = traced(wrapper, x, **kwargs)
         expected = reference_routed_layer(wrapper, x, kwargs, valid, task, window_of(family, 2))
-    kept = wrapper.last_kept
+    kept = record.kept
     assert ((kept > 0) & (kept < torch.tensor(LENGTHS))).any()
     torch.testing.assert_close(out[valid], expected[valid])
 
@@ -218,9 +220,9 @@ def test_sliding_window_when_the_model_passes_no_mask(family):
     kwargs["position_embeddings"] = tuple(t[:1] for t in kwargs["position_embeddings"])
     valid = torch.ones(2, T_LEN, dtype=torch.bool)
     with torch.no_grad():
-        out = wrapper(x, **kwargs)
+        out, record = traced(wrapper, x, **kwargs)
         expected = reference_routed_layer(wrapper, x, kwargs, valid, torch.zeros(2, dtype=torch.long), 3)
-    assert wrapper.last_kept[0] != wrapper.last_kept[1] or wrapper.last_kept[0] < T_LEN
+    assert record.kept[0] != record.kept[1] or record.kept[0] < T_LEN
     torch.testing.assert_close(out, expected)
 
 
@@ -257,9 +259,9 @@ def test_threshold_routing_is_causal_and_top_k_is_not(family, causal):
     ids = ids[:2]
     future = ids.clone()
     future[:, 6:] = (future[:, 6:] + 7) % VOCAB  # change every token from position 6 on
-    with threshold_routing(model):
+    with threshold_routing(model), record_routing(model) as trace:
         a, b = logits(model, ids), logits(model, future)
-        kept = [layer.last_kept for layer in routing.layers.values()]
+    kept = [r.kept for r in trace.records[-len(routing.layers) :]]  # the second forward's layers
     torch.testing.assert_close(a[:, :6], b[:, :6])
     assert all(0 < int(k.sum()) < k.numel() * T_LEN for k in kept)  # a real choice was made in every layer
     # top-k over the row sees the future: the same perturbation changes earlier logits
@@ -275,12 +277,13 @@ def test_routers_get_gradient_and_aux_loss(family):
     model = tiny_model(family).train()
     routing = install_hf_routing(model, {1: [0.5], 3: [0.5]}, causal="aux_bce")
     ids, valid = padded_batch()
-    out = model(input_ids=ids, attention_mask=valid.long(), use_cache=False).logits
+    with record_routing(model) as trace:
+        out = model(input_ids=ids, attention_mask=valid.long(), use_cache=False).logits
     loss = F.cross_entropy(out[:, :-1][valid[:, 1:]], ids[:, 1:][valid[:, 1:]])
     loss.backward(retain_graph=True)  # the aux loss below shares the routers' graph
     for layer in routing.layers.values():
         assert layer.router.proj.weight.grad is not None and layer.router.proj.weight.grad.abs().sum() > 0
-    aux, agreement = causal_routing_stats(model)
+    aux, agreement = trace.causal_stats()
     assert aux is not None and 0.0 <= float(agreement) <= 1.0
     model.zero_grad()
     aux.backward()
@@ -291,9 +294,10 @@ def test_the_predictor_learns_alone():
     model = tiny_model("llama").train()
     routing = install_hf_routing(model, {2: [0.25]}, causal="predictor")
     ids, valid = padded_batch()
-    model(input_ids=ids, attention_mask=valid.long(), use_cache=False)
+    with record_routing(model) as trace:
+        model(input_ids=ids, attention_mask=valid.long(), use_cache=False)
     layer = routing.layers[2]
-    layer.last_aux_loss.backward()
+    trace.last().aux_loss.backward()
     assert layer.router.proj.weight.grad is None
     assert layer.predictor.net[0].weight.grad.abs().sum() > 0
 
@@ -308,14 +312,14 @@ def test_kept_counts_are_ceil_of_capacity_times_valid_tokens(family):
     routing = install_hf_routing(model, capacities)
     ids, valid = padded_batch()
     task = torch.tensor([0, 1, 0, 1])
-    with routing.inputs(task=task):
+    with routing.inputs(task=task), record_routing(model) as trace:
         logits(model, ids, valid)
-    for i, layer in routing.layers.items():
+    for i in routing.layers:
         caps = capacities[i]
         expected = [math.ceil(round(caps[min(int(t), len(caps) - 1)] * n, 6)) for t, n in zip(task, LENGTHS)]
-        assert layer.last_kept.tolist() == expected, i
-        assert layer.last_selected.sum(1).tolist() == expected
-        assert not (layer.last_selected & ~valid).any()  # padding is never kept
+        (record,) = trace.layer(i)
+        assert record.kept.tolist() == expected, i
+        assert not (record.selected & ~valid).any()  # padding is never kept
 
 
 # ---- (h) wiring and errors ---------------------------------------------------------------------
@@ -370,8 +374,8 @@ def test_analytic_training_flops_equal_torchs_flop_counter(layers):
     install_hf_routing(model, layers)
     ids, _ = padded_batch()
     with FlopCounterMode(display=False) as counter:
-        train_step(model, ids)
-    analytic = llama_train_step_flops(config, *ids.shape, routed_groups(model))
+        groups = routed_groups(model, lambda: train_step(model, ids))
+    analytic = llama_train_step_flops(config, *ids.shape, groups)
     assert analytic == counter.get_total_flops()
     if layers:
         assert analytic < llama_train_step_flops(config, *ids.shape)
@@ -395,16 +399,10 @@ def test_cached_greedy_decoding_equals_recomputation_and_caches_only_tokens_that
 
     model, routing = decoding_model(family)
     ids = padded_batch()[0][:1, :8]
-    ran = dict.fromkeys(routing.layers, 0)
-
-    def count_tokens_that_ran(layer, args, kwargs, out):
-        ran[layer.layer_idx] += int(layer.last_selected.sum())
-
-    hooks = [layer.register_forward_hook(count_tokens_that_ran, with_kwargs=True) for layer in routing.layers.values()]
     with threshold_routing(model):
-        cached, cached_logits, cache = greedy_decode(model, ids, 10)
-        for h in hooks:
-            h.remove()
+        with record_routing(model) as trace:
+            cached, cached_logits, cache = greedy_decode(model, ids, 10)
+        ran = {i: sum(int(r.selected.sum()) for r in trace.layer(i)) for i in routing.layers}
         recomputed, recomputed_logits, _ = greedy_decode(model, ids, 10, use_cache=False)
     assert torch.equal(cached, recomputed)
     torch.testing.assert_close(cached_logits, recomputed_logits)

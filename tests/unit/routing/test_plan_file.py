@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import ROUTING_CFG as CFG
 from helpers import routed_block_inputs as batch
+from helpers import traced
 
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
@@ -123,11 +124,10 @@ def test_annealed_block_keeps_more_tokens_early_in_training_only():
     n_valid = route.valid.sum(1)
     set_anneal_fraction(rb, 0.0)  # start of the anneal: dense
     rb.train()
-    rb(x, positions, mask, route)
-    assert rb.last_kept.tolist() == n_valid.tolist()
+    assert traced(rb, x, positions, mask, route)[1].kept.tolist() == n_valid.tolist()
     set_anneal_fraction(rb, 0.5)  # halfway: capacity 0.625
-    rb(x, positions, mask, route)
-    assert rb.last_kept.tolist() == [math.ceil(0.625 * int(n)) for n in n_valid]
+    kept = traced(rb, x, positions, mask, route)[1].kept
+    assert kept.tolist() == [math.ceil(0.625 * int(n)) for n in n_valid]
     rb.eval()  # evaluation always routes at the target
-    rb(x, positions, mask, route)
-    assert rb.last_kept.tolist() == [math.ceil(0.25 * int(n)) for n in n_valid]
+    kept = traced(rb, x, positions, mask, route)[1].kept
+    assert kept.tolist() == [math.ceil(0.25 * int(n)) for n in n_valid]

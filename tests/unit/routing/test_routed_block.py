@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import ROUTING_CFG as CFG
 from helpers import routed_block_inputs as batch
+from helpers import traced
 
 from modlab.errors import ConfigError
 from modlab.models.omni_attention import omni_attention_mask
@@ -17,6 +18,7 @@ from modlab.models.transformer import Block, Transformer
 from modlab.routing.install import RouteInfo, install_routing, routed_blocks, threshold_routing
 from modlab.routing.routed_block import RoutedBlock
 from modlab.routing.topk import tokens_to_keep, topk_select
+from modlab.routing.trace import record_routing
 
 
 def reference_routed_delta(rb: RoutedBlock, x, positions, mask, route) -> torch.Tensor:
@@ -88,11 +90,11 @@ def test_per_task_kept_counts_equal_configured_capacities():
     torch.manual_seed(0)
     rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25, 0.75])
     x, positions, mask, route = batch()
-    rb(x, positions, mask, route)
+    _, r = traced(rb, x, positions, mask, route)
     n_valid = route.valid.sum(1)
     expected = [math.ceil([0.25, 0.75][int(t)] * int(n)) for t, n in zip(route.task, n_valid)]
-    assert rb.last_kept.tolist() == expected
-    assert rb.last_selected.sum(1).tolist() == expected and not (rb.last_selected & ~route.valid).any()
+    assert r.kept.tolist() == expected
+    assert r.selected.sum(1).tolist() == expected and not (r.selected & ~route.valid).any()
 
 
 def test_unselected_tokens_pass_through_and_router_gets_gradient():
@@ -100,9 +102,9 @@ def test_unselected_tokens_pass_through_and_router_gets_gradient():
     rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25])
     x, positions, mask, route = batch()
     x.requires_grad_(True)
-    delta = rb(x, positions, mask, route)
+    delta, r = traced(rb, x, positions, mask, route)
     kept = delta.abs().sum(-1) > 0
-    assert (kept.sum(1) <= rb.last_kept).all()  # skipped tokens get exactly zero update
+    assert (kept.sum(1) <= r.kept).all()  # skipped tokens get exactly zero update
     (delta.pow(2).sum()).backward()
     assert rb.router.proj.weight.grad is not None and rb.router.proj.weight.grad.abs().sum() > 0
 
@@ -148,9 +150,9 @@ def test_threshold_routing_is_causal_and_top_k_is_not(causal):
     ids, mask, route = causal_batch()
     future = ids.clone()
     future[:, 8:] = (future[:, 8:] + 7) % 50  # change every token from position 8 on
-    with threshold_routing(model):
+    with threshold_routing(model), record_routing(model) as trace:
         a, b = model(ids, mask, route=route), model(future, mask, route=route)
-        kept = [blk.last_kept for blk in routed_blocks(model)]
+    kept = [r.kept for r in trace.records[-3:]]  # the second forward's three routed layers
     torch.testing.assert_close(a[:, :8], b[:, :8], rtol=0, atol=0)
     assert all(((k > 0) & (k < 16)).all() for k in kept)  # a real choice was made
     # top-k over the row sees the future: the same perturbation changes earlier outputs
@@ -181,13 +183,11 @@ def test_aux_bce_trains_the_router_and_the_predictor_leaves_it_alone():
     torch.manual_seed(0)
     x, positions, mask, route = batch()
     rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25], causal="aux_bce")
-    rb(x, positions, mask, route)
-    rb.last_aux_loss.backward()
+    traced(rb, x, positions, mask, route)[1].aux_loss.backward()
     assert rb.router.proj.weight.grad.abs().sum() > 0
     rb = RoutedBlock(Block(CFG), CFG.d_model, [0.25], causal="predictor")
     x.requires_grad_(True)
-    rb(x, positions, mask, route)
-    rb.last_aux_loss.backward()
+    traced(rb, x, positions, mask, route)[1].aux_loss.backward()
     assert rb.router.proj.weight.grad is None and x.grad is None  # stop-gradient input
     assert all(p.grad.abs().sum() > 0 for p in rb.predictor.parameters())
 
@@ -199,12 +199,11 @@ def test_causal_decision_learns_to_agree_with_top_k(causal):
     x, positions, mask, route = batch(B=4, T=32)
     learnable = rb.router.parameters() if causal == "aux_bce" else rb.predictor.parameters()
     opt = torch.optim.Adam(learnable, lr=1e-2)
-    rb(x, positions, mask, route)
-    before = float(rb.last_agreement)
+    before = float(traced(rb, x, positions, mask, route)[1].agreement)
     for _ in range(150):
-        rb(x, positions, mask, route)
+        aux = traced(rb, x, positions, mask, route)[1].aux_loss
         opt.zero_grad()
-        rb.last_aux_loss.backward()
+        aux.backward()
         opt.step()
-    rb(x, positions, mask, route)
-    assert float(rb.last_agreement) > max(0.9, before + 0.1), (before, float(rb.last_agreement))
+    after = float(traced(rb, x, positions, mask, route)[1].agreement)
+    assert after > max(0.9, before + 0.1), (before, after)

@@ -20,6 +20,7 @@ from modlab.models.config import ModelConfig
 from modlab.models.hf_causal_lm import load_hf_causal_lm, resolve_dtype
 from modlab.routing.config import RoutingConfig, ScheduleConfig
 from modlab.routing.hf_routed_layer import HFRoutedLayer
+from modlab.routing.trace import record_routing
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.hf_lm import HFLMModule, is_router_key, unrouted
 
@@ -105,12 +106,14 @@ def test_schedule_anneals_capacity_from_dense(hf_dir):
     m = module_of(hf_dir, capacity=0.25, schedule=ScheduleConfig(kind="linear", anneal_steps=10))
     m.train()
     m.on_train_batch_start(None, 0)  # step 0: dense
-    m.forward_logits(batch())
-    assert all(int(k.min()) == 16 for k in m.routing.kept_per_layer().values())
+    with record_routing(m.lm) as trace:
+        m.forward_logits(batch())
+    assert len(trace.records) == 2 and all(int(r.kept.min()) == 16 for r in trace.records)
     for layer in m.routing.layers.values():
         layer.anneal = 1.0  # the end of the anneal: the target
-    m.forward_logits(batch())
-    assert all(int(k.max()) == 4 for k in m.routing.kept_per_layer().values())
+    with record_routing(m.lm) as trace:
+        m.forward_logits(batch())
+    assert all(int(r.kept.max()) == 4 for r in trace.records)
 
 
 def test_unrouted_runs_every_token_through_every_layer_and_restores(hf_dir):
