@@ -43,11 +43,20 @@ from modlab.routing.trace import record_routing
 from modlab.training.checkpoint import module_hparams, read_lm_checkpoint
 from modlab.training.lm import LMModule
 
-ROUTER_PARTS = (".router.", ".predictor.")  # the parameters of a routed layer that are not the layer's
 
-
-def is_router_key(key: str) -> bool:
-    return any(p in key for p in ROUTER_PARTS)
+def router_keys(module) -> set[str]:
+    """The state-dict keys of the routers and causal predictors of `module`'s routed layers (the
+    parameters a routed layer adds; whatever the wrapped model names its own modules)."""
+    if module.routing is None:
+        return set()
+    ours = {
+        id(p)
+        for layer in module.routing.layers.values()
+        for part in (layer.router, layer.predictor)
+        if part is not None
+        for p in part.parameters()
+    }
+    return {name for name, p in module.named_parameters() if id(p) in ours}
 
 
 @contextmanager
@@ -127,13 +136,13 @@ class HFLMModule(LMModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.routers_only:
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_router_key(k)}
+            keys = router_keys(self)
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         if self.routers_only:
-            ours = {k for k in self.state_dict() if is_router_key(k)}
-            if set(checkpoint["state_dict"]) != ours:
+            if set(checkpoint["state_dict"]) != router_keys(self):
                 raise CheckpointError("the checkpoint's routers do not match the routed layers of this model")
 
     # ---- training ----------------------------------------------------------------------------------

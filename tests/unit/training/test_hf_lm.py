@@ -22,7 +22,7 @@ from modlab.routing.config import RoutingConfig, ScheduleConfig
 from modlab.routing.hf_routed_layer import HFRoutedLayer
 from modlab.routing.trace import record_routing
 from modlab.training.config import EvalConfig, ObjectiveConfig
-from modlab.training.hf_lm import HFLMModule, is_router_key, unrouted
+from modlab.training.hf_lm import HFLMModule, router_keys, unrouted
 
 pytest.importorskip("transformers")
 
@@ -76,7 +76,7 @@ def test_causal_none_is_refused(hf_dir):
 def test_routers_only_trains_the_routers_and_checkpoints_hold_them_alone(hf_dir):
     m = module_of(hf_dir, trainable="routers", causal="predictor")
     trained = {n for n, p in m.named_parameters() if p.requires_grad}
-    assert trained and all(is_router_key(n) for n in trained)
+    assert trained == router_keys(m) and all(".router." in n or ".predictor." in n for n in trained)
     assert {n.split(".")[4] for n in trained} == {"1", "3"}  # lm.hf.model.layers.<i>.router / .predictor
     m.losses(batch())["loss"].backward()
     assert all(p.grad is not None for n, p in m.named_parameters() if n in trained)
