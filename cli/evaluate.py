@@ -16,34 +16,20 @@ def evaluate(cfg: DictConfig) -> dict:
     spec = family_of_checkpoint(run.ckpt_path)
     spec.require("eval", run.ckpt_path)
     family = spec.family()
-    tm = None
+    harness_tasks = None
     if run.harness.tasks:  # an unknown task fails before the model is loaded
         from modlab.evaluation.harness import task_manager
 
-        tm = task_manager(run.harness)
+        harness_tasks = task_manager(run.harness)
     module = family.load(run.ckpt_path)
     seed_everything(run.seed)
     out = run_dir()
     metrics = family.evaluate(module, run, out)
     if run.harness.tasks:
-        from modlab.evaluation.harness import run_harness
+        from modlab.evaluation.harness import print_harness_table, run_harness
 
         variants, tokenizer, device = family.harness_variants(module)
-        scores = run_harness(variants, tokenizer, run.harness, tm, device)
+        scores = run_harness(variants, tokenizer, run.harness, harness_tasks, device)
         metrics.update(scores)
         print_harness_table(scores)
     return finish_run("modlab eval", metrics, out)
-
-
-def print_harness_table(scores: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from modlab.evaluation.harness import side_by_side
-
-    table = Table(title="lm-evaluation-harness: base vs routed")
-    for col in ("task / metric", "base", "routed", "routed - base"):
-        table.add_column(col, justify="left" if col.startswith("task") else "right")
-    for row in side_by_side(scores):
-        table.add_row(*row)
-    Console().print(table)

@@ -161,3 +161,16 @@ def side_by_side(metrics: dict) -> list[tuple[str, str, str, str]]:
             rows.setdefault(stem.removeprefix("harness/"), {})[variant] = value
     fmt = lambda v: "-" if v is None else f"{v:.4f}"
     return [(k, fmt(v.get("base")), fmt(v.get("routed")), fmt(v.get("delta"))) for k, v in sorted(rows.items())]
+
+
+def print_harness_table(scores: dict) -> None:
+    """The rich table of base vs routed scores per task and metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lm-evaluation-harness: base vs routed")
+    for col in ("task / metric", "base", "routed", "routed - base"):
+        table.add_column(col, justify="left" if col.startswith("task") else "right")
+    for row in side_by_side(scores):
+        table.add_row(*row)
+    Console().print(table)
