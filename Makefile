@@ -29,7 +29,7 @@ $(BIN)/modlab: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH)
 	$(BIN)/python -c "import warnings; warnings.simplefilter('ignore'); import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
-	$(PIP) install --quiet -c $(VENV)/torch-constraint.txt -e ".[dev,hf]"
+	$(PIP) install --quiet -c $(VENV)/torch-constraint.txt -e ".[dev,hf,harness]"
 	@touch $(BIN)/modlab
 	@echo "modlab installed in $(VENV) with $$(cat $(VENV)/torch-constraint.txt)"
 
