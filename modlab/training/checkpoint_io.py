@@ -20,9 +20,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from modlab.errors import CheckpointError
 
-# Test hook (tests/recipes/test_reliability.py): with this set to N seconds, a save writes half
-# of the checkpoint to its temporary file, creates `<temporary file>.writing`, and sleeps N seconds
-# before writing the rest, so a test can kill the process while a checkpoint is being written.
+# Test hook (tests/recipes/test_reliability.py): with this set to N seconds, a save that replaces
+# an existing checkpoint writes half of it to its temporary file, creates `<temporary file>.writing`
+# and sleeps N seconds before writing the rest, so a test can kill the process mid-write.
 PAUSE_ENV = "MODLAB_TEST_CHECKPOINT_WRITE_PAUSE_S"
 TMP_PREFIX = ".tmp-"
 
@@ -49,7 +49,7 @@ def atomic_write_bytes(data: bytes, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    pause = float(os.environ.get(PAUSE_ENV, "0") or 0) if path.exists() else 0.0
     try:
         with open(tmp, "wb") as f:
             if pause > 0:

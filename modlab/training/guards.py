@@ -87,6 +87,16 @@ class NonFiniteGuard(Callback):
             self._module.training_step = self._original
             self._module = None
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """A finite loss can still take a step that overflows the weights (a huge learning rate):
+        such weights are never written over the last good checkpoint."""
+        for name, t in checkpoint.get("state_dict", {}).items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(
+                    f"training stopped at step {trainer.global_step}: the weights became {_kind(t)} "
+                    f"(e.g. {name}); the checkpoints on disk are from before it"
+                )
+
     def _router_hook(self, name: str):
         def hook(module, inputs, output):
             if not self._watching or not isinstance(output, torch.Tensor):
