@@ -8,7 +8,7 @@ import json
 
 from omegaconf import DictConfig
 
-from modlab.analysis.compare import COST, comparison_rows, higher_is_better
+from modlab.analysis.compare import COST, comparison_rows, failed_runs, higher_is_better
 from modlab.cli.runtime import run_dir
 from modlab.cli.schema import validate
 from modlab.outputs import write_csv
@@ -22,6 +22,7 @@ def compare(cfg: DictConfig) -> dict:
     from modlab.analysis.plots import plot_pareto
 
     rows, metrics = comparison_rows(c.runs)
+    failed = failed_runs(c.runs)
     out = run_dir()
     columns = [k for k in (COST, "train/flops_ratio", *metrics, "params", "train_seconds") if any(k in r for r in rows)]
     write_csv([{k: r.get(k) for k in ("label", *columns, "run")} for r in rows], out / "compare.csv")
@@ -30,7 +31,8 @@ def compare(cfg: DictConfig) -> dict:
         plot_pareto(rows, COST, {m: higher_is_better(m) for m in metrics}, out / "pareto.png")
         files.append("pareto.png")
     (out / "results.json").write_text(
-        json.dumps({"runs": rows, "metrics": metrics, "files": files + ["results.json"]}, indent=2) + "\n"
+        json.dumps({"runs": rows, "failed": failed, "metrics": metrics, "files": files + ["results.json"]}, indent=2)
+        + "\n"
     )
 
     table = Table(title=f"{len(rows)} runs", header_style="bold")
@@ -41,8 +43,10 @@ def compare(cfg: DictConfig) -> dict:
         table.add_row(r["label"], *[_fmt(r.get(k)) for k in columns])
     console = Console()
     console.print(table)
+    for f in failed:
+        console.print(f"[bold red]failed[/bold red] {f['run']}: {f['error']}", highlight=False)
     console.print(f"compare.csv, results.json{', pareto.png' if 'pareto.png' in files else ''} in [bold]{out}[/bold]")
-    return {"runs": rows}
+    return {"runs": rows, "failed": failed}
 
 
 def _fmt(v) -> str:

@@ -12,9 +12,20 @@ from pathlib import Path
 import yaml
 
 from modlab.errors import DataError
+from modlab.outputs import ERROR_FILE
 
 COST = "train/flops_per_step"
 LOWER_IS_BETTER = ("ppl", "fid", "loss")
+
+
+def failed_runs(paths: list[str]) -> list[dict]:
+    """The failed jobs of sweeps: directories with an error.txt and no metrics.json, and their error."""
+    failed = []
+    for p in map(Path, paths):
+        for e in sorted(p.rglob(ERROR_FILE)) if p.is_dir() else []:
+            if not (e.parent / "metrics.json").is_file():
+                failed.append({"run": str(e.parent), "error": e.read_text(errors="replace").strip()})
+    return failed
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -22,8 +33,10 @@ def find_runs(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise DataError(f"run directory '{p}' does not exist")
+        if not p.is_dir():
+            raise DataError(f"'{p}' is a file, not a run or sweep directory")
         found = [p] if (p / "metrics.json").is_file() else sorted(m.parent for m in p.rglob("metrics.json"))
-        if not found:
+        if not found and not failed_runs([str(p)]):
             raise DataError(f"'{p}' holds no finished run (no metrics.json in it or below it)")
         runs += [r for r in found if r not in runs]
     return runs

@@ -75,7 +75,7 @@ def train_argv(args: list[str]) -> list[str]:
         return args
     if "-m" in args or "--multirun" in args:
         raise ConfigError("resume= continues one run; resume each job of a sweep on its own")
-    run, _ = resume_target(_value(keys["resume"]))
+    run, ckpt = resume_target(_value(keys["resume"]))
     overrides_file = run / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         raise CheckpointError(f"resume: '{run}' is not a modlab run directory (no .hydra/overrides.yaml)")
@@ -85,6 +85,7 @@ def train_argv(args: list[str]) -> list[str]:
         original = yaml.safe_load(overrides_file.read_text()) or []
     except yaml.YAMLError:
         raise CheckpointError(f"resume: {overrides_file} is not valid YAML") from None
+    check_resume_checkpoint(ckpt)  # before Hydra writes into the run directory
     given = {_key(a) for a in args}
     kept = [o for o in original if isinstance(o, str) and _key(o) not in given | {"resume", "hydra.run.dir"}]
     return [*kept, *[a for a in args if _key(a) != "hydra.run.dir"], f"hydra.run.dir={run}"]
@@ -252,7 +253,7 @@ def check_resume_checkpoint(ckpt_path: Path) -> int:
     """The global step of `ckpt_path`; a one-line CheckpointError unless Lightning can resume from it."""
     from modlab.training.checkpoint import load_checkpoint_file
 
-    ckpt = load_checkpoint_file(str(ckpt_path), "resume checkpoint")
+    ckpt = load_checkpoint_file(str(ckpt_path), "resume checkpoint", mmap=True)
     missing = [k for k in ("state_dict", "optimizer_states", "loops") if k not in ckpt]
     if missing:
         raise CheckpointError(
