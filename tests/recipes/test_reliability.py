@@ -168,3 +168,25 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path: Path):
     assert_one_line_error(proc, "already holds a run", "resume=")
     assert (run / ".hydra" / "config.yaml").read_text() == "mine: 1\n"
     assert sorted(p.name for p in run.rglob("*")) == [".hydra", "config.yaml"]
+
+
+def test_a_sweep_with_a_failing_job_finishes_the_others_and_compare_lists_it(tmp_path: Path):
+    proc = run_modlab(
+        "train",
+        "-m",
+        "+experiment=showo_mod",
+        *TINY,
+        "routing.capacity=1.5,0.5",
+        "callbacks.checkpoint=false",
+        out_dir=tmp_path,
+    )
+    assert_error_after_training(proc, "1 job(s) of the sweep failed", "job 0 (", "routing.capacity=1.5", "(0, 1]")
+    sweep = next(tmp_path.glob("train/showo_mod/multirun_*"))
+    assert (sweep / "1" / "metrics.json").is_file() and not (sweep / "0" / "metrics.json").exists()
+    assert "routing.capacity must be in (0, 1]" in (sweep / "0" / "error.txt").read_text()
+    proc = run_modlab("compare", str(sweep), out_dir=tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / "c").rglob("results.json")).read_text())
+    assert [r["run"] for r in results["runs"]] == [str(sweep / "1")]
+    assert results["failed"] == [{"run": str(sweep / "0"), "error": (sweep / "0" / "error.txt").read_text().strip()}]
+    assert "failed" in proc.stdout and "must be in (0, 1]" in proc.stdout
