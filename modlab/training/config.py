@@ -130,10 +130,13 @@ class CallbacksConfig:
             raise ConfigError("callbacks.checkpoint_every_n_steps and callbacks.progress_interval_s must be >= 0")
 
 
+LOGGERS = ("csv", "none", "tensorboard")  # tensorboard: the optional extra modlab[tensorboard]
+
+
 @dataclass
 class LoggerConfig:
-    kind: str = "csv"  # csv | none
+    kind: str = "csv"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("csv", "none"):
-            raise ConfigError(f"logger.kind '{self.kind}' is unknown (csv, none)")
+        if self.kind not in LOGGERS:
+            raise ConfigError(f"logger.kind '{self.kind}' is unknown ({', '.join(LOGGERS)})")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from modlab.errors import CheckpointError
+from modlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("modlab")
 
@@ -31,7 +31,6 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
     `callbacks_cfg` None: a bare progress bar (evaluation)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger
 
     from modlab.training.callbacks import ParamSummary, ProgressLog
     from modlab.training.checkpoint_io import AtomicCheckpointIO
@@ -76,7 +75,7 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
         from modlab.training.resume import resume_state_callback
 
         callbacks += [NonFiniteGuard(skip=t.skip_nonfinite), resume_state_callback()]
-    logger = CSVLogger(save_dir=out_dir, name="", version="") if logger_cfg.kind == "csv" else False
+    logger = make_logger(logger_cfg.kind, out_dir)
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -98,6 +97,23 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
         default_root_dir=out_dir,
         plugins=[AtomicCheckpointIO()],
     )
+
+
+def make_logger(kind: str, out_dir: Path):
+    """The Lightning logger `logger=<kind>` names, writing into the run directory (False: none)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if kind == "csv":
+        return CSVLogger(save_dir=out_dir, name="", version="")
+    if kind == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError("logger=tensorboard needs the tensorboard package (pip install 'modlab[tensorboard]')")
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=out_dir, name="", version="", default_hp_metric=False)
+    return False
 
 
 def flatten_test_results(results: list[dict]) -> dict[str, float]:
