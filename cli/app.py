@@ -49,5 +49,25 @@ def hydra_main(cfg: DictConfig):
     except user_error_types() as error:
         if os.environ.get("MODLAB_DEBUG", "") not in ("", "0"):
             raise
-        JOB_ERRORS.append(error)
+        JOB_ERRORS.append((record_failure(error), error))
         return None
+    except Exception as error:  # a bug: keeps its traceback; in a sweep the other jobs still run
+        record_failure(error)
+        raise
+
+
+def record_failure(exc: BaseException) -> str:
+    """In a sweep: the failed job's one-line error goes to its directory (error.txt, read by
+    `modlab compare`); returns the job's label ("" outside a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from modlab.cli.errors import one_line
+    from modlab.outputs import write_error
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return ""
+    label = f"job {hc.job.num} ({' '.join(hc.overrides.task)})"
+    write_error(Path(hc.runtime.output_dir), f"{type(exc).__name__}: {one_line(exc)}")
+    return label

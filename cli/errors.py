@@ -8,6 +8,7 @@ traceback. MODLAB_DEBUG=1 shows tracebacks for user errors too.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -35,6 +36,17 @@ def one_line(exc: BaseException) -> str:
     return ": ".join(parts) if parts else "invalid input"
 
 
+# a run directory or file that cannot be written: not a bug, the user's disk or path
+OUTPUT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR)
+
+
+def output_error(exc: BaseException) -> str | None:
+    """The one-line message of an error writing outputs (permissions, a full disk, ...), else None."""
+    if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
+        return f"cannot write {exc.filename or 'the run directory'}: {exc.strerror}"
+    return None
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -54,9 +66,16 @@ def run_reporting_errors() -> None:
         if debug:
             raise
         fail(one_line(error))
+    except OSError as error:
+        if debug or output_error(error) is None:
+            raise
+        fail(output_error(error))
     except KeyboardInterrupt:
         sys.stderr.write("modlab: interrupted\n")
         raise SystemExit(130) from None
     if app.JOB_ERRORS:  # user errors inside jobs (see app.hydra_main)
-        more = len(app.JOB_ERRORS) - 1
-        fail(one_line(app.JOB_ERRORS[0]) + (f" (and {more} more failed jobs)" if more else ""))
+        (label, first), *more = app.JOB_ERRORS
+        if not label:  # a single run
+            fail(one_line(first))
+        jobs = "; ".join(f"{lab}: {one_line(e)}" for lab, e in app.JOB_ERRORS)
+        fail(f"{len(app.JOB_ERRORS)} job(s) of the sweep failed (each has error.txt), the others finished: {jobs}")

@@ -134,6 +134,14 @@ def rewrite_argv(argv: list[str]) -> list[str]:
         rest = [f"analysis={job}", *rest[1:]]
     if command == "compare":  # run directories are positional: `runs=[...]` for Hydra
         rest = compare_argv(rest)
+    if command == "train":  # resume=, and never a new run over an existing one
+        from modlab.errors import ModlabError
+        from modlab.training.resume import train_argv
+
+        try:
+            rest = train_argv(rest)
+        except ModlabError as e:
+            raise UserError(str(e)) from None
     return [f"--config-name={command}", *rest]
 
 

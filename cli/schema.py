@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 42
     init_from: str | None = None  # a checkpoint to fine-tune from (dense -> routed: UniMoD's protocol)
     dry_run: bool = False  # build the model and data, measure a step's training FLOPs, train nothing
+    resume: str | None = None  # a run directory or checkpoint: continue that (killed) run exactly
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -17,6 +17,16 @@ def write_metrics(out_dir: Path, metrics: dict) -> Path:
     return path
 
 
+ERROR_FILE = "error.txt"  # a failed sweep job's one-line error, in its directory
+
+
+def write_error(out_dir: Path, message: str) -> Path:
+    path = Path(out_dir) / ERROR_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(" ".join(message.split()) + "\n")
+    return path
+
+
 def write_csv(rows: list[dict], path: Path) -> Path:
     """A list of flat dicts as CSV (columns in first-seen order; lists are written as JSON)."""
     columns = list(dict.fromkeys(k for r in rows for k in r))

@@ -15,9 +15,20 @@ from pathlib import Path
 import yaml
 
 from modlab.errors import DataError
+from modlab.outputs import ERROR_FILE
 
 COST = "train/flops_per_step"
 LOWER_IS_BETTER = ("ppl", "fid", "loss")
+
+
+def failed_runs(paths: list[str]) -> list[dict]:
+    """The failed jobs of sweeps: directories with an error.txt and no metrics.json, and their error."""
+    failed = []
+    for p in map(Path, paths):
+        for e in sorted(p.rglob(ERROR_FILE)) if p.is_dir() else []:
+            if not (e.parent / "metrics.json").is_file():
+                failed.append({"run": str(e.parent), "error": e.read_text(errors="replace").strip()})
+    return failed
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -25,8 +36,10 @@ def find_runs(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise DataError(f"run directory '{p}' does not exist")
+        if not p.is_dir():
+            raise DataError(f"'{p}' is a file, not a run or sweep directory")
         found = [p] if (p / "metrics.json").is_file() else sorted(m.parent for m in p.rglob("metrics.json"))
-        if not found:
+        if not found and not failed_runs([str(p)]):
             raise DataError(f"'{p}' holds no finished run (no metrics.json in it or below it)")
         runs += [r for r in found if r not in runs]
     return runs
@@ -116,3 +129,80 @@ def seed_groups(rows: list[dict], keys: list[str]) -> list[dict]:
                 g |= {k: st["mean"], f"{k}_std": st["std"], f"{k}_ci95": st["ci95"]}
         out.append(g)
     return out
+
+
+def write_comparison(paths: list[str], out: Path) -> dict:
+    """`modlab compare`: compare.csv (and compare_seeds.csv when runs differ only in seed),
+    pareto.png and results.json in `out`, the tables printed; returns what results.json holds."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from modlab.analysis.plots import plot_pareto
+    from modlab.outputs import write_csv
+
+    rows, metrics = comparison_rows(paths)
+    failed = failed_runs(paths)
+    columns = [
+        key
+        for key in (COST, "train/flops_ratio", *metrics, "params", "train_seconds")
+        if any(key in row for row in rows)
+    ]
+    write_csv([{key: row.get(key) for key in ("label", *columns, "run")} for row in rows], out / "compare.csv")
+    files = ["compare.csv"]
+    groups = seed_groups(rows, columns)
+    seeded = any(group["n"] > 1 for group in groups)
+    if seeded:
+        write_csv(groups, out / "compare_seeds.csv")
+        files.append("compare_seeds.csv")
+    if metrics and any(row.get(COST) is not None for row in rows):
+        plot_pareto(
+            groups if seeded else rows,
+            COST,
+            {metric: higher_is_better(metric) for metric in metrics},
+            out / "pareto.png",
+        )
+        files.append("pareto.png")
+    summary = {"runs": rows, "failed": failed, "metrics": metrics, "files": files + ["results.json"]}
+    (out / "results.json").write_text(
+        json.dumps(summary | ({"seed_groups": groups} if seeded else {}), indent=2) + "\n"
+    )
+
+    table = Table(title=f"{len(rows)} runs", header_style="bold")
+    table.add_column("run")
+    for col in columns:
+        table.add_column(col.replace("train/", "").replace("test/", ""), justify="right")
+    for row in rows:
+        table.add_row(row["label"], *[_fmt(row.get(key)) for key in columns])
+    console = Console()
+    console.print(table)
+    if seeded:
+        table = Table(
+            title="runs that differ only in their seed: mean ± std (95 % intervals in compare_seeds.csv)",
+            header_style="bold",
+        )
+        for col in ("runs", "n", *columns):
+            table.add_column(
+                col.replace("train/", "").replace("test/", ""), justify="left" if col == "runs" else "right"
+            )
+        for group in groups:
+            cells = [
+                _fmt(group.get(key))
+                + (f" ± {_fmt(group[key + '_std'])}" if group.get(key + "_ci95") is not None else "")
+                for key in columns
+            ]
+            table.add_row(group["label"], str(group["n"]), *cells)
+        console.print(table)
+    for job in failed:
+        console.print(f"[bold red]failed[/bold red] {job['run']}: {job['error']}", highlight=False)
+    console.print(f"{', '.join(files)}, results.json in [bold]{out}[/bold]")
+    return {"runs": rows, "failed": failed, **({"seed_groups": groups} if seeded else {})}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3e}" if abs(value) >= 1e5 else f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)

@@ -7,8 +7,11 @@ from dataclasses import dataclass, field, replace
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 from modlab.routing.plan_file import load_plan
-from modlab.routing.routed_block import CAUSAL_MODES, ROUTER_WEIGHTS
 from modlab.routing.schedule import SCHEDULES
+
+# the options of RoutedBlock (modlab.routing.routed_block), here so that validating a config needs no torch
+ROUTER_WEIGHTS = ("ste_sigmoid", "sigmoid")
+CAUSAL_MODES = ("none", "aux_bce", "predictor")
 
 KINDS = ("dense", "mod", "unimod")
 PLACEMENTS = ("interleaved", "last_half", "last_n", "all")

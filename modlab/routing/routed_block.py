@@ -41,12 +41,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modlab.routing.config import CAUSAL_MODES, ROUTER_WEIGHTS
 from modlab.routing.router import RoutingPredictor, TaskRouter
 from modlab.routing.schedule import annealed_capacity
 from modlab.routing.topk import topk_select
-
-ROUTER_WEIGHTS = ("ste_sigmoid", "sigmoid")
-CAUSAL_MODES = ("none", "aux_bce", "predictor")
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -14,17 +14,18 @@ from modlab.models.config import ModelConfig
 LM_KIND = "lm"  # checkpoint["modlab_kind"] of a causal-LM checkpoint (pretrained or router-tuned)
 
 
-def load_checkpoint_file(ckpt_path: str, role: str = "checkpoint") -> dict:
-    """The raw dict of a torch checkpoint file; `role` names it in errors (e.g. "init_from")."""
+def load_checkpoint_file(ckpt_path: str, role: str = "checkpoint", mmap: bool = False) -> dict:
+    """The raw dict of a torch checkpoint file; `role` names it in errors (e.g. "init_from");
+    `mmap`: map the tensors instead of reading them (a cheap check of a large file)."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(f"{role} '{ckpt_path}' does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(
-            f"{role} '{ckpt_path}' is corrupt or not a torch checkpoint ({type(e).__name__})"
-        ) from None
+        from modlab.training.checkpoint_io import load_reason
+
+        raise CheckpointError(f"{role} '{ckpt_path}' is corrupt or not a torch checkpoint: {load_reason(e)}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{role} '{ckpt_path}' is not a modlab checkpoint")
     return ckpt

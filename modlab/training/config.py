@@ -103,6 +103,9 @@ class TrainerConfig:
     gradient_clip_val: float = 1.0
     fast_dev_run: int = 0  # > 0: run that many batches of fit and test, no checkpoints
     deterministic: bool = False
+    # a NaN / inf loss or router logit: false stops the run (one line naming the step and layer),
+    # true skips that step and counts it (train/skipped_steps in metrics.json)
+    skip_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -125,12 +128,22 @@ class CallbacksConfig:
     checkpoint: bool = True  # last.ckpt + best-*.ckpt (by `monitor`)
     monitor: str = "val/loss"
     lr_monitor: bool = True
+    # also write last.ckpt every this many optimiser steps (what `resume=` continues from); 0: only
+    # after each validation
+    checkpoint_every_n_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every_n_steps < 0 or self.progress_interval_s < 0:
+            raise ConfigError("callbacks.checkpoint_every_n_steps and callbacks.progress_interval_s must be >= 0")
+
+
+LOGGERS = ("csv", "none", "tensorboard")  # tensorboard: the optional extra modlab[tensorboard]
 
 
 @dataclass
 class LoggerConfig:
-    kind: str = "csv"  # csv | none
+    kind: str = "csv"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("csv", "none"):
-            raise ConfigError(f"logger.kind '{self.kind}' is unknown (csv, none)")
+        if self.kind not in LOGGERS:
+            raise ConfigError(f"logger.kind '{self.kind}' is unknown ({', '.join(LOGGERS)})")

@@ -32,6 +32,7 @@ from modlab.data.rows import (
 from modlab.data.text_corpus import load_corpus, split_corpus
 from modlab.data.tokens import TokenSpace
 from modlab.training.config import EvalConfig
+from modlab.training.resume import link_loaders, resumable_loader
 
 
 def image_tokenizer_for(cfg: DataConfig):
@@ -61,6 +62,14 @@ class DigitsDataModule(L.LightningDataModule):
         self._collate = partial(collate_rows, pad_id=self.space.pad)
 
     def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
+        if shuffle:  # training: its position is part of the checkpoint (exact resume)
+            return resumable_loader(
+                ds,
+                batch_size,
+                collate_fn=self._collate,
+                num_workers=self.cfg.num_workers,
+                persistent_workers=self.cfg.num_workers > 0,
+            )
         return DataLoader(
             ds,
             batch_size=batch_size,
@@ -92,6 +101,7 @@ class DigitsDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         loaders = {k: self._loader(ds, self.cfg.batch_size[k], True) for k, ds in self._task_sets("train").items()}
+        link_loaders(loaders.values())
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self):

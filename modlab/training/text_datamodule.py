@@ -17,6 +17,7 @@ from modlab.data.rows import LMRows, collate_rows
 from modlab.data.text_corpus import corpus_tokens
 from modlab.errors import DataError
 from modlab.training.config import EvalConfig
+from modlab.training.resume import resumable_loader
 
 log = logging.getLogger("modlab")
 
@@ -63,6 +64,14 @@ class TextDataModule(L.LightningDataModule):
         return Subset(rows, spread(len(rows), n)) if n else rows
 
     def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
+        if shuffle:  # training: its position is part of the checkpoint (exact resume)
+            return resumable_loader(
+                ds,
+                batch_size,
+                collate_fn=self._collate,
+                num_workers=self.cfg.num_workers,
+                persistent_workers=self.cfg.num_workers > 0,
+            )
         return DataLoader(
             ds,
             batch_size=batch_size,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from modlab.errors import CheckpointError, ConfigError
+
 log = logging.getLogger("modlab")
 
 
@@ -29,9 +31,9 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
     `callbacks_cfg` None: a bare progress bar (evaluation)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-    from lightning.pytorch.loggers import CSVLogger
 
     from modlab.training.callbacks import ParamSummary, ProgressLog
+    from modlab.training.checkpoint_io import AtomicCheckpointIO
 
     t, cb = trainer_cfg, callbacks_cfg
     callbacks = []
@@ -53,11 +55,27 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
                     mode="min",
                     save_top_k=1,
                     save_last=True,
+                    enable_version_counter=False,  # one last.ckpt, whichever callback wrote it
                 )
             )
+            if cb.checkpoint_every_n_steps:  # last.ckpt between validations too (what resume= continues)
+                callbacks.append(
+                    ModelCheckpoint(
+                        dirpath=out_dir / "checkpoints",
+                        every_n_train_steps=cb.checkpoint_every_n_steps,
+                        save_top_k=0,
+                        save_last=True,
+                        enable_version_counter=False,
+                    )
+                )
         if cb.lr_monitor and logger_cfg.kind != "none":
             callbacks.append(LearningRateMonitor(logging_interval="step"))
-    logger = CSVLogger(save_dir=out_dir, name="", version="") if logger_cfg.kind == "csv" else False
+    if training:
+        from modlab.training.guards import NonFiniteGuard
+        from modlab.training.resume import resume_state_callback
+
+        callbacks += [NonFiniteGuard(skip=t.skip_nonfinite), resume_state_callback()]
+    logger = make_logger(logger_cfg.kind, out_dir)
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -77,7 +95,25 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_model_summary=False,
         default_root_dir=out_dir,
+        plugins=[AtomicCheckpointIO()],
     )
+
+
+def make_logger(kind: str, out_dir: Path):
+    """The Lightning logger `logger=<kind>` names, writing into the run directory (False: none)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if kind == "csv":
+        return CSVLogger(save_dir=out_dir, name="", version="")
+    if kind == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError("logger=tensorboard needs the tensorboard package (pip install 'modlab[tensorboard]')")
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=out_dir, name="", version="", default_hp_metric=False)
+    return False
 
 
 def flatten_test_results(results: list[dict]) -> dict[str, float]:
@@ -94,6 +130,12 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
     import lightning as L
 
     L.seed_everything(run.seed, workers=True, verbose=False)
+    resume_from = None
+    if getattr(run, "resume", None):
+        from modlab.training.resume import check_resume_checkpoint, resume_target
+
+        resume_from = resume_target(run.resume)[1]
+        resume_step = check_resume_checkpoint(resume_from)
     module, datamodule = family.build(run)
     trainer = build_trainer(run.trainer, run.callbacks, run.logger, out_dir)
     described = family.describe(module)
@@ -105,7 +147,16 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
         out_dir,
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    if resume_from is not None:
+        log.info("resuming from %s at step %d", resume_from, resume_step)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    except RuntimeError as e:
+        if resume_from is None or "loading state_dict" not in str(e):
+            raise
+        raise CheckpointError(
+            f"resume checkpoint '{resume_from}' does not fit this model: {str(e).splitlines()[-1].strip()}"
+        ) from None
     train_seconds = time.perf_counter() - start
     extra = family.after_fit(module, trainer, out_dir)
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -117,6 +168,10 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
         "train_seconds": round(train_seconds, 2),
         "train/steps": trainer.global_step,
     }
+    if run.trainer.skip_nonfinite:
+        from modlab.training.guards import NonFiniteGuard
+
+        metrics["train/skipped_steps"] = next(c.skipped for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
     # what only the tested (best) checkpoint knows, e.g. a router file of its routers
     metrics.update(family.after_test(module, trainer, out_dir, metrics) if trainer.is_global_zero else {})
     return metrics, trainer.is_global_zero

@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import MODLAB, TINY, assert_one_line_error, only_run_dir, run_modlab
+from helpers import MODLAB, TINY, only_run_dir, run_modlab
 
 FAST = ("+experiment=showo_dense", *TINY)
 TEST_KEYS = {"test/mmu_acc", "test/t2i_acc", "test/ref_classifier_acc", "test/lm_ppl"}
@@ -112,68 +111,7 @@ def test_multirun_sweep_runs_each_value(tmp_path: Path):
     assert [json.loads(p.read_text())["train/steps"] for p in metrics] == [2, 3]
 
 
-# ---- bad input: one line, exit code 2, nothing written ----------------------------------------
-
-
-@pytest.mark.parametrize(
-    "args, needles",
-    [
-        (("frobnicate",), ("unknown command 'frobnicate'", "train")),
-        (("train", "+experiment=nope"), ("experiment/nope", "showo_dense")),
-        (("train", "+experiment=showo_dense", "model.n_layre=3"), ("n_layre",)),
-        (("train", "+experiment=showo_dense", "model.n_layer=abc"), ("model.n_layer=abc", "Integer")),
-        (("train", "+experiment=showo_dense", "objective.lr=-1"), ("objective.lr must be > 0",)),
-        (("train", "+experiment=showo_dense", "data.batch_size={t2i: 8, vqa: 4}"), ("vqa",)),
-        (("train", "+experiment=showo_dense", "objective.loss_weights={vqa: 1.0}"), ("vqa",)),
-        (("train", "+experiment=showo_dense", "trainer.precision=fp8"), ("trainer.precision",)),
-        (("train", "+experiment=showo_dense", "model.d_model=100", "model.n_head=3"), ("n_head",)),
-        (("train", "model=nope"), ("model/nope",)),
-        (("train", "+experiment=showo_mod", "routing.capacity=1.5"), ("routing.capacity must be in (0, 1]",)),
-        (("train", "+experiment=showo_mod", "routing.capacity=0"), ("routing.capacity must be in (0, 1]",)),
-        (("train", "+experiment=showo_mod", "routing.layers=[1,4]"), ("out of range", "0..3")),
-        (("train", "+experiment=showo_unimod", "routing.task_capacity={vqa: [0.5]}"), ("vqa",)),
-        (
-            ("train", "+experiment=showo_unimod", "routing.task_capacity.mmu=[0.5,0.3,0.2]"),
-            ("3 values for 2 routed layers",),
-        ),
-        (("train", "+experiment=showo_unimod", "init_from=/no/such.ckpt"), ("does not exist",)),
-        (("train", "+experiment=showo_unimod", "routing.plan=/no/such/plan.yaml"), ("plan file not found",)),
-        (("train", "+experiment=showo_mod", "schedule=linear", "routing.schedule.anneal_steps=0"), ("anneal_steps",)),
-        (("eval",), ("ckpt_path is required",)),
-        (("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needles):
-    proc = run_modlab(*args, out_dir=tmp_path)
-    assert_one_line_error(proc, *needles)
-    assert not list(tmp_path.rglob("*.ckpt"))
-
-
-def test_plan_file_with_an_unknown_task_is_a_one_line_error(tmp_path):
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(
-        "format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {vqa: {layers: [2], capacity: [0.5]}}\n"
-    )
-    proc = run_modlab("train", "+experiment=showo_unimod", f"routing.plan={plan}", out_dir=tmp_path / "o")
-    assert_one_line_error(proc, "unknown task(s) ['vqa']")
-
-
-def test_empty_user_text_file_is_a_one_line_error(tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    proc = run_modlab("train", *FAST, f"data.lm_files=[{empty}]", out_dir=tmp_path / "o")
-    assert_one_line_error(proc, "is empty")
-
-
-def test_corrupt_and_foreign_checkpoints_are_one_line_errors(tmp_path):
-    corrupt = tmp_path / "corrupt.ckpt"
-    corrupt.write_bytes(b"this is not a checkpoint")
-    assert_one_line_error(run_modlab("eval", f"ckpt_path={corrupt}", out_dir=tmp_path), "corrupt")
-    foreign = tmp_path / "foreign.ckpt"
-    torch.save({"weights": torch.zeros(3)}, foreign)
-    assert_one_line_error(run_modlab("generate", f"ckpt_path={foreign}", out_dir=tmp_path), "not a modlab")
-    # a directory is not a checkpoint file
-    assert_one_line_error(run_modlab("eval", f"ckpt_path={tmp_path}", out_dir=tmp_path), "does not exist")
+# ---- bad input: tests/recipes/test_bad_input_catalogue.py ------------------------------------
 
 
 def test_unimod_fine_tunes_from_the_dense_checkpoint(trained_run: Path, tmp_path: Path):
@@ -183,12 +121,6 @@ def test_unimod_fine_tunes_from_the_dense_checkpoint(trained_run: Path, tmp_path
     m = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     assert 0 < m["train/flops_ratio"] < 1 and m["train/flops_per_step"] < m["train/flops_per_step_dense"]
     assert 0 <= m["val/router_agreement"] <= 1  # causal routing decision vs top-k
-
-
-def test_init_from_an_incompatible_checkpoint_is_a_one_line_error(trained_run: Path, tmp_path: Path):
-    ckpt = trained_run / "checkpoints" / "last.ckpt"
-    proc = run_modlab("train", "+experiment=showo_unimod", "debug=fast", f"init_from={ckpt}", out_dir=tmp_path)
-    assert_one_line_error(proc, "different model config")
 
 
 def test_a_run_piped_to_a_file_prints_progress_lines_while_it_trains(tmp_path: Path):

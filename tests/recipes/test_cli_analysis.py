@@ -282,13 +282,6 @@ def test_lm_refusals(lm_pretrained: Path, tmp_path: Path):
         lm_family.load_for_analysis(str(tmp_path / "tuned.ckpt"))
 
 
-def test_compare_bad_input_is_one_line_and_exit_2(tmp_path: Path):
-    assert_one_line_error(run_modlab("compare", out_dir=tmp_path), "needs run directories")
-    assert_one_line_error(run_modlab("compare", str(tmp_path / "nowhere"), out_dir=tmp_path), "does not exist")
-    (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_modlab("compare", str(tmp_path / "empty"), out_dir=tmp_path / "o"), "no finished run")
-
-
 def test_compare_argv_quotes_run_directories_for_hydra():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
