@@ -145,7 +145,12 @@ def init_from_checkpoint(module, ckpt_path: str) -> None:
         if need != tuple(v.shape):
             raise CheckpointError(f"init_from '{ckpt_path}': {k} has shape {tuple(v.shape)}, the model needs {need}")
     module.load_state_dict({by_dense_key[k]: v for k, v in source.items()}, strict=False)
-    module.on_load_checkpoint(ckpt)  # the image tokenizer the weights were trained with
+    # the image tokenizer the weights were trained with, and nothing else of the old run: its
+    # running FLOPs means (which on_load_checkpoint restores for an exact resume) would otherwise
+    # be averaged into the fine-tune's train/flops_per_step
+    from modlab.data.image_tokenizer import image_tokenizer_from_state
+
+    module.image_tokenizer = image_tokenizer_from_state(ckpt["image_tokenizer"])
 
 
 def dense_key(key: str) -> str:
