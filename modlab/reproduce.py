@@ -357,6 +357,13 @@ def main(argv: list[str] | None = None) -> Path:
         default=1,
         help="fine-tune every method with this many seeds (42, 43, ...) from one dense base",
     )
+    p.add_argument(
+        "--family",
+        choices=[f.name for f in FAMILIES],
+        action="append",
+        default=None,
+        help="run only this family (repeatable; default: all), e.g. to run the families in parallel processes",
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. model.n_layer=6")
     a = p.parse_args(argv)
     if a.seeds < 1:
@@ -374,6 +381,8 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.perf_counter()
     rows, skipped = [], []
     for fam in FAMILIES:
+        if a.family and fam.name not in a.family:
+            continue
         missing = [e for e in (fam.dense, fam.mod, fam.unimod) if not experiment_exists(e)]
         if missing:
             skipped.append(f"{fam.name} (no experiment {', '.join(missing)})")

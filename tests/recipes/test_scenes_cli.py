@@ -113,3 +113,18 @@ def test_reproduce_quick_writes_the_table(tmp_path: Path):
     lines = (tmp_path / "results.csv").read_text().strip().splitlines()
     assert [line.split(",")[1] for line in lines[1:5]] == ["dense", "dense (fine-tuned)", "MoD", "UniMoD"]
     assert (tmp_path / "pareto.png").is_file()
+
+
+def test_reproduce_family_option_runs_only_that_family(tmp_path: Path, monkeypatch):
+    import modlab.reproduce as reproduce
+
+    ran = []
+
+    def record(fam, out, *args, **kwargs):  # stands in for the training runs; the table gets no rows
+        ran.append(fam.name)
+        return []
+
+    monkeypatch.setattr(reproduce, "run_family", record)
+    reproduce.main(["--family", "Emu3-like", "--skip-analysis", "--out", str(tmp_path)])
+    assert ran == ["Emu3-like"]
+    assert (tmp_path / "results.md").is_file()
