@@ -26,9 +26,10 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if fast_bf16 else "32-true"
 
 
-def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, training: bool = True):
+def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, training: bool = True, model=None):
     """A Trainer from the trainer / callbacks / logger configs (modlab.training.config);
-    `callbacks_cfg` None: a bare progress bar (evaluation)."""
+    `callbacks_cfg` None: a bare progress bar (evaluation). `model`: what `trainer.strategy=fsdp`
+    shards (one unit per decoder layer)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
@@ -75,11 +76,18 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
         from modlab.training.resume import resume_state_callback
 
         callbacks += [NonFiniteGuard(skip=t.skip_nonfinite), resume_state_callback()]
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={t.accelerator} but torch sees no CUDA GPU here (trainer=cpu, ddp_cpu)")
     logger = make_logger(logger_cfg.kind, out_dir)
+    strategy = t.strategy
+    if strategy == "fsdp" and model is not None:
+        from modlab.training.distributed import fsdp_strategy
+
+        strategy = fsdp_strategy(model)
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=strategy,
         num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, t.accelerator),
         max_steps=t.max_steps,
@@ -137,7 +145,7 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
         resume_from = resume_target(run.resume)[1]
         resume_step = check_resume_checkpoint(resume_from)
     module, datamodule = family.build(run)
-    trainer = build_trainer(run.trainer, run.callbacks, run.logger, out_dir)
+    trainer = build_trainer(run.trainer, run.callbacks, run.logger, out_dir, model=module)
     described = family.describe(module)
     log.info(
         "training %s (%s, seed %d) in %s",

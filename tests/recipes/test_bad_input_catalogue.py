@@ -66,6 +66,12 @@ CASES = [
     ("unknown-task-weight", lambda d: ("train", *FAST, "objective.loss_weights={vqa: 1.0}"), ("vqa",)),
     ("unknown-precision", lambda d: ("train", *FAST, "trainer.precision=fp8"), ("trainer.precision",)),
     ("unknown-logger", lambda d: ("train", *FAST, "logger.kind=nope"), ("logger.kind 'nope' is unknown",)),
+    ("fsdp-on-cpu", lambda d: ("train", *FAST, "trainer=fsdp", "trainer.accelerator=cpu"), ("needs GPUs",)),
+    *(
+        [("gpu-without-gpu", lambda d: ("train", *FAST, "trainer=ddp"), ("no CUDA GPU",))]
+        if not torch.cuda.is_available()
+        else []
+    ),
     ("eval-without-ckpt", lambda d: ("eval",), ("ckpt_path is required",)),
     ("compare-without-dirs", lambda d: ("compare",), ("needs run directories",)),
     # ---- values out of range
