@@ -100,6 +100,9 @@ class HFLMModule(LMModule):
                     "routing.causal=none has no causal decision, and an LM is evaluated (and decodes) token by token: "
                     "use routing.causal=aux_bce or predictor"
                 )
+            n_layer = len(decoder_layers(self.lm.hf))
+            self.routing_cfg = self.routing_cfg.resolved(n_layer)
+            self.hparams["routing"] = asdict(self.routing_cfg)  # a plan file's content, not its path
             self.routing = apply_hf_routing(self.lm.hf, self.routing_cfg)
         trainable = self.objective_cfg.trainable
         self.routers_only = self.skip is None and self.routing is not None and trainable == "routers"

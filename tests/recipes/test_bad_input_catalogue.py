@@ -51,6 +51,10 @@ def _truncated(d: Path) -> bytes:
 
 
 PLAN_VQA = "format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {vqa: {layers: [2], capacity: [0.5]}}\n"
+PLAN_TWO = (
+    "format: modlab-routing-plan\nversion: 1\nn_layer: 4\n"
+    "tasks: {t2i: {layers: [2], capacity: [0.5]}, mmu: {layers: [3], capacity: [0.4]}}\n"
+)
 
 # (id, args(d) -> tuple, needles)
 CASES = [
@@ -128,6 +132,12 @@ CASES = [
         lambda d: ("train", "+experiment=showo_unimod", f"routing.plan={_file(d, 'plan.yaml', PLAN_VQA)}"),
         ("unknown task(s) ['vqa']",),
     ),
+    (
+        "plan-for-mod-with-two-tasks",
+        lambda d: ("train", "+experiment=showo_mod", *TINY, f"routing.plan={_file(d, 'plan2.yaml', PLAN_TWO)}"),
+        ("its plan must route one task", "['mmu', 't2i']"),
+    ),
+    ("plan-for-a-dense-run", lambda d: ("train", *FAST, "routing.plan=/no/such/plan.yaml"), ("needs routers",)),
     ("text-file-empty", lambda d: ("train", *FAST, f"data.lm_files=[{_file(d, 'empty.txt', '')}]"), ("is empty",)),
     ("eval-missing", lambda d: ("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),
     ("eval-a-directory", lambda d: ("eval", f"ckpt_path={d}"), ("does not exist",)),
