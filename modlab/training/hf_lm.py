@@ -200,7 +200,7 @@ class HFLMModule(LMModule):
         if self.routing is not None:
             _, agreement = self.last_trace.causal_stats()
             if agreement is not None:
-                self.log("val/router_agreement", agreement, batch_size=batch["ids"].shape[0])
+                self.log("val/router_agreement", agreement, batch_size=batch["ids"].shape[0], sync_dist=True)
 
     def flops_summary(self) -> dict[str, float]:
         """Mean training FLOPs per step over the run (for metrics.json)."""
