@@ -5,8 +5,10 @@ What differs from ShowO (both share modlab.models.unified_model: embeddings, tas
 - attention is plainly causal: image tokens see only earlier image tokens;
 - the T2I objective is next-token prediction of the image codes and [EOI] after the caption
   (no masking); captions are still dropped at random so classifier-free guidance works;
-- T2I sampling is autoregressive, one image token per step, raster order. Routed layers route by
-  their causal decision (threshold) while generating, as for MMU answers.
+- T2I sampling is autoregressive, one image token per step, raster order, with a KV cache: each
+  prompt runs once, then each drawn token. Routed layers route by their causal decision
+  (threshold) while generating, as for MMU answers, and a token that skips a routed layer leaves
+  no K/V there (the compact cache, modlab.models.kv_cache).
 """
 
 from __future__ import annotations
@@ -118,8 +120,10 @@ class Emu3(UnifiedModel):
         `valids` run as one batch (len(valids) * B rows, each with its own cache entries)."""
         G, (B, T) = len(valids), ids.shape
         start = img_idx[:, 0]  # each row's first image position; its [SOI] is just before
+        # the prefill runs as many columns as the longest prompt: in a row with a shorter caption
+        # the columns past its [SOI] (its own image placeholders) are padding, so nothing caches them
         prompt = torch.arange(T, device=ids.device)[None] < start[:, None]
-        valid = torch.cat([v & prompt for v in valids])  # another row's longer caption is padding here
+        valid = torch.cat([v & prompt for v in valids])
         task, extra = prompts["task"].repeat(G), self.image_embed(prompts["is_image"]).repeat(G, 1, 1)
         rows = torch.arange(G * B, device=ids.device)
 
@@ -134,7 +138,9 @@ class Emu3(UnifiedModel):
                 n = int(start.max())
                 positions = torch.arange(n, device=ids.device).expand(G * B, n)
                 return run(ids[:, :n].repeat(G, 1), positions, valid[:, :n])[rows, start.repeat(G) - 1]
-            p = img_idx[:, j - 1].repeat(G)[:, None]  # the token drawn last predicts the next (contiguous span)
-            return run(ids.repeat(G, 1).gather(1, p), p, torch.ones_like(p, dtype=torch.bool))[:, 0]
+            # the token drawn last, at its own position, predicts the next (the image span is contiguous)
+            p = img_idx[:, j - 1 : j]
+            tokens, p = ids.gather(1, p).repeat(G, 1), p.repeat(G, 1)
+            return run(tokens, p, torch.ones_like(p, dtype=torch.bool))[:, 0]
 
         return logits_for

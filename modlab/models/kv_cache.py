@@ -25,10 +25,6 @@ class LayerKV:
         self.v: torch.Tensor | None = None
         self.length: torch.Tensor | None = None  # (B,) entries per row; None before the first write
 
-    def entries(self) -> torch.Tensor | None:
-        """(B,) entries each row holds (None: the layer never ran)."""
-        return self.length
-
     def extend(
         self, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,11 +77,11 @@ class KVCache:
     def entries(self) -> list[int]:
         """Entries per layer of the row that holds most (rows of a dense causal LM hold the same
         number; 0 for a layer whose attention never ran)."""
-        return [int(e.max()) if (e := layer.entries()) is not None else 0 for layer in self.layers]
+        return [int(layer.length.max()) if layer.length is not None else 0 for layer in self.layers]
 
     def row_entries(self) -> list[torch.Tensor | None]:
         """(B,) entries per row, per layer (None for a layer whose attention never ran)."""
-        return [layer.entries() for layer in self.layers]
+        return [layer.length for layer in self.layers]
 
     def entry_bytes(self) -> int:
         """Bytes of the K/V entries held (not the padded buffers around them)."""
