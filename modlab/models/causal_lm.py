@@ -16,7 +16,7 @@ import torch.nn as nn
 from modlab.models.config import ModelConfig
 from modlab.models.kv_cache import KVCache
 from modlab.models.omni_attention import causal_mask
-from modlab.models.transformer import Block, Transformer
+from modlab.models.transformer import Attention, Block, Transformer
 
 BYTE_VOCAB = 256
 
@@ -26,6 +26,9 @@ class LMBlock(Block):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
+        # built again, as when the LM had its own cached attention class: the initialisation draws
+        # the same random numbers as before (same weights from a seed; the pinned losses hold)
+        self.attn = Attention(cfg)
         self.attn_layer_drop = cfg.attn_layer_drop
 
     def attn_update(self, x, positions, attn_mask, route=None, cache=None) -> torch.Tensor:
