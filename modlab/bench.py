@@ -228,13 +228,14 @@ def mindskip_generation_speed(
     return rows
 
 
-def emu3_generation_speed(batch: int = 8, guidance: float = 1.5, repeats: int = 3, n_layer: int = 4) -> dict:
+def emu3_generation_speed(batch: int = 4, guidance: float = 1.5, repeats: int = 3, n_layer: int = 4) -> dict:
     """Emu3-like T2I generation of digits-sized images (64 pixel codes after the evaluation
     caption; d=128, 4 layers, fp32), `batch` prompts with classifier-free guidance (2 x batch
     rows), greedy: with the KV cache vs recomputing the prefix for every token (dense), and MoD
     (layers 1, 3, causal aux_bce, threshold routing: untrained routers, so about half the tokens
     run them) with the compact cache vs dense with the cache. Tokens/s are image tokens drawn per
-    second, prefill included; K/V entries and MiB are what the caches hold at the end."""
+    second, prefill included; K/V entries and MiB are what the caches hold at the end. That the
+    cache draws the same images as recomputation is what the tests check (test_emu3_kv_cache)."""
     import copy
 
     from modlab.data.digits import caption
@@ -257,7 +258,6 @@ def emu3_generation_speed(batch: int = 8, guidance: float = 1.5, repeats: int = 
     runs = {"recompute": generate(dense, False), "dense": generate(dense, True), "mod": generate(routed, True)}
     seconds = _interleaved_seconds(runs, repeats, warmup=1)
     (dense_codes, dense_cache), (mod_codes, mod_cache) = runs["dense"](), runs["mod"]()
-    assert torch.equal(dense_codes, runs["recompute"]()[0])  # the cache changes nothing but the speed
     tok_s = {name: batch * n_image / s for name, s in seconds.items()}
     dense_rows, mod_rows = dense_cache.row_entries(), mod_cache.row_entries()  # (rows,) per layer
     dense_entries, mod_entries = (sum(int(e.sum()) for e in rows) for rows in (dense_rows, mod_rows))
