@@ -8,7 +8,9 @@ repeat: the least-disturbed run, as `timeit` advises.
 Tables: the Show-o-like training step in fp32 vs bf16 autocast (the choice
 `trainer.precision=auto` makes); a routed block vs the dense block at several capacities beside
 the FLOPs-predicted speed-up; the routed experiments' training step vs showo_dense; MindSkip
-batch-1 prefill / decode vs the base causal LM at several context lengths; Mixture-of-Depths inside
+batch-1 prefill / decode vs the base causal LM at several context lengths; Emu3-like image
+generation with the KV cache vs recomputing the prefix, and MoD with the compact cache vs dense
+(tokens/s, cached K/V entries and MiB); Mixture-of-Depths inside
 a tiny Hugging Face Llama (modlab.bench_hf): the training step at capacity 0.125 on every other
 layer vs the unmodified model beside its FLOPs-predicted speed-up, and batch-1 greedy decoding
 with the compact KV cache vs dense (decode tok/s, cached K/V entries and MiB).
@@ -226,6 +228,98 @@ def mindskip_generation_speed(
     return rows
 
 
+def emu3_generation_speed(batch: int = 4, guidance: float = 1.5, repeats: int = 3, n_layer: int = 4) -> dict:
+    """Emu3-like T2I generation of digits-sized images (64 pixel codes after the evaluation
+    caption; d=128, 4 layers, fp32), `batch` prompts with classifier-free guidance (2 x batch
+    rows), greedy: with the KV cache vs recomputing the prefix for every token (dense), and MoD
+    (layers 1, 3, causal aux_bce, threshold routing: untrained routers, so about half the tokens
+    run them) with the compact cache vs dense with the cache. Tokens/s are image tokens drawn per
+    second, prefill included; K/V entries and MiB are what the caches hold at the end. That the
+    cache draws the same images as recomputation is what the tests check (test_emu3_kv_cache)."""
+    import copy
+
+    from modlab.data.digits import caption
+    from modlab.data.rows import collate_rows, t2i_row
+    from modlab.data.tokens import TokenSpace
+    from modlab.routing.install import install_routing
+
+    space, n_image = TokenSpace(17), 64
+    cfg = ModelConfig(arch="emu3", n_layer=n_layer)
+    torch.manual_seed(0)
+    dense = build_unified_model(cfg, space, n_image).eval()
+    routed = copy.deepcopy(dense)
+    layers = list(range(1, n_layer, 2))
+    install_routing(routed.transformer.blocks, cfg.d_model, {i: [0.125] for i in layers}, "ste_sigmoid", "aux_bce")
+    prompts = collate_rows([t2i_row(space, caption(b % 10, 0), None, n_image, b % 10) for b in range(batch)], space.pad)
+
+    def generate(model, use_cache: bool):
+        return lambda: model.draw_images(prompts, lambda logits: logits.argmax(-1), guidance, use_cache)
+
+    runs = {"recompute": generate(dense, False), "dense": generate(dense, True), "mod": generate(routed, True)}
+    seconds = _interleaved_seconds(runs, repeats, warmup=1)
+    (dense_codes, dense_cache), (mod_codes, mod_cache) = runs["dense"](), runs["mod"]()
+    tok_s = {name: batch * n_image / s for name, s in seconds.items()}
+    dense_rows, mod_rows = dense_cache.row_entries(), mod_cache.row_entries()  # (rows,) per layer
+    dense_entries, mod_entries = (sum(int(e.sum()) for e in rows) for rows in (dense_rows, mod_rows))
+    return {
+        "rows": 2 * batch if guidance > 0 else batch,
+        "image_tokens": n_image,
+        "routed_layers": layers,
+        "fraction_that_ran_routed_layers": {i: float(mod_rows[i].sum() / dense_rows[i].sum()) for i in layers},
+        "recompute_tok_s": tok_s["recompute"],
+        "dense_cached_tok_s": tok_s["dense"],
+        "mod_cached_tok_s": tok_s["mod"],
+        "cache_speedup": tok_s["dense"] / tok_s["recompute"],
+        "mod_speedup_over_dense_cached": tok_s["mod"] / tok_s["dense"],
+        "dense_kv_entries": dense_entries,
+        "mod_kv_entries": mod_entries,
+        "dense_kv_mib": dense_cache.entry_bytes() / 2**20,
+        "mod_kv_mib": mod_cache.entry_bytes() / 2**20,
+        "kv_saving": 1 - mod_entries / dense_entries,
+        "same_images_mod_as_dense": bool(torch.equal(mod_codes, dense_codes)),  # untrained routers: not expected
+    }
+
+
+def emu3_generation_table(console, results: dict, **kwargs) -> None:
+    """The Emu3-like generation benchmark (emu3_generation_speed(**kwargs)) as a rich table."""
+    with console.status("Emu3-like image generation: KV cache vs recompute, MoD compact cache vs dense"):
+        results["emu3_generation"] = r = emu3_generation_speed(**kwargs)
+    ran = ", ".join(f"{i}: {f:.0%}" for i, f in r["fraction_that_ran_routed_layers"].items())
+    console.print(
+        _table(
+            f"Emu3-like greedy image generation ({r['rows']} rows with guidance, {r['image_tokens']} image "
+            f"tokens, d=128, fp32): KV cache vs recompute; MoD, threshold routing, compact KV cache vs dense "
+            f"cached (tokens that ran routed layers {ran})",
+            (
+                "tok/s recompute",
+                "tok/s dense cached",
+                "cache speed-up",
+                "tok/s MoD cached",
+                "MoD / dense cached",
+                "KV entries dense",
+                "KV entries MoD",
+                "KV MiB dense",
+                "KV MiB MoD",
+                "KV saved",
+            ),
+            [
+                (
+                    f"{r['recompute_tok_s']:.0f}",
+                    f"{r['dense_cached_tok_s']:.0f}",
+                    f"{r['cache_speedup']:.2f}x",
+                    f"{r['mod_cached_tok_s']:.0f}",
+                    f"{r['mod_speedup_over_dense_cached']:.2f}x",
+                    str(r["dense_kv_entries"]),
+                    str(r["mod_kv_entries"]),
+                    f"{r['dense_kv_mib']:.2f}",
+                    f"{r['mod_kv_mib']:.2f}",
+                    f"{r['kv_saving']:.1%}",
+                )
+            ],
+        )
+    )
+
+
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
     from rich.table import Table
 
@@ -390,6 +484,8 @@ def main() -> None:
             ],
         )
     )
+
+    emu3_generation_table(console, results)
 
     hf_mod_tables(console, results)
 

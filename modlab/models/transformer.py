@@ -4,6 +4,9 @@ Blocks return their *delta* f(x) = attn-then-MLP update, not x + f(x): the model
 is what a routed block needs to scale (x + r * f(x)), so routing can wrap any block unchanged.
 Positions are explicit (B, T) tensors so a routed block can pass the *original* positions of
 the tokens it kept; the attention mask is an explicit (B, 1, T, T) boolean (True = may attend).
+With a KV cache (modlab.models.kv_cache) a call's tokens also see every earlier cached entry, and
+each layer stores the K/V of the tokens `route.valid` marks: a routed block hands its inner block
+the kept tokens only, so a token that skipped a layer leaves no entry there.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modlab.models.config import ModelConfig
+from modlab.models.kv_cache import KVCache, LayerKV
 
 
 class RMSNorm(nn.Module):
@@ -76,9 +80,20 @@ class Attention(nn.Module):
         cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_base)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        attn_mask: torch.Tensor,
+        cache: LayerKV | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`cache`: this layer's KV cache; the `keep` tokens (B, T; None: all) are added to it and
+        the queries also attend to its earlier entries."""
         B, T, C = x.shape
         q, k, v = self.qk(x, positions)
+        if cache is not None:
+            k, v, attn_mask = cache.extend(k, v, attn_mask, keep)
         y = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -105,11 +120,19 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, route=None) -> torch.Tensor:
-        """`route` is for routed wrappers (same call for every block); a dense block ignores it."""
-        a = self.drop(self.attn(self.norm_attn(x), positions, attn_mask))
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, route=None, cache=None
+    ) -> torch.Tensor:
+        """`route` is for routed wrappers (same call for every block); a dense block reads only
+        `route.valid` with a cache (a LayerKV): the tokens whose K/V it stores (all if no route)."""
+        a = self.attn_update(x, positions, attn_mask, route, cache)
         m = self.drop(self.mlp(self.norm_mlp(x + a)))
         return a + m
+
+    def attn_update(self, x, positions, attn_mask, route=None, cache=None) -> torch.Tensor:
+        """The attention sublayer's residual update."""
+        keep = route.valid if cache is not None and route is not None else None
+        return self.drop(self.attn(self.norm_attn(x), positions, attn_mask, cache, keep))
 
 
 class Transformer(nn.Module):
@@ -140,14 +163,16 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         extra_embed: torch.Tensor | None = None,
         route=None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab). `extra_embed` (B, T, d) is added to the token embeddings;
-        `route` (a RouteInfo) is handed to every block for routed ones."""
+        `route` (a RouteInfo) is handed to every block for routed ones; with a `cache` the tokens
+        continue the cached ones (then `attn_mask` is among this call's tokens only)."""
         if positions is None:
             positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         x = self.embed(ids)
         if extra_embed is not None:
             x = x + extra_embed
-        for block in self.blocks:
-            x = x + block(x, positions, attn_mask, route)
+        for i, block in enumerate(self.blocks):
+            x = x + block(x, positions, attn_mask, route, cache=cache.layers[i] if cache is not None else None)
         return self.head(self.norm(x))

@@ -44,12 +44,17 @@ class UnifiedModel(nn.Module):
         self, ids: torch.Tensor, is_image: torch.Tensor, valid: torch.Tensor, task: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits (B, T, vocab). `task` (B,) task ids are needed only by routed layers."""
-        raster = (is_image.long().cumsum(1) - 1).clamp(0, self.image_pos.num_embeddings - 1)
-        extra = self.image_pos(raster) * is_image[..., None]
         if task is None:
             task = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         route = RouteInfo(task=task, valid=valid)
-        return self.transformer(ids, self.attention_mask(is_image, valid), extra_embed=extra, route=route)
+        mask = self.attention_mask(is_image, valid)
+        return self.transformer(ids, mask, extra_embed=self.image_embed(is_image), route=route)
+
+    def image_embed(self, is_image: torch.Tensor) -> torch.Tensor:
+        """(B, T, d): each image token's learned place in the image (its raster index, counted
+        from the row's first image token); zero for text."""
+        raster = (is_image.long().cumsum(1) - 1).clamp(0, self.image_pos.num_embeddings - 1)
+        return self.image_pos(raster) * is_image[..., None]
 
     def attention_mask(self, is_image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, T) boolean mask: which keys each query may see (the family's attention rule)."""

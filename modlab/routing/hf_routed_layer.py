@@ -100,13 +100,8 @@ class HFRoutedLayer(RoutedBlock):
         x = hidden_states
         B, T, _ = x.shape
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        threshold = self.mode == "threshold" and self.causal != "none"
         if cache is not None and self._stored_entries(cache) > 0:
-            if not threshold:
-                raise ConfigError(
-                    "top-k routing sees the whole sequence and cannot decode with a KV cache; "
-                    "decode under threshold_routing with causal=aux_bce or predictor"
-                )
+            self.require_causal_decision()
             if self.sizes_decode_masks:
                 raise ConfigError(
                     f"layer {self.layer_idx} cannot be routed while decoding with a KV cache: transformers sizes "

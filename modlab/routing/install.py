@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
 from modlab.errors import ConfigError
 from modlab.routing.routed_block import RoutedBlock
-
-
-@dataclass
-class RouteInfo:
-    """What a routed block needs to know about the batch besides the hidden states."""
-
-    task: torch.Tensor  # (B,) task id of each row
-    valid: torch.Tensor  # (B, T) tokens that may be selected (padding never is)
+from modlab.routing.routed_block import RouteInfo as RouteInfo  # re-exported: where callers import it
 
 
 def install_routing(

@@ -37,14 +37,25 @@ rows and columns, so omni-attention semantics hold among the kept tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modlab.errors import ConfigError
 from modlab.routing.config import CAUSAL_MODES, ROUTER_WEIGHTS
 from modlab.routing.router import RoutingPredictor, TaskRouter
 from modlab.routing.schedule import annealed_capacity
 from modlab.routing.topk import topk_select
+
+
+@dataclass
+class RouteInfo:
+    """What a routed block needs to know about the batch besides the hidden states."""
+
+    task: torch.Tensor  # (B,) task id of each row
+    valid: torch.Tensor  # (B, T) tokens that may be selected (padding never is)
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -102,15 +113,32 @@ class RoutedBlock(nn.Module):
         capacity = self.capacity if capacity is None else capacity
         return capacity[task.clamp(max=len(capacity) - 1)]
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, route) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, route, cache=None
+    ) -> torch.Tensor:
+        """`cache` (a modlab.models.kv_cache.LayerKV): decoding, where only the tokens that run
+        the block store K/V, and they attend to the earlier tokens that ran it."""
+        if cache is not None:
+            self.require_causal_decision()
         scores = self.router(x, route.task)  # (B, T) logits
 
         def run_rows(rows, eligible, capacity):
-            if rows is None:
-                return self._route_rows(x, positions, attn_mask, eligible, scores, capacity)
-            return self._route_rows(x[rows], positions[rows], attn_mask[rows], eligible, scores[rows], capacity)
+            if rows is None:  # every row in one call: the only call threshold routing (and a cache) makes
+                return self._route_rows(x, positions, attn_mask, eligible, scores, capacity, route.task, cache)
+            return self._route_rows(
+                x[rows], positions[rows], attn_mask[rows], eligible, scores[rows], capacity, route.task[rows]
+            )
 
         return self.route(x, route, scores, run_rows, torch.zeros_like(x))
+
+    def require_causal_decision(self) -> None:
+        """Decoding with a KV cache needs threshold routing: top-k would let later tokens change
+        which earlier ones ran, and their entries are already written."""
+        if not (self.mode == "threshold" and self.causal != "none"):
+            raise ConfigError(
+                "top-k routing sees the whole sequence and cannot decode with a KV cache; "
+                "decode under threshold_routing with causal=aux_bce or predictor"
+            )
 
     def route(self, x: torch.Tensor, route, scores: torch.Tensor, run_rows, empty_out: torch.Tensor, one_call=False):
         """Which tokens run the layer, and running it: the decision every routed layer shares.
@@ -182,15 +210,21 @@ class RoutedBlock(nn.Module):
         aux = F.binary_cross_entropy_with_logits(logits, target.float())
         return aux, ((logits.detach() > 0) == target).float().mean()
 
-    def _route_rows(self, x, positions, attn_mask, valid, scores, capacity) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _route_rows(
+        self, x, positions, attn_mask, valid, scores, capacity, task, cache=None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The routed delta of these rows, which of their tokens ran the block (B, T), and the
         batched call's K."""
         idx, slot_ok = topk_select(scores.detach(), valid, capacity)
         # unused slots point at token 0; adding 0 there leaves a selected token 0 selected
         selected = torch.zeros(valid.shape, device=x.device).scatter_add(1, idx, slot_ok.float()) > 0
-        if idx.shape[1] == 0:  # threshold routing kept no token in any row
+        if idx.shape[1] == 0:  # threshold routing kept no token in any row: nothing runs, nothing is cached
             return torch.zeros_like(x), selected, 0
-        delta = self.block(gather_tokens(x, idx), positions.gather(1, idx), slice_mask(attn_mask, idx, slot_ok))
+        # the inner block's batch is the kept tokens; with a cache only real ones (slot_ok) store K/V
+        kept = RouteInfo(task=task, valid=slot_ok)
+        delta = self.block(
+            gather_tokens(x, idx), positions.gather(1, idx), slice_mask(attn_mask, idx, slot_ok), kept, cache=cache
+        )
         gate = torch.sigmoid(gather_tokens(scores, idx).float())
         # (g - g) is exactly 0, so the straight-through weight is exactly 1 in the forward pass
         w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate

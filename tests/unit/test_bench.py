@@ -27,3 +27,23 @@ def test_hf_mod_tables_print_the_training_and_decoding_benchmarks():
     # the routed layers' cache holds only the tokens that ran them
     assert d["routed_kv_entries"] < d["dense_kv_entries"] and 0 < d["kv_saving"] < 1
     json.dumps(results)  # what bench.py writes
+
+
+def test_emu3_generation_table_prints_cache_speed_and_kv_memory():
+    from modlab.bench import emu3_generation_table
+    from modlab.data.digits import caption
+
+    console = Console(record=True, width=250)
+    results: dict = {}
+    emu3_generation_table(console, results, batch=2, repeats=1, n_layer=2)
+    text = console.export_text()
+    assert "Emu3-like greedy image generation" in text and "cache speed-up" in text and "KV saved" in text
+    r = results["emu3_generation"]
+    assert r["rows"] == 4 and r["routed_layers"] == [1]
+    # dense caches every real token it ran, in both layers: each caption with [T2I] and [SOI], the
+    # guidance rows' [T2I] [SOI] alone, and every row's image tokens but the last (never fed back)
+    captions = sum(len(caption(d, 0)) for d in (0, 1))
+    assert r["dense_kv_entries"] == 2 * (captions + 4 * 2 + 4 * 63)
+    assert r["mod_kv_entries"] < r["dense_kv_entries"]
+    assert r["recompute_tok_s"] > 0 and 0 < r["kv_saving"] < 1
+    json.dumps(results)
