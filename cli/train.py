@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from modlab.cli.runtime import run_dir
+from modlab.cli.runtime import requeued_run, run_dir
 from modlab.cli.schema import validate
 from modlab.families import get_family
 from modlab.outputs import finish_run
@@ -16,6 +16,8 @@ def train(cfg: DictConfig) -> dict:
     spec = get_family(run.model.arch)
     spec.check_training(run)
     out = run_dir()
+    if run.resume is None and not run.dry_run:
+        run.resume = requeued_run(out)  # a requeued cluster job continues where it stopped
     if run.dry_run:
         from modlab.cli.runtime import seed_everything
 
