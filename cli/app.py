@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -16,6 +17,9 @@ import modlab.conf
 from modlab.cli.schema import register_schemas
 
 CONF_DIR = str(Path(modlab.conf.__file__).parent)
+
+# optuna 2 (hparams_search=...) imports alembic, which logs a line per plugin it sets up at INFO
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 # conf/hydra/launcher/submitit_*.yaml replace the submitit plugin's options of the same names and
 # list every key themselves; Hydra also checks them against the plugin's schemas, and says so
