@@ -95,3 +95,47 @@ def test_a_requeued_job_resumes_its_own_run_from_its_last_checkpoint(tmp_path: P
     assert json.loads((job / "metrics.json").read_text())["train/steps"] == 30
     (err,) = sweep.glob(".submitit/*/*_0_log.err")
     assert "this job is preempted" in err.read_text()
+
+
+def test_submitit_slurm_asks_for_one_task_per_device_on_each_node_and_requeue(tmp_path: Path, monkeypatch):
+    """The sbatch script the plugin's own launch() would submit for `modlab train -m
+    hydra/launcher=submitit_slurm trainer=gpu trainer.devices=4 trainer.num_nodes=2 ...` (a stand-in
+    srun on PATH; the submission itself is intercepted)."""
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from modlab.cli.app import CONF_DIR
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    overrides = ["hydra/launcher=submitit_slurm", "trainer=gpu", "trainer.devices=4", "trainer.num_nodes=2"]
+    overrides += ["hydra.launcher.partition=gpu", f"paths.output_dir={tmp_path / 'out'}"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    executors = []
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", lambda self, *a: executors.append(self) or [])
+    launcher.launch([["seed=1"]], initial_job_idx=0)
+    sbatch = executors[0]._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for line in (
+        "--nodes=2",
+        "--ntasks-per-node=4",  # Lightning's SLURMEnvironment: tasks per node = trainer.devices
+        "--gpus-per-node=4",
+        "--partition=gpu",
+        "--time=240",
+        "--signal=USR2@120",  # submitit's pre-emption / time-out signal, 2 minutes before the kill
+        "--requeue",
+    ):
+        assert f"#SBATCH {line}\n" in sbatch, sbatch
+    assert executors[0]._executor.max_num_timeout == 3
+
+    # a CPU trainer asks for no GPU
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cpu = compose(config_name="train", overrides=["hydra/launcher=submitit_slurm"], return_hydra_config=True)
+    assert instantiate(cpu.hydra.launcher).params["gpus_per_node"] is None
