@@ -45,11 +45,24 @@ OmegaConf.register_new_resolver("modlab_run_id", lambda: RUN_ID, replace=True, u
 OmegaConf.register_new_resolver("modlab_experiment_of", experiment_of_checkpoint, replace=True)
 
 
+def devices_per_node(devices: int) -> int:
+    """hydra/launcher=submitit_*'s tasks (and GPUs) per node: trainer.devices, which must be a number
+    there (SLURM allots the devices before Lightning could count them: -1, "all", cannot be asked for)."""
+    from modlab.errors import ConfigError
+
+    if int(devices) < 1:
+        raise ConfigError(
+            f"hydra/launcher=submitit_* asks SLURM for trainer.devices per node: set trainer.devices=N, not {devices}"
+        )
+    return int(devices)
+
+
 def gpus_per_node(accelerator: str, devices: int) -> int | None:
     """What hydra/launcher=submitit_* asks SLURM for: the trainer's devices on a GPU trainer, no GPU otherwise."""
-    return int(devices) if accelerator in ("gpu", "cuda") else None
+    return devices_per_node(devices) if accelerator in ("gpu", "cuda") else None
 
 
+OmegaConf.register_new_resolver("modlab_devices_per_node", devices_per_node, replace=True)
 OmegaConf.register_new_resolver("modlab_gpus_per_node", gpus_per_node, replace=True)
 register_schemas()
 

@@ -42,6 +42,7 @@ The plan's `source` records the rule, the target, the predicted ratio and the wo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -112,9 +113,13 @@ def plan_flops_ratio(
 
 
 def _scores(
-    arank_rel: dict[str, list[float]], cfg: PlanConfig, importance: dict[str, list[float]] | None
+    arank_rel: dict[str, list[float]],
+    cfg: PlanConfig,
+    importance: dict[str, list[float]] | None,
+    exclude: frozenset[int] = frozenset(),
 ) -> dict[tuple[str, int], float]:
-    """Redundancy score of each candidate (task, layer): lower = more redundant."""
+    """Redundancy score of each candidate (task, layer): lower = more redundant. Layers in
+    `exclude` are never candidates (and do not count towards `fraction`)."""
     candidates = {}
     for task in cfg.tasks:
         values = arank_rel[task]
@@ -122,8 +127,9 @@ def _scores(
         order = _ranks(values)
         if importance is not None:
             order = [a + b for a, b in zip(order, _ranks(importance[task]))]
-        n_routed = max(1, math.floor(cfg.fraction * n_layer + 1e-9))
-        for i in sorted(range(n_layer), key=lambda i: (order[i], values[i], -i))[:n_routed]:
+        allowed = [i for i in range(n_layer) if i not in exclude]
+        n_routed = max(1, math.floor(cfg.fraction * len(allowed) + 1e-9))
+        for i in sorted(allowed, key=lambda i: (order[i], values[i], -i))[:n_routed]:
             candidates[(task, i)] = values[i]
     if importance is None:
         return candidates
@@ -152,12 +158,17 @@ def plan_from_arank(
     data_cfg,
     importance: dict[str, list[float]] | None = None,
     source: dict | None = None,
+    flops_ratio: Callable[[dict[str, dict[int, float]], dict[str, tuple[int, int]]], float] | None = None,
+    exclude_layers: frozenset[int] = frozenset(),
 ) -> RoutingPlan:
     """The routing plan for `cfg.target_flops_ratio` (see the module docstring).
 
     arank_rows: modlab.analysis.arank.arank_analysis's rows (task, layer, arank_rel, seq_len);
-    model_cfg / vocab_size: the model the plan is for; data_cfg: its training data (rows per
-    task per step, LM row length); importance: {task: LLM-Drop block importance per layer}."""
+    model_cfg / vocab_size: the modlab model the plan is for; data_cfg: its training data (rows
+    per task per step, LM row length); importance: {task: LLM-Drop block importance per layer};
+    flops_ratio(layer_caps, workload): the planned step's training-FLOPs ratio for a model
+    modlab.flops does not describe (a transformers LM: modlab.routing.hf_flops), instead of
+    model_cfg / vocab_size; exclude_layers: layers that must keep every token (never routed)."""
     arank_rel: dict[str, list[float]] = {}
     for r in sorted(arank_rows, key=lambda r: (r["task"], r["layer"])):
         arank_rel.setdefault(r["task"], []).append(float(r["arank_rel"]))
@@ -165,17 +176,19 @@ def plan_from_arank(
     if missing:
         raise ConfigError(f"analysis.plan.tasks {missing} have no calibration rows (add them to calibration.tasks)")
     n_layer = len(next(iter(arank_rel.values())))
-    if n_layer != model_cfg.n_layer:
+    if model_cfg is not None and n_layer != model_cfg.n_layer:
         raise ConfigError(f"ARank covers {n_layer} layers but the model has {model_cfg.n_layer}")
     workload = training_workload(arank_rows, data_cfg)
     routed_tasks = [t for t in cfg.tasks if t in workload]
     if not routed_tasks:
         raise ConfigError(f"analysis.plan.tasks {list(cfg.tasks)} have no training rows (data.batch_size is 0)")
-    scores = _scores(arank_rel, replace(cfg, tasks=routed_tasks), importance)
+    scores = _scores(arank_rel, replace(cfg, tasks=routed_tasks), importance, frozenset(exclude_layers))
     target = cfg.target_flops_ratio
 
     def ratio(lam: float) -> tuple[float, dict]:
         caps = _capacities(scores, lam, cfg)
+        if flops_ratio is not None:
+            return flops_ratio(caps, workload), caps
         return plan_flops_ratio(caps, model_cfg, vocab_size, workload), caps
 
     hi = 1.0 - cfg.min_capacity + max(scores.values()) - min(scores.values()) + 1e-6  # every candidate at the floor

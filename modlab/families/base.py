@@ -16,6 +16,22 @@ from modlab.errors import ConfigError
 
 
 @dataclass
+class PlanSpec:
+    """How `analyze redundancy` turns ARank into a routing plan for this model
+    (modlab.analysis.plan_from_arank): the training workload the FLOPs target is measured on, how
+    a planned step's FLOPs are counted, and the command that trains with the plan."""
+
+    data_cfg: object  # its training data: rows per task per step, LM row length
+    command: str  # e.g. "modlab train +experiment=showo_unimod": the plan's routing.plan= goes after it
+    tasks: tuple[str, ...] | None = None  # the tasks a plan routes (None: analysis.plan.tasks)
+    model_cfg: object = None  # a modlab model: FLOPs by modlab.flops on this config ...
+    vocab_size: int = 0
+    # ... or flops_ratio(layer_caps {task: {layer: C}}, workload {task: (rows, tokens)}) -> ratio
+    flops_ratio: Callable[[dict, dict], float] | None = None
+    exclude_layers: frozenset[int] = frozenset()  # layers that must keep every token
+
+
+@dataclass
 class AnalysisTarget:
     """What an analysis job works on: the loaded model, its layers (a Subject) and the
     calibration batches per task, plus what only some families offer."""
@@ -25,7 +41,7 @@ class AnalysisTarget:
     batches: dict[str, list[dict]]  # {task: [collated batch, ...]}
     # (importance job) task metrics to re-measure with each layer dropped: {name: fn() -> float}
     task_metrics: Callable[..., dict] | None = None
-    writes_plan: bool = True  # a routing plan routes the t2i / mmu tasks of a unified model
+    plan: PlanSpec | None = None  # None: `redundancy` writes no routing plan (info says why)
     info: dict = field(default_factory=dict)  # more for results.json
 
 

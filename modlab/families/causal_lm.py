@@ -13,11 +13,11 @@ from modlab.errors import ConfigError
 from modlab.families.base import AnalysisTarget, ModelFamily
 
 ROUTER_FILE = "routers.safetensors"
-# A routing plan routes the t2i / mmu rows of a unified model (`modlab train routing.plan=...`);
-# nothing trains a causal LM from one (MindSkip chooses its own layers).
+# modlab's own causal LM has no token routing (MindSkip chooses its own layers); a transformers
+# LM does (routing=mod), and `redundancy` writes it a plan (modlab.families.hf_causal_lm)
 NO_LM_PLAN = (
-    "no routing plan for a causal LM: plans route the t2i / mmu tasks of a unified model "
-    "(the ARank table can guide mindskip.layers)"
+    "no routing plan for modlab's causal LM: it has no token routing (the ARank table can guide "
+    "mindskip.layers); Hugging Face LMs get one (model=hf_causal_lm)"
 )
 
 
@@ -180,7 +180,6 @@ class CausalLMFamily(ModelFamily):
             loaded,
             lm_subject(loaded.lm),
             batches,
-            writes_plan=False,
             info={"routing_plan": None, "routing_plan_skipped": NO_LM_PLAN},
         )
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modlab.errors import ConfigError
+from modlab.families.base import PlanSpec
 from modlab.families.causal_lm import CausalLMFamily, LoadedLM
 
 
@@ -151,7 +152,30 @@ class HFCausalLMFamily(CausalLMFamily):
 
             target.subject.run = run_unrouted
             target.info["routed_layers_analysed"] = "unrouted: every token runs every layer"
+        target.plan = self.plan_spec(loaded)
+        target.info.pop("routing_plan_skipped", None)
         return target
+
+    def plan_spec(self, loaded) -> PlanSpec:
+        """A MoD routing plan (the `lm` task; `routing=mod routing.plan=<file>` trains with it) at
+        the FLOPs target, counted by modlab.routing.hf_flops on the model itself. The layers that
+        size transformers' decode masks (layer 0, the first of each attention type) keep every
+        token, as the routed wrapper requires."""
+        from modlab.routing.hf_flops import planned_flops_ratio
+
+        hf = loaded.lm.hf
+        lm_rows = replace(loaded.data_cfg, batch_size={"lm": max(1, loaded.data_cfg.batch_size.get("lm", 1))})
+
+        def flops_ratio(layer_caps: dict, workload: dict) -> float:
+            return planned_flops_ratio(hf, layer_caps.get("lm", {}), list(workload.values()))
+
+        return PlanSpec(
+            lm_rows,
+            f"modlab train +experiment=hf_mod model.path={loaded.lm.path}",
+            tasks=("lm",),
+            flops_ratio=flops_ratio,
+            exclude_layers=frozenset(loaded.lm.always_runs),
+        )
 
     def load_pretrained(self, model_cfg) -> LoadedLM:
         """The directory itself, its text read with the default text settings (96-token windows

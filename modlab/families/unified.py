@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from modlab.families.base import AnalysisTarget, ModelFamily
+from modlab.families.base import AnalysisTarget, ModelFamily, PlanSpec
 
 
 class UnifiedFamily(ModelFamily):
-    def __init__(self, name: str, model_class: str):
-        self.name, self._model_class = name, model_class
+    def __init__(self, name: str, model_class: str, unimod_experiments: dict[str, str]):
+        """`unimod_experiments` {data.kind: experiment}: what trains with task routers (the
+        command `analyze redundancy` prints beside the routing plan it writes)."""
+        self.name, self._model_class, self.unimod_experiments = name, model_class, unimod_experiments
 
     @property
     def model_class(self):
@@ -107,8 +109,15 @@ class UnifiedFamily(ModelFamily):
                 data_cfg=module.data_cfg,
             )
 
-        return AnalysisTarget(module, showo_subject(module.model), batches, task_metrics=task_metrics)
+        experiment = self.unimod_experiments.get(module.data_cfg.kind, next(iter(self.unimod_experiments.values())))
+        plan = PlanSpec(
+            module.data_cfg,
+            f"modlab train +experiment={experiment}",
+            model_cfg=module.model_cfg,
+            vocab_size=module.space.vocab_size,
+        )
+        return AnalysisTarget(module, showo_subject(module.model), batches, task_metrics=task_metrics, plan=plan)
 
 
-SHOWO = UnifiedFamily("showo", "modlab.models.showo:ShowO")
-EMU3 = UnifiedFamily("emu3", "modlab.models.emu3:Emu3")
+SHOWO = UnifiedFamily("showo", "modlab.models.showo:ShowO", {"digits": "showo_unimod", "scenes": "scenes_unimod"})
+EMU3 = UnifiedFamily("emu3", "modlab.models.emu3:Emu3", {"digits": "emu3_unimod", "scenes": "scenes_emu3_unimod"})

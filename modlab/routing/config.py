@@ -47,7 +47,10 @@ class RoutingConfig:
     task_capacity: dict[str, list[float]] = field(default_factory=dict)
     # unimod: per task, its own routed layers (UniMoD's layer switch); default: the routed layers
     task_layers: dict[str, list[int]] = field(default_factory=dict)
-    plan: str | None = None  # unimod: a routing plan file; replaces task_layers / task_capacity
+    # a routing plan file (`modlab analyze redundancy` writes one): unimod, per task; mod, the
+    # layers and capacities of the plan's one task. It replaces task_layers / task_capacity
+    # (unimod) or layers / layer_capacity (mod)
+    plan: str | None = None
     weight: str = "ste_sigmoid"  # ste_sigmoid | sigmoid (see modlab.routing.routed_block)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # how decoding routes causally (top-k sees the future): aux_bce trains the router's logits to
@@ -84,8 +87,8 @@ class RoutingConfig:
         for task, caps in self.task_capacity.items():
             if not caps or not all(0.0 < c <= 1.0 for c in caps):
                 raise ConfigError(f"routing.task_capacity.{task} must be capacities in (0, 1], got {list(caps)}")
-        if self.plan is not None and self.kind != "unimod":
-            raise ConfigError("routing.plan needs task routers: use routing=unimod (or an experiment built on it)")
+        if self.plan is not None and self.kind == "dense":
+            raise ConfigError("routing.plan needs routers: use routing=mod or routing=unimod")
         if self.kind == "unimod" and not self.task_capacity and self.plan is None:
             raise ConfigError("routing.kind=unimod needs routing.task_capacity (per task capacities) or routing.plan")
 
@@ -110,10 +113,7 @@ class RoutingConfig:
     def task_layer_capacity(self, n_layer: int) -> dict[str, dict[int, float]]:
         """unimod: {task: {layer: capacity}} for the tasks that are routed somewhere."""
         if self.plan is not None:
-            plan = load_plan(self.plan)
-            if plan.n_layer != n_layer:
-                raise ConfigError(f"routing plan {self.plan} is for {plan.n_layer} layers; the model has {n_layer}")
-            return {t: dict(zip(p.layers, p.capacity)) for t, p in plan.tasks.items()}
+            return self._plan_capacities(n_layer)
         default_layers = self.routed_layers(n_layer)
         out = {}
         for task, caps in self.task_capacity.items():
@@ -131,11 +131,31 @@ class RoutingConfig:
             out[task] = dict(zip(layers, caps))
         return out
 
+    def _plan_capacities(self, n_layer: int) -> dict[str, dict[int, float]]:
+        """{task: {layer: capacity}} of the plan file."""
+        plan = load_plan(self.plan)
+        if plan.n_layer != n_layer:
+            raise ConfigError(f"routing plan {self.plan} is for {plan.n_layer} layers; the model has {n_layer}")
+        return {t: dict(zip(p.layers, p.capacity)) for t, p in plan.tasks.items()}
+
+    def _mod_plan(self, n_layer: int) -> dict[int, float]:
+        """mod: {layer: capacity} of the plan's one task (one router; every token competes)."""
+        per_task = self._plan_capacities(n_layer)
+        if len(per_task) != 1:
+            raise ConfigError(
+                f"routing=mod has one router per layer: its plan must route one task, {self.plan} routes "
+                f"{sorted(per_task) or 'none'} (use routing=unimod for per-task plans)"
+            )
+        return dict(sorted(next(iter(per_task.values())).items()))
+
     def resolved(self, n_layer: int) -> RoutingConfig:
         """The same routing with a plan file read into task_layers / task_capacity, so a
         checkpoint keeps the routing it was trained with even if the plan file goes away."""
         if self.plan is None:
             return self
+        if self.kind == "mod":
+            caps = self._mod_plan(n_layer)
+            return replace(self, plan=None, layers=list(caps), layer_capacity=list(caps.values()))
         per_task = self.task_layer_capacity(n_layer)
         return replace(
             self,
@@ -147,6 +167,8 @@ class RoutingConfig:
     def layer_capacities(self, n_layer: int) -> dict[int, list[float]]:
         """{layer: one capacity per router}: MoD has one router, UniMoD one per task id (a task
         not routed in a layer gets capacity 1.0 there: all its tokens run the block)."""
+        if self.kind == "mod" and self.plan is not None:
+            return {i: [c] for i, c in self._mod_plan(n_layer).items()}
         if self.kind == "mod":
             layers = self.routed_layers(n_layer)
             caps = list(self.layer_capacity) or [self.capacity] * len(layers)

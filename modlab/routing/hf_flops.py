@@ -57,3 +57,31 @@ def forward_flops(model: nn.Module, B: int, T: int, routed: dict[int, list[tuple
 def train_step_flops(model: nn.Module, B: int, T: int, routed: dict[int, list[tuple[int, int]]] | None = None) -> int:
     """Forward + backward FLOPs of one training step (3 x forward)."""
     return 3 * forward_flops(model, B, T, routed)
+
+
+def planned_flops_ratio(model: nn.Module, layer_caps: dict[int, float], workload: list[tuple[int, int]]) -> float:
+    """Training FLOPs of a MoD plan on a (not yet routed) transformers LM over those of the dense
+    step, for routing plans (modlab.analysis.plan_from_arank): `layer_caps` {layer: capacity},
+    each planned layer running k = ceil(C n) tokens of each row (as the routed layer computes k)
+    plus a one-column router scoring every token (routing.causal=predictor adds its predictor's
+    weights, not counted here); `workload` [(rows, tokens per row)] per training step."""
+    import torch
+
+    from modlab.routing.topk import tokens_to_keep
+
+    config = model.config
+    layers = decoder_layers(model)
+    routed = dense = 0
+    for rows, n in workload:
+        head = 2 * rows * n * config.hidden_size * config.vocab_size
+        routed, dense = routed + head, dense + head
+        for i, layer in enumerate(layers):
+            block = layer.block if isinstance(layer, HFRoutedLayer) else layer
+            full = layer_forward_flops(block, config, rows, n)
+            dense += full
+            if i in layer_caps:
+                k = int(tokens_to_keep(torch.tensor(layer_caps[i], dtype=torch.float32), torch.tensor(n)))
+                routed += layer_forward_flops(block, config, rows, k) + 2 * rows * n * config.hidden_size
+            else:
+                routed += full
+    return routed / dense

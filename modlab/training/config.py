@@ -92,7 +92,7 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true
 @dataclass
 class TrainerConfig:
     accelerator: str = "cpu"
-    devices: int = 1
+    devices: int = 1  # -1: every device of the node (Lightning's devices=-1)
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "auto"  # auto: bf16-mixed where the hardware has fast bf16, else 32-true
@@ -110,8 +110,13 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision '{self.precision}' is unknown ({', '.join(PRECISIONS)})")
-        if self.max_steps < 1 or self.devices < 1 or self.num_nodes < 1:
-            raise ConfigError("trainer.max_steps, trainer.devices and trainer.num_nodes must be >= 1")
+        if self.max_steps < 1 or self.num_nodes < 1 or not (self.devices >= 1 or self.devices == -1):
+            raise ConfigError("trainer.max_steps and trainer.num_nodes must be >= 1, trainer.devices >= 1 or -1 (all)")
+        if self.strategy.startswith("fsdp") and self.accelerator not in ("gpu", "cuda"):
+            # Lightning's FSDPStrategy runs on CUDA only; data-parallel on CPUs is trainer=ddp_cpu
+            raise ConfigError(
+                f"trainer.strategy={self.strategy} needs GPUs (trainer.accelerator=gpu); on CPUs use trainer=ddp_cpu"
+            )
         if self.val_check_interval < 1 or self.log_every_n_steps < 1 or self.fast_dev_run < 0:
             raise ConfigError("trainer.val_check_interval and trainer.log_every_n_steps must be >= 1")
         if self.gradient_clip_val < 0 or self.val_batches < 0:

@@ -100,6 +100,9 @@ class HFLMModule(LMModule):
                     "routing.causal=none has no causal decision, and an LM is evaluated (and decodes) token by token: "
                     "use routing.causal=aux_bce or predictor"
                 )
+            n_layer = len(decoder_layers(self.lm.hf))
+            self.routing_cfg = self.routing_cfg.resolved(n_layer)
+            self.hparams["routing"] = asdict(self.routing_cfg)  # a plan file's content, not its path
             self.routing = apply_hf_routing(self.lm.hf, self.routing_cfg)
         trainable = self.objective_cfg.trainable
         self.routers_only = self.skip is None and self.routing is not None and trainable == "routers"
@@ -197,7 +200,7 @@ class HFLMModule(LMModule):
         if self.routing is not None:
             _, agreement = self.last_trace.causal_stats()
             if agreement is not None:
-                self.log("val/router_agreement", agreement, batch_size=batch["ids"].shape[0])
+                self.log("val/router_agreement", agreement, batch_size=batch["ids"].shape[0], sync_dist=True)
 
     def flops_summary(self) -> dict[str, float]:
         """Mean training FLOPs per step over the run (for metrics.json)."""

@@ -128,20 +128,65 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def seed_rank_streams(seed: int, rank: int) -> None:
+    """Give process `rank` (> 0) of a data-parallel run generators of its own. Every process is
+    seeded alike (the same initial weights; Lightning's DistributedSampler shares one permutation
+    through PL_GLOBAL_SEED), but the draws made per row (LM window offsets, captions, MaskGIT
+    masks, caption dropout) come from the global generators: seeded alike, rank 1 would draw
+    exactly what rank 0 draws, and a 2-process run would train on every random window twice.
+    PL_GLOBAL_SEED is left as it is, so the shards of the permutation still do not overlap."""
+    import numpy as np
+    import torch
+
+    derived = (seed + 1_000_003 * rank) % 2**32
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)
+
+
 def resume_state_callback():
+    import os
+
     from lightning.pytorch.callbacks import Callback
 
     class ResumeState(Callback):
         """Saves the generators' states in every checkpoint; restores them on resume (Lightning
         loads callback states before training continues; its sanity check runs with isolated
-        generators, so nothing draws from them before the first resumed batch)."""
+        generators, so nothing draws from them before the first resumed batch). In a
+        data-parallel run every process gets generators of its own (`seed_rank_streams`) and
+        the checkpoint keeps each process's states."""
+
+        rank, world = 0, 1
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            self.rank, self.world = trainer.global_rank, trainer.world_size
+            if stage == "fit" and self.rank > 0:  # before any training batch is drawn
+                seed_rank_streams(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.rank)
 
         def state_dict(self) -> dict:
-            return {"rng": rng_states()}
+            state = {"rng": rng_states()}
+            if self.world > 1:  # every process builds the checkpoint (rank 0 writes it): a collective is safe
+                import io
+
+                import torch
+                import torch.distributed as dist
+
+                # as bytes: gloo's all_gather_object cannot pickle tensors with this torch
+                buf = io.BytesIO()
+                torch.save(state["rng"], buf)
+                per_rank = [None] * self.world
+                dist.all_gather_object(per_rank, buf.getvalue())
+                state["rng_per_rank"] = [torch.load(io.BytesIO(b), weights_only=True) for b in per_rank]
+            return state
 
         def load_state_dict(self, state_dict: dict) -> None:
-            if "rng" in state_dict:
+            per_rank = state_dict.get("rng_per_rank") or []
+            if len(per_rank) == self.world:  # each process continues its own streams
+                set_rng_states(per_rank[self.rank])
+            elif "rng" in state_dict:  # saved by a run of another size: not exact, but no two ranks alike
                 set_rng_states(state_dict["rng"])
+                if self.rank > 0:
+                    seed_rank_streams(int(state_dict["rng"]["torch"].sum()), self.rank)  # differs per save
 
     return ResumeState()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from modlab.errors import CheckpointError
+from modlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("modlab")
 
@@ -27,11 +27,18 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def build_trainer(
-    trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, training: bool = True, experiment: str = "modlab"
+    trainer_cfg,
+    callbacks_cfg,
+    logger_cfg,
+    out_dir: Path,
+    training: bool = True,
+    model=None,
+    experiment: str = "modlab",
 ):
     """A Trainer from the trainer / callbacks / logger configs (modlab.training.config);
-    `callbacks_cfg` None: a bare progress bar (evaluation); `experiment` names the logger's
-    experiment / project where it has one (MLflow, W&B)."""
+    `callbacks_cfg` None: a bare progress bar (evaluation). `model`: what `trainer.strategy=fsdp`
+    shards (one unit per decoder layer); `experiment` names the logger's experiment / project
+    where it has one (MLflow, W&B)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
@@ -78,11 +85,18 @@ def build_trainer(
         from modlab.training.resume import resume_state_callback
 
         callbacks += [NonFiniteGuard(skip=t.skip_nonfinite), resume_state_callback()]
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={t.accelerator} but torch sees no CUDA GPU here (trainer=cpu, ddp_cpu)")
     logger = make_logger(logger_cfg.kind, out_dir, experiment)
+    strategy = t.strategy
+    if strategy == "fsdp" and model is not None:
+        from modlab.training.distributed import fsdp_strategy
+
+        strategy = fsdp_strategy(model)
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=strategy,
         num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, t.accelerator),
         max_steps=t.max_steps,
@@ -168,7 +182,9 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
         resume_from = resume_target(run.resume)[1]
         resume_step = check_resume_checkpoint(resume_from)
     module, datamodule = family.build(run)
-    trainer = build_trainer(run.trainer, run.callbacks, run.logger, out_dir, experiment=run.experiment_name)
+    trainer = build_trainer(
+        run.trainer, run.callbacks, run.logger, out_dir, model=module, experiment=run.experiment_name
+    )
     described = family.describe(module)
     log.info(
         "training %s (%s, seed %d) in %s",

@@ -202,7 +202,8 @@ class UnifiedModule(L.LightningModule):
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
         losses, n, _, _ = self._losses(combined, 0.0, generator=g)
         for k, v in losses.items():
-            self.log(f"val/{k}" if k.startswith("router_") else f"val/loss_{k}", v, batch_size=n)
+            # averaged over the processes too (DDP): the routing statistics of the whole validation set
+            self.log(f"val/{k}" if k.startswith("router_") else f"val/loss_{k}", v, batch_size=n, sync_dist=True)
         self.val_loss.update(self._weighted_loss(losses))
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
         if has_causal_routing(self.model):  # the LM loss as test/lm_ppl measures it: causal routing
@@ -210,7 +211,7 @@ class UnifiedModule(L.LightningModule):
                 if bool((part["task"] == TASK_ID["lm"]).all()):
                     with threshold_routing(self.model):
                         causal = self.model.task_losses(self.model.training_batch(part, 0.0, generator=g))
-                    self.log("val/loss_lm_causal", causal["lm"], batch_size=len(part["ids"]))
+                    self.log("val/loss_lm_causal", causal["lm"], batch_size=len(part["ids"]), sync_dist=True)
 
     def configure_optimizers(self):
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches

@@ -52,6 +52,10 @@ def _truncated(d: Path) -> bytes:
 
 
 PLAN_VQA = "format: modlab-routing-plan\nversion: 1\nn_layer: 4\ntasks: {vqa: {layers: [2], capacity: [0.5]}}\n"
+PLAN_TWO = (
+    "format: modlab-routing-plan\nversion: 1\nn_layer: 4\n"
+    "tasks: {t2i: {layers: [2], capacity: [0.5]}, mmu: {layers: [3], capacity: [0.4]}}\n"
+)
 
 # (id, args(d) -> tuple, needles)
 CASES = [
@@ -67,6 +71,12 @@ CASES = [
     ("unknown-task-weight", lambda d: ("train", *FAST, "objective.loss_weights={vqa: 1.0}"), ("vqa",)),
     ("unknown-precision", lambda d: ("train", *FAST, "trainer.precision=fp8"), ("trainer.precision",)),
     ("unknown-logger", lambda d: ("train", *FAST, "logger.kind=nope"), ("logger.kind 'nope' is unknown",)),
+    ("fsdp-on-cpu", lambda d: ("train", *FAST, "trainer=fsdp", "trainer.accelerator=cpu"), ("needs GPUs",)),
+    *(
+        [("gpu-without-gpu", lambda d: ("train", *FAST, "trainer=ddp"), ("no CUDA GPU",))]
+        if not torch.cuda.is_available()
+        else []
+    ),
     ("eval-without-ckpt", lambda d: ("eval",), ("ckpt_path is required",)),
     (
         "launcher-key-typo",
@@ -151,6 +161,12 @@ CASES = [
         lambda d: ("train", "+experiment=showo_unimod", f"routing.plan={_file(d, 'plan.yaml', PLAN_VQA)}"),
         ("unknown task(s) ['vqa']",),
     ),
+    (
+        "plan-for-mod-with-two-tasks",
+        lambda d: ("train", "+experiment=showo_mod", *TINY, f"routing.plan={_file(d, 'plan2.yaml', PLAN_TWO)}"),
+        ("its plan must route one task", "['mmu', 't2i']"),
+    ),
+    ("plan-for-a-dense-run", lambda d: ("train", *FAST, "routing.plan=/no/such/plan.yaml"), ("needs routers",)),
     ("text-file-empty", lambda d: ("train", *FAST, f"data.lm_files=[{_file(d, 'empty.txt', '')}]"), ("is empty",)),
     ("eval-missing", lambda d: ("eval", "ckpt_path=/no/such/file.ckpt"), ("does not exist",)),
     ("eval-a-directory", lambda d: ("eval", f"ckpt_path={d}"), ("does not exist",)),

@@ -202,9 +202,10 @@ def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
     arank = results["results"]["arank"]
     assert [r["layer"] for r in arank] == [0, 1, 2, 3]
     assert all(1 <= r["arank"] <= 16 and r["seq_len"] == hp["data"]["lm_length"] for r in arank)  # head_dim 16
-    # no routing plan for a causal LM: said in the output and in results.json
-    assert results["routing_plan"] is None and "no routing plan for a causal LM" in results["routing_plan_skipped"]
-    assert not (run / "routing_plan.yaml").exists() and "no routing plan for a causal LM" in proc.stdout
+    # no routing plan for modlab's causal LM (it has no token routing): said in the output and in results.json
+    said = "no routing plan for modlab's causal LM"
+    assert results["routing_plan"] is None and said in results["routing_plan_skipped"]
+    assert not (run / "routing_plan.yaml").exists() and said in proc.stdout
 
 
 def test_importance_of_a_hugging_face_lm(tmp_path: Path):

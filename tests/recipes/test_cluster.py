@@ -99,7 +99,7 @@ def test_a_requeued_job_resumes_its_own_run_from_its_last_checkpoint(tmp_path: P
 
 def test_submitit_slurm_asks_for_one_task_per_device_on_each_node_and_requeue(tmp_path: Path, monkeypatch):
     """The sbatch script the plugin's own launch() would submit for `modlab train -m
-    hydra/launcher=submitit_slurm trainer=gpu trainer.devices=4 trainer.num_nodes=2 ...` (a stand-in
+    hydra/launcher=submitit_slurm trainer=ddp trainer.devices=4 trainer.num_nodes=2 ...` (a stand-in
     srun on PATH; the submission itself is intercepted)."""
     import submitit
     from hydra import compose, initialize_config_dir
@@ -112,7 +112,7 @@ def test_submitit_slurm_asks_for_one_task_per_device_on_each_node_and_requeue(tm
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
     (tmp_path / "bin" / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    overrides = ["hydra/launcher=submitit_slurm", "trainer=gpu", "trainer.devices=4", "trainer.num_nodes=2"]
+    overrides = ["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
     overrides += ["hydra.launcher.partition=gpu", f"paths.output_dir={tmp_path / 'out'}"]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -105,7 +105,7 @@ class TinyByteFamily(ModelFamily):
             lambda b: net(b["ids"]),
             lambda b, g: {"lm": next_token_loss(net(b["ids"]), b["labels"])},
         )
-        return AnalysisTarget(module, subject, batches, writes_plan=False)
+        return AnalysisTarget(module, subject, batches)
 
 
 @pytest.fixture

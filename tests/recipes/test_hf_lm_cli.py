@@ -100,6 +100,40 @@ def test_analyses_of_the_mod_checkpoint_and_of_the_model_directory(mod_run, hf_d
         assert r["arch"] == "hf" and {row["layer"] for row in r["results"][table]} == {0, 1, 2, 3}
 
 
+def test_redundancy_writes_an_lm_plan_at_the_flops_target_and_mod_trains_with_it(hf_dir, tmp_path):
+    """ARank ranks the LM's layers; capacities are allocated to a training-FLOPs target counted
+    on the transformers model (modlab.routing.hf_flops); `routing=mod routing.plan=<file>` trains
+    the planned layers at the planned capacities, at the predicted FLOPs ratio."""
+    from modlab.routing.plan_file import load_plan
+
+    target = ("analysis.plan.target_flops_ratio=0.8", "analysis.plan.fraction=0.75")
+    proc = run_modlab(
+        "analyze", "redundancy", "model=hf_causal_lm", f"model.path={hf_dir}", "calibration.n_per_task=4", *target,
+        out_dir=tmp_path / "a",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    plan_path = only_run_dir(tmp_path / "a") / "routing_plan.yaml"
+    plan = load_plan(plan_path)
+    assert list(plan.tasks) == ["lm"] and plan.n_layer == 4
+    assert 0 not in plan.tasks["lm"].layers  # layer 0 sizes transformers' decode masks: it keeps every token
+    predicted = plan.source["predicted_flops_ratio"]
+    assert predicted == pytest.approx(0.8, abs=0.02)
+    assert f"+experiment=hf_mod model.path={hf_dir}" in proc.stdout and "routing.plan=" in proc.stdout
+
+    common = ("train", "+experiment=hf_mod", f"model.path={hf_dir}", f"routing.plan={plan_path}", "schedule=constant")
+    proc = run_modlab(*common, "dry_run=true", out_dir=tmp_path / "probe")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    measured = json.loads((only_run_dir(tmp_path / "probe") / "metrics.json").read_text())["train/flops_ratio"]
+    assert measured == pytest.approx(predicted, rel=0.01)  # the plan's count is the training step's
+
+    proc = run_modlab(*common, *TINY, out_dir=tmp_path / "t")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = torch.load(only_run_dir(tmp_path / "t") / "checkpoints" / "last.ckpt", weights_only=True)
+    routing = ckpt["hyper_parameters"]["routing"]  # the plan's content, not its path
+    assert routing["plan"] is None and routing["layers"] == plan.tasks["lm"].layers
+    assert routing["layer_capacity"] == pytest.approx(plan.tasks["lm"].capacity)
+
+
 def importable(name: str) -> bool:
     import importlib.util
 

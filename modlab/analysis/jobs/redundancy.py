@@ -3,6 +3,8 @@ unified model, the routing plan it implies (routing_plan.yaml, for `routing.plan
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from modlab.analysis.report import JobResult, PlotSpec
 
 PLAN_FILE = "routing_plan.yaml"
@@ -36,7 +38,7 @@ def run(c, target, progress) -> JobResult:
         plots=plots,
         extra=dict(target.info),
     )
-    if not target.writes_plan:
+    if target.plan is None:
         result.notes.append(target.info.get("routing_plan_skipped", "this model gets no routing plan"))
     elif p.write:
         add_plan(c, target, rows, series, result, progress)
@@ -69,13 +71,26 @@ def add_plan(c, target, rows: list[dict], series: dict, result: JobResult, progr
         "importance": bool(p.importance),
         "calibration_rows": c.calibration.n_per_task,
     }
-    module = target.loaded  # a unified model: the plan's FLOPs are computed on its configuration
-    plan = plan_from_arank(rows, p, module.model_cfg, module.space.vocab_size, module.data_cfg, importance, source)
+    spec = target.plan
+    if spec.tasks is not None:
+        p = replace(p, tasks=list(spec.tasks))
+    plan = plan_from_arank(
+        rows,
+        p,
+        spec.model_cfg,
+        spec.vocab_size,
+        spec.data_cfg,
+        importance,
+        source,
+        flops_ratio=spec.flops_ratio,
+        exclude_layers=spec.exclude_layers,
+    )
     result.files[PLAN_FILE] = plan_text(plan)
     result.extra["routing_plan"] = {"path": PLAN_FILE, **plan.to_dict()}
     plan_rows = [[t, str(tp.layers), str(tp.capacity)] for t, tp in plan.tasks.items()]
     result.shown.append(("routing plan", ["task", "routed layers", "capacity"], plan_rows))
     result.notes.append(
-        f"routing plan: {{out}}/{PLAN_FILE}\ntrain with it: modlab train +experiment=showo_unimod "
-        f"routing.plan={{out}}/{PLAN_FILE}"
+        f"routing plan: {{out}}/{PLAN_FILE}\ntrain with it: {spec.command}"
+        + (f" init_from={c.ckpt_path}" if c.ckpt_path else "")
+        + f" routing.plan={{out}}/{PLAN_FILE}"
     )

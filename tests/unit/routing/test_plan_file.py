@@ -87,8 +87,20 @@ def test_plan_for_another_depth_and_missing_plan_are_refused(tmp_path):
         RoutingConfig(kind="unimod", plan=str(path)).layer_capacities(4)
     with pytest.raises(ConfigError, match="not found"):
         RoutingConfig(kind="unimod", plan=str(tmp_path / "nope.yaml")).layer_capacities(4)
-    with pytest.raises(ConfigError, match="routing=unimod"):
-        RoutingConfig(kind="mod", plan=str(path))
+    with pytest.raises(ConfigError, match="needs routers"):
+        RoutingConfig(kind="dense", plan=str(path))
+
+
+def test_a_mod_plan_routes_its_one_task_and_resolves_into_layers_and_capacities(tmp_path):
+    path = save_plan(RoutingPlan(4, {"lm": TaskPlan([3, 1], [0.25, 0.5])}), tmp_path / "p.yaml")
+    cfg = RoutingConfig(kind="mod", plan=str(path))
+    assert cfg.layer_capacities(4) == {1: [0.5], 3: [0.25]}
+    resolved = cfg.resolved(4)
+    assert resolved.plan is None and resolved.layers == [1, 3] and resolved.layer_capacity == [0.5, 0.25]
+    assert resolved.layer_capacities(4) == cfg.layer_capacities(4)
+    two = save_plan(RoutingPlan(4, {"t2i": TaskPlan([1], [0.5]), "mmu": TaskPlan([2], [0.5])}), tmp_path / "two.yaml")
+    with pytest.raises(ConfigError, match="must route one task"):
+        RoutingConfig(kind="mod", plan=str(two)).layer_capacities(4)
 
 
 def test_mod_per_layer_capacity_list():
