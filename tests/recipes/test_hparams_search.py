@@ -51,3 +51,26 @@ def test_six_optuna_trials_penalise_those_over_the_flops_budget(tmp_path: Path):
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna" and results["best_value"] == pytest.approx(max(objectives))
     assert set(results["best_params"]) == {f"routing.task_capacity.{k}" for k in ("t2i.0", "mmu.0", "mmu.1")}
+
+
+def test_a_search_whose_trials_all_fail_ends_in_one_line(tmp_path: Path):
+    """A metric the runs do not report: the trial keeps its metrics.json and records the error, and
+    the search ends with the job errors in one line (not Optuna's "no trials are completed")."""
+    proc = run_modlab(
+        "train",
+        "+experiment=showo_unimod",
+        "hparams_search=unimod_capacity",
+        *TINY,
+        "hydra.sweeper.n_trials=1",
+        "search.metrics=[test/nope]",
+        "trainer.max_steps=2",
+        "callbacks.checkpoint=false",
+        "logger=none",
+        out_dir=tmp_path,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("modlab: error: 1 job(s) of the sweep failed") and "no trial of the search" in last
+    assert "search.metrics ['test/nope'] are not among the run's metrics" in last
+    (trial,) = tmp_path.glob("train/showo_unimod/multirun_*/0")
+    assert (trial / "metrics.json").is_file() and "test/nope" in (trial / "error.txt").read_text()
