@@ -17,6 +17,8 @@ BUDGET = 0.8
 
 
 def test_six_optuna_trials_penalise_those_over_the_flops_budget(tmp_path: Path):
+    # the study in a database too (optuna 2's storage needs SQLAlchemy 1.4: the optuna extra's pin)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
     proc = run_modlab(
         "train",
         "+experiment=showo_unimod",
@@ -24,6 +26,7 @@ def test_six_optuna_trials_penalise_those_over_the_flops_budget(tmp_path: Path):
         *TINY,
         "hydra.sweeper.n_trials=6",
         "hydra.sweeper.sampler.n_startup_trials=3",
+        f"hydra.sweeper.storage='{storage}'",
         f"search.max_flops_ratio={BUDGET}",
         "trainer.max_steps=2",
         "callbacks.checkpoint=false",
@@ -51,6 +54,11 @@ def test_six_optuna_trials_penalise_those_over_the_flops_budget(tmp_path: Path):
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna" and results["best_value"] == pytest.approx(max(objectives))
     assert set(results["best_params"]) == {f"routing.task_capacity.{k}" for k in ("t2i.0", "mmu.0", "mmu.1")}
+    import optuna
+
+    study = optuna.load_study(study_name="unimod_capacity", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+    assert [t.value for t in study.trials] == pytest.approx(objectives)
 
 
 def test_a_search_whose_trials_all_fail_ends_in_one_line(tmp_path: Path):
