@@ -63,16 +63,16 @@ def run_reporting_errors() -> None:
     ended = "the others finished"
     try:
         app.hydra_main()
-    except ValueError as error:
+    except user_error_types() as error:
+        if debug:
+            raise
+        fail(one_line(error))
+    except ValueError as error:  # after the user errors: some OmegaConf errors are ValueErrors
         # Optuna's sweeper, when every trial failed with a user error (each returned no value): the
         # jobs' errors are the news, reported below; a ValueError of anything else is a bug
         if debug or not app.JOB_ERRORS or "No trials are completed" not in str(error):
             raise
         ended = "no trial of the search completed"
-    except user_error_types() as error:
-        if debug:
-            raise
-        fail(one_line(error))
     except OSError as error:
         if debug or output_error(error) is None:
             raise
