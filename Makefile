@@ -20,6 +20,9 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
+# what `make install` installs: every optional extra, so that the tests of each one run instead of
+# skipping (the loggers, the submitit launcher, the Optuna sweeper; see docs/install.md)
+EXTRAS ?= dev,hf,harness,tensorboard,mlflow,wandb,submitit,optuna
 
 .PHONY: install test test-full lint format bench clean
 
@@ -29,7 +32,7 @@ $(BIN)/modlab: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install --quiet $(TORCH)
 	$(BIN)/python -c "import warnings; warnings.simplefilter('ignore'); import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
-	$(PIP) install --quiet -c $(VENV)/torch-constraint.txt -e ".[dev,hf,harness]"
+	$(PIP) install --quiet -c $(VENV)/torch-constraint.txt -e ".[$(EXTRAS)]"
 	@touch $(BIN)/modlab
 	@echo "modlab installed in $(VENV) with $$(cat $(VENV)/torch-constraint.txt)"
 

@@ -60,12 +60,19 @@ def run_reporting_errors() -> None:
     from modlab.cli import app
 
     app.JOB_ERRORS.clear()  # the entry point may run more than once in a process (tests)
+    ended = "the others finished"
     try:
         app.hydra_main()
     except user_error_types() as error:
         if debug:
             raise
         fail(one_line(error))
+    except ValueError as error:  # after the user errors: some OmegaConf errors are ValueErrors
+        # Optuna's sweeper, when every trial failed with a user error (each returned no value): the
+        # jobs' errors are the news, reported below; a ValueError of anything else is a bug
+        if debug or not app.JOB_ERRORS or "No trials are completed" not in str(error):
+            raise
+        ended = "no trial of the search completed"
     except OSError as error:
         if debug or output_error(error) is None:
             raise
@@ -78,4 +85,4 @@ def run_reporting_errors() -> None:
         if not label:  # a single run
             fail(one_line(first))
         jobs = "; ".join(f"{lab}: {one_line(e)}" for lab, e in app.JOB_ERRORS)
-        fail(f"{len(app.JOB_ERRORS)} job(s) of the sweep failed (each has error.txt), the others finished: {jobs}")
+        fail(f"{len(app.JOB_ERRORS)} job(s) of the sweep failed (each has error.txt), {ended}: {jobs}")

@@ -64,6 +64,37 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# Hydra plugins of optional extras: (an argument that needs one, its module, its package, the extra)
+PLUGINS = (
+    ("hydra/launcher=submitit_", "hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "submitit"),
+    ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "optuna"),
+    ("hparams_search=", "hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "optuna"),
+)
+
+
+def check_plugins(args: list[str]) -> None:
+    """A missing optional plugin in one line (Hydra would say only that the option or class is unknown)."""
+    import importlib.util
+
+    for arg in args:
+        for prefix, module, package, extra in PLUGINS:
+            if arg.lstrip("+~").startswith(prefix) and not arg.endswith("=null"):
+                try:
+                    found = importlib.util.find_spec(module) is not None
+                except (ImportError, ValueError):
+                    found = False
+                if not found:
+                    raise UserError(f"{arg} needs the {package} package (pip install 'modlab[{extra}]')")
+        if arg.lstrip("+").startswith("hydra/launcher=submitit_slurm"):
+            import shutil
+
+            if shutil.which("srun") is None:  # submitit would fail with a traceback once the sweep starts
+                raise UserError(
+                    f"{arg} submits SLURM jobs, and this machine has no SLURM (no srun): run it on the "
+                    "cluster, or use hydra/launcher=submitit_local here"
+                )
+
+
 class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit code 2."""
 
@@ -134,6 +165,7 @@ def rewrite_argv(argv: list[str]) -> list[str]:
         rest = [f"analysis={job}", *rest[1:]]
     if command == "compare":  # run directories are positional: `runs=[...]` for Hydra
         rest = compare_argv(rest)
+    check_plugins(rest)
     if command == "train":  # resume=, and never a new run over an existing one
         from modlab.errors import ModlabError
         from modlab.training.resume import train_argv

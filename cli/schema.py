@@ -35,6 +35,57 @@ class PathsConfig:
     output_dir: str = "outputs"
 
 
+DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass
+class SearchConfig:
+    """What `modlab train` returns to a Hydra sweeper that optimises (hparams_search=...,
+    docs/cluster.md): the mean of `metrics`, or, for a run over a training-FLOPs budget, a penalty
+    worse than any run within it (`worst` -/+ how far over the budget it is, as a fraction, so the
+    sampler still learns which way the budget lies). No metrics: the run returns its metrics dict."""
+
+    metrics: list[str] = field(default_factory=list)  # e.g. [test/t2i_acc, test/mmu_acc]
+    direction: str = "maximize"  # as the sweeper's (hydra.sweeper.direction)
+    max_flops_per_step: float = 0.0  # budget on train/flops_per_step; 0: none
+    max_flops_ratio: float = 0.0  # budget on train/flops_ratio (of the dense model's FLOPs); 0: none
+    # the worst value a run within the budget can score: 0 for accuracies (the default when
+    # maximising); needed when minimising with a budget (e.g. a loss's upper bound)
+    worst: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"search.direction '{self.direction}' is unknown ({', '.join(DIRECTIONS)})")
+        if self.max_flops_per_step < 0 or not 0 <= self.max_flops_ratio:
+            raise ConfigError("search.max_flops_per_step and search.max_flops_ratio must be >= 0 (0: no budget)")
+        budget = self.max_flops_per_step or self.max_flops_ratio
+        if budget and self.direction == "minimize" and self.worst is None:
+            raise ConfigError(
+                "search.worst is needed to penalise runs over the FLOPs budget when minimising "
+                "(a value no run within the budget scores above, e.g. search.worst=10)"
+            )
+
+    def objective(self, metrics: dict) -> tuple[float, float]:
+        """(the value for the sweeper, how far over the budget the run is: 0 within it)."""
+        missing = [m for m in self.metrics if m not in metrics]
+        if missing:
+            known = ", ".join(sorted(k for k in metrics if k.startswith(("test/", "val/"))))
+            raise ConfigError(f"search.metrics {missing} are not among the run's metrics ({known})")
+        over = 0.0
+        for key, budget in (
+            ("train/flops_per_step", self.max_flops_per_step),
+            ("train/flops_ratio", self.max_flops_ratio),
+        ):
+            if budget:
+                if key not in metrics:
+                    raise ConfigError(f"a FLOPs budget on {key}, which this model family does not report")
+                over = max(over, metrics[key] / budget - 1)
+        if over > 0:
+            worst = 0.0 if self.worst is None else self.worst
+            return (worst - over if self.direction == "maximize" else worst + over), over
+        return sum(metrics[m] for m in self.metrics) / len(self.metrics), 0.0
+
+
 @dataclass
 class TrainConfig:
     command: str = "train"
@@ -53,6 +104,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)  # the objective a sweeper optimises
     debug: dict[str, Any] | None = None  # a debug profile, merged last (see validate)
 
 

@@ -35,6 +35,17 @@ def run_modlab(*args: str, out_dir: Path, timeout: int = 600, env: dict | None =
     return subprocess.run([MODLAB, *args], capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def hiding_modules(directory: Path, *modules: str) -> dict:
+    """Environment for run_modlab in which `modules` look uninstalled (find_spec finds nothing,
+    import fails): a sitecustomize.py on PYTHONPATH puts None into sys.modules for each, as for a
+    user without that optional extra."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    )
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH")) if p)}
+
+
 def only_run_dir(root: Path) -> Path:
     """The single run directory (the one holding .hydra/) under root."""
     dirs = sorted(p.parent for p in root.rglob(".hydra"))

@@ -142,7 +142,15 @@ class CallbacksConfig:
             raise ConfigError("callbacks.checkpoint_every_n_steps and callbacks.progress_interval_s must be >= 0")
 
 
-LOGGERS = ("csv", "none", "tensorboard")  # tensorboard: the optional extra modlab[tensorboard]
+# built by modlab.training.trainer.make_logger
+LOGGERS = ("csv", "none", "tensorboard", "mlflow", "wandb")
+# those of an optional extra: (modules any one of which it needs, the extra that installs one);
+# mlflow-skinny is enough for MLflow (it provides the `mlflow` module)
+OPTIONAL_LOGGERS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "wandb": (("wandb",), "wandb"),
+}
 
 
 @dataclass
@@ -152,3 +160,9 @@ class LoggerConfig:
     def __post_init__(self) -> None:
         if self.kind not in LOGGERS:
             raise ConfigError(f"logger.kind '{self.kind}' is unknown ({', '.join(LOGGERS)})")
+        if self.kind in OPTIONAL_LOGGERS:  # at start, not after the model and data are built
+            import importlib.util
+
+            modules, extra = OPTIONAL_LOGGERS[self.kind]
+            if not any(importlib.util.find_spec(m) is not None for m in modules):
+                raise ConfigError(f"logger={self.kind} needs the {modules[0]} package (pip install 'modlab[{extra}]')")

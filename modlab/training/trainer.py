@@ -26,10 +26,19 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if fast_bf16 else "32-true"
 
 
-def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, training: bool = True, model=None):
+def build_trainer(
+    trainer_cfg,
+    callbacks_cfg,
+    logger_cfg,
+    out_dir: Path,
+    training: bool = True,
+    model=None,
+    experiment: str = "modlab",
+):
     """A Trainer from the trainer / callbacks / logger configs (modlab.training.config);
     `callbacks_cfg` None: a bare progress bar (evaluation). `model`: what `trainer.strategy=fsdp`
-    shards (one unit per decoder layer)."""
+    shards (one unit per decoder layer); `experiment` names the logger's experiment / project
+    where it has one (MLflow, W&B)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
@@ -78,7 +87,7 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
         callbacks += [NonFiniteGuard(skip=t.skip_nonfinite), resume_state_callback()]
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator={t.accelerator} but torch sees no CUDA GPU here (trainer=cpu, ddp_cpu)")
-    logger = make_logger(logger_cfg.kind, out_dir)
+    logger = make_logger(logger_cfg.kind, out_dir, experiment)
     strategy = t.strategy
     if strategy == "fsdp" and model is not None:
         from modlab.training.distributed import fsdp_strategy
@@ -107,21 +116,49 @@ def build_trainer(trainer_cfg, callbacks_cfg, logger_cfg, out_dir: Path, trainin
     )
 
 
-def make_logger(kind: str, out_dir: Path):
-    """The Lightning logger `logger=<kind>` names, writing into the run directory (False: none)."""
-    from lightning.pytorch.loggers import CSVLogger
-
+def make_logger(kind: str, out_dir: Path, experiment: str = "modlab"):
+    """The Lightning logger `logger=<kind>` names, writing into the run directory (False: none).
+    Each keeps its files under the run directory and contacts no server (`LoggerConfig` has
+    checked that an optional one's package is installed)."""
     if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
         return CSVLogger(save_dir=out_dir, name="", version="")
     if kind == "tensorboard":
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
-            raise ConfigError("logger=tensorboard needs the tensorboard package (pip install 'modlab[tensorboard]')")
         from lightning.pytorch.loggers import TensorBoardLogger
 
         return TensorBoardLogger(save_dir=out_dir, name="", version="", default_hp_metric=False)
+    if kind == "mlflow":
+        import os
+
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        # MLflow 3 reports usage to its telemetry server unless told not to: nothing leaves the machine
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # MLflow >= 3.x refuses the file store (in "maintenance mode") unless allowed; it is the one
+        # backend that needs no database package and leaves plain files (metrics/<key>) in the run dir
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        # a local file store in the run directory (`mlflow ui --backend-store-uri <run dir>/mlruns`)
+        return MLFlowLogger(experiment_name=experiment, tracking_uri=(Path(out_dir).resolve() / "mlruns").as_uri())
+    if kind == "wandb":
+        import os
+
+        from lightning.pytorch.loggers import WandbLogger
+
+        # offline, whatever the environment says (WANDB_MODE=online would make wandb.init log in):
+        # the run goes to <run dir>/wandb/offline-run-*/ and `wandb sync` uploads it later
+        os.environ["WANDB_MODE"] = "offline"
+        return WandbLogger(project=experiment, save_dir=out_dir, offline=True)
     return False
+
+
+def close_logger(logger) -> None:
+    """End the logger's run once the command is done, so that the next run in the same process (a
+    sweep's next job, an Optuna trial) starts its own instead of logging into this one."""
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()  # a no-op where no run was started (ranks other than 0)
 
 
 def flatten_test_results(results: list[dict]) -> dict[str, float]:
@@ -145,7 +182,9 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
         resume_from = resume_target(run.resume)[1]
         resume_step = check_resume_checkpoint(resume_from)
     module, datamodule = family.build(run)
-    trainer = build_trainer(run.trainer, run.callbacks, run.logger, out_dir, model=module)
+    trainer = build_trainer(
+        run.trainer, run.callbacks, run.logger, out_dir, model=module, experiment=run.experiment_name
+    )
     described = family.describe(module)
     log.info(
         "training %s (%s, seed %d) in %s",
@@ -182,10 +221,13 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
         metrics["train/skipped_steps"] = next(c.skipped for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
     # what only the tested (best) checkpoint knows, e.g. a router file of its routers
     metrics.update(family.after_test(module, trainer, out_dir, metrics) if trainer.is_global_zero else {})
+    close_logger(trainer.logger)
     return metrics, trainer.is_global_zero
 
 
 def test_module(module, datamodule, trainer_cfg, logger_cfg, out_dir: Path) -> dict:
     """`modlab eval` of a LightningModule: its test metrics."""
     trainer = build_trainer(trainer_cfg, None, logger_cfg, out_dir, training=False)
-    return flatten_test_results(trainer.test(module, datamodule=datamodule, verbose=False))
+    results = flatten_test_results(trainer.test(module, datamodule=datamodule, verbose=False))
+    close_logger(trainer.logger)
+    return results

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import resource
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import MODLAB, TINY, assert_one_line_error, run_modlab, save_tiny_unified
+from helpers import MODLAB, TINY, assert_one_line_error, hiding_modules, run_modlab, save_tiny_unified
 
 FAST = ("+experiment=showo_dense", *TINY)
 
@@ -77,6 +78,22 @@ CASES = [
         else []
     ),
     ("eval-without-ckpt", lambda d: ("eval",), ("ckpt_path is required",)),
+    (
+        "launcher-key-typo",
+        lambda d: ("train", "-m", "hydra/launcher=submitit_local", *FAST, "hydra.launcher.timeout_mn=5"),
+        ("timeout_mn",),
+    ),
+    (
+        "launcher-wrong-type",
+        lambda d: ("train", "-m", "hydra/launcher=submitit_local", *FAST, "hydra.launcher.nodes=abc"),
+        ("hydra.launcher.nodes=abc", "Integer"),
+    ),
+    (
+        "unknown-search",
+        lambda d: ("train", "+experiment=showo_unimod", "hparams_search=nope"),
+        ("hparams_search/nope",),
+    ),
+    ("unknown-search-direction", lambda d: ("train", *FAST, "search.direction=up"), ("search.direction 'up'",)),
     ("compare-without-dirs", lambda d: ("compare",), ("needs run directories",)),
     # ---- values out of range
     ("negative-lr", lambda d: ("train", *FAST, "objective.lr=-1"), ("objective.lr must be > 0",)),
@@ -115,6 +132,18 @@ CASES = [
         "negative-checkpoint-interval",
         lambda d: ("train", *FAST, "callbacks.checkpoint_every_n_steps=-1"),
         ("callbacks.checkpoint_every_n_steps and callbacks.progress_interval_s must be >= 0",),
+    ),
+    ("negative-flops-budget", lambda d: ("train", *FAST, "search.max_flops_ratio=-1"), ("must be >= 0",)),
+    (
+        "minimise-budget-without-worst",
+        lambda d: (
+            "train",
+            *FAST,
+            "search.metrics=[test/lm_ppl]",
+            "search.direction=minimize",
+            "search.max_flops_ratio=1",
+        ),
+        ("search.worst is needed",),
     ),
     # ---- files missing, empty, corrupt, of the wrong kind
     (
@@ -209,6 +238,39 @@ CASES = [
         ("cannot write", "/sys/modlab-test-output"),
     ),
 ]
+
+
+# ---- optional extras that are not installed (their modules hidden): each error names the pip command
+MISSING_EXTRAS = [
+    ("logger-tensorboard", ("tensorboard", "tensorboardX"), ("logger=tensorboard",), "modlab[tensorboard]"),
+    ("logger-mlflow", ("mlflow",), ("logger=mlflow",), "modlab[mlflow]"),
+    ("logger-wandb", ("wandb",), ("logger=wandb",), "modlab[wandb]"),
+    (
+        "launcher-submitit",
+        ("hydra_plugins.hydra_submitit_launcher",),
+        ("-m", "hydra/launcher=submitit_local"),
+        "modlab[submitit]",
+    ),
+    ("sweeper-optuna", ("hydra_plugins.hydra_optuna_sweeper",), ("hparams_search=unimod_capacity",), "modlab[optuna]"),
+]
+
+
+@pytest.mark.parametrize("hidden, args, extra", [c[1:] for c in MISSING_EXTRAS], ids=[c[0] for c in MISSING_EXTRAS])
+def test_a_missing_optional_extra_is_one_line_naming_its_install(tmp_path: Path, hidden, args, extra):
+    out = tmp_path / "out"
+    experiment = "+experiment=showo_unimod" if "hparams_search" in args[-1] else "+experiment=showo_dense"
+    env = hiding_modules(tmp_path / "site", *hidden)
+    proc = run_modlab("train", *args, experiment, *TINY, out_dir=out, env=env)
+    assert_one_line_error(proc, f"{args[-1]} needs the ", f"(pip install '{extra}')")
+    assert not [p for p in out.rglob("*") if p.is_file() and p.suffix in (".ckpt", ".json")]
+
+
+def test_submitit_slurm_without_slurm_is_one_line(tmp_path: Path):
+    if shutil.which("srun"):
+        pytest.skip("this machine has SLURM: the sweep would be submitted")
+    proc = run_modlab("train", "-m", "hydra/launcher=submitit_slurm", *FAST, out_dir=tmp_path / "out")
+    assert_one_line_error(proc, "no SLURM", "hydra/launcher=submitit_local")
+    assert not (tmp_path / "out").exists()
 
 
 def _snapshot(root: Path) -> dict[str, str]:

@@ -190,19 +190,3 @@ def test_a_sweep_with_a_failing_job_finishes_the_others_and_compare_lists_it(tmp
     assert [r["run"] for r in results["runs"]] == [str(sweep / "1")]
     assert results["failed"] == [{"run": str(sweep / "0"), "error": (sweep / "0" / "error.txt").read_text().strip()}]
     assert "failed" in proc.stdout and "must be in (0, 1]" in proc.stdout
-
-
-def test_logger_tensorboard_writes_its_event_files(tmp_path: Path):
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run = tmp_path / "run"
-    proc = run_modlab(
-        "train", "+experiment=showo_dense", *TINY, "logger=tensorboard", f"hydra.run.dir={run}", out_dir=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = list(run.glob("events.out.tfevents.*"))
-    assert events, sorted(p.name for p in run.iterdir())
-    acc = EventAccumulator(str(run))
-    acc.Reload()
-    assert "train/loss" in acc.Tags()["scalars"] and "val/loss" in acc.Tags()["scalars"]
