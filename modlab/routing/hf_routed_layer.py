@@ -100,6 +100,7 @@ class HFRoutedLayer(RoutedBlock):
         x = hidden_states
         B, T, _ = x.shape
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._require_growing_cache(cache)
         if cache is not None and self._stored_entries(cache) > 0:
             self.require_causal_decision()
             if self.sizes_decode_masks:
@@ -249,6 +250,19 @@ class HFRoutedLayer(RoutedBlock):
     def _cache_layer(self, cache):
         layers = getattr(cache, "layers", None)
         return layers[self.layer_idx] if layers is not None and self.layer_idx < len(layers) else None
+
+    def _require_growing_cache(self, cache) -> None:
+        """A preallocated (static) cache layer reports its full length as stored and holds slots
+        nobody wrote: the compact cache would attend to them and decode wrong tokens, silently
+        (e.g. Janus's image generation builds a StaticCache by default). Refuse it in one line."""
+        from transformers.cache_utils import DynamicLayer
+
+        layer = self._cache_layer(cache)
+        if layer is not None and not isinstance(layer, DynamicLayer):
+            raise ConfigError(
+                f"layer {self.layer_idx} is token-routed and needs a growing KV cache (DynamicCache), got "
+                f"{type(layer).__name__} in a {type(cache).__name__} (generate(..., cache_implementation='dynamic'))"
+            )
 
     def _stored_entries(self, cache) -> int:
         """Cached slots this layer holds now (a sliding-window layer keeps the last window - 1)."""

@@ -439,3 +439,18 @@ def test_decoding_refuses_a_routed_layer_that_sizes_the_masks():
     spread_routers(routing)
     with threshold_routing(model), pytest.raises(ConfigError, match="layer 0 cannot be routed while decoding"):
         greedy_decode(model, padded_batch()[0][:1, :8], 3)
+
+
+def test_a_preallocated_static_cache_is_refused_in_one_line():
+    """A StaticCache reports its whole preallocated length as stored: the compact cache would
+    attend to slots nobody wrote and decode wrong tokens without an error (Janus's image
+    generation builds one by default)."""
+    from transformers import StaticCache
+
+    model = tiny_model("llama")
+    routing = install_hf_routing(model, {2: [0.5]}, causal="aux_bce")
+    spread_routers(routing)
+    ids, _ = padded_batch()
+    cache = StaticCache(config=model.config, max_cache_len=32)
+    with torch.no_grad(), threshold_routing(model), pytest.raises(ConfigError, match="needs a growing KV cache"):
+        model(input_ids=ids[:1, :8], cache=cache, use_cache=True)
