@@ -37,6 +37,12 @@ class DataConfig:
     batch_size: dict[str, int] = field(default_factory=lambda: {"t2i": 32, "mmu": 32, "lm": 4})
     eval_batch_size: int = 128
     num_workers: int = 0
+    # Hugging Face unified models: train on your images instead of the digits: a folder with
+    # captions.jsonl / captions.csv (file, caption, optional question / answer; modlab.data.image_folder)
+    image_folder: str | None = None
+    # where the folder's VQ codes are cached (keyed by the tokenizer's identity and the folder's
+    # content); "": <output_dir>/cache/image_tokens
+    image_cache: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -239,10 +239,13 @@ def collate_rows(rows: list[dict], pad_id: int) -> dict:
         "cond": torch.zeros(B, T, dtype=torch.bool),
         "valid": torch.zeros(B, T, dtype=torch.bool),
     }
+    if "kind" in rows[0]:  # what each token is (Hugging Face unified rows: modlab.models.hf_unified)
+        batch["kind"] = torch.zeros(B, T, dtype=torch.long)
     for b, r in enumerate(rows):
         n = len(r["ids"])
-        for k in ("ids", "labels", "is_image", "cond"):
-            batch[k][b, :n] = r[k]
+        for k in ("ids", "labels", "is_image", "cond", "kind"):
+            if k in batch:
+                batch[k][b, :n] = r[k]
         batch["valid"][b, :n] = True
     batch["task"] = torch.stack([r["task"] for r in rows])
     batch["digit"] = torch.stack([r["digit"] for r in rows])

@@ -185,5 +185,15 @@ for _spec in (
         dtypes=("auto", "bfloat16", "float32"),
         router_tuning=("mindskip", "mod"),
     ),
+    FamilySpec(
+        "hf_emu3",
+        "Hugging Face Emu3 (a local directory with its processor)",
+        "unified",
+        "modlab.families.hf_unified:HF_EMU3",
+        routing=("mod", "unimod"),
+        commands=COMMANDS,
+        requires_path=True,
+        dtypes=("auto", "bfloat16", "float32"),
+    ),
 ):
     register_family(_spec)

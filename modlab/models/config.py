@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modlab.errors import ConfigError
 
@@ -25,6 +25,11 @@ class ModelConfig:
     norm_eps: float = 1e-5
     path: str | None = None  # arch=hf: a local Hugging Face model directory (the sizes above are unused)
     dtype: str = "auto"  # arch=hf: weights dtype (auto | bfloat16 | float32); see DTYPES
+    # Hugging Face unified models (hf_emu3, ...): the square image size the VQ codec takes
+    # (0: the processor's), and which kinds of token the routers decide for (the others always
+    # run): image, caption, question, answer, text, special (modlab.models.hf_unified.TOKEN_KINDS)
+    resolution: int = 0
+    route_tokens: list[str] = field(default_factory=lambda: ["image"])
 
     def __post_init__(self) -> None:
         from modlab.families import get_family

@@ -75,6 +75,27 @@ HF_FAMILIES: dict[str, HFFamily] = {
             parallel_attn_mlp=True,
         ),
         HFFamily("phi3", "Phi3Config", "Phi3ForCausalLM", sliding_window=SLIDING_ALL_LAYERS),
+        # unified (text + image) models: the language decoder sits inside the multimodal model
+        HFFamily(
+            "emu3",
+            "Emu3Config",
+            "Emu3ForConditionalGeneration",
+            layers="model.text_model.layers",
+            final_norm="model.text_model.norm",
+        ),
+        HFFamily(
+            "chameleon",
+            "ChameleonConfig",
+            "ChameleonForConditionalGeneration",
+            layer_returns_tuple=True,  # (hidden_states, attention weights)
+        ),
+        HFFamily(
+            "janus",
+            "JanusConfig",
+            "JanusForConditionalGeneration",
+            layers="model.language_model.layers",
+            final_norm="model.language_model.norm",
+        ),
     )
 }
 
@@ -88,6 +109,13 @@ def hf_family(config) -> HFFamily:
             f"Hugging Face model type '{model_type}' is not supported; supported: {', '.join(HF_FAMILIES)}"
         )
     return family
+
+
+def text_config(config):
+    """The config of the language decoder: the config itself for a causal LM, its text config for
+    a unified model (Emu3, Janus keep sizes there)."""
+    get = getattr(config, "get_text_config", None)
+    return get(decoder=True) if get is not None else config
 
 
 def resolve_attribute(root: nn.Module, path: str):
@@ -106,6 +134,7 @@ def decoder_layers(model: nn.Module, family: HFFamily | None = None) -> nn.Modul
 def layer_sliding_window(config, family: HFFamily, layer_idx: int) -> int | None:
     """The sliding window of layer `layer_idx` (a key at distance >= window is not attended to),
     or None for full causal attention."""
+    config = text_config(config)
     window = getattr(config, "sliding_window", None)
     if family.sliding_window == SLIDING_ALL_LAYERS:
         return window

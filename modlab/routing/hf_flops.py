@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from modlab.models.hf_families import decoder_layers
+from modlab.models.hf_families import decoder_layers, text_config
 from modlab.routing.hf_routed_layer import HFRoutedLayer
 
 
@@ -40,7 +40,7 @@ def layer_forward_flops(layer: nn.Module, config, rows: int, tokens: int) -> int
 def forward_flops(model: nn.Module, B: int, T: int, routed: dict[int, list[tuple[int, int]]] | None = None) -> int:
     """Forward FLOPs of a transformers CausalLM on B rows of T tokens; `routed`: what each routed
     layer ran ({layer: [(rows, K), ...]}, a routing trace's flops_groups()[0]), None: every layer dense."""
-    config = model.config
+    config = text_config(model.config)
     total = 2 * B * T * config.hidden_size * config.vocab_size  # output head
     for i, layer in enumerate(decoder_layers(model)):
         if isinstance(layer, HFRoutedLayer):
@@ -69,7 +69,7 @@ def planned_flops_ratio(model: nn.Module, layer_caps: dict[int, float], workload
 
     from modlab.routing.topk import tokens_to_keep
 
-    config = model.config
+    config = text_config(model.config)
     layers = decoder_layers(model)
     routed = dense = 0
     for rows, n in workload:

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from modlab.errors import ConfigError
-from modlab.models.hf_families import HFFamily, decoder_layers, hf_family, layer_sliding_window
+from modlab.models.hf_families import HFFamily, decoder_layers, hf_family, layer_sliding_window, text_config
 from modlab.routing.install import RouteInfo
 from modlab.routing.routed_block import RoutedBlock, gather_tokens
 from modlab.routing.topk import topk_select
@@ -56,6 +56,7 @@ class HFRouteInputs:
 
     task: torch.Tensor | None = None  # (B,) task id of each row (UniMoD); None: task 0
     valid: torch.Tensor | None = None  # (B, T) real tokens; None: read from the attention mask
+    always: torch.Tensor | None = None  # (B, T) tokens that always run (not routed); None: none
 
 
 class HFRoutedLayer(RoutedBlock):
@@ -110,24 +111,27 @@ class HFRoutedLayer(RoutedBlock):
                 )
         valid = self._valid_tokens(kwargs.get("attention_mask"), B, T, x.device)
         task = self.inputs.task if self.inputs.task is not None else torch.zeros(B, dtype=torch.long, device=x.device)
-        route = RouteInfo(task=task, valid=valid)
+        always = self.inputs.always
+        always = always.to(device=x.device, dtype=torch.bool) if always is not None and always.shape == (B, T) else None
+        route = RouteInfo(task=task, valid=valid, always=always)
         scores = self.router(x, task)  # (B, T) logits
 
-        def run_rows(rows, eligible, capacity):
+        def run_rows(rows, eligible, capacity, forced=None):
             if rows is None:
-                return self._route_rows(x, kwargs, eligible, scores, capacity)
-            return self._route_rows(x[rows], self._take_rows(kwargs, rows, B), eligible, scores[rows], capacity)
+                return self._route_rows(x, kwargs, eligible, scores, capacity, forced)
+            kw = self._take_rows(kwargs, rows, B)
+            return self._route_rows(x[rows], kw, eligible, scores[rows], capacity, forced)
 
         # the decision is RoutedBlock's (threshold / top-k, per-task groups, causal loss, traces);
         # a KV cache takes whole-batch updates only, so with one the batch goes in one call
         out = self.route(x, route, scores, run_rows, x.clone(), one_call=cache is not None)
         return self._as_layer_output(out)
 
-    def _route_rows(self, x, kwargs, eligible, scores, capacity) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _route_rows(self, x, kwargs, eligible, scores, capacity, forced=None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The new hidden states of these rows, which of their tokens ran the layer (B, T), and
         the batched call's K."""
         B, T, d = x.shape
-        idx, slot_ok = topk_select(scores.detach(), eligible, capacity)
+        idx, slot_ok = topk_select(scores.detach(), eligible, capacity, forced)
         K = idx.shape[1]
         # unused slots are sent to a dummy token T, which is dropped: no token is written twice
         idx_or_dummy = idx.masked_fill(~slot_ok, T)
@@ -330,15 +334,18 @@ class HFRouting:
         self.model, self.family, self.layers, self._inputs = model, family, layers, inputs
 
     @contextmanager
-    def inputs(self, task: torch.Tensor | None = None, valid: torch.Tensor | None = None):
+    def inputs(
+        self, task: torch.Tensor | None = None, valid: torch.Tensor | None = None, always: torch.Tensor | None = None
+    ):
         """Around a forward: each row's task id (UniMoD's per-task routers) and, optionally, the
-        valid tokens (by default read from the attention mask each layer receives)."""
-        old = (self._inputs.task, self._inputs.valid)
-        self._inputs.task, self._inputs.valid = task, valid
+        valid tokens (by default read from the attention mask each layer receives) and the tokens
+        that always run (not routed: e.g. all but the image tokens)."""
+        old = (self._inputs.task, self._inputs.valid, self._inputs.always)
+        self._inputs.task, self._inputs.valid, self._inputs.always = task, valid, always
         try:
             yield
         finally:
-            self._inputs.task, self._inputs.valid = old
+            self._inputs.task, self._inputs.valid, self._inputs.always = old
 
     def cache_entries(self, cache) -> dict[int, torch.Tensor]:
         """(B,) cached K/V entries that hold a token, per routed layer."""
@@ -354,9 +361,10 @@ def install_hf_routing(
     """Wrap decoder layer i of a transformers CausalLM in an HFRoutedLayer for every routed layer
     i; `layer_capacity[i]` holds one capacity per router (one: MoD; one per task id: UniMoD).
     Every way the request can be wrong is a one-line ConfigError."""
-    config = model.config
-    family = hf_family(config)
-    attn = getattr(config, "_attn_implementation", None) or "eager"
+    family = hf_family(model.config)
+    config = text_config(model.config)  # sizes and layer types of the language decoder
+    attn = getattr(config, "_attn_implementation", None) or getattr(model.config, "_attn_implementation", None)
+    attn = attn or "eager"
     if attn not in SUPPORTED_ATTENTION:
         raise ConfigError(
             f"token routing needs attn_implementation {' or '.join(SUPPORTED_ATTENTION)}, the model uses '{attn}'"
@@ -380,7 +388,7 @@ def install_hf_routing(
             config.hidden_size,
             list(caps),
             layer_idx=i,
-            sliding_window=layer_sliding_window(config, family, i),
+            sliding_window=layer_sliding_window(model.config, family, i),
             attn_implementation=attn,
             returns_tuple=family.layer_returns_tuple,
             inputs=inputs,

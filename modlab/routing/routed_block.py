@@ -56,6 +56,13 @@ class RouteInfo:
 
     task: torch.Tensor  # (B,) task id of each row
     valid: torch.Tensor  # (B, T) tokens that may be selected (padding never is)
+    # (B, T) valid tokens that are not routed but always run (which tokens a run routes is
+    # configurable, e.g. image tokens only); None: every valid token is routed
+    always: torch.Tensor | None = None
+
+    def routed(self) -> torch.Tensor:
+        """(B, T) the tokens the router decides for."""
+        return self.valid if self.always is None else self.valid & ~self.always
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -122,11 +129,19 @@ class RoutedBlock(nn.Module):
             self.require_causal_decision()
         scores = self.router(x, route.task)  # (B, T) logits
 
-        def run_rows(rows, eligible, capacity):
+        def run_rows(rows, eligible, capacity, forced=None):
             if rows is None:  # every row in one call: the only call threshold routing (and a cache) makes
-                return self._route_rows(x, positions, attn_mask, eligible, scores, capacity, route.task, cache)
+                return self._route_rows(x, positions, attn_mask, eligible, scores, capacity, route.task, cache, forced)
             return self._route_rows(
-                x[rows], positions[rows], attn_mask[rows], eligible, scores[rows], capacity, route.task[rows]
+                x[rows],
+                positions[rows],
+                attn_mask[rows],
+                eligible,
+                scores[rows],
+                capacity,
+                route.task[rows],
+                None,
+                forced,
             )
 
         return self.route(x, route, scores, run_rows, torch.zeros_like(x))
@@ -143,8 +158,9 @@ class RoutedBlock(nn.Module):
     def route(self, x: torch.Tensor, route, scores: torch.Tensor, run_rows, empty_out: torch.Tensor, one_call=False):
         """Which tokens run the layer, and running it: the decision every routed layer shares.
 
-        `run_rows(rows, eligible, capacity)` runs the wrapped layer on the top-k eligible tokens
-        of those rows (rows None: all) and returns (out, selected (rows, T), K of its call);
+        `run_rows(rows, eligible, capacity, forced)` runs the wrapped layer on the top-k eligible
+        tokens of those rows (rows None: all) plus their `forced` ones (route.always), and returns
+        (out, selected (rows, T), K of its call);
         `empty_out` is what rows that run nothing return (zeros for a delta, x for a stream).
         `one_call`: every row in one batched call even when tasks differ in capacity."""
         groups: list[tuple[int, int]] = []
@@ -155,6 +171,8 @@ class RoutedBlock(nn.Module):
             row_capacity = self.row_capacity(route.task)
             decided = self.decision_logits(x, route.task, scores).detach() > 0
             eligible = route.valid & (decided | (row_capacity >= 1.0)[:, None])
+            if route.always is not None:
+                eligible |= route.valid & route.always
             out, selected, k = run_rows(None, eligible, torch.ones((), device=x.device))
             groups.append((x.shape[0], k))
             mode = "threshold"
@@ -164,8 +182,9 @@ class RoutedBlock(nn.Module):
             if self.training and self.anneal < 1.0:
                 capacity = annealed_capacity(capacity, self.anneal)
             row_capacity = self.row_capacity(route.task, capacity)
+            always = route.always
             if one_call or len(row_capacity.unique()) == 1:  # MoD, or one capacity for all rows: one call
-                out, selected, k = run_rows(None, route.valid, row_capacity)
+                out, selected, k = run_rows(None, route.valid, row_capacity, always)
                 groups.append((x.shape[0], k))
             else:
                 # Task routers with different capacities: the rows of each task go through together.
@@ -174,19 +193,21 @@ class RoutedBlock(nn.Module):
                 out, selected = empty_out, torch.zeros_like(route.valid)
                 for t in route.task.unique().tolist():
                     rows = (route.task == t).nonzero().squeeze(1)
-                    out[rows], selected[rows], k = run_rows(rows, route.valid[rows], row_capacity[rows])
+                    forced = always[rows] if always is not None else None
+                    out[rows], selected[rows], k = run_rows(rows, route.valid[rows], row_capacity[rows], forced)
                     groups.append((len(rows), k))
             if self.causal != "none":
                 aux, agreement = self._score_causal_decision(x, route, scores, selected)
         if self.routing_traces:
             from modlab.routing.trace import LayerRouting
 
+            routed = route.routed()  # kept fractions are over the tokens the router decides for
             record = LayerRouting(
                 self.layer_index,
                 mode,
                 route.task,
-                route.valid,
-                selected,
+                routed,
+                selected & routed,
                 self.row_capacity(route.task),
                 groups,
                 self.routing_weights(),
@@ -202,7 +223,7 @@ class RoutedBlock(nn.Module):
         tokens of *routed* rows (capacity < 1: a dense row's tokens all run, whatever the logit),
         and their agreement; for aux_bce it trains the router itself, for the predictor only the
         predictor. With no routed token the loss is a zero that keeps the graph, agreement None."""
-        routed = route.valid & (self.row_capacity(route.task) < 1.0)[:, None]
+        routed = route.routed() & (self.row_capacity(route.task) < 1.0)[:, None]
         logits = self.decision_logits(x, route.task, scores).float()
         if not bool(routed.any()):
             return logits.sum() * 0.0, None
@@ -211,11 +232,11 @@ class RoutedBlock(nn.Module):
         return aux, ((logits.detach() > 0) == target).float().mean()
 
     def _route_rows(
-        self, x, positions, attn_mask, valid, scores, capacity, task, cache=None
+        self, x, positions, attn_mask, valid, scores, capacity, task, cache=None, forced=None
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The routed delta of these rows, which of their tokens ran the block (B, T), and the
         batched call's K."""
-        idx, slot_ok = topk_select(scores.detach(), valid, capacity)
+        idx, slot_ok = topk_select(scores.detach(), valid, capacity, forced)
         # unused slots point at token 0; adding 0 there leaves a selected token 0 selected
         selected = torch.zeros(valid.shape, device=x.device).scatter_add(1, idx, slot_ok.float()) > 0
         if idx.shape[1] == 0:  # threshold routing kept no token in any row: nothing runs, nothing is cached

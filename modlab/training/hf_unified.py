@@ -1,0 +1,124 @@
+"""LightningModule for Hugging Face unified models (modlab.models.hf_unified): UniMoD / MoD
+fine-tuning of a transformers checkpoint with task routers, the paper's protocol.
+
+It is modlab's UnifiedModule (the same losses, weighting, causal-routing loss, capacity schedule,
+validation and honest test: MMU answer accuracy, T2I images scored by the reference classifier on
+digits, LM perplexity under causal routing, the kept fraction per task and layer) around a
+transformers model: the routed layers are modlab.routing.hf_routed_layer's, the FLOPs of a step
+are counted on the transformers model itself (modlab.routing.hf_flops), and the image tokenizer is
+the model's frozen VQ codec (seen as a digit tokenizer for scoring: modlab.training.hf_unified_data).
+The VQ model is never trained (no paper does); its weights travel with the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from modlab.data.config import DataConfig
+from modlab.data.tokens import IGNORE_INDEX
+from modlab.errors import CheckpointError, ConfigError
+from modlab.models.config import ModelConfig
+from modlab.routing.config import RoutingConfig
+from modlab.routing.hf_flops import train_step_flops
+from modlab.routing.hf_routed_layer import apply_hf_routing
+from modlab.training.config import EvalConfig, ObjectiveConfig
+from modlab.training.unified import UnifiedModule
+
+
+class HFUnifiedModule(UnifiedModule):
+    def __init__(
+        self, model: dict, data: dict, objective: dict, eval: dict, routing: dict | None = None, seed: int = 0
+    ):
+        from modlab.models.hf_unified import load_hf_unified
+        from modlab.training.hf_unified_data import DigitCodec
+
+        L.LightningModule.__init__(self)
+        self.save_hyperparameters()
+        self.data_cfg, self.eval_cfg = DataConfig(**data), EvalConfig(**eval)
+        self.objective_cfg = ObjectiveConfig(**objective)
+        cfg = dict(model)
+        self.model = load_hf_unified(
+            cfg["path"], cfg.get("resolution", 0), tuple(cfg.get("route_tokens", ("image",))), cfg.get("dtype", "auto")
+        )
+        if self.model.family.model_type != expected_model_type(cfg["arch"]):
+            raise ConfigError(
+                f"model.path '{cfg['path']}' holds a '{self.model.family.model_type}' model, but model.arch="
+                f"{cfg['arch']} loads {expected_model_type(cfg['arch'])} models"
+            )
+        self.model.train()  # transformers loads in eval mode; the VQ codec stays in eval mode
+        self.model.codec.vq.eval()
+        n_layer = self.model.n_layer
+        self.model_cfg = ModelConfig(arch=cfg["arch"], n_layer=n_layer, path=cfg["path"])
+        self.routing_cfg = RoutingConfig(**(routing or {})).resolved(n_layer)
+        self.hparams["routing"] = asdict(self.routing_cfg)  # a plan file's content, not its path
+        if self.routing_cfg.kind != "dense":
+            self.model.routing = apply_hf_routing(self.model.hf, self.routing_cfg)
+        self.image_tokenizer = DigitCodec(self.model.codec)
+        self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
+        self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.lm_ppl = Perplexity(ignore_index=IGNORE_INDEX)
+        self.val_loss = MeanMetric()
+        self.flops_routed, self.flops_dense = MeanMetric(), MeanMetric()
+
+    @classmethod
+    def from_run(cls, run):
+        return cls(
+            asdict(run.model), asdict(run.data), asdict(run.objective), asdict(run.eval), asdict(run.routing), run.seed
+        )
+
+    # ---- checkpoints: the VQ codec is part of the model's weights ------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["image_tokenizer"] = self.image_tokenizer.state_dict()
+        checkpoint["train_flops"] = {
+            name: {k: v.detach().clone() for k, v in getattr(self, name).metric_state.items()}
+            for name in ("flops_routed", "flops_dense")
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("image_tokenizer", {}).get("identity")
+        if saved is not None and saved != self.model.codec.identity:
+            raise CheckpointError(
+                "the checkpoint's VQ tokenizer differs from the one in model.path (its codes would mean other images)"
+            )
+        for name, state in checkpoint.get("train_flops", {}).items():
+            for k, v in state.items():
+                setattr(getattr(self, name), k, v.to(self.device))
+
+    # ---- FLOPs ------------------------------------------------------------------------------------
+
+    def step_flops(self, trace, B: int, T: int) -> tuple[float, float]:
+        """Training FLOPs of the forward `trace` recorded, and of the same step unrouted, counted
+        on the transformers model (the image tokens are pre-tokenized: no VQ encoder runs)."""
+        hf = self.model.hf
+        return float(train_step_flops(hf, B, T, trace.flops_groups()[0])), float(train_step_flops(hf, B, T))
+
+
+def expected_model_type(arch: str) -> str:
+    """`hf_emu3` -> "emu3": the transformers model_type a family loads."""
+    return arch.removeprefix("hf_")
+
+
+def load_hf_unified_module(ckpt_path: str) -> HFUnifiedModule:
+    """An HFUnifiedModule from one of its checkpoints (the model is rebuilt from model.path, then
+    the checkpoint's weights are loaded strictly)."""
+    from modlab.training.checkpoint import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(ckpt_path)
+    try:
+        module = HFUnifiedModule(**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"})
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
+    module.on_load_checkpoint(ckpt)
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
+        ) from None
+    return module.eval()

@@ -1,0 +1,164 @@
+"""Lightning data module for Hugging Face unified models: T2I, MMU and LM rows in the model's own
+format (modlab.models.hf_unified), from the real digits rendered at the VQ codec's resolution (the
+offline default) or from the user's images (`data.image_folder`: a folder with captions.jsonl /
+captions.csv, modlab.data.image_folder).
+
+Every image is tokenized by the model's VQ encoder once: digits per split, a user folder through
+its on-disk cache (keyed by the codec's identity and the folder's content), so later epochs and
+runs never run the encoder again. Training batches mix the tasks in fixed proportions
+(`data.batch_size`) through Lightning's CombinedLoader, as DigitsDataModule does; the test loaders
+are DigitsDataModule's three: MMU prompts (one question, so rows of one length), T2I prompts
+("a handwritten <digit>", left-padded: every row ends where its image starts), LM rows.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from modlab.data import digits as D
+from modlab.data.rows import collate_rows
+from modlab.data.text_corpus import load_corpus, split_corpus
+from modlab.models.hf_image_codec import digits_as_rgb, rgb_as_digits
+from modlab.models.hf_unified import left_pad
+from modlab.training.resume import link_loaders, resumable_loader
+
+
+class DigitCodec:
+    """The VQ codec seen as modlab's 8x8 digit image tokenizer (encode 8x8 grey digits, decode to
+    them), so the unified test (reference classifier, FID) scores the model's images unchanged."""
+
+    def __init__(self, codec):
+        self.codec = codec
+        self.n_codes, self.n_tokens = codec.n_codes, codec.n_tokens
+
+    def encode(self, images) -> torch.Tensor:
+        return self.codec.encode(digits_as_rgb(images, self.codec.resolution))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return rgb_as_digits(self.codec.decode(codes.cpu()))
+
+    def state_dict(self) -> dict:
+        return {"kind": "hf_vq", "identity": self.codec.identity}
+
+
+class ImageRows(Dataset):
+    """T2I or MMU rows over tokenized images: digits (captions / questions from the templates,
+    random when training) or the user's records (their own caption, question and answer)."""
+
+    def __init__(self, model, codes: torch.Tensor, task: str, train: bool, labels=None, records=None):
+        self.model, self.codes, self.task, self.train = model, codes, task, train
+        self.labels, self.records = labels, records
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int) -> dict:
+        m = self.model
+        if self.records is not None:
+            r = self.records[i]
+            if self.task == "t2i":
+                return m.t2i_row(r.caption, self.codes[i])
+            return m.mmu_row(self.codes[i], r.question, r.answer)
+        d = int(self.labels[i])
+        t = int(torch.randint(0, 1 << 30, ())) if self.train else i
+        if self.task == "t2i":
+            return m.t2i_row(D.caption(d, t), self.codes[i], d)
+        return m.mmu_row(self.codes[i], D.question(t), D.answer(d, t), d)
+
+
+class PromptRows(Dataset):
+    """Test prompts: MMU (a digit's codes + the first question) or T2I ("a handwritten <d>")."""
+
+    def __init__(self, model, task: str, codes=None, labels=None, per_digit: int = 0):
+        self.model, self.task, self.codes, self.labels, self.per_digit = model, task, codes, labels, per_digit
+
+    def __len__(self) -> int:
+        return len(self.labels) if self.task == "mmu" else 10 * self.per_digit
+
+    def __getitem__(self, i: int) -> dict:
+        if self.task == "mmu":
+            return self.model.mmu_row(self.codes[i], D.question(0), None, int(self.labels[i]))
+        d = i % 10
+        return self.model.t2i_prompt(D.EVAL_CAPTION.format(d=d, name=D.DIGIT_NAMES[d]), d)
+
+
+class TextRows(Dataset):
+    """Windows of the text corpus (characters), tokenized by the model's tokenizer."""
+
+    def __init__(self, model, text: str, length: int, train: bool):
+        self.model, self.text, self.length, self.train = model, text, length, train
+
+    def __len__(self) -> int:
+        return max(1, len(self.text) // self.length)
+
+    def __getitem__(self, i: int) -> dict:
+        start = int(torch.randint(0, max(1, len(self.text) - self.length), ())) if self.train else i * self.length
+        return self.model.lm_row(self.text[start : start + self.length])
+
+
+class HFUnifiedDataModule(L.LightningDataModule):
+    def __init__(self, cfg, eval_cfg, model, cache_dir: str | None = None):
+        super().__init__()
+        self.cfg, self.eval_cfg, self.model = cfg, eval_cfg, model
+        self.image_tokenizer = DigitCodec(model.codec)
+        self.splits = D.load_digit_splits(cfg.split_seed)
+        self.codes = {k: self.image_tokenizer.encode(v.images) for k, v in self.splits.items()}
+        self.folder = None
+        if cfg.image_folder:
+            from modlab.data.image_folder import tokenize_image_folder
+
+            self.folder = tokenize_image_folder(cfg.image_folder, model.codec, cache_dir or cfg.image_cache)
+        text = split_corpus(load_corpus(cfg.lm_files))
+        self.text = {k: v.decode("utf-8", "replace") for k, v in text.items()}
+        self._collate = partial(collate_rows, pad_id=model.pad)
+
+    def _loader(self, ds, batch_size: int, train: bool, collate=None) -> DataLoader:
+        collate = collate or self._collate
+        if train:  # its position is part of the checkpoint (exact resume)
+            return resumable_loader(ds, batch_size, collate_fn=collate, num_workers=self.cfg.num_workers)
+        return DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=self.cfg.num_workers)
+
+    def _task_sets(self, split: str) -> dict:
+        train, m = split == "train", self.model
+        if self.folder is not None and split == "train":
+            f = self.folder
+            with_answers = [i for i, r in enumerate(f.records) if r.answer is not None]
+            sets = {"t2i": ImageRows(m, f.codes, "t2i", True, records=f.records)}
+            if with_answers:
+                sets["mmu"] = Subset(ImageRows(m, f.codes, "mmu", True, records=f.records), with_answers)
+        else:
+            labels = self.splits[split].labels
+            sets = {t: ImageRows(m, self.codes[split], t, train, labels=labels) for t in ("t2i", "mmu")}
+        sets["lm"] = TextRows(m, self.text[split], self.cfg.lm_length, train)
+        return {k: v for k, v in sets.items() if self.cfg.batch_size.get(k, 0) > 0}
+
+    def train_dataloader(self):
+        loaders = {k: self._loader(ds, self.cfg.batch_size[k], True) for k, ds in self._task_sets("train").items()}
+        link_loaders(loaders.values())
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self):
+        loaders = {k: self._loader(ds, self.cfg.eval_batch_size, False) for k, ds in self._task_sets("val").items()}
+        return CombinedLoader(loaders, mode="max_size")
+
+    def test_dataloader(self):
+        """Three loaders, in this order: MMU prompts, T2I prompts, LM test rows."""
+        e, bs, m = self.eval_cfg, self.cfg.eval_batch_size, self.model
+        mmu = PromptRows(m, "mmu", self.codes["test"], self.splits["test"].labels)
+        if e.mmu_max_rows:
+            mmu = Subset(mmu, range(min(e.mmu_max_rows, len(mmu))))
+        t2i = PromptRows(m, "t2i", per_digit=e.t2i_per_digit)
+        lm = TextRows(m, self.text["test"], self.cfg.lm_length, train=False)
+        if e.lm_max_rows:
+            lm = Subset(lm, range(min(e.lm_max_rows, len(lm))))
+        prompts = partial(left_pad, pad_id=m.pad)
+        return [
+            self._loader(mmu, bs, False, prompts),
+            self._loader(t2i, bs, False, prompts),
+            self._loader(lm, bs, False),
+        ]
