@@ -190,6 +190,7 @@ for _spec in (
         "Hugging Face Emu3 (a local directory with its processor)",
         "unified",
         "modlab.families.hf_unified:HF_EMU3",
+        analyses=_UNIFIED_ANALYSES,
         routing=("mod", "unimod"),
         commands=COMMANDS,
         requires_path=True,

@@ -176,12 +176,6 @@ class HFUnifiedModel(nn.Module):
 class HFEmu3(HFUnifiedModel):
     """Emu3ForConditionalGeneration (see the module docstring for its rows)."""
 
-    @staticmethod
-    def make_codec(hf, image_processor, resolution: int):
-        from modlab.models.hf_image_codec import Emu3Codec
-
-        return Emu3Codec(hf.model.vqmodel, image_processor, resolution)
-
     def __init__(self, hf, processor, codec, path, route_tokens=("image",)):
         super().__init__(hf, processor, codec, path, route_tokens)
         vocab = hf.model.vocabulary_mapping
@@ -335,6 +329,7 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
     every way the directory can be wrong is a one-line ConfigError / CheckpointError.
     `resolution` 0: the processor's own image size."""
     from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
+    from modlab.models.hf_image_codec import codec_for
 
     p = Path(path)
     if not (p / "config.json").is_file():
@@ -367,9 +362,8 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"model.path '{path}': the weights could not be loaded ({type(e).__name__})") from None
     resolution = resolution or processor_resolution(processor)
-    cls = FAMILY_CLASSES[config.model_type]
-    codec = cls.make_codec(hf, processor.image_processor, resolution)
-    return cls(hf.eval(), processor, codec, str(p.resolve()), tuple(route_tokens))
+    codec = codec_for(hf, processor.image_processor, resolution)
+    return FAMILY_CLASSES[config.model_type](hf.eval(), processor, codec, str(p.resolve()), tuple(route_tokens))
 
 
 def processor_resolution(processor) -> int:
