@@ -35,8 +35,10 @@ class HFUnifiedFamily(UnifiedFamily):
                 "(data.image_folder=DIR)"
             )
         module = HFUnifiedModule.from_run(run)
-        cache = run.data.image_cache or str(Path(run.paths.output_dir) / "cache" / "image_tokens")
-        return module, HFUnifiedDataModule(run.data, run.eval, module.model, cache)
+        cache = image_cache_dir(run.data, run.paths.output_dir)
+        dm = HFUnifiedDataModule(run.data, run.eval, module.model, cache)
+        require_rows_for_routed_tasks(module.routing_cfg, module.model.n_layer, dm.train_tasks(), run.data)
+        return module, dm
 
     def describe(self, module) -> dict:
         m = module.model
@@ -123,6 +125,30 @@ class HFUnifiedFamily(UnifiedFamily):
         if routing is not None:
             info["routed_layers_analysed"] = "unrouted: every token runs every layer"
         return AnalysisTarget(module, subject, batches, plan=plan, info=info)
+
+
+def require_rows_for_routed_tasks(routing_cfg, n_layer: int, tasks: list[str], data_cfg) -> None:
+    """A task with its own routers (UniMoD) must have training rows, or its routers never learn:
+    e.g. routing MMU on an image folder whose captions file has no questions and answers."""
+    from modlab.data.tokens import TASKS
+    from modlab.errors import ConfigError
+
+    if routing_cfg.kind != "unimod":
+        return
+    caps = routing_cfg.layer_capacities(n_layer)
+    routed = {TASKS[j] for c in caps.values() for j, v in enumerate(c) if v < 1.0 and j < len(TASKS)}
+    missing = sorted(routed - set(tasks))
+    if missing:
+        source = f"the image folder {data_cfg.image_folder}" if data_cfg.image_folder else "data.batch_size"
+        raise ConfigError(
+            f"routing routes task(s) {', '.join(missing)}, but {source} gives no {'/'.join(missing)} training rows"
+            + (" (its captions file has no question / answer)" if "mmu" in missing and data_cfg.image_folder else "")
+        )
+
+
+def image_cache_dir(data_cfg, output_dir: str) -> str:
+    """Where image codes are cached: data.image_cache, else <output_dir>/cache/image_tokens."""
+    return data_cfg.image_cache or str(Path(output_dir) / "cache" / "image_tokens")
 
 
 # the rows per training step the plan's FLOPs target is measured on (conf/experiment/hf_*_unimod.yaml)
