@@ -303,13 +303,15 @@ def showo_logits(
     valid: torch.Tensor,
     routing=None,
     task: torch.Tensor | None = None,
+    always: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits (B, T, vocab) of the PhiForCausalLM under Show-o's omni-attention. Positions are
     0..T-1 (Show-o's, padding included). With token routing installed pass `routing` (the
     HFRouting of install_hf_routing): its layers get each row's task id and its valid tokens (the
-    mask alone would not tell them: padding sees itself, so it would count as valid)."""
+    mask alone would not tell them: padding sees itself, so it would count as valid), and
+    `always` (B, T), tokens that are not routed but run every layer (e.g. all but the image)."""
     mask = omni_attention_4d(is_image, valid, model.dtype)
-    inputs = routing.inputs(task=task, valid=valid) if routing is not None else nullcontext()
+    inputs = routing.inputs(task=task, valid=valid, always=always) if routing is not None else nullcontext()
     with inputs:
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 

@@ -395,3 +395,19 @@ def test_routed_counts_and_the_per_row_reference(caps):
         alone = logits_of(model, row, routing, b["task"][r : r + 1])
         valid = row["valid"][0]
         torch.testing.assert_close(alone[0][valid], batched[r, :n][valid])
+
+
+def test_only_image_tokens_routed_the_rest_always_runs():
+    model, v = tiny_showo()
+    routing = install_hf_routing(model, {2: [0.5, 0.25, 1.0]})
+    b = mixed_batch(v)
+    always = b["valid"] & ~b["is_image"]
+    with record_routing(model) as trace, torch.no_grad():
+        S.showo_logits(model, b["ids"], b["is_image"], b["valid"], routing, b["task"], always)
+    (record,) = trace.layer(2)
+    assert torch.equal(record.valid, b["is_image"])  # the router decides for the image tokens only
+    caps, n_img = [0.5, 0.25, 1.0], b["is_image"].sum(1)
+    assert record.kept.tolist() == [math.ceil(caps[int(t)] * int(n)) for t, n in zip(b["task"], n_img)]
+    # each task's call ran its kept image tokens plus every other valid token of its rows
+    per_row = record.kept + always.sum(1)
+    assert sorted(k for _, k in record.groups) == sorted(int(per_row[b["task"] == t].max()) for t in range(3))
