@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import TINY, composed, save_tiny_hf
+from helpers import TINY, composed, save_tiny_hf, save_tiny_hf_unified
 
 from modlab.cli.app import CONF_DIR
 from modlab.cli.schema import validate
@@ -19,17 +19,30 @@ def test_there_are_experiments():
     assert "showo_dense" in EXPERIMENTS
 
 
-# experiments on a Hugging Face model directory (model.path=DIR): a tiny random one
-NEEDS_HF_DIR = {"hf_mod"}
+# experiments on a Hugging Face model directory (model.path=DIR): a tiny random one of the kind
+# they load (hf_mod: a causal LM; hf_<family>_*: that unified family, e.g. hf_emu3_unimod)
+def hf_kind(name: str) -> str | None:
+    if name == "hf_mod":
+        return "llama"
+    return name.split("_")[1] if name.startswith("hf_") else None
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory) -> Path:
-    return save_tiny_hf(tmp_path_factory.mktemp("hf") / "llama")
+def hf_dirs(tmp_path_factory):
+    made: dict[str, Path] = {}
+
+    def dir_of(kind: str) -> Path:
+        if kind not in made:
+            path = tmp_path_factory.mktemp("hf") / kind
+            made[kind] = save_tiny_hf(path) if kind == "llama" else save_tiny_hf_unified(path, kind)
+        return made[kind]
+
+    return dir_of
 
 
 def hf_args(name: str, request) -> list[str]:
-    return [f"model.path={request.getfixturevalue('hf_dir')}"] if name in NEEDS_HF_DIR else []
+    kind = hf_kind(name)
+    return [f"model.path={request.getfixturevalue('hf_dirs')(kind)}"] if kind else []
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
