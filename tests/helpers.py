@@ -242,76 +242,15 @@ def write_mc_task(directory: Path, name: str = "tiny_mc", n: int = 8) -> Path:
     return directory
 
 
-def byte_level_tokenizer(specials: list[str], **named):
-    """A byte-level BPE tokenizer with no merges (256 byte tokens), then `specials` (added
-    special tokens) with `named` special-token attributes (e.g. boi_token="<|image start|>")."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    base = {k: v for k, v in named.items() if k in ("bos_token", "eos_token", "pad_token")}
-    extra = {k: v for k, v in named.items() if k not in base}
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, extra_special_tokens=extra, **base)
-    fast.add_special_tokens({"additional_special_tokens": specials})
-    return fast
-
-
 def save_tiny_hf_unified(path: Path, family: str = "emu3", n_codes: int = 32, n_layer: int = 4, seed: int = 0) -> Path:
     """A tiny random Hugging Face unified model with its processor (offline byte-level tokenizer,
     tiny VQ model: 32x32 images, an 8x8 code grid), saved with save_pretrained."""
     from transformers.utils import logging
 
-    logging.disable_progress_bar()
-    torch.manual_seed(seed)
-    if family != "emu3":
-        raise ValueError(f"no tiny builder for '{family}'")
-    from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3ImageProcessor, Emu3Processor
-    from transformers.models.emu3.configuration_emu3 import Emu3TextConfig, Emu3VQVAEConfig
+    from modlab.models.hf_tiny import tiny_unified
 
-    named = {
-        "bos_token": "<|extra_203|>",
-        "eos_token": "<|extra_204|>",
-        "pad_token": "<|endoftext|>",
-        "image_token": "<image>",
-        "boi_token": "<|image start|>",
-        "eoi_token": "<|image end|>",
-        "image_wrapper_token": "<|image token|>",
-        "eof_token": "<|extra_201|>",
-    }
-    visual = [f"<|visual token {i:06d}|>" for i in range(n_codes)]
-    tok = byte_level_tokenizer([*named.values(), "<|extra_200|>", *visual], **named)
-    vocab_map = {s: tok.convert_tokens_to_ids(s) for s in [*named.values(), "<|extra_200|>", *visual]}
-    vq = Emu3VQVAEConfig(
-        codebook_size=n_codes,
-        embed_dim=8,
-        latent_channels=8,
-        base_channels=32,
-        channel_multiplier=[1, 2, 2],
-        num_res_blocks=1,
-        attn_resolutions=[],
-        hidden_size=64,
-        temporal_downsample_factor=1,
-    )
-    text = Emu3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=n_layer,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        attention_dropout=0.0,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = Emu3ForConditionalGeneration(Emu3Config(vq_config=vq, text_config=text, vocabulary_map=vocab_map))
-    image_processor = Emu3ImageProcessor(
-        min_pixels=32 * 32, max_pixels=32 * 32, spatial_factor=4, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
+    logging.disable_progress_bar()
+    model, processor = tiny_unified(family, n_codes=n_codes, n_layer=n_layer, seed=seed)
     model.save_pretrained(path)
-    Emu3Processor(image_processor, tok).save_pretrained(path)
+    processor.save_pretrained(path)
     return path

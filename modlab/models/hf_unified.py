@@ -281,6 +281,18 @@ class HFEmu3(HFUnifiedModel):
     def sample_images(self, prompts, steps=0, guidance=0.0, temperature=1.0, generator=None) -> torch.Tensor:
         """Image codes (B, h * w) for left-padded T2I prompts (t2i_prompt rows), drawn in raster
         order with the KV cache; `steps` is ignored (one step per code)."""
+
+        def draw(scores: torch.Tensor) -> torch.Tensor:
+            probs = F.softmax(scores / max(temperature, 1e-6), dim=-1)
+            return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+        return self.draw_images(prompts, draw, guidance)[0]
+
+    @torch.no_grad()
+    def draw_images(self, prompts, draw, guidance: float = 0.0):
+        """(codes (B, h * w), the DynamicCache that produced them): `draw` turns each step's
+        guided logits over the image codes (B, n_codes) into codes (B,). With guidance the cache
+        holds the prompts' rows, then the same rows without their captions (2B rows, one batch)."""
         from transformers import DynamicCache
 
         ids, valid, kind = prompts["ids"], prompts["valid"], prompts["kind"]
@@ -306,8 +318,7 @@ class HFEmu3(HFUnifiedModel):
                         scores = logits.float()[:, code_ids]
                         if guidance > 0:
                             scores = (1 + guidance) * scores[:B] - guidance * scores[B:]
-                        probs = F.softmax(scores / max(temperature, 1e-6), dim=-1)
-                        drawn = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                        drawn = draw(scores)
                         codes[:, r * w + c] = drawn
                         nxt, nxt_kind = code_ids[drawn].repeat(rows // B), KIND_ID["image"]
                     else:  # the end of an image row is forced, as Emu3's generation forces it
@@ -318,7 +329,7 @@ class HFEmu3(HFUnifiedModel):
                     mask = torch.cat([mask, one], 1)
                     k = torch.full((rows, 1), nxt_kind, device=ids.device)
                     logits = self._step(nxt[:, None], positions, mask, task, k, one, cache)
-        return codes
+        return codes, cache
 
 
 FAMILY_CLASSES = {"emu3": HFEmu3}
