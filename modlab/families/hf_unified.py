@@ -9,6 +9,7 @@ what differs is the model (modlab.models.hf_unified) and its data (modlab.traini
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from modlab.families.base import AnalysisTarget, PlanSpec
@@ -34,6 +35,10 @@ class HFUnifiedFamily(UnifiedFamily):
                 f"data.kind={run.data.kind}: Hugging Face unified models train on digits or your images "
                 "(data.image_folder=DIR)"
             )
+        from modlab.models.hf_causal_lm import resolve_dtype
+
+        # model.dtype=auto: bf16 weights on a CUDA device with bf16, fp32 on CPU (recorded in the checkpoint)
+        run = replace(run, model=replace(run.model, dtype=resolve_dtype(run.model.dtype, run.trainer.accelerator)))
         module = HFUnifiedModule.from_run(run)
         cache = image_cache_dir(run.data, run.paths.output_dir)
         dm = HFUnifiedDataModule(run.data, run.eval, module.model, cache)
@@ -62,9 +67,8 @@ class HFUnifiedFamily(UnifiedFamily):
         from modlab.training.trainer import test_module
 
         module.eval_cfg = run.eval
-        dm = HFUnifiedDataModule(
-            module.data_cfg.__class__(**{**vars(module.data_cfg), "image_folder": None}), run.eval, module.model
-        )
+        data_cfg = replace(module.data_cfg, image_folder=None)  # the test is on the digits
+        dm = HFUnifiedDataModule(data_cfg, run.eval, module.model, image_cache_dir(data_cfg, run.paths.output_dir))
         metrics = test_module(module, dm, run.trainer, run.logger, out_dir)
         return {**metrics, **self.describe(module), "ckpt_path": run.ckpt_path}
 

@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS
 from modlab.errors import CheckpointError, ConfigError
+from modlab.models.config import TOKEN_KINDS
 from modlab.models.hf_families import decoder_layers, hf_family, text_config
 from modlab.routing.install import threshold_routing
 
-TOKEN_KINDS = ("text", "caption", "question", "answer", "image", "special")
 KIND_ID = {k: i for i, k in enumerate(TOKEN_KINDS)}
 UNIFIED_MODEL_TYPES = ("emu3",)  # the families this module loads (Chameleon, Janus: to come)
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
