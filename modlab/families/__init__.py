@@ -192,9 +192,11 @@ for _spec in (
         "modlab.families.hf_unified:HF_EMU3",
         analyses=_UNIFIED_ANALYSES,
         routing=("mod", "unimod"),
+        mindskip=True,  # Router-Tuning on its language model (the unified objective)
         commands=COMMANDS,
         requires_path=True,
         dtypes=("auto", "bfloat16", "float32"),
+        router_tuning=("mindskip",),
     ),
 ):
     register_family(_spec)

@@ -90,6 +90,7 @@ class HFUnifiedModel(nn.Module):
             )
         self.route_tokens = tuple(route_tokens)
         self.routing = None  # the HFRouting installed into hf (modlab.routing.hf_routed_layer)
+        self.skip = None  # MindSkip gates on the decoder's attention (modlab.mindskip.gate), Router-Tuning
         self._routed_kinds = torch.tensor([k in self.route_tokens for k in TOKEN_KINDS])
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -104,6 +105,17 @@ class HFUnifiedModel(nn.Module):
 
     def decoder_layers(self) -> nn.ModuleList:
         return decoder_layers(self.hf, self.family)
+
+    # what MindSkip (modlab.mindskip.gate) wraps: each decoder layer's attention module
+    attention_returns_tuple = True  # transformers attention returns (output, weights)
+    always_runs = frozenset({0})  # DynamicCache reads the sequence length from layer 0's entries
+
+    @property
+    def d_model(self) -> int:
+        return self.config.hidden_size
+
+    def attention_slots(self) -> list[tuple[nn.Module, str]]:
+        return [(getattr(layer, "block", layer), self.family.attention) for layer in self.decoder_layers()]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -120,7 +132,11 @@ class HFUnifiedModel(nn.Module):
         """(B, T) tokens whose kind is not routed: they run every layer."""
         return ~self._routed_kinds.to(kind.device)[kind]
 
-    def routing_inputs(self, task, valid, kind):
+    def routing_inputs(self, task, valid, kind, reuse: bool = False):
+        """Around a forward: what routed layers (each row's task, valid and not-routed tokens) or
+        MindSkip gates (valid tokens; `reuse`: the decisions of the prefill, while decoding) need."""
+        if self.skip is not None:
+            return self.skip.context(valid=valid, reuse=reuse)
         if self.routing is None:
             return nullcontext()
         return self.routing.inputs(task=task, valid=valid, always=self.not_routed(kind))
@@ -146,6 +162,8 @@ class HFUnifiedModel(nn.Module):
             sel = has_label & (batch["task"] == TASK_ID[name])[:, None]
             if sel.any():
                 out[name] = ce[sel].mean()
+        if self.skip is not None:  # the mean gate of this forward (Router-Tuning's capacity)
+            out["mindskip_capacity"] = self.skip.capacity().to(ce.device)
         return out
 
     def training_batch(self, batch: dict, cond_dropout: float = 0.0, generator: torch.Generator | None = None) -> dict:
@@ -242,7 +260,7 @@ class HFEmu3(HFUnifiedModel):
 
     def _step(self, ids, positions, mask, task, kind, valid, cache) -> torch.Tensor:
         """Logits of the last column, continuing `cache`."""
-        with self.routing_inputs(task, valid, kind):
+        with self.routing_inputs(task, valid, kind, reuse=cache.get_seq_length() > 0):
             out = self.hf(
                 input_ids=ids, attention_mask=mask.long(), position_ids=positions, cache=cache, use_cache=True
             )
