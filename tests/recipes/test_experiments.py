@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import TINY, composed, save_tiny_hf
+from helpers import TINY, composed, save_tiny_hf, save_tiny_hf_showo, save_tiny_hf_unified
 
 from modlab.cli.app import CONF_DIR
 from modlab.cli.schema import validate
@@ -28,7 +28,21 @@ def hf_dir(tmp_path_factory) -> Path:
     return save_tiny_hf(tmp_path_factory.mktemp("hf") / "llama")
 
 
+# experiments on a Hugging Face unified model directory: a tiny random one of its family
+NEEDS_HF_UNIFIED = {"hf_emu3_unimod": save_tiny_hf_unified, "hf_showo_unimod": save_tiny_hf_showo}
+
+
+@pytest.fixture(scope="module")
+def unified_dirs() -> dict:
+    return {}  # experiment -> its tiny model directory, built once per module
+
+
 def hf_args(name: str, request) -> list[str]:
+    if name in NEEDS_HF_UNIFIED:
+        dirs = request.getfixturevalue("unified_dirs")
+        if name not in dirs:
+            dirs[name] = NEEDS_HF_UNIFIED[name](request.getfixturevalue("tmp_path_factory").mktemp(name) / "model")
+        return [f"model.path={dirs[name]}"]
     return [f"model.path={request.getfixturevalue('hf_dir')}"] if name in NEEDS_HF_DIR else []
 
 
