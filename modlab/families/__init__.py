@@ -198,5 +198,16 @@ for _spec in (
         dtypes=("auto", "bfloat16", "float32"),
         router_tuning=("mindskip",),
     ),
+    FamilySpec(
+        "hf_showo",
+        "Show-o on transformers' Phi (a local directory with Show-o's vocabulary and image codebook)",
+        "unified",
+        "modlab.families.hf_unified:HF_SHOWO",
+        analyses=_UNIFIED_ANALYSES,
+        routing=("mod", "unimod"),
+        commands=COMMANDS,
+        requires_path=True,
+        dtypes=("auto", "bfloat16", "float32"),
+    ),
 ):
     register_family(_spec)

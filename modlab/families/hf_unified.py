@@ -107,8 +107,8 @@ class HFUnifiedFamily(UnifiedFamily):
 
         def task_losses(batch, generator):
             ctx = unrouted(routing) if routing is not None else nullcontext()
-            with ctx:
-                return model.task_losses(batch)
+            with ctx:  # the family's training targets in place (Show-o: masked image codes), seeded
+                return model.task_losses(model.training_batch(batch, 0.0, generator))
 
         subject = Subject(
             model,
@@ -161,7 +161,8 @@ ANALYSIS_ROWS = {"t2i": 8, "mmu": 8, "lm": 2}
 
 def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[str, float]]]:
     """{task: [collated batch, ...]} of `c.n_per_task` rows of the digits split `c.split` (and its
-    text), and per task the mean valid and routable tokens per row (the plan's FLOPs workload)."""
+    text), and per task the mean tokens per row, and of its real ones (HFUnifiedModel.real_tokens)
+    those routed and those that always run (the plan's FLOPs workload)."""
     import torch
 
     from modlab.data import digits as D
@@ -183,15 +184,21 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
     for task in c.tasks:
         rows = [sets[task][i] for i in range(min(c.n_per_task, len(sets[task])))]
         batches[task] = [collate_rows(rows[i : i + c.batch_size], model.pad) for i in range(0, len(rows), c.batch_size)]
-        routable = [float((~model.not_routed(r["kind"])).sum()) for r in rows]
-        stats[task] = {"tokens": sum(len(r["ids"]) for r in rows) / len(rows), "routable": sum(routable) / len(rows)}
+        real = [model.real_tokens(r["ids"]) for r in rows]
+        routable = [float((~model.not_routed(r["kind"]) & v).sum()) for r, v in zip(rows, real)]
+        always = [float((model.not_routed(r["kind"]) & v).sum()) for r, v in zip(rows, real)]
+        stats[task] = {
+            "tokens": sum(len(r["ids"]) for r in rows) / len(rows),
+            "routable": sum(routable) / len(rows),
+            "always": sum(always) / len(rows),
+        }
     return batches, stats
 
 
 def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: dict) -> float:
     """Training FLOPs of a UniMoD plan over the dense step's, on the transformers model: each task's
-    rows (workload) of its mean length, where a planned layer runs the row's tokens that are not
-    routed plus ceil(C * routable) of the others (and a router scores every token)."""
+    rows (workload) of its mean length, where a planned layer runs the row's real tokens that are
+    not routed plus ceil(C * routable) of the others (and a router scores every token)."""
     import math
 
     from modlab.routing.hf_flops import layer_forward_flops
@@ -211,9 +218,10 @@ def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: d
             if cap is None or cap >= 1.0:
                 routed += full
             else:
-                k = round(n - r) + math.ceil(cap * r - 1e-6)
+                k = round(stats[task]["always"]) + math.ceil(cap * r - 1e-6)
                 routed += layer_forward_flops(block, config, rows, k) + 2 * rows * n * config.hidden_size
     return routed / dense
 
 
 HF_EMU3 = HFUnifiedFamily("hf_emu3", "hf_emu3_unimod")
+HF_SHOWO = HFUnifiedFamily("hf_showo", "hf_showo_unimod")

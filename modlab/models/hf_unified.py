@@ -100,6 +100,12 @@ class HFUnifiedModel(nn.Module):
         return text_config(self.hf.config)
 
     @property
+    def model_type(self) -> str:
+        """The unified model it is (model.arch=hf_<model_type>): transformers' model_type, unless the
+        family says otherwise (Show-o is a Phi model: "showo")."""
+        return self.family.model_type
+
+    @property
     def n_layer(self) -> int:
         return self.config.num_hidden_layers
 
@@ -127,6 +133,11 @@ class HFUnifiedModel(nn.Module):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ---- forward -------------------------------------------------------------------------------
+
+    def real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which tokens of rows are real ones (run by the model, routable); a family whose rows
+        hold padding of their own (Show-o's [PAD] in the T2I text field) says otherwise."""
+        return torch.ones_like(ids, dtype=torch.bool)
 
     def not_routed(self, kind: torch.Tensor) -> torch.Tensor:
         """(B, T) tokens whose kind is not routed: they run every layer."""
@@ -372,6 +383,10 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
         raise ConfigError(
             f"model.path '{path}': config.json is not a transformers config ({type(e).__name__})"
         ) from None
+    if config.model_type == "phi":  # Show-o on Phi: a directory of its own layout (modlab.models.hf_showo_unified)
+        from modlab.models.hf_showo_unified import load_hf_showo
+
+        return load_hf_showo(p, config, resolution, tuple(route_tokens), dtype)
     if config.model_type not in FAMILY_CLASSES:
         raise ConfigError(
             f"model.path '{path}' holds a '{config.model_type}' model, not a unified model this family loads "

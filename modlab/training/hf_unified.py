@@ -68,9 +68,9 @@ class HFUnifiedModule(UnifiedModule):
         self.model = load_hf_unified(
             cfg["path"], cfg.get("resolution", 0), tuple(cfg.get("route_tokens", ("image",))), cfg.get("dtype", "auto")
         )
-        if self.model.family.model_type != expected_model_type(cfg["arch"]):
+        if self.model.model_type != expected_model_type(cfg["arch"]):
             raise ConfigError(
-                f"model.path '{cfg['path']}' holds a '{self.model.family.model_type}' model, but model.arch="
+                f"model.path '{cfg['path']}' holds a '{self.model.model_type}' model, but model.arch="
                 f"{cfg['arch']} loads {expected_model_type(cfg['arch'])} models"
             )
         self.model.train()  # transformers loads in eval mode; the VQ codec stays in eval mode
