@@ -266,6 +266,8 @@ def save_tiny_hf_showo(
     keys) beside Phi's own config (its vocabulary not yet resized), as Show-o's checkpoint ships."""
     import json
 
+    from modlab.models.hf_tiny import byte_level_tokenizer
+
     from transformers import PhiConfig
     from transformers.utils import logging
 
