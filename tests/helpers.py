@@ -266,13 +266,12 @@ def save_tiny_hf_showo(
     keys) beside Phi's own config (its vocabulary not yet resized), as Show-o's checkpoint ships."""
     import json
 
-    from modlab.models.hf_tiny import byte_level_tokenizer
-
     from transformers import PhiConfig
     from transformers.utils import logging
 
     from modlab.models.hf_showo import build_showo_phi
     from modlab.models.hf_showo_unified import fit_digit_codebook, save_showo_directory
+    from modlab.models.hf_tiny import byte_level_tokenizer
 
     logging.disable_progress_bar()
     tok = byte_level_tokenizer([], bos_token="<|endoftext|>", eos_token="<|endoftext|>")
