@@ -198,29 +198,15 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
 def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: dict) -> float:
     """Training FLOPs of a UniMoD plan over the dense step's, on the transformers model: each task's
     rows (workload) of its mean length, where a planned layer runs the row's real tokens that are
-    not routed plus ceil(C * routable) of the others (and a router scores every token)."""
-    import math
+    not routed plus ceil(C * routable) of the others (modlab.routing.hf_flops)."""
+    from modlab.routing.hf_flops import planned_parts_flops_ratio
 
-    from modlab.routing.hf_flops import layer_forward_flops
-    from modlab.routing.hf_routed_layer import HFRoutedLayer
-
-    config, layers = model.config, model.decoder_layers()
-    routed = dense = 0.0
-    for task, (rows, _) in workload.items():
-        n, r = round(stats[task]["tokens"]), stats[task]["routable"]
-        head = 2 * rows * n * config.hidden_size * config.vocab_size
-        routed, dense = routed + head, dense + head
-        for i, layer in enumerate(layers):
-            block = layer.block if isinstance(layer, HFRoutedLayer) else layer
-            full = layer_forward_flops(block, config, rows, n)
-            dense += full
-            cap = layer_caps.get(task, {}).get(i)
-            if cap is None or cap >= 1.0:
-                routed += full
-            else:
-                k = round(stats[task]["always"]) + math.ceil(cap * r - 1e-6)
-                routed += layer_forward_flops(block, config, rows, k) + 2 * rows * n * config.hidden_size
-    return routed / dense
+    parts = [
+        (layer_caps.get(task, {}), rows, round(st["tokens"]), st["routable"], round(st["always"]))
+        for task, (rows, _) in workload.items()
+        for st in [stats[task]]
+    ]
+    return planned_parts_flops_ratio(model.hf, parts)
 
 
 HF_EMU3 = HFUnifiedFamily("hf_emu3", "hf_emu3_unimod")

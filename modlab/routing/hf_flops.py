@@ -61,10 +61,17 @@ def train_step_flops(model: nn.Module, B: int, T: int, routed: dict[int, list[tu
 
 def planned_flops_ratio(model: nn.Module, layer_caps: dict[int, float], workload: list[tuple[int, int]]) -> float:
     """Training FLOPs of a MoD plan on a (not yet routed) transformers LM over those of the dense
-    step, for routing plans (modlab.analysis.plan_from_arank): `layer_caps` {layer: capacity},
-    each planned layer running k = ceil(C n) tokens of each row (as the routed layer computes k)
-    plus a one-column router scoring every token (routing.causal=predictor adds its predictor's
-    weights, not counted here); `workload` [(rows, tokens per row)] per training step."""
+    step, for routing plans (modlab.analysis.plan_from_arank): `layer_caps` {layer: capacity} for
+    every row of `workload` [(rows, tokens per row)] per training step (see planned_parts_flops_ratio)."""
+    return planned_parts_flops_ratio(model, [(layer_caps, rows, n, n, 0) for rows, n in workload])
+
+
+def planned_parts_flops_ratio(model: nn.Module, parts: list[tuple[dict[int, float], int, int, float, int]]) -> float:
+    """Training FLOPs of a routing plan over the dense step's, the step made of `parts`, each
+    (layer_caps {layer: capacity}, rows, tokens per row, routed tokens per row, tokens per row that
+    always run): a planned layer runs k = ceil(C * routed) + always tokens of each row (as the
+    routed layer computes k) plus a one-column router scoring every token (routing.causal=predictor
+    adds its predictor's weights, not counted here); other layers run every token."""
     import torch
 
     from modlab.routing.topk import tokens_to_keep
@@ -72,15 +79,17 @@ def planned_flops_ratio(model: nn.Module, layer_caps: dict[int, float], workload
     config = text_config(model.config)
     layers = decoder_layers(model)
     routed = dense = 0
-    for rows, n in workload:
+    for layer_caps, rows, n, n_routed, always in parts:
         head = 2 * rows * n * config.hidden_size * config.vocab_size
         routed, dense = routed + head, dense + head
         for i, layer in enumerate(layers):
             block = layer.block if isinstance(layer, HFRoutedLayer) else layer
             full = layer_forward_flops(block, config, rows, n)
             dense += full
-            if i in layer_caps:
-                k = int(tokens_to_keep(torch.tensor(layer_caps[i], dtype=torch.float32), torch.tensor(n)))
+            cap = layer_caps.get(i, 1.0)
+            if cap < 1.0:
+                kept = tokens_to_keep(torch.tensor(cap, dtype=torch.float32), torch.tensor(float(n_routed)))
+                k = int(kept) + always
                 routed += layer_forward_flops(block, config, rows, k) + 2 * rows * n * config.hidden_size
             else:
                 routed += full

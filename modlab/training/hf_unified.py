@@ -138,11 +138,8 @@ class HFUnifiedModule(UnifiedModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.skip is not None:  # Router-Tuning: the routers alone (the model is model.path's)
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(ROUTERS)}
-        checkpoint["image_tokenizer"] = self.image_tokenizer.state_dict()
-        checkpoint["train_flops"] = {
-            name: {k: v.detach().clone() for k, v in getattr(self, name).metric_state.items()}
-            for name in ("flops_routed", "flops_dense")
-        }
+        checkpoint["image_tokenizer"] = self.image_tokenizer.state_dict()  # the codec's identity
+        self.save_train_flops(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.skip is not None and set(checkpoint["state_dict"]) != {
@@ -154,9 +151,7 @@ class HFUnifiedModule(UnifiedModule):
             raise CheckpointError(
                 "the checkpoint's VQ tokenizer differs from the one in model.path (its codes would mean other images)"
             )
-        for name, state in checkpoint.get("train_flops", {}).items():
-            for k, v in state.items():
-                setattr(getattr(self, name), k, v.to(self.device))
+        self.load_train_flops(checkpoint)
 
     # ---- FLOPs ------------------------------------------------------------------------------------
 

@@ -106,14 +106,20 @@ class UnifiedModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["image_tokenizer"] = self.image_tokenizer.state_dict()
-        # the running FLOPs means of metrics.json: a resumed run continues them (exact resume)
+        self.save_train_flops(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.image_tokenizer = image_tokenizer_from_state(checkpoint["image_tokenizer"])
+        self.load_train_flops(checkpoint)
+
+    def save_train_flops(self, checkpoint: dict) -> None:
+        """The running FLOPs means of metrics.json: a resumed run continues them (exact resume)."""
         checkpoint["train_flops"] = {
             name: {k: v.detach().clone() for k, v in getattr(self, name).metric_state.items()}
             for name in ("flops_routed", "flops_dense")
         }
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.image_tokenizer = image_tokenizer_from_state(checkpoint["image_tokenizer"])
+    def load_train_flops(self, checkpoint: dict) -> None:
         for name, state in checkpoint.get("train_flops", {}).items():
             for k, v in state.items():
                 setattr(getattr(self, name), k, v.to(self.device))
