@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import save_tiny_hf_unified
+from helpers import save_tiny_hf_showo, save_tiny_hf_unified
 
 from modlab.data.rows import collate_rows
 from modlab.models.hf_unified import load_hf_unified
@@ -18,12 +18,15 @@ from modlab.routing.trace import record_routing
 
 pytest.importorskip("transformers")
 
-FAMILIES = ["emu3"]
+FAMILIES = ["emu3", "showo"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def model_dir(request, tmp_path_factory):
-    return save_tiny_hf_unified(tmp_path_factory.mktemp(request.param) / request.param, request.param)
+    path = tmp_path_factory.mktemp(request.param) / request.param
+    if request.param == "showo":  # Show-o on Phi with its stand-in codebook
+        return save_tiny_hf_showo(path)
+    return save_tiny_hf_unified(path, request.param)
 
 
 def mixed_batch(model):
