@@ -12,6 +12,11 @@ and undoes the normalisation.
                                                preprocessing: what a token cache is keyed by
 
 The VQ model is frozen (every paper trains the language model only), runs in fp32 and in eval mode.
+`codec_for(hf_model, image_processor, resolution)` picks the codec by the model's `model_type`:
+
+    emu3       Emu3VQVAE        spatial factor 2 ** (len(channel_multiplier) - 1) (8 in Emu3)
+    chameleon  ChameleonVQVAE   the same rule (16 in Chameleon); transformers has its encoder only
+    janus      JanusVQVAE       the same rule (16 in Janus); quantised as the original Janus does
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class ImageCodec:
 
     kind = "vq"
     has_decoder = True
+    # what the image processor is told: the images arrive square at the codec's resolution already
+    processor_kwargs = {"do_resize": False}
 
     def __init__(self, vq: nn.Module, image_processor, resolution: int, spatial_factor: int, n_codes: int):
         if resolution % spatial_factor:
@@ -45,6 +52,9 @@ class ImageCodec:
         mean, std = image_processor.image_mean, image_processor.image_std
         self._mean = torch.tensor(mean if isinstance(mean, list | tuple) else [mean] * 3).view(1, 3, 1, 1)
         self._std = torch.tensor(std if isinstance(std, list | tuple) else [std] * 3).view(1, 3, 1, 1)
+        # undoing the normalisation gives pixel * rescale_factor: 1/255 for Emu3 and Janus, but
+        # Chameleon's processor rescales by 0.0078 (about 1/128, onto [-1, 1] with mean = std = 1)
+        self._unit = 255.0 * getattr(image_processor, "rescale_factor", 1 / 255)
         self._identity: str | None = None
 
     @property
@@ -76,7 +86,7 @@ class ImageCodec:
             raise ConfigError(
                 f"the image codec takes RGB images of {self.resolution}x{self.resolution}, got shape {images.shape}"
             )
-        out = self.image_processor(list(images), do_resize=False, return_tensors="pt")
+        out = self.image_processor(list(images), return_tensors="pt", **self.processor_kwargs)
         return out["pixel_values"].float()
 
     @torch.no_grad()
@@ -98,7 +108,7 @@ class ImageCodec:
             pixels = self._decode(c).float().cpu()
             if pixels.shape[-1] != self.resolution:
                 pixels = F.interpolate(pixels, size=(self.resolution, self.resolution), mode="bilinear")
-            out.append((pixels * self._std + self._mean).clamp(0, 1).permute(0, 2, 3, 1))
+            out.append(((pixels * self._std + self._mean) / self._unit).clamp(0, 1).permute(0, 2, 3, 1))
         return torch.cat(out)
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -120,6 +130,82 @@ class Emu3Codec(ImageCodec):
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.vq.decode(codes)
+
+
+def _spatial_factor(vq_config) -> int:
+    """Every VQ encoder here halves the image once between two of its resolution levels."""
+    return 2 ** (len(vq_config.channel_multiplier) - 1)
+
+
+class ChameleonCodec(ImageCodec):
+    """Chameleon's VQGAN (ChameleonVQVAE). transformers ports its encoder and quantiser only (the
+    released Chameleon generates no images), so there is nothing to decode with."""
+
+    has_decoder = False
+    # Chameleon's processor also center-crops to 512 (crop_size), which pads a smaller image
+    processor_kwargs = {"do_resize": False, "do_center_crop": False}
+
+    def __init__(self, vq: nn.Module, image_processor, resolution: int):
+        super().__init__(vq, image_processor, resolution, _spatial_factor(vq.config), vq.config.num_embeddings)
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        # the quantiser returns one flat index per latent position, row-major over (N, h, w)
+        return self.vq.encode(pixels, return_dict=True).image_tokens.view(len(pixels), *self.grid)
+
+
+class JanusCodec(ImageCodec):
+    """Janus's VQ tokenizer (JanusVQVAE, LlamaGen's VQ-16).
+
+    Quantised as the original Janus does (deepseek-ai/Janus, janus/models/vq_model.py, with
+    codebook_l2_norm=True): the nearest codebook vector after l2-normalising both the latent and
+    the codebook. transformers' JanusVQVAE.encode skips that normalisation (its decode applies it),
+    which picks other codes whenever the stored codebook rows differ in norm. Decoding looks the
+    codes up at the codec's own grid; JanusVQVAE.decode insists on config.num_patches per side."""
+
+    def __init__(self, vq: nn.Module, image_processor, resolution: int):
+        super().__init__(vq, image_processor, resolution, _spatial_factor(vq.config), vq.config.num_embeddings)
+
+    def _codebook(self) -> torch.Tensor:
+        return F.normalize(self.vq.quantize.embedding.weight, p=2, dim=-1)
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        z = self.vq.quant_conv(self.vq.encoder(pixels))  # (N, embed_dim, h, w)
+        z = F.normalize(z.permute(0, 2, 3, 1), p=2, dim=-1)
+        # between unit vectors the nearest is the most similar: argmin |z - e|^2 = argmax z . e
+        return (z @ self._codebook().T).argmax(-1)
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        quant = self._codebook()[codes].permute(0, 3, 1, 2)  # (N, embed_dim, h, w)
+        return self.vq.decoder(self.vq.post_quant_conv(quant))
+
+
+# transformers' model_type of a unified model and of its VQ model alone -> the codec class
+_CODECS = {
+    "emu3": Emu3Codec,
+    "emu3_vqgan": Emu3Codec,
+    "chameleon": ChameleonCodec,
+    "chameleon_vqgan": ChameleonCodec,
+    "janus": JanusCodec,
+    "janus_vqgan": JanusCodec,
+}
+
+
+def codec_for(hf_model: nn.Module, image_processor, resolution: int) -> ImageCodec:
+    """The codec of a transformers unified model (Emu3, Chameleon, Janus: the ForConditionalGeneration
+    model, its inner model, or the VQ model alone). `image_processor` may be the whole processor."""
+    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
+    codec = _CODECS.get(model_type)
+    if codec is None:
+        known = ", ".join(sorted({k for k in _CODECS if not k.endswith("_vqgan")}))
+        raise ConfigError(f"no image codec for transformers model type {model_type!r} (known: {known})")
+    vq = hf_model
+    if not model_type.endswith("_vqgan"):
+        vq = getattr(hf_model, "vqmodel", None)
+        if vq is None:
+            vq = getattr(getattr(hf_model, "model", None), "vqmodel", None)
+        if vq is None:
+            raise ConfigError(f"the {model_type} model {type(hf_model).__name__} has no VQ model (vqmodel)")
+    return codec(vq, getattr(image_processor, "image_processor", image_processor), resolution)
 
 
 def digits_as_rgb(images: np.ndarray, resolution: int) -> np.ndarray:
