@@ -17,7 +17,7 @@ def generate_samples(module, c, out: Path) -> dict:
     from modlab.data.rows import MMUPrompts, collate_rows, t2i_row
     from modlab.evaluation.plots import save_image_grid
 
-    e, sp, tok = c.eval, module.space, module.image_tokenizer
+    e, sp, tok = c.eval, getattr(module, "space", None), module.image_tokenizer
     torch.manual_seed(c.seed)
     g = torch.Generator().manual_seed(c.seed)
     scenes = module.data_cfg.kind == "scenes"
@@ -27,11 +27,24 @@ def generate_samples(module, c, out: Path) -> dict:
         else [D.EVAL_CAPTION.format(d=d, name=D.DIGIT_NAMES[d]) for d in range(10)]
     )
 
-    rows = [t2i_row(sp, p, None, tok.n_tokens) for p in prompts for _ in range(c.samples_per_prompt)]
+    hf = hasattr(module.model, "t2i_prompt")  # a Hugging Face unified model: rows in its own format
+    if hf:
+        from modlab.models.hf_unified import left_pad
+
+        rows = [module.model.t2i_prompt(p) for p in prompts for _ in range(c.samples_per_prompt)]
+        batch = left_pad(rows, module.model.pad)
+    else:
+        rows = [t2i_row(sp, p, None, tok.n_tokens) for p in prompts for _ in range(c.samples_per_prompt)]
+        batch = collate_rows(rows, sp.pad)
     with torch.no_grad():
-        codes = module.model.sample_images(collate_rows(rows, sp.pad), e.maskgit_steps, e.guidance, e.temperature, g)
-    images = tok.decode(codes).reshape(len(prompts), c.samples_per_prompt, tok.image_size, tok.image_size)
-    grid = save_image_grid(images, prompts, out / "t2i_samples.png")
+        codes = module.model.sample_images(batch, e.maskgit_steps, e.guidance, e.temperature, g)
+    if hf:  # RGB at the VQ codec's resolution, decoded by the model's own VQ decoder
+        images = module.model.codec.decode(codes)
+        images = images.reshape(len(prompts), c.samples_per_prompt, *images.shape[1:])
+        grid = save_image_grid(images, prompts, out / "t2i_samples.png", vmax=1.0)
+    else:
+        images = tok.decode(codes).reshape(len(prompts), c.samples_per_prompt, tok.image_size, tok.image_size)
+        grid = save_image_grid(images, prompts, out / "t2i_samples.png")
 
     console = Console()
     answers = []
@@ -54,8 +67,16 @@ def generate_samples(module, c, out: Path) -> dict:
     elif c.mmu_images:
         splits = D.load_digit_splits(module.data_cfg.split_seed)
         n = min(c.mmu_images, len(splits["test"].labels))
-        ds = MMUPrompts(sp, tok.encode(splits["test"].images[:n]), splits["test"].labels[:n])
-        texts = module.model.answer(collate_rows([ds[i] for i in range(n)], sp.pad), e.max_answer_tokens)
+        codes, labels = tok.encode(splits["test"].images[:n]), splits["test"].labels[:n]
+        if hf:
+            from modlab.training.hf_unified_data import PromptRows
+
+            ds, pad = PromptRows(module.model, "mmu", codes, labels), module.model.pad
+            batch = left_pad([ds[i] for i in range(n)], pad)
+        else:
+            ds = MMUPrompts(sp, codes, labels)
+            batch = collate_rows([ds[i] for i in range(n)], sp.pad)
+        texts = module.model.answer(batch, e.max_answer_tokens)
         table = Table(title=f'MMU: "{D.question(0)}" on test digits', header_style="bold")
         for col in ("#", "true digit", "answer", "right"):
             table.add_column(col)

@@ -37,8 +37,11 @@ class HFUnifiedModule(UnifiedModule):
         from modlab.models.hf_unified import load_hf_unified
         from modlab.training.hf_unified_data import DigitCodec
 
-        L.LightningModule.__init__(self)
-        self.save_hyperparameters()
+        L.LightningModule.__init__(self)  # UnifiedModule's own __init__ builds a native model
+        # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module
+        self.save_hyperparameters(
+            {"model": model, "data": data, "objective": objective, "eval": eval, "routing": routing, "seed": seed}
+        )
         self.data_cfg, self.eval_cfg = DataConfig(**data), EvalConfig(**eval)
         self.objective_cfg = ObjectiveConfig(**objective)
         cfg = dict(model)
