@@ -12,6 +12,7 @@ The VQ model is never trained (no paper does); its weights travel with the check
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 import lightning as L
@@ -28,6 +29,8 @@ from modlab.routing.hf_flops import train_step_flops
 from modlab.routing.hf_routed_layer import apply_hf_routing
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.unified import UnifiedModule
+
+log = logging.getLogger("modlab.training.hf_unified")
 
 
 class HFUnifiedModule(UnifiedModule):
@@ -92,6 +95,20 @@ class HFUnifiedModule(UnifiedModule):
         for name, state in checkpoint.get("train_flops", {}).items():
             for k, v in state.items():
                 setattr(getattr(self, name), k, v.to(self.device))
+
+    def scores_images(self) -> bool:
+        """Chameleon's VQ tokenizer has no decoder in transformers: its T2I samples are drawn
+        (their routing is measured) but not scored; the test logs test/t2i_skipped instead."""
+        return self.model.codec.has_decoder
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        if not self.scores_images():
+            log.warning(
+                "%s: T2I images are drawn but not scored: its VQ tokenizer has no decoder in transformers "
+                "(test/t2i_skipped)",
+                self.model.family.model_type,
+            )
 
     # ---- FLOPs ------------------------------------------------------------------------------------
 
