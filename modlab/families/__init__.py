@@ -195,5 +195,25 @@ for _spec in (
         requires_path=True,
         dtypes=("auto", "bfloat16", "float32"),
     ),
+    FamilySpec(
+        "hf_chameleon",
+        "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
+        "unified",
+        "modlab.families.hf_unified:HF_CHAMELEON",
+        routing=("mod", "unimod"),
+        commands=COMMANDS,
+        requires_path=True,
+        dtypes=("auto", "bfloat16", "float32"),
+    ),
+    FamilySpec(
+        "hf_janus",
+        "Hugging Face Janus (a local directory with its processor)",
+        "unified",
+        "modlab.families.hf_unified:HF_JANUS",
+        routing=("mod", "unimod"),
+        commands=COMMANDS,
+        requires_path=True,
+        dtypes=("auto", "bfloat16", "float32"),
+    ),
 ):
     register_family(_spec)

@@ -1,9 +1,11 @@
-"""Hugging Face unified families (`hf_emu3`, ...): a transformers text + image model from a local
-`save_pretrained` directory (model.path, with its processor), fine-tuned with UniMoD task routers
-or MoD in its language decoder layers, evaluated on MMU answers and T2I images (its own VQ
-decoder, scored on digits), generating images with causal routing and the compact KV cache, and
-analysed per task. Everything the native unified families do is reused (modlab.families.unified);
-what differs is the model (modlab.models.hf_unified) and its data (modlab.training.hf_unified_data).
+"""Hugging Face unified families (`hf_emu3`, `hf_chameleon`, `hf_janus`): a transformers text +
+image model from a local `save_pretrained` directory (model.path, with its processor), fine-tuned
+with UniMoD task routers or MoD in its language decoder layers, evaluated on MMU answers and T2I
+images (its own VQ decoder, scored on digits; Chameleon's has none in transformers, so its images
+are drawn but not scored: test/t2i_skipped), generating images with causal routing and the
+compact KV cache, and analysed per task. Everything the native unified families do is reused
+(modlab.families.unified); what differs is the model (modlab.models.hf_unified,
+modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_data).
 """
 
 from __future__ import annotations
@@ -71,4 +73,6 @@ class HFUnifiedFamily(UnifiedFamily):
 
 
 HF_EMU3 = HFUnifiedFamily("hf_emu3", "hf_emu3_unimod")
-__all__ = ["HF_EMU3", "PlanSpec"]
+HF_CHAMELEON = HFUnifiedFamily("hf_chameleon", "hf_chameleon_unimod")
+HF_JANUS = HFUnifiedFamily("hf_janus", "hf_janus_unimod")
+__all__ = ["HF_CHAMELEON", "HF_EMU3", "HF_JANUS", "PlanSpec"]
