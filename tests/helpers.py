@@ -259,15 +259,46 @@ def byte_level_tokenizer(specials: list[str], **named):
     return fast
 
 
+# the tiny VQ models of save_tiny_hf_unified: 32x32 images, three resolution levels (an 8x8 code grid);
+# GroupNorm(32) everywhere, so every channel count is a multiple of 32
+TINY_VQ = dict(base_channels=32, channel_multiplier=[1, 2, 2], num_res_blocks=1)
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    attention_dropout=0.0,
+)
+
+
 def save_tiny_hf_unified(path: Path, family: str = "emu3", n_codes: int = 32, n_layer: int = 4, seed: int = 0) -> Path:
-    """A tiny random Hugging Face unified model with its processor (offline byte-level tokenizer,
-    tiny VQ model: 32x32 images, an 8x8 code grid), saved with save_pretrained."""
+    """A tiny random Hugging Face unified model (emu3, chameleon or janus) with its processor
+    (offline byte-level tokenizer, tiny VQ model: 32x32 images, an 8x8 code grid), saved with
+    save_pretrained."""
+    import warnings
+
     from transformers.utils import logging
 
+    builders = {"emu3": _tiny_emu3, "chameleon": _tiny_chameleon, "janus": _tiny_janus}
+    if family not in builders:
+        raise ValueError(f"no tiny builder for '{family}'")
     logging.disable_progress_bar()
     torch.manual_seed(seed)
-    if family != "emu3":
-        raise ValueError(f"no tiny builder for '{family}'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torchvision is not installed: the PIL image processor"
+        model, processor = builders[family](n_codes, n_layer)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _text_config(tok, n_layer: int) -> dict:
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return dict(vocab_size=len(tok), num_hidden_layers=n_layer, **TINY_TEXT, **ids)
+
+
+def _tiny_emu3(n_codes: int, n_layer: int):
     from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3ImageProcessor, Emu3Processor
     from transformers.models.emu3.configuration_emu3 import Emu3TextConfig, Emu3VQVAEConfig
 
@@ -288,30 +319,87 @@ def save_tiny_hf_unified(path: Path, family: str = "emu3", n_codes: int = 32, n_
         codebook_size=n_codes,
         embed_dim=8,
         latent_channels=8,
-        base_channels=32,
-        channel_multiplier=[1, 2, 2],
-        num_res_blocks=1,
         attn_resolutions=[],
         hidden_size=64,
         temporal_downsample_factor=1,
+        **TINY_VQ,
     )
-    text = Emu3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=n_layer,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        attention_dropout=0.0,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    text = Emu3TextConfig(**_text_config(tok, n_layer))
     model = Emu3ForConditionalGeneration(Emu3Config(vq_config=vq, text_config=text, vocabulary_map=vocab_map))
     image_processor = Emu3ImageProcessor(
         min_pixels=32 * 32, max_pixels=32 * 32, spatial_factor=4, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
-    model.save_pretrained(path)
-    Emu3Processor(image_processor, tok).save_pretrained(path)
-    return path
+    return model, Emu3Processor(image_processor, tok)
+
+
+def _tiny_chameleon(n_codes: int, n_layer: int):
+    """Chameleon's vocabulary names image code c "IMGIMG<c in letters A..J>Z" (what its
+    vocabulary mapping parses); the processor's image start / end are <racm3:break> / <eoss>."""
+    from transformers import (
+        ChameleonConfig,
+        ChameleonForConditionalGeneration,
+        ChameleonImageProcessor,
+        ChameleonProcessor,
+        ChameleonVQVAEConfig,
+    )
+
+    named = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "sep_token": "<reserved08706>",
+        "image_token": "<image>",
+    }
+    visual = ["IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(c)) + "Z" for c in range(n_codes)]
+    tok = byte_level_tokenizer([*named.values(), "<racm3:break>", "<eoss>", *visual], **named)
+    vq = ChameleonVQVAEConfig(
+        embed_dim=8, num_embeddings=n_codes, latent_channels=8, resolution=32, attn_resolutions=[], **TINY_VQ
+    )
+    config = ChameleonConfig(**_text_config(tok, n_layer), vq_config=vq.to_dict(), vocabulary_map=tok.get_vocab())
+    image_processor = ChameleonImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return ChameleonForConditionalGeneration(config), ChameleonProcessor(image_processor, tok, image_seq_length=64)
+
+
+def _tiny_janus(n_codes: int, n_layer: int):
+    """A SigLIP encoder of 8x8 patches (16 image placeholders for MMU) beside the VQ model (64 codes for T2I)."""
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusImageProcessor,
+        JanusProcessor,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+    )
+
+    named = {
+        "bos_token": "<｜begin▁of▁sentence｜>",
+        "eos_token": "<｜end▁of▁sentence｜>",
+        "pad_token": "<｜▁pad▁｜>",
+        "image_token": "<image_placeholder>",
+        "boi_token": "<begin_of_image>",
+        "eoi_token": "<end_of_image>",
+    }
+    tok = byte_level_tokenizer(list(named.values()), **named)
+    d = TINY_TEXT["hidden_size"]
+    vision = JanusVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        mlp_ratio=2.0,
+        projection_dim=d,
+        num_image_tokens=64,  # what Janus's generate() draws: the VQ grid (576 = 24 x 24 in Janus)
+    )
+    vq = JanusVQVAEConfig(
+        embed_dim=8, num_embeddings=n_codes, latent_channels=8, projection_dim=d, image_token_embed_dim=d, **TINY_VQ
+    )
+    config = JanusConfig(
+        text_config=LlamaConfig(**_text_config(tok, n_layer)).to_dict(),
+        vision_config=vision.to_dict(),
+        vq_config=vq.to_dict(),
+        image_token_id=tok.convert_tokens_to_ids(named["image_token"]),
+    )
+    image_processor = JanusImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return JanusForConditionalGeneration(config), JanusProcessor(image_processor, tok, num_image_tokens=16)

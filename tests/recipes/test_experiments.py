@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import TINY, composed, save_tiny_hf
+from helpers import TINY, composed, save_tiny_hf, save_tiny_hf_unified
 
 from modlab.cli.app import CONF_DIR
 from modlab.cli.schema import validate
@@ -19,17 +19,33 @@ def test_there_are_experiments():
     assert "showo_dense" in EXPERIMENTS
 
 
-# experiments on a Hugging Face model directory (model.path=DIR): a tiny random one
-NEEDS_HF_DIR = {"hf_mod"}
+# experiments on a Hugging Face model directory (model.path=DIR): a tiny random one of its family
+NEEDS_HF_DIR = {
+    "hf_mod": "llama",
+    "hf_emu3_unimod": "emu3",
+    "hf_chameleon_unimod": "chameleon",
+    "hf_janus_unimod": "janus",
+}
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory) -> Path:
-    return save_tiny_hf(tmp_path_factory.mktemp("hf") / "llama")
+def hf_dirs(tmp_path_factory):
+    """family -> a tiny saved model of it, built on first use."""
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            path = tmp_path_factory.mktemp("hf") / family
+            made[family] = save_tiny_hf(path) if family == "llama" else save_tiny_hf_unified(path, family)
+        return made[family]
+
+    return get
 
 
 def hf_args(name: str, request) -> list[str]:
-    return [f"model.path={request.getfixturevalue('hf_dir')}"] if name in NEEDS_HF_DIR else []
+    if name not in NEEDS_HF_DIR:
+        return []
+    return [f"model.path={request.getfixturevalue('hf_dirs')(NEEDS_HF_DIR[name])}"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
