@@ -144,6 +144,21 @@ def family_of_checkpoint(ckpt_path: str) -> FamilySpec:
     return REGISTRY[arch]
 
 
+def hf_unified_spec(name: str, summary: str) -> FamilySpec:
+    """A transformers unified model from a local directory (modlab.families.hf_unified: `name`
+    upper-cased is its family object there)."""
+    return FamilySpec(
+        name,
+        summary,
+        "unified",
+        f"modlab.families.hf_unified:{name.upper()}",
+        routing=("mod", "unimod"),
+        commands=COMMANDS,
+        requires_path=True,
+        dtypes=("auto", "bfloat16", "float32"),
+    )
+
+
 _UNIFIED_ANALYSES = ("attention", "importance", "redundancy")
 for _spec in (
     FamilySpec(
@@ -185,35 +200,11 @@ for _spec in (
         dtypes=("auto", "bfloat16", "float32"),
         router_tuning=("mindskip", "mod"),
     ),
-    FamilySpec(
-        "hf_emu3",
-        "Hugging Face Emu3 (a local directory with its processor)",
-        "unified",
-        "modlab.families.hf_unified:HF_EMU3",
-        routing=("mod", "unimod"),
-        commands=COMMANDS,
-        requires_path=True,
-        dtypes=("auto", "bfloat16", "float32"),
-    ),
-    FamilySpec(
+    hf_unified_spec("hf_emu3", "Hugging Face Emu3 (a local directory with its processor)"),
+    hf_unified_spec(
         "hf_chameleon",
         "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
-        "unified",
-        "modlab.families.hf_unified:HF_CHAMELEON",
-        routing=("mod", "unimod"),
-        commands=COMMANDS,
-        requires_path=True,
-        dtypes=("auto", "bfloat16", "float32"),
     ),
-    FamilySpec(
-        "hf_janus",
-        "Hugging Face Janus (a local directory with its processor)",
-        "unified",
-        "modlab.families.hf_unified:HF_JANUS",
-        routing=("mod", "unimod"),
-        commands=COMMANDS,
-        requires_path=True,
-        dtypes=("auto", "bfloat16", "float32"),
-    ),
+    hf_unified_spec("hf_janus", "Hugging Face Janus (a local directory with its processor)"),
 ):
     register_family(_spec)

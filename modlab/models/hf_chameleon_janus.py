@@ -38,28 +38,16 @@ import torch
 
 from modlab.data.tokens import TASK_ID
 from modlab.errors import ConfigError
-from modlab.models.hf_unified import HFUnifiedModel, _row, answer_row, t2i_labels
+from modlab.models.hf_unified import HFUnifiedModel, _row, answer_row, t2i_labels, vocabulary_code_ids
 
 
 class HFChameleon(HFUnifiedModel):
     """ChameleonForConditionalGeneration (see the module docstring for its rows)."""
 
-    @staticmethod
-    def make_codec(hf, image_processor, resolution: int):
-        from modlab.models.hf_image_codec import ChameleonCodec
-
-        return ChameleonCodec(hf.model.vqmodel, image_processor, resolution)
-
     def __init__(self, hf, processor, codec, path, route_tokens=("image",)):
         super().__init__(hf, processor, codec, path, route_tokens)
         vocab = hf.model.vocabulary_mapping
-        missing = [c for c in range(codec.n_codes) if c not in vocab.img2bpe]
-        if missing:
-            raise ConfigError(
-                f"the Chameleon vocabulary maps {codec.n_codes - len(missing)} of the VQ model's {codec.n_codes} codes "
-                "to tokens (config.vocabulary_map)"
-            )
-        self.register_buffer("code_to_id", torch.tensor([vocab.img2bpe[c] for c in range(codec.n_codes)]), False)
+        self.register_buffer("code_to_id", vocabulary_code_ids(vocab.img2bpe, codec.n_codes), False)
         image_vocab = torch.zeros(self.config.vocab_size, dtype=torch.bool)
         image_vocab[vocab.image_tokens] = True
         self.register_buffer("image_vocab", image_vocab, False)  # what the model's forward never predicts
@@ -101,12 +89,6 @@ class HFJanus(HFUnifiedModel):
     """JanusForConditionalGeneration (see the module docstring for its rows)."""
 
     mmu_reads_pixels = True
-
-    @staticmethod
-    def make_codec(hf, image_processor, resolution: int):
-        from modlab.models.hf_image_codec import JanusCodec
-
-        return JanusCodec(hf.model.vqmodel, image_processor, resolution)
 
     def __init__(self, hf, processor, codec, path, route_tokens=("image",)):
         super().__init__(hf, processor, codec, path, route_tokens)

@@ -62,6 +62,18 @@ def _row(ids, labels, kinds, cond, task: str, digit: int = -1) -> dict:
     }
 
 
+def vocabulary_code_ids(img2bpe: dict[int, int], n_codes: int) -> torch.Tensor:
+    """(n_codes,) the vocabulary token of each VQ code, from the model's own vocabulary mapping
+    (Emu3, Chameleon: what get_image_tokens does to a processed image)."""
+    missing = [c for c in range(n_codes) if c not in img2bpe]
+    if missing:
+        raise ConfigError(
+            f"the model's vocabulary maps {n_codes - len(missing)} of its VQ model's {n_codes} codes to tokens "
+            "(config.vocabulary_map)"
+        )
+    return torch.tensor([img2bpe[c] for c in range(n_codes)])
+
+
 def t2i_labels(ids: list[int], start: int) -> list[int]:
     """Next-token labels from position `start` (the token before the first image code) to the end."""
     return [IGNORE_INDEX] * start + ids[start + 1 :] + [IGNORE_INDEX]
@@ -123,6 +135,13 @@ class HFUnifiedModel(nn.Module):
 
     def decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @staticmethod
+    def make_codec(hf, image_processor, resolution: int):
+        """The model's frozen VQ codec (by its model_type: modlab.models.hf_image_codec.codec_for)."""
+        from modlab.models.hf_image_codec import codec_for
+
+        return codec_for(hf, image_processor, resolution)
 
     # ---- what a family says about itself -----------------------------------------------------
     #   code_to_id (buffer, set by the subclass): the id of image code c in the family's rows
@@ -296,16 +315,10 @@ class HFUnifiedModel(nn.Module):
 class HFEmu3(HFUnifiedModel):
     """Emu3ForConditionalGeneration (see the module docstring for its rows)."""
 
-    @staticmethod
-    def make_codec(hf, image_processor, resolution: int):
-        from modlab.models.hf_image_codec import Emu3Codec
-
-        return Emu3Codec(hf.model.vqmodel, image_processor, resolution)
-
     def __init__(self, hf, processor, codec, path, route_tokens=("image",)):
         super().__init__(hf, processor, codec, path, route_tokens)
         vocab = hf.model.vocabulary_mapping
-        self.register_buffer("code_to_id", torch.tensor([vocab.img2bpe[c] for c in range(codec.n_codes)]), False)
+        self.register_buffer("code_to_id", vocabulary_code_ids(vocab.img2bpe, codec.n_codes), False)
         tok = self.tokenizer
         ids = tok.convert_tokens_to_ids
         self.boi, self.eoi = ids(tok.boi_token), ids(tok.eoi_token)
