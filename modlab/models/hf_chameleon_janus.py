@@ -38,7 +38,7 @@ import torch
 
 from modlab.data.tokens import TASK_ID
 from modlab.errors import ConfigError
-from modlab.models.hf_unified import HFUnifiedModel, _row, answer_row, t2i_labels, vocabulary_code_ids
+from modlab.models.hf_unified import HFUnifiedModel, answer_row, make_row, t2i_labels, vocabulary_code_ids
 
 
 class HFChameleon(HFUnifiedModel):
@@ -78,7 +78,7 @@ class HFChameleon(HFUnifiedModel):
         ids = [self.bos, *text, self.sep, *img, self.eos]
         kinds = ["special", *["caption"] * len(text), "special", *img_kinds, "special"]
         labels = t2i_labels(ids, 1 + len(text) + 1)  # the codes, the image end, <eos>
-        return _row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
+        return make_row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
 
     def mmu_row(self, codes, question, answer, digit=-1, image=None) -> dict:
         img, img_kinds = self.image_span(codes)
@@ -149,7 +149,7 @@ class HFJanus(HFUnifiedModel):
         ids = [self.bos, *text, self.boi, *img]
         kinds = ["special", *["caption"] * len(text), "special", *["image"] * n]
         labels = t2i_labels(ids, 1 + len(text))  # the codes (the last predicts nothing)
-        return _row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
+        return make_row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
 
     def mmu_row(self, codes, question, answer, digit=-1, image=None) -> dict:
         """`image` uint8 RGB (R, R, 3) is what the vision encoder reads; `codes` are unused (the

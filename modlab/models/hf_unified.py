@@ -49,7 +49,8 @@ KIND_ID = {k: i for i, k in enumerate(TOKEN_KINDS)}
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
-def _row(ids, labels, kinds, cond, task: str, digit: int = -1) -> dict:
+def make_row(ids, labels, kinds, cond, task: str, digit: int = -1) -> dict:
+    """A row from lists: token ids, labels, kinds (TOKEN_KINDS names), which tokens are the caption."""
     kind = torch.tensor([KIND_ID[k] for k in kinds], dtype=torch.long)
     return {
         "ids": torch.tensor(ids, dtype=torch.long),
@@ -218,7 +219,9 @@ class HFUnifiedModel(nn.Module):
 
     def lm_row(self, text: str) -> dict:
         ids = [self.bos, *self.text_ids(text)]
-        return _row(ids, ids[1:] + [IGNORE_INDEX], ["special"] + ["text"] * (len(ids) - 1), [False] * len(ids), "lm")
+        return make_row(
+            ids, ids[1:] + [IGNORE_INDEX], ["special"] + ["text"] * (len(ids) - 1), [False] * len(ids), "lm"
+        )
 
     def t2i_prompt(self, caption: str, digit: int = -1) -> dict:
         """A T2I row up to the last token before the image's first code (what sampling continues)."""
@@ -353,7 +356,7 @@ class HFEmu3(HFUnifiedModel):
         kinds = ["special", *["caption"] * len(text), *img_kinds, "special"]
         # from the last special before the first code: the codes, their end-of-line tokens, the end
         labels = t2i_labels(ids, 1 + len(text) + len(self.size_ids) + 1)
-        return _row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
+        return make_row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
 
     def mmu_row(self, codes, question, answer, digit=-1, image=None) -> dict:
         img, img_kinds = self.image_span(codes)
@@ -375,7 +378,7 @@ def answer_row(model, prefix, prefix_kinds, question: str, question_end: list[in
     labels = [IGNORE_INDEX] * len(ids)
     for i in range(n_prompt - 1, len(ids) - 1):
         labels[i] = ids[i + 1]
-    return {**_row(ids, labels, kinds, [False] * len(ids), "mmu", digit), **extra}
+    return {**make_row(ids, labels, kinds, [False] * len(ids), "mmu", digit), **extra}
 
 
 # transformers model_type -> its class here ("module:attribute": a family in its own module, imported on use)
