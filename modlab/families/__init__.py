@@ -144,7 +144,7 @@ def family_of_checkpoint(ckpt_path: str) -> FamilySpec:
     return REGISTRY[arch]
 
 
-def hf_unified_spec(name: str, summary: str) -> FamilySpec:
+def hf_unified_spec(name: str, summary: str, analyses: tuple[str, ...] = ()) -> FamilySpec:
     """A transformers unified model from a local directory (modlab.families.hf_unified: `name`
     upper-cased is its family object there)."""
     return FamilySpec(
@@ -152,6 +152,7 @@ def hf_unified_spec(name: str, summary: str) -> FamilySpec:
         summary,
         "unified",
         f"modlab.families.hf_unified:{name.upper()}",
+        analyses=analyses,
         routing=("mod", "unimod"),
         commands=COMMANDS,
         requires_path=True,
@@ -200,7 +201,7 @@ for _spec in (
         dtypes=("auto", "bfloat16", "float32"),
         router_tuning=("mindskip", "mod"),
     ),
-    hf_unified_spec("hf_emu3", "Hugging Face Emu3 (a local directory with its processor)"),
+    hf_unified_spec("hf_emu3", "Hugging Face Emu3 (a local directory with its processor)", _UNIFIED_ANALYSES),
     hf_unified_spec(
         "hf_chameleon",
         "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",

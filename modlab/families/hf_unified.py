@@ -10,10 +10,12 @@ modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_data)
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from modlab.families.base import AnalysisTarget, PlanSpec
 from modlab.families.unified import UnifiedFamily
+from modlab.training.hf_lm import unrouted
 
 
 class HFUnifiedFamily(UnifiedFamily):
@@ -35,8 +37,10 @@ class HFUnifiedFamily(UnifiedFamily):
                 "(data.image_folder=DIR)"
             )
         module = HFUnifiedModule.from_run(run)
-        cache = run.data.image_cache or str(Path(run.paths.output_dir) / "cache" / "image_tokens")
-        return module, HFUnifiedDataModule(run.data, run.eval, module.model, cache)
+        cache = image_cache_dir(run.data, run.paths.output_dir)
+        dm = HFUnifiedDataModule(run.data, run.eval, module.model, cache)
+        require_rows_for_routed_tasks(module.routing_cfg, module.model.n_layer, dm.train_tasks(), run.data)
+        return module, dm
 
     def describe(self, module) -> dict:
         m = module.model
@@ -68,11 +72,148 @@ class HFUnifiedFamily(UnifiedFamily):
 
     # ---- analyze ---------------------------------------------------------------------------------
 
+    def load_pretrained(self, model_cfg):
+        """The directory itself (no fine-tuning yet: the paper analyses the model it prunes), with
+        the training rows of this family's UniMoD experiment for the plan's FLOPs workload."""
+        from dataclasses import asdict
+
+        from modlab.data.config import DataConfig
+        from modlab.training.config import EvalConfig, ObjectiveConfig
+        from modlab.training.hf_unified import HFUnifiedModule
+
+        data = DataConfig(batch_size=dict(ANALYSIS_ROWS))
+        module = HFUnifiedModule(asdict(model_cfg), asdict(data), asdict(ObjectiveConfig()), asdict(EvalConfig()))
+        return module.eval()
+
     def analysis_target(self, module, calibration, seed: int) -> AnalysisTarget:
-        raise NotImplementedError  # next: per-task analyses on the HF decoder layers
+        """Per-task calibration rows in the model's own format; the decoder layers read as
+        transformers runs them (a routed checkpoint is analysed unrouted: every token runs every
+        layer with the fine-tuned weights). The plan routes the tasks of analysis.plan.tasks."""
+        from functools import partial
+
+        from modlab.analysis.hf_attention import hf_attention_capture
+        from modlab.analysis.subject import Subject, hf_sublayers
+
+        model = module.model
+        batches, stats = calibration_rows(module, calibration)
+        routing = model.routing
+
+        def run(batch):
+            ctx = unrouted(routing) if routing is not None else nullcontext()
+            with ctx:
+                return model(batch["ids"], batch["is_image"], batch["valid"], batch["task"], batch["kind"])
+
+        def task_losses(batch, generator):
+            ctx = unrouted(routing) if routing is not None else nullcontext()
+            with ctx:
+                return model.task_losses(batch)
+
+        subject = Subject(
+            model,
+            model.decoder_layers(),
+            run,
+            task_losses,
+            hf_sublayers(model.family),
+            returns_stream=True,
+            attention=partial(hf_attention_capture, model),
+        )
+        plan = PlanSpec(
+            module.data_cfg,
+            f"modlab train +experiment={self.unimod_experiments['digits']} model.path={model.path}",
+            flops_ratio=partial(planned_unimod_flops_ratio, model, stats),
+            exclude_layers=frozenset({0}),  # it sizes transformers' decode masks: generation needs it dense
+        )
+        info = {"route_tokens": list(model.route_tokens), "calibration_tokens": stats}
+        if routing is not None:
+            info["routed_layers_analysed"] = "unrouted: every token runs every layer"
+        return AnalysisTarget(module, subject, batches, plan=plan, info=info)
+
+
+def require_rows_for_routed_tasks(routing_cfg, n_layer: int, tasks: list[str], data_cfg) -> None:
+    """A task with its own routers (UniMoD) must have training rows, or its routers never learn:
+    e.g. routing MMU on an image folder whose captions file has no questions and answers."""
+    from modlab.data.tokens import TASKS
+    from modlab.errors import ConfigError
+
+    if routing_cfg.kind != "unimod":
+        return
+    caps = routing_cfg.layer_capacities(n_layer)
+    routed = {TASKS[j] for c in caps.values() for j, v in enumerate(c) if v < 1.0 and j < len(TASKS)}
+    missing = sorted(routed - set(tasks))
+    if missing:
+        source = f"the image folder {data_cfg.image_folder}" if data_cfg.image_folder else "data.batch_size"
+        raise ConfigError(
+            f"routing routes task(s) {', '.join(missing)}, but {source} gives no {'/'.join(missing)} training rows"
+            + (" (its captions file has no question / answer)" if "mmu" in missing and data_cfg.image_folder else "")
+        )
+
+
+def image_cache_dir(data_cfg, output_dir: str) -> str:
+    """Where image codes are cached: data.image_cache, else <output_dir>/cache/image_tokens."""
+    return data_cfg.image_cache or str(Path(output_dir) / "cache" / "image_tokens")
+
+
+# the rows per training step the plan's FLOPs target is measured on (conf/experiment/hf_*_unimod.yaml)
+ANALYSIS_ROWS = {"t2i": 8, "mmu": 8, "lm": 2}
+
+
+def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[str, float]]]:
+    """{task: [collated batch, ...]} of `c.n_per_task` rows of the digits split `c.split` (and its
+    text), and per task the mean valid and routable tokens per row (the plan's FLOPs workload)."""
+    import torch
+
+    from modlab.data import digits as D
+    from modlab.data.rows import collate_rows
+    from modlab.data.text_corpus import load_corpus, split_corpus
+    from modlab.training.hf_unified_data import ImageRows, TextRows
+
+    model, g = module.model, torch.Generator().manual_seed(c.seed)
+    split = D.load_digit_splits(module.data_cfg.split_seed)[c.split]
+    idx = torch.randperm(len(split.labels), generator=g)[: c.n_per_task]
+    codes = module.image_tokenizer.encode(split.images[idx.numpy()])
+    text = split_corpus(load_corpus(module.data_cfg.lm_files))[c.split].decode("utf-8", "replace")
+    sets = {
+        "t2i": ImageRows(model, codes, "t2i", False, labels=split.labels[idx.numpy()]),
+        "mmu": ImageRows(model, codes, "mmu", False, labels=split.labels[idx.numpy()]),
+        "lm": TextRows(model, text, module.data_cfg.lm_length, False),
+    }
+    batches, stats = {}, {}
+    for task in c.tasks:
+        rows = [sets[task][i] for i in range(min(c.n_per_task, len(sets[task])))]
+        batches[task] = [collate_rows(rows[i : i + c.batch_size], model.pad) for i in range(0, len(rows), c.batch_size)]
+        routable = [float((~model.not_routed(r["kind"])).sum()) for r in rows]
+        stats[task] = {"tokens": sum(len(r["ids"]) for r in rows) / len(rows), "routable": sum(routable) / len(rows)}
+    return batches, stats
+
+
+def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: dict) -> float:
+    """Training FLOPs of a UniMoD plan over the dense step's, on the transformers model: each task's
+    rows (workload) of its mean length, where a planned layer runs the row's tokens that are not
+    routed plus ceil(C * routable) of the others (and a router scores every token)."""
+    import math
+
+    from modlab.routing.hf_flops import layer_forward_flops
+    from modlab.routing.hf_routed_layer import HFRoutedLayer
+
+    config, layers = model.config, model.decoder_layers()
+    routed = dense = 0.0
+    for task, (rows, _) in workload.items():
+        n, r = round(stats[task]["tokens"]), stats[task]["routable"]
+        head = 2 * rows * n * config.hidden_size * config.vocab_size
+        routed, dense = routed + head, dense + head
+        for i, layer in enumerate(layers):
+            block = layer.block if isinstance(layer, HFRoutedLayer) else layer
+            full = layer_forward_flops(block, config, rows, n)
+            dense += full
+            cap = layer_caps.get(task, {}).get(i)
+            if cap is None or cap >= 1.0:
+                routed += full
+            else:
+                k = round(n - r) + math.ceil(cap * r - 1e-6)
+                routed += layer_forward_flops(block, config, rows, k) + 2 * rows * n * config.hidden_size
+    return routed / dense
 
 
 HF_EMU3 = HFUnifiedFamily("hf_emu3", "hf_emu3_unimod")
 HF_CHAMELEON = HFUnifiedFamily("hf_chameleon", "hf_chameleon_unimod")
 HF_JANUS = HFUnifiedFamily("hf_janus", "hf_janus_unimod")
-__all__ = ["HF_CHAMELEON", "HF_EMU3", "HF_JANUS", "PlanSpec"]

@@ -272,6 +272,18 @@ class HFUnifiedModel(nn.Module):
         `steps` is ignored (one step per code). Classifier-free guidance runs the same prompts
         without their captions in the same batch (2B rows), captions made invisible as in
         training (caption dropout): scores (1 + g) * cond - g * uncond."""
+
+        def draw(scores: torch.Tensor) -> torch.Tensor:
+            probs = F.softmax(scores / max(temperature, 1e-6), dim=-1)
+            return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+        return self.draw_images(prompts, draw, guidance)[0]
+
+    @torch.no_grad()
+    def draw_images(self, prompts, draw, guidance: float = 0.0):
+        """(codes (B, h * w), the DynamicCache that produced them): `draw` turns each step's
+        guided logits over the image codes (B, n_codes) into codes (B,). With guidance the cache
+        holds the prompts' rows, then the same rows without their captions (2B rows, one batch)."""
         from transformers import DynamicCache
 
         ids, valid, kind = prompts["ids"], prompts["valid"], prompts["kind"]
@@ -299,8 +311,7 @@ class HFUnifiedModel(nn.Module):
                     scores = logits.float()[:, code_ids]
                     if guidance > 0:
                         scores = (1 + guidance) * scores[:B] - guidance * scores[B:]
-                    probs = F.softmax(scores / max(temperature, 1e-6), dim=-1)
-                    drawn = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                    drawn = draw(scores)
                     codes[:, drawn_codes] = drawn
                     drawn_codes += 1
                     nxt, nxt_kind = code_ids[drawn].repeat(rows // B), KIND_ID["image"]
@@ -312,7 +323,7 @@ class HFUnifiedModel(nn.Module):
                 mask = torch.cat([mask, one], 1)
                 k = torch.full((rows, 1), nxt_kind, device=ids.device)
                 logits = self._step(nxt[:, None], positions, mask, task, k, one, cache)
-        return codes
+        return codes, cache
 
 
 class HFEmu3(HFUnifiedModel):

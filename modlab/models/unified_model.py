@@ -30,6 +30,19 @@ def drop_captions(batch: dict, cond_dropout: float, generator: torch.Generator |
     return valid
 
 
+def per_task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean cross-entropy over the labelled tokens of each task present in the batch (labels[i] is
+    what position i predicts; IGNORE_INDEX elsewhere). Shared with modlab.models.hf_showo."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    has_label = labels != IGNORE_INDEX
+    out = {}
+    for name in TASKS:
+        sel = has_label & (task == TASK_ID[name])[:, None]
+        if sel.any():
+            out[name] = ce[sel].mean()
+    return out
+
+
 class UnifiedModel(nn.Module):
     def __init__(self, cfg: ModelConfig, space: TokenSpace, n_image_tokens: int):
         super().__init__()
@@ -72,17 +85,7 @@ class UnifiedModel(nn.Module):
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""
         logits = self(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
-        ce = F.cross_entropy(
-            logits.float().transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none"
-        )
-        has_label = batch["labels"] != IGNORE_INDEX
-        out = {}
-        for name in TASKS:
-            rows = batch["task"] == TASK_ID[name]
-            sel = has_label & rows[:, None]
-            if sel.any():
-                out[name] = ce[sel].mean()
-        return out
+        return per_task_cross_entropy(logits, batch["labels"], batch["task"])
 
     # ---- inference ------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ are DigitsDataModule's three: MMU prompts (one question, so rows of one length),
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -134,18 +135,38 @@ class TextRows(Dataset):
         return self.model.lm_row(self.text[start : start + self.length])
 
 
+def digit_codes(tokenizer: DigitCodec, splits: dict, split_seed: int, cache_dir: str | None) -> dict:
+    """{split: codes} of the digits, read from `cache_dir` when this codec tokenized them before
+    (keyed by its identity and the split seed), else encoded and cached (written atomically)."""
+    if not cache_dir:
+        return {k: tokenizer.encode(v.images) for k, v in splits.items()}
+    path = Path(cache_dir) / f"{tokenizer.codec.identity}-digits-split{split_seed}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except (OSError, RuntimeError, EOFError):  # a damaged cache: tokenize again
+            pass
+    codes = {k: tokenizer.encode(v.images) for k, v in splits.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(codes, tmp)
+    os.replace(tmp, path)
+    return codes
+
+
 class HFUnifiedDataModule(L.LightningDataModule):
     def __init__(self, cfg, eval_cfg, model, cache_dir: str | None = None):
+        """`cache_dir`: where image codes are cached (None: the digits are encoded again)."""
         super().__init__()
         self.cfg, self.eval_cfg, self.model = cfg, eval_cfg, model
         self.image_tokenizer = DigitCodec(model.codec)
         self.splits = D.load_digit_splits(cfg.split_seed)
-        self.codes = {k: self.image_tokenizer.encode(v.images) for k, v in self.splits.items()}
+        self.codes = digit_codes(self.image_tokenizer, self.splits, cfg.split_seed, cache_dir)
         self.folder = None
         if cfg.image_folder:
             from modlab.data.image_folder import tokenize_image_folder
 
-            self.folder = tokenize_image_folder(cfg.image_folder, model.codec, cache_dir or cfg.image_cache)
+            self.folder = tokenize_image_folder(cfg.image_folder, model.codec, cache_dir)
         text = split_corpus(load_corpus(cfg.lm_files))
         self.text = {k: v.decode("utf-8", "replace") for k, v in text.items()}
         self._collate = partial(collate_rows, pad_id=model.pad)
@@ -173,6 +194,10 @@ class HFUnifiedDataModule(L.LightningDataModule):
             sets = {t: ImageRows(m, self.codes[split], t, train, labels, images=images) for t in ("t2i", "mmu")}
         sets["lm"] = TextRows(m, self.text[split], self.cfg.lm_length, train)
         return {k: v for k, v in sets.items() if self.cfg.batch_size.get(k, 0) > 0}
+
+    def train_tasks(self) -> list[str]:
+        """The tasks that have training rows."""
+        return list(self._task_sets("train"))
 
     def train_dataloader(self):
         loaders = {k: self._loader(ds, self.cfg.batch_size[k], True) for k, ds in self._task_sets("train").items()}

@@ -19,33 +19,30 @@ def test_there_are_experiments():
     assert "showo_dense" in EXPERIMENTS
 
 
-# experiments on a Hugging Face model directory (model.path=DIR): a tiny random one of its family
-NEEDS_HF_DIR = {
-    "hf_mod": "llama",
-    "hf_emu3_unimod": "emu3",
-    "hf_chameleon_unimod": "chameleon",
-    "hf_janus_unimod": "janus",
-}
+# experiments on a Hugging Face model directory (model.path=DIR): a tiny random one of the kind
+# they load (hf_mod: a causal LM; hf_<family>_*: that unified family, e.g. hf_emu3_unimod)
+def hf_kind(name: str) -> str | None:
+    if name == "hf_mod":
+        return "llama"
+    return name.split("_")[1] if name.startswith("hf_") else None
 
 
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
-    """family -> a tiny saved model of it, built on first use."""
     made: dict[str, Path] = {}
 
-    def get(family: str) -> Path:
-        if family not in made:
-            path = tmp_path_factory.mktemp("hf") / family
-            made[family] = save_tiny_hf(path) if family == "llama" else save_tiny_hf_unified(path, family)
-        return made[family]
+    def dir_of(kind: str) -> Path:
+        if kind not in made:
+            path = tmp_path_factory.mktemp("hf") / kind
+            made[kind] = save_tiny_hf(path) if kind == "llama" else save_tiny_hf_unified(path, kind)
+        return made[kind]
 
-    return get
+    return dir_of
 
 
 def hf_args(name: str, request) -> list[str]:
-    if name not in NEEDS_HF_DIR:
-        return []
-    return [f"model.path={request.getfixturevalue('hf_dirs')(NEEDS_HF_DIR[name])}"]
+    kind = hf_kind(name)
+    return [f"model.path={request.getfixturevalue('hf_dirs')(kind)}"] if kind else []
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
