@@ -47,3 +47,17 @@ def test_emu3_generation_table_prints_cache_speed_and_kv_memory():
     assert r["mod_kv_entries"] < r["dense_kv_entries"]
     assert r["recompute_tok_s"] > 0 and 0 < r["kv_saving"] < 1
     json.dumps(results)
+
+
+def test_hf_emu3_generation_table_prints_compact_cache_speed():
+    from modlab.bench import hf_emu3_generation_table
+
+    console = Console(record=True, width=250)
+    results: dict = {}
+    hf_emu3_generation_table(console, results, n_layer=2, batch=2, repeats=1, fit_steps=30)
+    assert "HF Emu3 greedy image generation" in console.export_text()
+    for r in results["hf_emu3_generation"]:
+        assert r["routed_layers"] == [1] and r["rows"] == 4
+        # the routed layer's cache holds only the tokens that ran it; the dense one every token
+        assert r["routed_kv_entries"] < r["dense_kv_entries"] and r["routed_tok_s"] > 0
+    json.dumps(results)
