@@ -205,7 +205,8 @@ for _spec in (
     hf_unified_spec(
         "hf_chameleon",
         "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
+        _UNIFIED_ANALYSES,
     ),
-    hf_unified_spec("hf_janus", "Hugging Face Janus (a local directory with its processor)"),
+    hf_unified_spec("hf_janus", "Hugging Face Janus (a local directory with its processor)", _UNIFIED_ANALYSES),
 ):
     register_family(_spec)

@@ -101,7 +101,8 @@ class HFUnifiedFamily(UnifiedFamily):
         def run(batch):
             ctx = unrouted(routing) if routing is not None else nullcontext()
             with ctx:
-                return model(batch["ids"], batch["is_image"], batch["valid"], batch["task"], batch["kind"])
+                b = batch
+                return model(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], b.get("pixels"))
 
         def task_losses(batch, generator):
             ctx = unrouted(routing) if routing is not None else nullcontext()
@@ -115,6 +116,7 @@ class HFUnifiedFamily(UnifiedFamily):
             task_losses,
             hf_sublayers(model.family),
             returns_stream=True,
+            layer_returns_tuple=model.family.layer_returns_tuple,
             attention=partial(hf_attention_capture, model),
         )
         plan = PlanSpec(
@@ -165,16 +167,17 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
     from modlab.data import digits as D
     from modlab.data.rows import collate_rows
     from modlab.data.text_corpus import load_corpus, split_corpus
-    from modlab.training.hf_unified_data import ImageRows, TextRows
+    from modlab.training.hf_unified_data import DigitImages, ImageRows, TextRows
 
     model, g = module.model, torch.Generator().manual_seed(c.seed)
     split = D.load_digit_splits(module.data_cfg.split_seed)[c.split]
     idx = torch.randperm(len(split.labels), generator=g)[: c.n_per_task]
     codes = module.image_tokenizer.encode(split.images[idx.numpy()])
     text = split_corpus(load_corpus(module.data_cfg.lm_files))[c.split].decode("utf-8", "replace")
+    labels, images = split.labels[idx.numpy()], DigitImages(split.images[idx.numpy()], model.codec.resolution)
     sets = {
-        "t2i": ImageRows(model, codes, "t2i", False, labels=split.labels[idx.numpy()]),
-        "mmu": ImageRows(model, codes, "mmu", False, labels=split.labels[idx.numpy()]),
+        "t2i": ImageRows(model, codes, "t2i", False, labels=labels),
+        "mmu": ImageRows(model, codes, "mmu", False, labels=labels, images=images),  # pixels: Janus
         "lm": TextRows(model, text, module.data_cfg.lm_length, False),
     }
     batches, stats = {}, {}
