@@ -25,6 +25,23 @@ def byte_level_tokenizer(specials: list[str], **named):
     return fast
 
 
+def _text_sizes(tok, n_layer: int, hidden: int, heads: int) -> dict:
+    """The text decoder's sizes and special ids (every family's tiny text config)."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layer,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=512,
+        attention_dropout=0.0,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
 def tiny_emu3(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int = 4, seed: int = 0):
     """(Emu3ForConditionalGeneration, Emu3Processor): a tiny VQ-VAE (32x32 images, an 8x8 code
     grid of `n_codes` codes) and a `hidden`-wide, `n_layer`-deep text decoder, random weights."""
@@ -55,42 +72,13 @@ def tiny_emu3(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int 
         hidden_size=64,  # the middle block's attention width: base_channels * the last multiplier
         temporal_downsample_factor=1,
     )
-    text = Emu3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=n_layer,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=512,
-        attention_dropout=0.0,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    text = Emu3TextConfig(**_text_sizes(tok, n_layer, hidden, heads))
     torch.manual_seed(seed)
     model = Emu3ForConditionalGeneration(Emu3Config(vq_config=vq, text_config=text, vocabulary_map=vocab_map))
     image_processor = Emu3ImageProcessor(
         min_pixels=32 * 32, max_pixels=32 * 32, spatial_factor=4, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     return model.eval(), Emu3Processor(image_processor, tok)
-
-
-def _text_sizes(tok, n_layer: int, hidden: int, heads: int) -> dict:
-    """The text decoder's sizes and special ids, as tiny_emu3 gives its Emu3TextConfig."""
-    return dict(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=n_layer,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=512,
-        attention_dropout=0.0,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
 
 
 # the tiny VQ models: GroupNorm(32) needs channel counts that are multiples of 32; downsampling 4:
