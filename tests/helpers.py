@@ -254,3 +254,43 @@ def save_tiny_hf_unified(path: Path, family: str = "emu3", n_codes: int = 32, n_
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def save_tiny_hf_showo(
+    path: Path, n_codes: int = 32, n_layer: int = 4, seed: int = 0, max_text_len: int = 32, released: bool = False
+) -> Path:
+    """A tiny random Show-o on Phi (modlab.models.hf_showo_unified's directory): a byte-level
+    tokenizer (<|endoftext|> = <|sot|> = <|eot|>), Show-o's vocabulary around it, and the stand-in
+    image codebook fitted on the training digits at 32x32 (4x4 patches: an 8x8 code grid).
+    `released`: the weights in Show-o's released layout (pytorch_model.bin, `showo.`-prefixed
+    keys) beside Phi's own config (its vocabulary not yet resized), as Show-o's checkpoint ships."""
+    import json
+
+    from transformers import PhiConfig
+    from transformers.utils import logging
+
+    from modlab.models.hf_showo import build_showo_phi
+    from modlab.models.hf_showo_unified import fit_digit_codebook, save_showo_directory
+    from modlab.models.hf_tiny import byte_level_tokenizer
+
+    logging.disable_progress_bar()
+    tok = byte_level_tokenizer([], bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    eot = tok.eos_token_id
+    config = PhiConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layer,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    torch.manual_seed(seed)
+    model, vocab = build_showo_phi(config, n_codes, len(tok))
+    save_showo_directory(path, model, vocab, tok, fit_digit_codebook(32, n_codes, 4, seed=seed), max_text_len)
+    if released:
+        (path / "model.safetensors").unlink()
+        torch.save({"showo." + k: v for k, v in model.state_dict().items()}, path / "pytorch_model.bin")
+        (path / "config.json").write_text(json.dumps(config.to_dict()))
+    return path

@@ -2,7 +2,8 @@
 
 - `PixelQuantizer`: one token per pixel, `levels` grey levels (17 = lossless for `load_digits`).
 - `PatchCodebook`: a learned k-means codebook over non-overlapping p x p patches (the realistic
-  VQ-style variant: fewer, richer tokens).
+  VQ-style variant: fewer, richer tokens). Images may carry a trailing channel axis (N, S, S, C),
+  e.g. RGB: a patch is then its p x p x C values (modlab.models.showo_codec's stand-in VQ).
 
 Both share `encode(images) -> codes (N, n_tokens)` and `decode(codes) -> images (N, 8, 8)`.
 """
@@ -68,17 +69,20 @@ class PatchCodebook:
         return (self.image_size // self.patch) ** 2
 
     def _patches(self, images) -> torch.Tensor:
-        """(N, patches, p*p) in raster order, for images of any side divisible by the patch
-        (a codebook fitted on 8x8 digits encodes scenes made of them)."""
+        """(N, patches, p*p*C) in raster order, for images of any side divisible by the patch
+        (a codebook fitted on 8x8 digits encodes scenes made of them); grey (N, S, S): C = 1."""
         x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
-        n, p, g = len(x), self.patch, x.shape[-1] // self.patch
-        x = x.reshape(n, g, p, g, p).permute(0, 1, 3, 2, 4)  # (n, gy, gx, p, p)
-        return x.reshape(n, g * g, p * p)
+        if x.dim() == 3:
+            x = x[..., None]
+        n, p, g, c = len(x), self.patch, x.shape[1] // self.patch, x.shape[-1]
+        x = x.reshape(n, g, p, g, p, c).permute(0, 1, 3, 2, 4, 5)  # (n, gy, gx, p, p, c)
+        return x.reshape(n, g * g, p * p * c)
 
     def fit(self, images: np.ndarray) -> PatchCodebook:
         from sklearn.cluster import KMeans
 
-        patches = self._patches(images).reshape(-1, self.patch * self.patch).numpy()
+        patches = self._patches(images)
+        patches = patches.reshape(-1, patches.shape[-1]).numpy()
         km = KMeans(n_clusters=self.codebook_size, n_init=4, random_state=self.seed).fit(patches)
         self.centroids = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
         return self
@@ -91,9 +95,12 @@ class PatchCodebook:
         return dist.argmin(-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, S, S) grey images, or (N, S, S, C) for a codebook fitted on C channels."""
         n, p, g = codes.shape[0], self.patch, self.image_size // self.patch
-        x = self.centroids[codes.cpu()].reshape(n, g, g, p, p).permute(0, 1, 3, 2, 4)
-        return x.reshape(n, self.image_size, self.image_size)
+        c = self.centroids.shape[1] // (p * p)
+        x = self.centroids[codes.cpu()].reshape(n, g, g, p, p, c).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(n, self.image_size, self.image_size, c)
+        return x[..., 0] if c == 1 else x
 
     def state_dict(self) -> dict:
         return {

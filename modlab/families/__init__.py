@@ -144,19 +144,19 @@ def family_of_checkpoint(ckpt_path: str) -> FamilySpec:
     return REGISTRY[arch]
 
 
-def hf_unified_spec(name: str, summary: str, analyses: tuple[str, ...] = ()) -> FamilySpec:
+def hf_unified_spec(name: str, summary: str, **extra) -> FamilySpec:
     """A transformers unified model from a local directory (modlab.families.hf_unified: `name`
-    upper-cased is its family object there)."""
+    upper-cased is its family object there), with MoD / UniMoD routing; `extra`: more FamilySpec fields."""
     return FamilySpec(
         name,
         summary,
         "unified",
         f"modlab.families.hf_unified:{name.upper()}",
-        analyses=analyses,
         routing=("mod", "unimod"),
         commands=COMMANDS,
         requires_path=True,
         dtypes=("auto", "bfloat16", "float32"),
+        **extra,
     )
 
 
@@ -201,12 +201,25 @@ for _spec in (
         dtypes=("auto", "bfloat16", "float32"),
         router_tuning=("mindskip", "mod"),
     ),
-    hf_unified_spec("hf_emu3", "Hugging Face Emu3 (a local directory with its processor)", _UNIFIED_ANALYSES),
+    hf_unified_spec(
+        "hf_emu3",
+        "Hugging Face Emu3 (a local directory with its processor)",
+        analyses=_UNIFIED_ANALYSES,
+        mindskip=True,  # Router-Tuning on its language model (the unified objective)
+        router_tuning=("mindskip",),
+    ),
+    hf_unified_spec(
+        "hf_showo",
+        "Show-o on transformers' Phi (a local directory with Show-o's vocabulary and image codebook)",
+        analyses=_UNIFIED_ANALYSES,
+    ),
     hf_unified_spec(
         "hf_chameleon",
         "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
-        _UNIFIED_ANALYSES,
+        analyses=_UNIFIED_ANALYSES,
     ),
-    hf_unified_spec("hf_janus", "Hugging Face Janus (a local directory with its processor)", _UNIFIED_ANALYSES),
+    hf_unified_spec(
+        "hf_janus", "Hugging Face Janus (a local directory with its processor)", analyses=_UNIFIED_ANALYSES
+    ),
 ):
     register_family(_spec)

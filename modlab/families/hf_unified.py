@@ -11,6 +11,7 @@ modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_data)
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from modlab.families.base import AnalysisTarget, PlanSpec
@@ -36,6 +37,10 @@ class HFUnifiedFamily(UnifiedFamily):
                 f"data.kind={run.data.kind}: Hugging Face unified models train on digits or your images "
                 "(data.image_folder=DIR)"
             )
+        from modlab.models.hf_causal_lm import resolve_dtype
+
+        # model.dtype=auto: bf16 weights on a CUDA device with bf16, fp32 on CPU (recorded in the checkpoint)
+        run = replace(run, model=replace(run.model, dtype=resolve_dtype(run.model.dtype, run.trainer.accelerator)))
         module = HFUnifiedModule.from_run(run)
         cache = image_cache_dir(run.data, run.paths.output_dir)
         dm = HFUnifiedDataModule(run.data, run.eval, module.model, cache)
@@ -64,9 +69,8 @@ class HFUnifiedFamily(UnifiedFamily):
         from modlab.training.trainer import test_module
 
         module.eval_cfg = run.eval
-        dm = HFUnifiedDataModule(
-            module.data_cfg.__class__(**{**vars(module.data_cfg), "image_folder": None}), run.eval, module.model
-        )
+        data_cfg = replace(module.data_cfg, image_folder=None)  # the test is on the digits
+        dm = HFUnifiedDataModule(data_cfg, run.eval, module.model, image_cache_dir(data_cfg, run.paths.output_dir))
         metrics = test_module(module, dm, run.trainer, run.logger, out_dir)
         return {**metrics, **self.describe(module), "ckpt_path": run.ckpt_path}
 
@@ -93,6 +97,7 @@ class HFUnifiedFamily(UnifiedFamily):
 
         from modlab.analysis.hf_attention import hf_attention_capture
         from modlab.analysis.subject import Subject, hf_sublayers
+        from modlab.models.hf_unified import pixels_of
 
         model = module.model
         batches, stats = calibration_rows(module, calibration)
@@ -102,12 +107,12 @@ class HFUnifiedFamily(UnifiedFamily):
             ctx = unrouted(routing) if routing is not None else nullcontext()
             with ctx:
                 b = batch
-                return model(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], b.get("pixels"))
+                return model(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], **pixels_of(b))
 
         def task_losses(batch, generator):
             ctx = unrouted(routing) if routing is not None else nullcontext()
-            with ctx:
-                return model.task_losses(batch)
+            with ctx:  # the family's training targets in place (Show-o: masked image codes), seeded
+                return model.task_losses(model.training_batch(batch, 0.0, generator))
 
         subject = Subject(
             model,
@@ -161,7 +166,8 @@ ANALYSIS_ROWS = {"t2i": 8, "mmu": 8, "lm": 2}
 
 def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[str, float]]]:
     """{task: [collated batch, ...]} of `c.n_per_task` rows of the digits split `c.split` (and its
-    text), and per task the mean valid and routable tokens per row (the plan's FLOPs workload)."""
+    text), and per task the mean tokens per row, and of its real ones (HFUnifiedModel.real_tokens)
+    those routed and those that always run (the plan's FLOPs workload)."""
     import torch
 
     from modlab.data import digits as D
@@ -184,15 +190,21 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
     for task in c.tasks:
         rows = [sets[task][i] for i in range(min(c.n_per_task, len(sets[task])))]
         batches[task] = [collate_rows(rows[i : i + c.batch_size], model.pad) for i in range(0, len(rows), c.batch_size)]
-        routable = [float((~model.not_routed(r["kind"])).sum()) for r in rows]
-        stats[task] = {"tokens": sum(len(r["ids"]) for r in rows) / len(rows), "routable": sum(routable) / len(rows)}
+        real = [model.real_tokens(r["ids"]) for r in rows]
+        routable = [float((~model.not_routed(r["kind"]) & v).sum()) for r, v in zip(rows, real)]
+        always = [float((model.not_routed(r["kind"]) & v).sum()) for r, v in zip(rows, real)]
+        stats[task] = {
+            "tokens": sum(len(r["ids"]) for r in rows) / len(rows),
+            "routable": sum(routable) / len(rows),
+            "always": sum(always) / len(rows),
+        }
     return batches, stats
 
 
 def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: dict) -> float:
     """Training FLOPs of a UniMoD plan over the dense step's, on the transformers model: each task's
-    rows (workload) of its mean length, where a planned layer runs the row's tokens that are not
-    routed plus ceil(C * routable) of the others (and a router scores every token)."""
+    rows (workload) of its mean length, where a planned layer runs the row's real tokens that are
+    not routed plus ceil(C * routable) of the others (and a router scores every token)."""
     import math
 
     from modlab.routing.hf_flops import layer_forward_flops
@@ -212,7 +224,7 @@ def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: d
             if cap is None or cap >= 1.0:
                 routed += full
             else:
-                k = round(n - r) + math.ceil(cap * r - 1e-6)
+                k = round(stats[task]["always"]) + math.ceil(cap * r - 1e-6)
                 routed += layer_forward_flops(block, config, rows, k) + 2 * rows * n * config.hidden_size
     return routed / dense
 
@@ -220,3 +232,4 @@ def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: d
 HF_EMU3 = HFUnifiedFamily("hf_emu3", "hf_emu3_unimod")
 HF_CHAMELEON = HFUnifiedFamily("hf_chameleon", "hf_chameleon_unimod")
 HF_JANUS = HFUnifiedFamily("hf_janus", "hf_janus_unimod")
+HF_SHOWO = HFUnifiedFamily("hf_showo", "hf_showo_unimod")

@@ -8,6 +8,9 @@ from modlab.errors import ConfigError
 
 # weights dtype of a model loaded from a directory; auto: bf16 on a CUDA device with bf16, else fp32
 DTYPES = ("auto", "bfloat16", "float32")
+# what each token of a Hugging Face unified model's row is (modlab.models.hf_unified): model.route_tokens
+# names the kinds the routers decide for
+TOKEN_KINDS = ("text", "caption", "question", "answer", "image", "special")
 
 
 @dataclass
@@ -53,6 +56,13 @@ class ModelConfig:
             raise ConfigError("model.mlp_hidden must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        unknown = set(self.route_tokens) - set(TOKEN_KINDS)
+        if unknown or not self.route_tokens:
+            raise ConfigError(
+                f"model.route_tokens {list(self.route_tokens)}: give kinds of token among {', '.join(TOKEN_KINDS)}"
+            )
+        if self.resolution < 0:
+            raise ConfigError(f"model.resolution must be >= 0 (0: the processor's), got {self.resolution}")
         if not 0.0 <= self.attn_layer_drop < 1.0:
             raise ConfigError(f"model.attn_layer_drop must be in [0, 1), got {self.attn_layer_drop}")
 

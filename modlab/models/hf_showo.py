@@ -442,10 +442,18 @@ def maskgit_sample(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     routing=None,
+    logits_of=None,
 ) -> torch.Tensor:
     """Image codes (B, n) for T2I prompt rows (t2i_row with codes=None), by Show-o's MaskGIT
     (see the module docstring). With guidance > 0 the conditional rows and their empty-caption
-    copies run as one batch of 2B rows."""
+    copies run as one batch of 2B rows. `logits_of(ids, is_image, valid, task)`: the logits of a
+    batch of rows; default showo_logits of `model` with `routing` (modlab.models.hf_showo_unified
+    passes its own, which also tells the routed layers which tokens are routed)."""
+    if logits_of is None:
+
+        def logits_of(ids, is_image, valid, task):
+            return showo_logits(model, ids, is_image, valid, routing, task)
+
     ids, is_image, valid, task = prompts["ids"], prompts["is_image"], prompts["valid"], prompts["task"]
     n_img = is_image.sum(1)
     if not bool((task == TASK_ID["t2i"]).all()) or not bool((n_img == n_img[0]).all()) or int(n_img[0]) == 0:
@@ -459,10 +467,10 @@ def maskgit_sample(
 
     def logits_fn(current: torch.Tensor) -> torch.Tensor:
         if guidance <= 0:
-            return showo_logits(model, current, is_image, valid, routing, task)
+            return logits_of(current, is_image, valid, task)
         # the unconditional rows carry the same (partly unmasked) image as the conditional ones
         both = torch.cat([current, torch.where(is_image, current, uncond["ids"])])
-        cond_logits, uncond_logits = showo_logits(model, both, both_image, both_valid, routing, both_task).chunk(2)
+        cond_logits, uncond_logits = logits_of(both, both_image, both_valid, both_task).chunk(2)
         return (1 + guidance) * cond_logits - guidance * uncond_logits
 
     return maskgit_loop(

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS
 from modlab.errors import CheckpointError, ConfigError
+from modlab.models.config import TOKEN_KINDS
 from modlab.models.hf_families import decoder_layers, hf_family, text_config
 from modlab.routing.install import threshold_routing
 
-TOKEN_KINDS = ("text", "caption", "question", "answer", "image", "special")
 KIND_ID = {k: i for i, k in enumerate(TOKEN_KINDS)}
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
@@ -73,6 +73,12 @@ def vocabulary_code_ids(img2bpe: dict[int, int], n_codes: int) -> torch.Tensor:
             "(config.vocabulary_map)"
         )
     return torch.tensor([img2bpe[c] for c in range(n_codes)])
+
+
+def pixels_of(batch: dict) -> dict:
+    """The forward's `pixels` keyword for a batch whose rows carry images (Janus MMU), else none
+    (families without a vision encoder take no such argument)."""
+    return {"pixels": batch["pixels"]} if "pixels" in batch else {}
 
 
 def t2i_labels(ids: list[int], start: int) -> list[int]:
@@ -113,6 +119,7 @@ class HFUnifiedModel(nn.Module):
             )
         self.route_tokens = tuple(route_tokens)
         self.routing = None  # the HFRouting installed into hf (modlab.routing.hf_routed_layer)
+        self.skip = None  # MindSkip gates on the decoder's attention (modlab.mindskip.gate), Router-Tuning
         self._routed_kinds = torch.tensor([k in self.route_tokens for k in TOKEN_KINDS])
 
     # ---- sizes -------------------------------------------------------------------------------
@@ -122,11 +129,28 @@ class HFUnifiedModel(nn.Module):
         return text_config(self.hf.config)
 
     @property
+    def model_type(self) -> str:
+        """The unified model it is (model.arch=hf_<model_type>): transformers' model_type, unless the
+        family says otherwise (Show-o is a Phi model: "showo")."""
+        return self.family.model_type
+
+    @property
     def n_layer(self) -> int:
         return self.config.num_hidden_layers
 
     def decoder_layers(self) -> nn.ModuleList:
         return decoder_layers(self.hf, self.family)
+
+    # what MindSkip (modlab.mindskip.gate) wraps: each decoder layer's attention module
+    attention_returns_tuple = True  # transformers attention returns (output, weights)
+    always_runs = frozenset({0})  # DynamicCache reads the sequence length from layer 0's entries
+
+    @property
+    def d_model(self) -> int:
+        return self.config.hidden_size
+
+    def attention_slots(self) -> list[tuple[nn.Module, str]]:
+        return [(getattr(layer, "block", layer), self.family.attention) for layer in self.decoder_layers()]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -162,11 +186,20 @@ class HFUnifiedModel(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
 
+    def real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which tokens of rows are real ones (run by the model, routable); a family whose rows
+        hold padding of their own (Show-o's [PAD] in the T2I text field) says otherwise."""
+        return torch.ones_like(ids, dtype=torch.bool)
+
     def not_routed(self, kind: torch.Tensor) -> torch.Tensor:
         """(B, T) tokens whose kind is not routed: they run every layer."""
         return ~self._routed_kinds.to(kind.device)[kind]
 
-    def routing_inputs(self, task, valid, kind):
+    def routing_inputs(self, task, valid, kind, reuse: bool = False):
+        """Around a forward: what routed layers (each row's task, valid and not-routed tokens) or
+        MindSkip gates (valid tokens; `reuse`: the decisions of the prefill, while decoding) need."""
+        if self.skip is not None:
+            return self.skip.context(valid=valid, reuse=reuse)
         if self.routing is None:
             return nullcontext()
         return self.routing.inputs(task=task, valid=valid, always=self.not_routed(kind))
@@ -174,7 +207,8 @@ class HFUnifiedModel(nn.Module):
     def logits(self, ids, valid, task, kind, mask=None, positions=None, cache=None, pixels=None) -> torch.Tensor:
         """Logits (B, T, V) of these columns; `valid` (B, T) their real tokens (what the routers
         may route), `mask` the attention mask over the cache and them (default: `valid`)."""
-        with self.routing_inputs(task, valid, kind):
+        decoding = cache is not None and cache.get_seq_length() > 0
+        with self.routing_inputs(task, valid, kind, reuse=decoding):
             return self._logits(ids, valid if mask is None else mask, positions, task, cache, pixels)
 
     def forward(self, ids, is_image, valid, task=None, kind=None, pixels=None) -> torch.Tensor:
@@ -188,7 +222,7 @@ class HFUnifiedModel(nn.Module):
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""
         b = batch
-        logits = self(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], b.get("pixels"))
+        logits = self(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], **pixels_of(b))
         ce = F.cross_entropy(
             logits.float().transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none"
         )
@@ -198,6 +232,8 @@ class HFUnifiedModel(nn.Module):
             sel = has_label & (batch["task"] == TASK_ID[name])[:, None]
             if sel.any():
                 out[name] = ce[sel].mean()
+        if self.skip is not None:  # the mean gate of this forward (Router-Tuning's capacity)
+            out["mindskip_capacity"] = self.skip.capacity().to(ce.device)
         return out
 
     def training_batch(self, batch: dict, cond_dropout: float = 0.0, generator: torch.Generator | None = None) -> dict:
@@ -429,6 +465,10 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
         raise ConfigError(
             f"model.path '{path}': config.json is not a transformers config ({type(e).__name__})"
         ) from None
+    if config.model_type == "phi":  # Show-o on Phi: a directory of its own layout (modlab.models.hf_showo_unified)
+        from modlab.models.hf_showo_unified import load_hf_showo
+
+        return load_hf_showo(p, config, resolution, tuple(route_tokens), dtype)
     if config.model_type not in FAMILY_CLASSES:
         raise ConfigError(
             f"model.path '{path}' holds a '{config.model_type}' model, not a unified model this family loads "

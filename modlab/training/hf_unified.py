@@ -16,6 +16,7 @@ import logging
 from dataclasses import asdict
 
 import lightning as L
+import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
@@ -23,6 +24,8 @@ from torchmetrics.text import Perplexity
 from modlab.data.config import DataConfig
 from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError, ConfigError
+from modlab.mindskip.config import MindSkipConfig
+from modlab.mindskip.gate import MindSkip
 from modlab.models.config import ModelConfig
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_flops import train_step_flops
@@ -30,12 +33,20 @@ from modlab.routing.hf_routed_layer import apply_hf_routing
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.unified import UnifiedModule
 
+ROUTERS = "skip.routers."  # the state-dict keys of MindSkip's routers
 log = logging.getLogger("modlab.training.hf_unified")
 
 
 class HFUnifiedModule(UnifiedModule):
     def __init__(
-        self, model: dict, data: dict, objective: dict, eval: dict, routing: dict | None = None, seed: int = 0
+        self,
+        model: dict,
+        data: dict,
+        objective: dict,
+        eval: dict,
+        routing: dict | None = None,
+        seed: int = 0,
+        mindskip: dict | None = None,
     ):
         from modlab.models.hf_unified import load_hf_unified
         from modlab.training.hf_unified_data import DigitCodec
@@ -43,7 +54,15 @@ class HFUnifiedModule(UnifiedModule):
         L.LightningModule.__init__(self)  # UnifiedModule's own __init__ builds a native model
         # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module
         self.save_hyperparameters(
-            {"model": model, "data": data, "objective": objective, "eval": eval, "routing": routing, "seed": seed}
+            {
+                "model": model,
+                "data": data,
+                "objective": objective,
+                "eval": eval,
+                "routing": routing,
+                "seed": seed,
+                "mindskip": mindskip,
+            }
         )
         self.data_cfg, self.eval_cfg = DataConfig(**data), EvalConfig(**eval)
         self.objective_cfg = ObjectiveConfig(**objective)
@@ -51,9 +70,9 @@ class HFUnifiedModule(UnifiedModule):
         self.model = load_hf_unified(
             cfg["path"], cfg.get("resolution", 0), tuple(cfg.get("route_tokens", ("image",))), cfg.get("dtype", "auto")
         )
-        if self.model.family.model_type != expected_model_type(cfg["arch"]):
+        if self.model.model_type != expected_model_type(cfg["arch"]):
             raise ConfigError(
-                f"model.path '{cfg['path']}' holds a '{self.model.family.model_type}' model, but model.arch="
+                f"model.path '{cfg['path']}' holds a '{self.model.model_type}' model, but model.arch="
                 f"{cfg['arch']} loads {expected_model_type(cfg['arch'])} models"
             )
         self.model.train()  # transformers loads in eval mode; the VQ codec stays in eval mode
@@ -64,6 +83,19 @@ class HFUnifiedModule(UnifiedModule):
         self.hparams["routing"] = asdict(self.routing_cfg)  # a plan file's content, not its path
         if self.routing_cfg.kind != "dense":
             self.model.routing = apply_hf_routing(self.model.hf, self.routing_cfg)
+        # Router-Tuning (MindSkip): the model frozen, a gate on the attention of the routed layers,
+        # only the routers train on the unified objective (+ lam * the capacity penalty)
+        self.skip_cfg = MindSkipConfig(**(mindskip or {}))
+        self.skip = None
+        if self.skip_cfg.enabled:
+            s = self.skip_cfg
+            self.model.requires_grad_(False)
+            self.skip = MindSkip(
+                self.model, s.routed_layers(n_layer, self.model.always_runs), s.granularity, s.threshold
+            )
+            self.model.skip = self.skip
+            self.strict_loading = False  # its checkpoints hold the routers alone
+        self.test_skip_capacity = MeanMetric()
         self.image_tokenizer = DigitCodec(self.model.codec)
         self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
         self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
@@ -74,12 +106,40 @@ class HFUnifiedModule(UnifiedModule):
     @classmethod
     def from_run(cls, run):
         return cls(
-            asdict(run.model), asdict(run.data), asdict(run.objective), asdict(run.eval), asdict(run.routing), run.seed
+            asdict(run.model),
+            asdict(run.data),
+            asdict(run.objective),
+            asdict(run.eval),
+            asdict(run.routing),
+            run.seed,
+            asdict(run.mindskip),
         )
+
+    # ---- Router-Tuning ----------------------------------------------------------------------------
+
+    def _weighted_loss(self, losses: dict):
+        loss = super()._weighted_loss(losses)
+        if self.skip is not None and "mindskip_capacity" in losses:
+            s = self.skip_cfg
+            gap = losses["mindskip_capacity"] - s.target_capacity
+            loss = loss + s.lam * (F.relu(gap) if s.penalty == "relu" else gap.abs())
+        return loss
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        super().test_step(batch, batch_idx, dataloader_idx)
+        if self.skip is not None:  # the mean gate over the routed layers, as the test ran them
+            self.test_skip_capacity.update(self.skip.capacity())
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        if self.skip is not None:
+            self.log("test/mindskip_capacity", self.test_skip_capacity.compute())
 
     # ---- checkpoints: the VQ codec is part of the model's weights ------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.skip is not None:  # Router-Tuning: the routers alone (the model is model.path's)
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(ROUTERS)}
         checkpoint["image_tokenizer"] = self.image_tokenizer.state_dict()
         checkpoint["train_flops"] = {
             name: {k: v.detach().clone() for k, v in getattr(self, name).metric_state.items()}
@@ -87,6 +147,10 @@ class HFUnifiedModule(UnifiedModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.skip is not None and set(checkpoint["state_dict"]) != {
+            k for k in self.state_dict() if k.startswith(ROUTERS)
+        }:
+            raise CheckpointError("the checkpoint's MindSkip routers do not match the routed layers of this model")
         saved = checkpoint.get("image_tokenizer", {}).get("identity")
         if saved is not None and saved != self.model.codec.identity:
             raise CheckpointError(
@@ -107,7 +171,7 @@ class HFUnifiedModule(UnifiedModule):
             log.warning(
                 "%s: T2I images are drawn but not scored: its VQ tokenizer has no decoder in transformers "
                 "(test/t2i_skipped)",
-                self.model.family.model_type,
+                self.model.model_type,
             )
 
     # ---- FLOPs ------------------------------------------------------------------------------------
@@ -136,7 +200,7 @@ def load_hf_unified_module(ckpt_path: str) -> HFUnifiedModule:
         raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
     module.on_load_checkpoint(ckpt)
     try:
-        module.load_state_dict(ckpt["state_dict"])
+        module.load_state_dict(ckpt["state_dict"], strict=module.skip is None)
     except RuntimeError as e:
         raise CheckpointError(
             f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"

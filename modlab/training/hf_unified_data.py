@@ -73,6 +73,11 @@ class FolderImages:
         return load_image(self.folder / self.records[i].file, self.resolution)
 
 
+def image_keyword(model, images, i: int) -> dict:
+    """mmu_row's `image` keyword for a model that reads pixels (the others take no such argument)."""
+    return {"image": images[i]} if images is not None and model.mmu_reads_pixels else {}
+
+
 class ImageRows(Dataset):
     """T2I or MMU rows over tokenized images: digits (captions / questions from the templates,
     random when training) or the user's records (their own caption, question and answer).
@@ -85,21 +90,18 @@ class ImageRows(Dataset):
     def __len__(self) -> int:
         return len(self.codes)
 
-    def _image(self, i: int):
-        return self.images[i] if self.images is not None and self.model.mmu_reads_pixels else None
-
     def __getitem__(self, i: int) -> dict:
         m = self.model
         if self.records is not None:
             r = self.records[i]
             if self.task == "t2i":
                 return m.t2i_row(r.caption, self.codes[i])
-            return m.mmu_row(self.codes[i], r.question, r.answer, image=self._image(i))
+            return m.mmu_row(self.codes[i], r.question, r.answer, **image_keyword(m, self.images, i))
         d = int(self.labels[i])
         t = int(torch.randint(0, 1 << 30, ())) if self.train else i
         if self.task == "t2i":
             return m.t2i_row(D.caption(d, t), self.codes[i], d)
-        return m.mmu_row(self.codes[i], D.question(t), D.answer(d, t), d, image=self._image(i))
+        return m.mmu_row(self.codes[i], D.question(t), D.answer(d, t), d, **image_keyword(m, self.images, i))
 
 
 class PromptRows(Dataset):
@@ -115,8 +117,8 @@ class PromptRows(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         if self.task == "mmu":
-            image = self.images[i] if self.images is not None and self.model.mmu_reads_pixels else None
-            return self.model.mmu_row(self.codes[i], D.question(0), None, int(self.labels[i]), image=image)
+            image = image_keyword(self.model, self.images, i)
+            return self.model.mmu_row(self.codes[i], D.question(0), None, int(self.labels[i]), **image)
         d = i % 10
         return self.model.t2i_prompt(D.EVAL_CAPTION.format(d=d, name=D.DIGIT_NAMES[d]), d)
 

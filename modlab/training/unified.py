@@ -148,11 +148,14 @@ class UnifiedModule(L.LightningModule):
         Also returns the row count and the step's routed / dense training FLOPs. With causal
         routing, `router_aux` (the decision's BCE vs top-k) and `router_agreement` are added."""
         losses, rows, routed, dense = {}, 0, 0.0, 0.0
-        aux, agreement, zero = [], [], 0.0
+        aux, agreement, zero, gates = [], [], 0.0, []
         for part in self._task_batches(combined):
             batch = self.model.training_batch(part, cond_dropout, generator=generator)
             with record_routing(self.model) as trace:
-                losses.update(self.model.task_losses(batch))
+                part_losses = self.model.task_losses(batch)
+            if "mindskip_capacity" in part_losses:  # MindSkip's mean gate: averaged over the task batches
+                gates.append(part_losses.pop("mindskip_capacity"))
+            losses.update(part_losses)
             a, g = trace.causal_stats()
             if g is not None:
                 aux.append(a)
@@ -161,6 +164,8 @@ class UnifiedModule(L.LightningModule):
                 zero = zero + a
             r, d = self.step_flops(trace, *batch["ids"].shape)
             rows, routed, dense = rows + batch["ids"].shape[0], routed + r, dense + d
+        if gates:
+            losses["mindskip_capacity"] = torch.stack(gates).mean()
         if aux:  # averaged over the task batches that had routed tokens
             losses["router_aux"] = torch.stack(aux).mean() + zero
             losses["router_agreement"] = torch.stack(agreement).mean()
@@ -177,7 +182,7 @@ class UnifiedModule(L.LightningModule):
         loss = self._weighted_loss(losses)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         for k, v in losses.items():
-            self.log(f"train/{k}" if k.startswith("router_") else f"train/loss_{k}", v, batch_size=n)
+            self.log(f"train/{k}" if k.startswith(("router_", "mindskip_")) else f"train/loss_{k}", v, batch_size=n)
         self.flops_routed.update(routed)
         self.flops_dense.update(dense)
         self.log("train/flops_ratio", routed / dense, batch_size=n)
@@ -206,7 +211,8 @@ class UnifiedModule(L.LightningModule):
         losses, n, _, _ = self._losses(combined, 0.0, generator=g)
         for k, v in losses.items():
             # averaged over the processes too (DDP): the routing statistics of the whole validation set
-            self.log(f"val/{k}" if k.startswith("router_") else f"val/loss_{k}", v, batch_size=n, sync_dist=True)
+            name = f"val/{k}" if k.startswith(("router_", "mindskip_")) else f"val/loss_{k}"
+            self.log(name, v, batch_size=n, sync_dist=True)
         self.val_loss.update(self._weighted_loss(losses))
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
         if has_causal_routing(self.model):  # the LM loss as test/lm_ppl measures it: causal routing

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import TINY, composed, save_tiny_hf, save_tiny_hf_unified
+from helpers import TINY, composed, save_tiny_hf, save_tiny_hf_showo, save_tiny_hf_unified
 
 from modlab.cli.app import CONF_DIR
 from modlab.cli.schema import validate
@@ -34,7 +34,12 @@ def hf_dirs(tmp_path_factory):
     def dir_of(kind: str) -> Path:
         if kind not in made:
             path = tmp_path_factory.mktemp("hf") / kind
-            made[kind] = save_tiny_hf(path) if kind == "llama" else save_tiny_hf_unified(path, kind)
+            if kind == "llama":
+                made[kind] = save_tiny_hf(path)
+            elif kind == "showo":  # Show-o on Phi, with its stand-in codebook
+                made[kind] = save_tiny_hf_showo(path)
+            else:
+                made[kind] = save_tiny_hf_unified(path, kind)
         return made[kind]
 
     return dir_of

@@ -150,3 +150,22 @@ def test_bad_input_is_one_line(case, emu3_dir, tmp_path):
         "train", "+experiment=hf_emu3_unimod", *FAST, *args, f"data.image_cache={tmp_path}/c", out_dir=tmp_path
     )
     assert_one_line_error(proc, *needles)
+
+
+def test_router_tuning_trains_the_mindskip_routers_alone(emu3_dir, cache, tmp_path):
+    proc = run_modlab(
+        "train", "+experiment=hf_emu3_router_tuning", *FAST, f"model.path={emu3_dir}", cache, out_dir=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path / "train")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= m["test/mindskip_capacity"] <= 1.0
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    import torch
+
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert set(state) == {"skip.routers.1.proj.weight", "skip.routers.2.proj.weight"}  # the routers alone
+    assert any(float(v.abs().sum()) > 0 for v in state.values())  # they moved from their zero init
+    run = run_modlab("eval", f"ckpt_path={ckpt}", "debug=fast", out_dir=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "test/mindskip_capacity" in json.loads((only_run_dir(tmp_path / "eval") / "metrics.json").read_text())
