@@ -64,25 +64,29 @@ def llm_drop_importance(
 
 class SkippedLayer(nn.Module):
     """Stands in for a dropped layer, so the residual stream passes unchanged: a zero delta for
-    modlab's blocks, the input itself for layers that return the stream (transformers)."""
+    modlab's blocks, the input itself for layers that return the stream (transformers), as a
+    one-tuple for layers that return tuples (Chameleon: its model loop reads output[0])."""
 
-    def __init__(self, returns_stream: bool = False):
+    def __init__(self, returns_stream: bool = False, returns_tuple: bool = False):
         super().__init__()
-        self.returns_stream = returns_stream
+        self.returns_stream, self.returns_tuple = returns_stream, returns_tuple
 
-    def forward(self, *args, **kwargs) -> torch.Tensor:
+    def forward(self, *args, **kwargs):
         x = args[0] if args else kwargs["hidden_states"]
-        return x if self.returns_stream else torch.zeros_like(x)
+        out = x if self.returns_stream else torch.zeros_like(x)
+        return (out,) if self.returns_tuple else out
 
 
 @contextmanager
-def skip_layer(blocks: nn.ModuleList, layer: int | None, returns_stream: bool = False) -> Iterator[None]:
+def skip_layer(
+    blocks: nn.ModuleList, layer: int | None, returns_stream: bool = False, returns_tuple: bool = False
+) -> Iterator[None]:
     """Run without `layer` (None: the full model); the original layer is put back on exit."""
     if layer is None:
         yield
         return
     original = blocks[layer]
-    blocks[layer] = SkippedLayer(returns_stream)
+    blocks[layer] = SkippedLayer(returns_stream, returns_tuple)
     try:
         yield
     finally:
@@ -116,7 +120,7 @@ def drop_layer_importance(
     out = []
     for layer in [None, *range(subject.n_layer)]:
         dropped = -1 if layer is None else layer
-        with skip_layer(subject.blocks, layer, subject.returns_stream):
+        with skip_layer(subject.blocks, layer, subject.returns_stream, subject.layer_returns_tuple):
             for task, loss in mean_task_losses(subject, batches, seed).items():
                 out.append({"dropped": dropped, "task": task, "metric": "loss", "value": loss})
             for name, fn in (metrics or {}).items():

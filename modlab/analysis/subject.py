@@ -103,6 +103,8 @@ class Subject:
     sublayers: Callable[[nn.Module, tuple, dict], Sublayers] = block_sublayers
     # layers return the new stream x + f(x) (transformers), not modlab's delta f(x)
     returns_stream: bool = False
+    # ... as the first element of a tuple (Chameleon: modlab.models.hf_families.layer_returns_tuple)
+    layer_returns_tuple: bool = False
     # a model whose layers are not modlab Blocks: attention(fn) is a context manager that, while
     # active, calls fn(layer, q, k, mask, probs, head_dim) as each layer's attention runs
     # (modlab.analysis.hf_attention); None: read modlab Blocks (layer_attention)
@@ -198,5 +200,14 @@ def lm_subject(lm) -> Subject:
 
         blocks = decoder_layers(lm.hf, lm.family)
         capture = partial(hf_attention_capture, lm)
-        return Subject(lm, blocks, run, task_losses, hf_sublayers(lm.family), returns_stream=True, attention=capture)
+        return Subject(
+            lm,
+            blocks,
+            run,
+            task_losses,
+            hf_sublayers(lm.family),
+            returns_stream=True,
+            layer_returns_tuple=lm.family.layer_returns_tuple,
+            attention=capture,
+        )
     return Subject(lm, lm.transformer.blocks, run, task_losses)

@@ -249,6 +249,8 @@ def collate_rows(rows: list[dict], pad_id: int) -> dict:
         batch["valid"][b, :n] = True
     batch["task"] = torch.stack([r["task"] for r in rows])
     batch["digit"] = torch.stack([r["digit"] for r in rows])
+    if any("pixels" in r for r in rows):  # images a vision encoder reads (Janus MMU rows), in row order
+        batch["pixels"] = torch.stack([r["pixels"] for r in rows if "pixels" in r])
     for k in rows[0].keys() - batch.keys():  # per-row extras of evaluation rows
         values = [r[k] for r in rows]
         batch[k] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values

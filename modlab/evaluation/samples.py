@@ -69,9 +69,10 @@ def generate_samples(module, c, out: Path) -> dict:
         n = min(c.mmu_images, len(splits["test"].labels))
         codes, labels = tok.encode(splits["test"].images[:n]), splits["test"].labels[:n]
         if hf:
-            from modlab.training.hf_unified_data import PromptRows
+            from modlab.training.hf_unified_data import DigitImages, PromptRows
 
-            ds, pad = PromptRows(module.model, "mmu", codes, labels), module.model.pad
+            images = DigitImages(splits["test"].images[:n], module.model.codec.resolution)
+            ds, pad = PromptRows(module.model, "mmu", codes, labels, images=images), module.model.pad
             batch = left_pad([ds[i] for i in range(n)], pad)
         else:
             ds = MMUPrompts(sp, codes, labels)

@@ -144,6 +144,22 @@ def family_of_checkpoint(ckpt_path: str) -> FamilySpec:
     return REGISTRY[arch]
 
 
+def hf_unified_spec(name: str, summary: str, **extra) -> FamilySpec:
+    """A transformers unified model from a local directory (modlab.families.hf_unified: `name`
+    upper-cased is its family object there), with MoD / UniMoD routing; `extra`: more FamilySpec fields."""
+    return FamilySpec(
+        name,
+        summary,
+        "unified",
+        f"modlab.families.hf_unified:{name.upper()}",
+        routing=("mod", "unimod"),
+        commands=COMMANDS,
+        requires_path=True,
+        dtypes=("auto", "bfloat16", "float32"),
+        **extra,
+    )
+
+
 _UNIFIED_ANALYSES = ("attention", "importance", "redundancy")
 for _spec in (
     FamilySpec(
@@ -185,29 +201,25 @@ for _spec in (
         dtypes=("auto", "bfloat16", "float32"),
         router_tuning=("mindskip", "mod"),
     ),
-    FamilySpec(
+    hf_unified_spec(
         "hf_emu3",
         "Hugging Face Emu3 (a local directory with its processor)",
-        "unified",
-        "modlab.families.hf_unified:HF_EMU3",
         analyses=_UNIFIED_ANALYSES,
-        routing=("mod", "unimod"),
         mindskip=True,  # Router-Tuning on its language model (the unified objective)
-        commands=COMMANDS,
-        requires_path=True,
-        dtypes=("auto", "bfloat16", "float32"),
         router_tuning=("mindskip",),
     ),
-    FamilySpec(
+    hf_unified_spec(
         "hf_showo",
         "Show-o on transformers' Phi (a local directory with Show-o's vocabulary and image codebook)",
-        "unified",
-        "modlab.families.hf_unified:HF_SHOWO",
         analyses=_UNIFIED_ANALYSES,
-        routing=("mod", "unimod"),
-        commands=COMMANDS,
-        requires_path=True,
-        dtypes=("auto", "bfloat16", "float32"),
+    ),
+    hf_unified_spec(
+        "hf_chameleon",
+        "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
+        analyses=_UNIFIED_ANALYSES,
+    ),
+    hf_unified_spec(
+        "hf_janus", "Hugging Face Janus (a local directory with its processor)", analyses=_UNIFIED_ANALYSES
     ),
 ):
     register_family(_spec)

@@ -1,9 +1,11 @@
-"""Hugging Face unified families (`hf_emu3`, ...): a transformers text + image model from a local
-`save_pretrained` directory (model.path, with its processor), fine-tuned with UniMoD task routers
-or MoD in its language decoder layers, evaluated on MMU answers and T2I images (its own VQ
-decoder, scored on digits), generating images with causal routing and the compact KV cache, and
-analysed per task. Everything the native unified families do is reused (modlab.families.unified);
-what differs is the model (modlab.models.hf_unified) and its data (modlab.training.hf_unified_data).
+"""Hugging Face unified families (`hf_emu3`, `hf_chameleon`, `hf_janus`): a transformers text +
+image model from a local `save_pretrained` directory (model.path, with its processor), fine-tuned
+with UniMoD task routers or MoD in its language decoder layers, evaluated on MMU answers and T2I
+images (its own VQ decoder, scored on digits; Chameleon's has none in transformers, so its images
+are drawn but not scored: test/t2i_skipped), generating images with causal routing and the
+compact KV cache, and analysed per task. Everything the native unified families do is reused
+(modlab.families.unified); what differs is the model (modlab.models.hf_unified,
+modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_data).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class HFUnifiedFamily(UnifiedFamily):
 
         from modlab.analysis.hf_attention import hf_attention_capture
         from modlab.analysis.subject import Subject, hf_sublayers
+        from modlab.models.hf_unified import pixels_of
 
         model = module.model
         batches, stats = calibration_rows(module, calibration)
@@ -103,7 +106,8 @@ class HFUnifiedFamily(UnifiedFamily):
         def run(batch):
             ctx = unrouted(routing) if routing is not None else nullcontext()
             with ctx:
-                return model(batch["ids"], batch["is_image"], batch["valid"], batch["task"], batch["kind"])
+                b = batch
+                return model(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], **pixels_of(b))
 
         def task_losses(batch, generator):
             ctx = unrouted(routing) if routing is not None else nullcontext()
@@ -117,6 +121,7 @@ class HFUnifiedFamily(UnifiedFamily):
             task_losses,
             hf_sublayers(model.family),
             returns_stream=True,
+            layer_returns_tuple=model.family.layer_returns_tuple,
             attention=partial(hf_attention_capture, model),
         )
         plan = PlanSpec(
@@ -168,16 +173,17 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
     from modlab.data import digits as D
     from modlab.data.rows import collate_rows
     from modlab.data.text_corpus import load_corpus, split_corpus
-    from modlab.training.hf_unified_data import ImageRows, TextRows
+    from modlab.training.hf_unified_data import DigitImages, ImageRows, TextRows
 
     model, g = module.model, torch.Generator().manual_seed(c.seed)
     split = D.load_digit_splits(module.data_cfg.split_seed)[c.split]
     idx = torch.randperm(len(split.labels), generator=g)[: c.n_per_task]
     codes = module.image_tokenizer.encode(split.images[idx.numpy()])
     text = split_corpus(load_corpus(module.data_cfg.lm_files))[c.split].decode("utf-8", "replace")
+    labels, images = split.labels[idx.numpy()], DigitImages(split.images[idx.numpy()], model.codec.resolution)
     sets = {
-        "t2i": ImageRows(model, codes, "t2i", False, labels=split.labels[idx.numpy()]),
-        "mmu": ImageRows(model, codes, "mmu", False, labels=split.labels[idx.numpy()]),
+        "t2i": ImageRows(model, codes, "t2i", False, labels=labels),
+        "mmu": ImageRows(model, codes, "mmu", False, labels=labels, images=images),  # pixels: Janus
         "lm": TextRows(model, text, module.data_cfg.lm_length, False),
     }
     batches, stats = {}, {}
@@ -210,4 +216,6 @@ def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: d
 
 
 HF_EMU3 = HFUnifiedFamily("hf_emu3", "hf_emu3_unimod")
+HF_CHAMELEON = HFUnifiedFamily("hf_chameleon", "hf_chameleon_unimod")
+HF_JANUS = HFUnifiedFamily("hf_janus", "hf_janus_unimod")
 HF_SHOWO = HFUnifiedFamily("hf_showo", "hf_showo_unimod")

@@ -25,6 +25,23 @@ def byte_level_tokenizer(specials: list[str], **named):
     return fast
 
 
+def _text_sizes(tok, n_layer: int, hidden: int, heads: int) -> dict:
+    """The text decoder's sizes and special ids (every family's tiny text config)."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layer,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=512,
+        attention_dropout=0.0,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
 def tiny_emu3(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int = 4, seed: int = 0):
     """(Emu3ForConditionalGeneration, Emu3Processor): a tiny VQ-VAE (32x32 images, an 8x8 code
     grid of `n_codes` codes) and a `hidden`-wide, `n_layer`-deep text decoder, random weights."""
@@ -55,19 +72,7 @@ def tiny_emu3(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int 
         hidden_size=64,  # the middle block's attention width: base_channels * the last multiplier
         temporal_downsample_factor=1,
     )
-    text = Emu3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=n_layer,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=512,
-        attention_dropout=0.0,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    text = Emu3TextConfig(**_text_sizes(tok, n_layer, hidden, heads))
     torch.manual_seed(seed)
     model = Emu3ForConditionalGeneration(Emu3Config(vq_config=vq, text_config=text, vocabulary_map=vocab_map))
     image_processor = Emu3ImageProcessor(
@@ -76,7 +81,111 @@ def tiny_emu3(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int 
     return model.eval(), Emu3Processor(image_processor, tok)
 
 
-TINY_BUILDERS = {"emu3": tiny_emu3}
+# the tiny VQ models: GroupNorm(32) needs channel counts that are multiples of 32; downsampling 4:
+# 32 px -> an 8x8 grid of codes
+TINY_VQ = dict(base_channels=32, channel_multiplier=[1, 2, 2], num_res_blocks=1)
+GRID_CODES = 8 * 8
+
+
+def _quiet_image_processor(cls, **kwargs):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torchvision is not installed: the PIL image processor"
+        return cls(**kwargs)
+
+
+def tiny_chameleon(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int = 4, seed: int = 0):
+    """(ChameleonForConditionalGeneration, ChameleonProcessor): tiny_emu3's sizes. Chameleon's
+    vocabulary names image code c "IMGIMG<the digits of c as letters A..J>Z" (what its vocabulary
+    mapping parses); the processor's image start / end are <racm3:break> / <eoss>, and it ends
+    every prompt with the tokenizer's sep token."""
+    from transformers import (
+        ChameleonConfig,
+        ChameleonForConditionalGeneration,
+        ChameleonImageProcessor,
+        ChameleonProcessor,
+        ChameleonVQVAEConfig,
+    )
+
+    named = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "sep_token": "<reserved08706>",
+        "image_token": "<image>",
+    }
+    visual = ["IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(c)) + "Z" for c in range(n_codes)]
+    tok = byte_level_tokenizer([*named.values(), "<racm3:break>", "<eoss>", *visual], **named)
+    vq = ChameleonVQVAEConfig(
+        embed_dim=8, num_embeddings=n_codes, latent_channels=8, resolution=32, attn_resolutions=[], **TINY_VQ
+    )
+    config = ChameleonConfig(
+        **_text_sizes(tok, n_layer, hidden, heads), vq_config=vq.to_dict(), vocabulary_map=tok.get_vocab()
+    )
+    torch.manual_seed(seed)
+    model = ChameleonForConditionalGeneration(config)
+    image_processor = _quiet_image_processor(
+        ChameleonImageProcessor, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return model.eval(), ChameleonProcessor(image_processor, tok, image_seq_length=GRID_CODES)
+
+
+def tiny_janus(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int = 4, seed: int = 0):
+    """(JanusForConditionalGeneration, JanusProcessor): tiny_emu3's sizes, a SigLIP encoder of
+    8x8 patches (16 image placeholders for MMU) beside the VQ model (64 codes for T2I)."""
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusImageProcessor,
+        JanusProcessor,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+    )
+
+    named = {
+        "bos_token": "<｜begin▁of▁sentence｜>",
+        "eos_token": "<｜end▁of▁sentence｜>",
+        "pad_token": "<｜▁pad▁｜>",
+        "image_token": "<image_placeholder>",
+        "boi_token": "<begin_of_image>",
+        "eoi_token": "<end_of_image>",
+    }
+    tok = byte_level_tokenizer(list(named.values()), **named)
+    vision = JanusVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        mlp_ratio=2.0,
+        projection_dim=hidden,  # the aligner maps the vision features to the text width
+        num_image_tokens=GRID_CODES,  # what Janus's generate() draws: the VQ grid (576 = 24 x 24 in Janus)
+    )
+    vq = JanusVQVAEConfig(
+        embed_dim=8,
+        num_embeddings=n_codes,
+        latent_channels=8,
+        projection_dim=hidden,  # the generation aligner's output and the generation head's input: the text width
+        image_token_embed_dim=hidden,
+        **TINY_VQ,
+    )
+    config = JanusConfig(
+        text_config=LlamaConfig(**_text_sizes(tok, n_layer, hidden, heads)).to_dict(),
+        vision_config=vision.to_dict(),
+        vq_config=vq.to_dict(),
+        image_token_id=tok.convert_tokens_to_ids(named["image_token"]),
+    )
+    torch.manual_seed(seed)
+    model = JanusForConditionalGeneration(config)
+    image_processor = _quiet_image_processor(
+        JanusImageProcessor, size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    return model.eval(), JanusProcessor(image_processor, tok, num_image_tokens=(32 // 8) ** 2)
+
+
+TINY_BUILDERS = {"emu3": tiny_emu3, "chameleon": tiny_chameleon, "janus": tiny_janus}
 
 
 def tiny_unified(family: str, **kwargs):

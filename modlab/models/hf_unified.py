@@ -11,7 +11,10 @@ for, e.g. image tokens only).
 
 A row is a dict of 1-D tensors (as modlab.data.rows), plus `kind`: what each token is
 (TOKEN_KINDS: text, caption, question, answer, image, special), so that which tokens may be routed
-is a setting. Subclasses say how the family lays its rows out and draws its images; Emu3 is here.
+is a setting; a row whose image the model's vision encoder reads (Janus MMU) also carries that
+image's `pixels` (3, R, R), and a batch stacks them in row order. Subclasses say how the family
+lays its rows out and computes its logits (`_logits`); the losses, greedy answers and image
+sampling are shared. Emu3 is here, Chameleon and Janus in modlab.models.hf_chameleon_janus.
 
 Emu3 (transformers' Emu3ForConditionalGeneration; rows as Emu3Processor lays them out):
     image   <|image start|> "{h}*{w}" <|image token|> (w codes + <|extra_200|>) x h <|extra_201|> <|image end|>
@@ -43,11 +46,11 @@ from modlab.models.hf_families import decoder_layers, hf_family, text_config
 from modlab.routing.install import threshold_routing
 
 KIND_ID = {k: i for i, k in enumerate(TOKEN_KINDS)}
-UNIFIED_MODEL_TYPES = ("emu3",)  # the families this module loads (Chameleon, Janus: to come)
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
-def _row(ids, labels, kinds, cond, task: str, digit: int = -1) -> dict:
+def make_row(ids, labels, kinds, cond, task: str, digit: int = -1) -> dict:
+    """A row from lists: token ids, labels, kinds (TOKEN_KINDS names), which tokens are the caption."""
     kind = torch.tensor([KIND_ID[k] for k in kinds], dtype=torch.long)
     return {
         "ids": torch.tensor(ids, dtype=torch.long),
@@ -58,6 +61,29 @@ def _row(ids, labels, kinds, cond, task: str, digit: int = -1) -> dict:
         "task": torch.tensor(TASK_ID[task]),
         "digit": torch.tensor(digit),
     }
+
+
+def vocabulary_code_ids(img2bpe: dict[int, int], n_codes: int) -> torch.Tensor:
+    """(n_codes,) the vocabulary token of each VQ code, from the model's own vocabulary mapping
+    (Emu3, Chameleon: what get_image_tokens does to a processed image)."""
+    missing = [c for c in range(n_codes) if c not in img2bpe]
+    if missing:
+        raise ConfigError(
+            f"the model's vocabulary maps {n_codes - len(missing)} of its VQ model's {n_codes} codes to tokens "
+            "(config.vocabulary_map)"
+        )
+    return torch.tensor([img2bpe[c] for c in range(n_codes)])
+
+
+def pixels_of(batch: dict) -> dict:
+    """The forward's `pixels` keyword for a batch whose rows carry images (Janus MMU), else none
+    (families without a vision encoder take no such argument)."""
+    return {"pixels": batch["pixels"]} if "pixels" in batch else {}
+
+
+def t2i_labels(ids: list[int], start: int) -> list[int]:
+    """Next-token labels from position `start` (the token before the first image code) to the end."""
+    return [IGNORE_INDEX] * start + ids[start + 1 :] + [IGNORE_INDEX]
 
 
 def left_pad(rows: list[dict], pad_id: int) -> dict:
@@ -72,6 +98,8 @@ def left_pad(rows: list[dict], pad_id: int) -> dict:
     )
     out["task"] = torch.stack([r["task"] for r in rows])
     out["digit"] = torch.stack([r["digit"] for r in rows])
+    if any("pixels" in r for r in rows):  # the images a vision encoder reads, in row order (Janus MMU)
+        out["pixels"] = torch.stack([r["pixels"] for r in rows if "pixels" in r])
     return out
 
 
@@ -81,7 +109,8 @@ class HFUnifiedModel(nn.Module):
     def __init__(self, hf: nn.Module, processor, codec, path: str, route_tokens: tuple[str, ...] = ("image",)):
         super().__init__()
         self.hf, self.processor, self.codec, self.path = hf, processor, codec, path
-        self.tokenizer = processor.tokenizer
+        self.tokenizer = tok = processor.tokenizer
+        self.bos, self.eos, self.pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
         self.family = hf_family(hf.config)
         unknown = set(route_tokens) - set(TOKEN_KINDS)
         if unknown or not route_tokens:
@@ -132,6 +161,29 @@ class HFUnifiedModel(nn.Module):
     def decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    @staticmethod
+    def make_codec(hf, image_processor, resolution: int):
+        """The model's frozen VQ codec (by its model_type: modlab.models.hf_image_codec.codec_for)."""
+        from modlab.models.hf_image_codec import codec_for
+
+        return codec_for(hf, image_processor, resolution)
+
+    # ---- what a family says about itself -----------------------------------------------------
+    #   code_to_id (buffer, set by the subclass): the id of image code c in the family's rows
+    #   row_end: ids forced after each row of image codes while sampling (Emu3: its end-of-line)
+    #   mmu_reads_pixels: MMU rows carry the image's pixels (`pixels`), which the model's vision
+    #       encoder reads (Janus), rather than its VQ codes
+
+    row_end: tuple[int, ...] = ()
+    mmu_reads_pixels = False
+
+    def _logits(self, ids, mask, positions, task, cache, pixels) -> torch.Tensor:
+        """Logits (B, T, V) over the family's row vocabulary: the model on these columns, `mask`
+        (B, cached + T) its attention mask, `positions` None (0..T-1) or (B, T), `cache` a
+        DynamicCache or None, `pixels` the images its vision encoder reads (or None). The routing
+        inputs are already set."""
+        raise NotImplementedError
+
     # ---- forward -------------------------------------------------------------------------------
 
     def real_tokens(self, ids: torch.Tensor) -> torch.Tensor:
@@ -152,18 +204,25 @@ class HFUnifiedModel(nn.Module):
             return nullcontext()
         return self.routing.inputs(task=task, valid=valid, always=self.not_routed(kind))
 
-    def forward(self, ids, is_image, valid, task=None, kind=None) -> torch.Tensor:
-        """Logits (B, T, vocab); `kind` (B, T) token kinds (needed by routed layers)."""
+    def logits(self, ids, valid, task, kind, mask=None, positions=None, cache=None, pixels=None) -> torch.Tensor:
+        """Logits (B, T, V) of these columns; `valid` (B, T) their real tokens (what the routers
+        may route), `mask` the attention mask over the cache and them (default: `valid`)."""
+        decoding = cache is not None and cache.get_seq_length() > 0
+        with self.routing_inputs(task, valid, kind, reuse=decoding):
+            return self._logits(ids, valid if mask is None else mask, positions, task, cache, pixels)
+
+    def forward(self, ids, is_image, valid, task=None, kind=None, pixels=None) -> torch.Tensor:
+        """Logits (B, T, V); `kind` (B, T) token kinds (needed by routed layers)."""
         if task is None:
             task = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         if kind is None:
             kind = torch.where(is_image, KIND_ID["image"], KIND_ID["text"])
-        with self.routing_inputs(task, valid, kind):
-            return self.hf(input_ids=ids, attention_mask=valid.long(), use_cache=False).logits
+        return self.logits(ids, valid, task, kind, pixels=pixels)
 
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""
-        logits = self(batch["ids"], batch["is_image"], batch["valid"], batch["task"], batch["kind"])
+        b = batch
+        logits = self(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], **pixels_of(b))
         ce = F.cross_entropy(
             logits.float().transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none"
         )
@@ -184,22 +243,123 @@ class HFUnifiedModel(nn.Module):
 
         return {**batch, "valid": drop_captions(batch, cond_dropout, generator)}
 
-    # ---- rows and inference: per family --------------------------------------------------------
+    # ---- rows: per family ----------------------------------------------------------------------
 
     def t2i_row(self, caption: str, codes: torch.Tensor | None, digit: int = -1) -> dict:
         raise NotImplementedError
 
-    def mmu_row(self, codes: torch.Tensor, question: str, answer: str | None, digit: int = -1) -> dict:
+    def mmu_row(self, codes: torch.Tensor, question: str, answer: str | None, digit: int = -1, image=None) -> dict:
+        """`image`: the image as uint8 RGB (R, R, 3), for families that read its pixels
+        (mmu_reads_pixels); the others see its `codes`."""
         raise NotImplementedError
 
     def lm_row(self, text: str) -> dict:
-        raise NotImplementedError
+        ids = [self.bos, *self.text_ids(text)]
+        return make_row(
+            ids, ids[1:] + [IGNORE_INDEX], ["special"] + ["text"] * (len(ids) - 1), [False] * len(ids), "lm"
+        )
 
+    def t2i_prompt(self, caption: str, digit: int = -1) -> dict:
+        """A T2I row up to the last token before the image's first code (what sampling continues)."""
+        row = self.t2i_row(caption, None, digit)
+        n = int(row["is_image"].nonzero()[0])
+        return {k: (v[:n] if v.dim() else v) for k, v in row.items()}
+
+    # ---- inference: the KV cache, routed layers by their causal decision -------------------------
+
+    def _step(self, ids, positions, mask, task, kind, valid, cache, pixels=None) -> torch.Tensor:
+        """Logits of the last column, continuing `cache`."""
+        return self.logits(ids, valid, task, kind, mask, positions, cache, pixels)[:, -1]
+
+    @torch.no_grad()
     def answer(self, prompts: dict, max_new_tokens: int = 16) -> list[str]:
-        raise NotImplementedError
+        """Greedy MMU answers (left-padded mmu_row prompts) with the KV cache; routed layers by
+        their causal decision."""
+        from transformers import DynamicCache
 
+        ids, valid, task, kind = prompts["ids"], prompts["valid"], prompts["task"], prompts["kind"]
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        B = ids.shape[0]
+        cache = DynamicCache(config=self.hf.config)
+        out = torch.zeros(B, 0, dtype=torch.long, device=ids.device)
+        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        mask = valid
+        with threshold_routing(self):
+            logits = self._step(ids, positions, mask, task, kind, valid, cache, prompts.get("pixels"))
+            for _ in range(max_new_tokens):
+                nxt = logits.float().argmax(-1)
+                out = torch.cat([out, nxt[:, None]], 1)
+                done |= nxt == self.eos
+                if bool(done.all()):
+                    break
+                positions = positions[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=ids.device)], 1)
+                text_kind = torch.full((B, 1), KIND_ID["answer"], device=ids.device)
+                logits = self._step(nxt[:, None], positions, mask, task, text_kind, mask[:, -1:], cache)
+        answers = []
+        for row in out.tolist():
+            answers.append(self.decode_text(row[: row.index(self.eos)] if self.eos in row else row))
+        return answers
+
+    @torch.no_grad()
     def sample_images(self, prompts, steps=0, guidance=0.0, temperature=1.0, generator=None) -> torch.Tensor:
-        raise NotImplementedError
+        """Image codes (B, h * w) for left-padded T2I prompts (t2i_prompt rows), drawn in raster
+        order with the KV cache, each image row followed by the family's forced `row_end` tokens;
+        `steps` is ignored (one step per code). Classifier-free guidance runs the same prompts
+        without their captions in the same batch (2B rows), captions made invisible as in
+        training (caption dropout): scores (1 + g) * cond - g * uncond."""
+
+        def draw(scores: torch.Tensor) -> torch.Tensor:
+            probs = F.softmax(scores / max(temperature, 1e-6), dim=-1)
+            return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+        return self.draw_images(prompts, draw, guidance)[0]
+
+    @torch.no_grad()
+    def draw_images(self, prompts, draw, guidance: float = 0.0):
+        """(codes (B, h * w), the DynamicCache that produced them): `draw` turns each step's
+        guided logits over the image codes (B, n_codes) into codes (B,). With guidance the cache
+        holds the prompts' rows, then the same rows without their captions (2B rows, one batch)."""
+        from transformers import DynamicCache
+
+        ids, valid, kind = prompts["ids"], prompts["valid"], prompts["kind"]
+        B = ids.shape[0]
+        if guidance > 0:
+            ids, kind = ids.repeat(2, 1), kind.repeat(2, 1)
+            valid = torch.cat([valid, valid & ~prompts["cond"]])
+        rows = ids.shape[0]
+        task = torch.full((rows,), TASK_ID["t2i"], device=ids.device)
+        # the uncaptioned rows keep the captioned rows' positions (as in training: invisible, not removed)
+        positions = (prompts["valid"].long().cumsum(1) - 1).clamp(min=0).repeat(rows // B, 1)
+        cache = DynamicCache(config=self.hf.config)
+        h, w = self.codec.grid
+        schedule = [None] * w + list(self.row_end)  # None: draw a code
+        schedule = (schedule * h)[: len(schedule) * h - len(self.row_end)]  # nothing follows the last code
+        codes = torch.zeros(B, h * w, dtype=torch.long, device=ids.device)
+        code_ids = self.code_to_id.to(ids.device)
+        mask = valid
+        one = torch.ones(rows, 1, dtype=torch.bool, device=ids.device)
+        drawn_codes = 0
+        with threshold_routing(self):
+            logits = self._step(ids, positions, mask, task, kind, valid, cache)
+            for j, forced in enumerate(schedule):
+                if forced is None:
+                    scores = logits.float()[:, code_ids]
+                    if guidance > 0:
+                        scores = (1 + guidance) * scores[:B] - guidance * scores[B:]
+                    drawn = draw(scores)
+                    codes[:, drawn_codes] = drawn
+                    drawn_codes += 1
+                    nxt, nxt_kind = code_ids[drawn].repeat(rows // B), KIND_ID["image"]
+                else:
+                    nxt, nxt_kind = torch.full((rows,), forced, device=ids.device), KIND_ID["special"]
+                if j == len(schedule) - 1:
+                    break
+                positions = positions[:, -1:] + 1
+                mask = torch.cat([mask, one], 1)
+                k = torch.full((rows, 1), nxt_kind, device=ids.device)
+                logits = self._step(nxt[:, None], positions, mask, task, k, one, cache)
+        return codes, cache
 
 
 class HFEmu3(HFUnifiedModel):
@@ -208,14 +368,20 @@ class HFEmu3(HFUnifiedModel):
     def __init__(self, hf, processor, codec, path, route_tokens=("image",)):
         super().__init__(hf, processor, codec, path, route_tokens)
         vocab = hf.model.vocabulary_mapping
-        self.register_buffer("code_to_id", torch.tensor([vocab.img2bpe[c] for c in range(codec.n_codes)]), False)
+        self.register_buffer("code_to_id", vocabulary_code_ids(vocab.img2bpe, codec.n_codes), False)
         tok = self.tokenizer
-        self.bos, self.eos, self.pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
         ids = tok.convert_tokens_to_ids
         self.boi, self.eoi = ids(tok.boi_token), ids(tok.eoi_token)
         self.wrapper, self.eof, self.eol = ids(tok.image_wrapper_token), ids(tok.eof_token), vocab.eol_token_id
+        self.row_end = (self.eol,)  # Emu3's generation forces the end of each image row
         h, w = codec.grid
         self.size_ids = self.text_ids(f"{h}*{w}")
+
+    def _logits(self, ids, mask, positions, task, cache, pixels) -> torch.Tensor:
+        out = self.hf(
+            input_ids=ids, attention_mask=mask.long(), position_ids=positions, cache=cache, use_cache=cache is not None
+        )
+        return out.logits
 
     # ---- rows ------------------------------------------------------------------------------------
 
@@ -235,133 +401,50 @@ class HFEmu3(HFUnifiedModel):
         img, img_kinds = self.image_span(codes)
         ids = [self.bos, *text, *img, self.eos]
         kinds = ["special", *["caption"] * len(text), *img_kinds, "special"]
-        start = 1 + len(text) + len(self.size_ids) + 1  # the last special before the first code
-        labels = [IGNORE_INDEX] * len(ids)
-        for i in range(start, len(ids) - 1):  # the image codes, their end-of-line tokens, the end
-            labels[i] = ids[i + 1]
-        cond = [k == "caption" for k in kinds]
-        return _row(ids, labels, kinds, cond, "t2i", digit)
+        # from the last special before the first code: the codes, their end-of-line tokens, the end
+        labels = t2i_labels(ids, 1 + len(text) + len(self.size_ids) + 1)
+        return make_row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
 
-    def t2i_prompt(self, caption: str, digit: int = -1) -> dict:
-        """A T2I row up to the last token before the image's first code."""
-        row = self.t2i_row(caption, None, digit)
-        n = 1 + len(self.text_ids(caption)) + 1 + len(self.size_ids) + 1
-        return {k: (v[:n] if v.dim() else v) for k, v in row.items()}
-
-    def mmu_row(self, codes, question, answer, digit=-1) -> dict:
+    def mmu_row(self, codes, question, answer, digit=-1, image=None) -> dict:
         img, img_kinds = self.image_span(codes)
-        q = self.text_ids(question + " ")
-        prefix = [self.bos, *img, *q]
-        kinds = ["special", *img_kinds, *["question"] * len(q)]
-        ids = list(prefix)
-        if answer is not None:
-            a = self.text_ids(answer)
-            ids += [*a, self.eos]
-            kinds += ["answer"] * len(a) + ["special"]
-        labels = [IGNORE_INDEX] * len(ids)
-        for i in range(len(prefix) - 1, len(ids) - 1):  # next-token loss on the answer and <eos>
-            labels[i] = ids[i + 1]
-        return _row(ids, labels, kinds, [False] * len(ids), "mmu", digit)
-
-    def lm_row(self, text: str) -> dict:
-        ids = [self.bos, *self.text_ids(text)]
-        return _row(ids, ids[1:] + [IGNORE_INDEX], ["special"] + ["text"] * (len(ids) - 1), [False] * len(ids), "lm")
-
-    # ---- inference ---------------------------------------------------------------------------------
-
-    def _step(self, ids, positions, mask, task, kind, valid, cache) -> torch.Tensor:
-        """Logits of the last column, continuing `cache`."""
-        with self.routing_inputs(task, valid, kind, reuse=cache.get_seq_length() > 0):
-            out = self.hf(
-                input_ids=ids, attention_mask=mask.long(), position_ids=positions, cache=cache, use_cache=True
-            )
-        return out.logits[:, -1]
-
-    @torch.no_grad()
-    def answer(self, prompts: dict, max_new_tokens: int = 16) -> list[str]:
-        """Greedy MMU answers with the KV cache; routed layers by their causal decision."""
-        from transformers import DynamicCache
-
-        ids, valid, task, kind = prompts["ids"], prompts["valid"], prompts["task"], prompts["kind"]
-        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-        B = ids.shape[0]
-        cache = DynamicCache(config=self.hf.config)
-        out = torch.zeros(B, 0, dtype=torch.long, device=ids.device)
-        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        mask = valid
-        with threshold_routing(self):
-            logits = self._step(ids, positions, mask, task, kind, valid, cache)
-            for _ in range(max_new_tokens):
-                nxt = logits.float().argmax(-1)
-                out = torch.cat([out, nxt[:, None]], 1)
-                done |= nxt == self.eos
-                if bool(done.all()):
-                    break
-                positions = positions[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=ids.device)], 1)
-                text_kind = torch.full((B, 1), KIND_ID["answer"], device=ids.device)
-                logits = self._step(nxt[:, None], positions, mask, task, text_kind, mask[:, -1:], cache)
-        answers = []
-        for row in out.tolist():
-            answers.append(self.decode_text(row[: row.index(self.eos)] if self.eos in row else row))
-        return answers
-
-    @torch.no_grad()
-    def sample_images(self, prompts, steps=0, guidance=0.0, temperature=1.0, generator=None) -> torch.Tensor:
-        """Image codes (B, h * w) for left-padded T2I prompts (t2i_prompt rows), drawn in raster
-        order with the KV cache; `steps` is ignored (one step per code)."""
-
-        def draw(scores: torch.Tensor) -> torch.Tensor:
-            probs = F.softmax(scores / max(temperature, 1e-6), dim=-1)
-            return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-        return self.draw_images(prompts, draw, guidance)[0]
-
-    @torch.no_grad()
-    def draw_images(self, prompts, draw, guidance: float = 0.0):
-        """(codes (B, h * w), the DynamicCache that produced them): `draw` turns each step's
-        guided logits over the image codes (B, n_codes) into codes (B,). With guidance the cache
-        holds the prompts' rows, then the same rows without their captions (2B rows, one batch)."""
-        from transformers import DynamicCache
-
-        ids, valid, kind = prompts["ids"], prompts["valid"], prompts["kind"]
-        B = ids.shape[0]
-        if guidance > 0:  # the same prompts without their captions, as one batch of 2B rows
-            ids, kind = ids.repeat(2, 1), kind.repeat(2, 1)
-            valid = torch.cat([valid, valid & ~prompts["cond"]])
-        rows = ids.shape[0]
-        task = torch.full((rows,), TASK_ID["t2i"], device=ids.device)
-        # the uncaptioned rows keep the captioned rows' positions (as in training: invisible, not removed)
-        positions = (prompts["valid"].long().cumsum(1) - 1).clamp(min=0).repeat(rows // B, 1)
-        cache = DynamicCache(config=self.hf.config)
-        h, w = self.codec.grid
-        codes = torch.zeros(B, h * w, dtype=torch.long, device=ids.device)
-        code_ids = self.code_to_id.to(ids.device)
-        mask = valid
-        one = torch.ones(rows, 1, dtype=torch.bool, device=ids.device)
-        with threshold_routing(self):
-            logits = self._step(ids, positions, mask, task, kind, valid, cache)
-            for r in range(h):
-                for c in range(w + 1):
-                    if c < w:
-                        scores = logits.float()[:, code_ids]
-                        if guidance > 0:
-                            scores = (1 + guidance) * scores[:B] - guidance * scores[B:]
-                        drawn = draw(scores)
-                        codes[:, r * w + c] = drawn
-                        nxt, nxt_kind = code_ids[drawn].repeat(rows // B), KIND_ID["image"]
-                    else:  # the end of an image row is forced, as Emu3's generation forces it
-                        nxt, nxt_kind = torch.full((rows,), self.eol, device=ids.device), KIND_ID["special"]
-                    if r == h - 1 and c == w:
-                        break
-                    positions = positions[:, -1:] + 1
-                    mask = torch.cat([mask, one], 1)
-                    k = torch.full((rows, 1), nxt_kind, device=ids.device)
-                    logits = self._step(nxt[:, None], positions, mask, task, k, one, cache)
-        return codes, cache
+        return answer_row(self, [self.bos, *img], ["special", *img_kinds], question + " ", [], answer, digit)
 
 
-FAMILY_CLASSES = {"emu3": HFEmu3}
+def answer_row(model, prefix, prefix_kinds, question: str, question_end: list[int], answer, digit=-1, **extra) -> dict:
+    """An MMU row: `prefix` (the image and what precedes it), the question, `question_end`
+    (special ids that end the prompt), then the answer and <eos> (None: a prompt); the loss is
+    the next-token loss on the answer and <eos>."""
+    q = model.text_ids(question)
+    ids = [*prefix, *q, *question_end]
+    kinds = [*prefix_kinds, *["question"] * len(q), *["special"] * len(question_end)]
+    n_prompt = len(ids)
+    if answer is not None:
+        a = model.text_ids(answer)
+        ids += [*a, model.eos]
+        kinds += ["answer"] * len(a) + ["special"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for i in range(n_prompt - 1, len(ids) - 1):
+        labels[i] = ids[i + 1]
+    return {**make_row(ids, labels, kinds, [False] * len(ids), "mmu", digit), **extra}
+
+
+# transformers model_type -> its class here ("module:attribute": a family in its own module, imported on use)
+FAMILY_CLASSES: dict[str, type | str] = {
+    "emu3": HFEmu3,
+    "chameleon": "modlab.models.hf_chameleon_janus:HFChameleon",
+    "janus": "modlab.models.hf_chameleon_janus:HFJanus",
+}
+UNIFIED_MODEL_TYPES = tuple(FAMILY_CLASSES)  # the families this module loads
+
+
+def family_class(model_type: str) -> type:
+    cls = FAMILY_CLASSES[model_type]
+    if isinstance(cls, str):
+        import importlib
+
+        module, _, attr = cls.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dtype: str = "float32") -> HFUnifiedModel:
@@ -369,7 +452,6 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
     every way the directory can be wrong is a one-line ConfigError / CheckpointError.
     `resolution` 0: the processor's own image size."""
     from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
-    from modlab.models.hf_image_codec import codec_for
 
     p = Path(path)
     if not (p / "config.json").is_file():
@@ -406,8 +488,9 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"model.path '{path}': the weights could not be loaded ({type(e).__name__})") from None
     resolution = resolution or processor_resolution(processor)
-    codec = codec_for(hf, processor.image_processor, resolution)
-    return FAMILY_CLASSES[config.model_type](hf.eval(), processor, codec, str(p.resolve()), tuple(route_tokens))
+    cls = family_class(config.model_type)
+    codec = cls.make_codec(hf, processor.image_processor, resolution)
+    return cls(hf.eval(), processor, codec, str(p.resolve()), tuple(route_tokens))
 
 
 def processor_resolution(processor) -> int:
@@ -416,6 +499,9 @@ def processor_resolution(processor) -> int:
     size = getattr(ip, "size", None) or {}
     if "height" in size:
         return int(size["height"])
+    crop = getattr(ip, "crop_size", None) or {}
+    if "height" in crop:  # Chameleon: resized by its shortest edge, then center-cropped to this square
+        return int(crop["height"])
     if getattr(ip, "min_pixels", None):
         return int(round(ip.min_pixels**0.5))
     raise ConfigError("the processor does not say its image size: set model.resolution")

@@ -12,6 +12,7 @@ The VQ model is never trained (no paper does); its weights travel with the check
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 import lightning as L
@@ -33,6 +34,7 @@ from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.unified import UnifiedModule
 
 ROUTERS = "skip.routers."  # the state-dict keys of MindSkip's routers
+log = logging.getLogger("modlab.training.hf_unified")
 
 
 class HFUnifiedModule(UnifiedModule):
@@ -152,6 +154,20 @@ class HFUnifiedModule(UnifiedModule):
                 "the checkpoint's VQ tokenizer differs from the one in model.path (its codes would mean other images)"
             )
         self.load_train_flops(checkpoint)
+
+    def scores_images(self) -> bool:
+        """Chameleon's VQ tokenizer has no decoder in transformers: its T2I samples are drawn
+        (their routing is measured) but not scored; the test logs test/t2i_skipped instead."""
+        return self.model.codec.has_decoder
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        if not self.scores_images():
+            log.warning(
+                "%s: T2I images are drawn but not scored: its VQ tokenizer has no decoder in transformers "
+                "(test/t2i_skipped)",
+                self.model.model_type,
+            )
 
     # ---- FLOPs ------------------------------------------------------------------------------------
 

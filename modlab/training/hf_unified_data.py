@@ -5,7 +5,9 @@ captions.csv, modlab.data.image_folder).
 
 Every image is tokenized by the model's VQ encoder once: digits per split, a user folder through
 its on-disk cache (keyed by the codec's identity and the folder's content), so later epochs and
-runs never run the encoder again. Training batches mix the tasks in fixed proportions
+runs never run the encoder again. A model whose vision encoder reads MMU images (Janus's
+understanding path, `mmu_reads_pixels`) gets the images too: digits rendered as RGB, or the
+folder's images read again (pixels are not cached). Training batches mix the tasks in fixed proportions
 (`data.batch_size`) through Lightning's CombinedLoader, as DigitsDataModule does; the test loaders
 are DigitsDataModule's three: MMU prompts (one question, so rows of one length), T2I prompts
 ("a handwritten <digit>", left-padded: every row ends where its image starts), LM rows.
@@ -48,13 +50,42 @@ class DigitCodec:
         return {"kind": "hf_vq", "identity": self.codec.identity}
 
 
+class DigitImages:
+    """8x8 digits as uint8 RGB at the codec's resolution, rendered one at a time: the pixels of
+    MMU rows for models whose vision encoder reads the image (mmu_reads_pixels)."""
+
+    def __init__(self, digits, resolution: int):
+        self.digits, self.resolution = digits, resolution
+
+    def __getitem__(self, i: int):
+        return digits_as_rgb(self.digits[i : i + 1], self.resolution)[0]
+
+
+class FolderImages:
+    """The user's images (data.image_folder) as the codec saw them, read one at a time."""
+
+    def __init__(self, folder: str, records, resolution: int):
+        self.folder, self.records, self.resolution = Path(folder), records, resolution
+
+    def __getitem__(self, i: int):
+        from modlab.data.image_folder import load_image
+
+        return load_image(self.folder / self.records[i].file, self.resolution)
+
+
+def image_keyword(model, images, i: int) -> dict:
+    """mmu_row's `image` keyword for a model that reads pixels (the others take no such argument)."""
+    return {"image": images[i]} if images is not None and model.mmu_reads_pixels else {}
+
+
 class ImageRows(Dataset):
     """T2I or MMU rows over tokenized images: digits (captions / questions from the templates,
-    random when training) or the user's records (their own caption, question and answer)."""
+    random when training) or the user's records (their own caption, question and answer).
+    `images`: the images themselves (uint8 RGB), given to MMU rows of models that read pixels."""
 
-    def __init__(self, model, codes: torch.Tensor, task: str, train: bool, labels=None, records=None):
+    def __init__(self, model, codes: torch.Tensor, task: str, train: bool, labels=None, records=None, images=None):
         self.model, self.codes, self.task, self.train = model, codes, task, train
-        self.labels, self.records = labels, records
+        self.labels, self.records, self.images = labels, records, images
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -65,26 +96,29 @@ class ImageRows(Dataset):
             r = self.records[i]
             if self.task == "t2i":
                 return m.t2i_row(r.caption, self.codes[i])
-            return m.mmu_row(self.codes[i], r.question, r.answer)
+            return m.mmu_row(self.codes[i], r.question, r.answer, **image_keyword(m, self.images, i))
         d = int(self.labels[i])
         t = int(torch.randint(0, 1 << 30, ())) if self.train else i
         if self.task == "t2i":
             return m.t2i_row(D.caption(d, t), self.codes[i], d)
-        return m.mmu_row(self.codes[i], D.question(t), D.answer(d, t), d)
+        return m.mmu_row(self.codes[i], D.question(t), D.answer(d, t), d, **image_keyword(m, self.images, i))
 
 
 class PromptRows(Dataset):
-    """Test prompts: MMU (a digit's codes + the first question) or T2I ("a handwritten <d>")."""
+    """Test prompts: MMU (a digit's codes, or its `images` for models that read pixels, + the
+    first question) or T2I ("a handwritten <d>")."""
 
-    def __init__(self, model, task: str, codes=None, labels=None, per_digit: int = 0):
+    def __init__(self, model, task: str, codes=None, labels=None, per_digit: int = 0, images=None):
         self.model, self.task, self.codes, self.labels, self.per_digit = model, task, codes, labels, per_digit
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.labels) if self.task == "mmu" else 10 * self.per_digit
 
     def __getitem__(self, i: int) -> dict:
         if self.task == "mmu":
-            return self.model.mmu_row(self.codes[i], D.question(0), None, int(self.labels[i]))
+            image = image_keyword(self.model, self.images, i)
+            return self.model.mmu_row(self.codes[i], D.question(0), None, int(self.labels[i]), **image)
         d = i % 10
         return self.model.t2i_prompt(D.EVAL_CAPTION.format(d=d, name=D.DIGIT_NAMES[d]), d)
 
@@ -139,6 +173,9 @@ class HFUnifiedDataModule(L.LightningDataModule):
         self.text = {k: v.decode("utf-8", "replace") for k, v in text.items()}
         self._collate = partial(collate_rows, pad_id=model.pad)
 
+    def digit_images(self, split: str) -> DigitImages:
+        return DigitImages(self.splits[split].images, self.model.codec.resolution)
+
     def _loader(self, ds, batch_size: int, train: bool, collate=None) -> DataLoader:
         collate = collate or self._collate
         if train:  # its position is part of the checkpoint (exact resume)
@@ -152,10 +189,11 @@ class HFUnifiedDataModule(L.LightningDataModule):
             with_answers = [i for i, r in enumerate(f.records) if r.answer is not None]
             sets = {"t2i": ImageRows(m, f.codes, "t2i", True, records=f.records)}
             if with_answers:
-                sets["mmu"] = Subset(ImageRows(m, f.codes, "mmu", True, records=f.records), with_answers)
+                images = FolderImages(self.cfg.image_folder, f.records, m.codec.resolution)
+                sets["mmu"] = Subset(ImageRows(m, f.codes, "mmu", True, records=f.records, images=images), with_answers)
         else:
-            labels = self.splits[split].labels
-            sets = {t: ImageRows(m, self.codes[split], t, train, labels=labels) for t in ("t2i", "mmu")}
+            labels, images = self.splits[split].labels, self.digit_images(split)
+            sets = {t: ImageRows(m, self.codes[split], t, train, labels, images=images) for t in ("t2i", "mmu")}
         sets["lm"] = TextRows(m, self.text[split], self.cfg.lm_length, train)
         return {k: v for k, v in sets.items() if self.cfg.batch_size.get(k, 0) > 0}
 
@@ -175,7 +213,7 @@ class HFUnifiedDataModule(L.LightningDataModule):
     def test_dataloader(self):
         """Three loaders, in this order: MMU prompts, T2I prompts, LM test rows."""
         e, bs, m = self.eval_cfg, self.cfg.eval_batch_size, self.model
-        mmu = PromptRows(m, "mmu", self.codes["test"], self.splits["test"].labels)
+        mmu = PromptRows(m, "mmu", self.codes["test"], self.splits["test"].labels, images=self.digit_images("test"))
         if e.mmu_max_rows:
             mmu = Subset(mmu, range(min(e.mmu_max_rows, len(mmu))))
         t2i = PromptRows(m, "t2i", per_digit=e.t2i_per_digit)

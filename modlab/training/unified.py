@@ -5,6 +5,9 @@ Test metrics (all on the held-out test split, all torchmetrics):
     test/t2i_acc            MaskGIT samples for "a handwritten <d>" classified as d by the
                             reference classifier, trained here on the real training digits
     test/ref_classifier_acc that classifier's own accuracy on the real test digits
+    test/t2i_skipped        1.0 where the images are drawn but cannot be decoded, so test/t2i_acc
+                            and test/ref_classifier_acc_tokenized are absent (Hugging Face
+                            Chameleon: transformers has no decoder for its VQ tokenizer)
     test/lm_ppl             per-byte perplexity of the held-out text, with routed layers routing by
                             their causal decision (threshold), as MMU answers and Emu3-like T2I
                             already do: top-k over a row would let later bytes decide which earlier
@@ -247,11 +250,17 @@ class UnifiedModule(L.LightningModule):
         if self.data_cfg.kind == "scenes":  # its T2I ceiling is scored on real test scenes
             self.scene_metrics = SceneMetrics(self.ref_classifier.features(real), self.data_cfg.grid).to(self.device)
             return
+        self.mmu_examples: list[tuple[int, str]] = []
+        if not self.scores_images():
+            return
         # the ceiling for T2I: real test digits after a round trip through the image tokenizer
         tok = self.image_tokenizer
         pred = self.ref_classifier.predict(tok.decode(tok.encode(splits["test"].images)).to(self.device))
         self.log("test/ref_classifier_acc_tokenized", multiclass_accuracy(pred, truth, num_classes=10, average="micro"))
-        self.mmu_examples: list[tuple[int, str]] = []
+
+    def scores_images(self) -> bool:
+        """Whether drawn images can be decoded and scored (a VQ tokenizer without a decoder: not)."""
+        return True
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         e = self.eval_cfg
@@ -265,6 +274,9 @@ class UnifiedModule(L.LightningModule):
             self.log("test/mmu_acc", self.mmu_acc, add_dataloader_idx=False)
         elif dataloader_idx == T2I_TEST:
             codes = self.model.sample_images(batch, e.maskgit_steps, e.guidance, e.temperature, self.sample_generator)
+            if not self.scores_images():  # drawn (their routing is measured), but there is no decoder
+                self.log("test/t2i_skipped", 1.0, add_dataloader_idx=False)
+                return
             images = self.image_tokenizer.decode(codes).to(self.device)
             self.t2i_acc.update(self.ref_classifier.predict(images), batch["digit"])
             self.log("test/t2i_acc", self.t2i_acc, add_dataloader_idx=False)

@@ -1,0 +1,163 @@
+"""Chameleon and Janus (transformers 5.x) behind modlab's unified interface (modlab.models.hf_unified).
+
+Chameleon (ChameleonForConditionalGeneration; rows as ChameleonProcessor lays them out, which
+ends every prompt with the tokenizer's sep token, its chat mode):
+    image   <racm3:break> codes <eoss>       (the processor's image start / end tokens)
+    MMU     <bos> image question <sep> answer <eos>      loss on the answer and <eos>
+    T2I     <bos> caption <sep> image <eos>              next-token loss from the image start on
+    LM      <bos> text                                   next-token loss
+The codes are vocabulary tokens, mapped by the model's own `vocabulary_mapping.img2bpe` (what
+ChameleonModel.get_image_tokens does to a processed image). Its forward sets the logits of every
+image token to the dtype's minimum (the released model writes text only); MMU and LM rows get
+exactly those logits, T2I rows the unmasked lm_head over the decoder's hidden states, so that
+image codes can be learned and drawn. transformers has no Chameleon VQ decoder: its images can
+be drawn but not decoded (codec.decode says so in one line).
+
+Janus (JanusForConditionalGeneration; rows as JanusProcessor lays them out):
+    MMU     <bos> <begin_of_image> <image_placeholder> x n <end_of_image> question " " answer <eos>
+            the placeholders are the image as the understanding path sees it: the SigLIP vision
+            encoder's features through the aligner (JanusModel.get_image_features), scattered
+            at the placeholders (get_placeholder_mask); rows carry the processor's `pixels`
+    T2I     <bos> caption <begin_of_image> codes      (the processor's image generation mode)
+            the codes go through the generation path: generation_embeddings + generation_aligner
+            in, generation_head out (as JanusForConditionalGeneration.generate in image mode)
+    LM      <bos> text
+Janus's rows use one vocabulary of V text tokens then its image codes: id V + c is code c, and
+its logits are the lm_head's over the text and the generation head's over the codes, each left at
+the dtype's minimum where the other head predicts (T2I rows: the image start and the codes
+predict the next code), so one cross-entropy is each head's own. Janus's generate() builds a
+StaticCache, which routed layers refuse; sampling here is HFUnifiedModel's loop with a
+DynamicCache. Its guidance is HFUnifiedModel's too (captions made invisible, as caption dropout
+trains), where Janus's own replaces the prompt's tokens by padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from modlab.data.tokens import TASK_ID
+from modlab.errors import ConfigError
+from modlab.models.hf_unified import HFUnifiedModel, answer_row, make_row, t2i_labels, vocabulary_code_ids
+
+
+class HFChameleon(HFUnifiedModel):
+    """ChameleonForConditionalGeneration (see the module docstring for its rows)."""
+
+    def __init__(self, hf, processor, codec, path, route_tokens=("image",)):
+        super().__init__(hf, processor, codec, path, route_tokens)
+        vocab = hf.model.vocabulary_mapping
+        self.register_buffer("code_to_id", vocabulary_code_ids(vocab.img2bpe, codec.n_codes), False)
+        image_vocab = torch.zeros(self.config.vocab_size, dtype=torch.bool)
+        image_vocab[vocab.image_tokens] = True
+        self.register_buffer("image_vocab", image_vocab, False)  # what the model's forward never predicts
+        self.boi, self.eoi = processor.image_start_token_id, processor.image_end_token_id
+        self.sep = self.tokenizer.sep_token_id
+        if self.sep is None:
+            raise ConfigError("the Chameleon tokenizer has no sep_token (ChameleonProcessor ends every prompt with it)")
+
+    def _logits(self, ids, mask, positions, task, cache, pixels) -> torch.Tensor:
+        out = self.hf.model(
+            input_ids=ids, attention_mask=mask.long(), position_ids=positions, cache=cache, use_cache=cache is not None
+        )
+        logits = self.hf.lm_head(out.last_hidden_state)
+        # ChameleonForConditionalGeneration.forward: image tokens are never text; T2I rows predict them
+        text_rows = task != TASK_ID["t2i"]
+        blocked = text_rows[:, None, None] & self.image_vocab[None, None, :]
+        return logits.masked_fill(blocked, torch.finfo(logits.dtype).min)
+
+    def image_span(self, codes: torch.Tensor | None) -> tuple[list[int], list[str]]:
+        """The image as ChameleonProcessor lays it out; codes None: placeholders (a prompt's image)."""
+        n = self.codec.n_tokens
+        grid = self.code_to_id[codes.long().view(-1)].tolist() if codes is not None else [self.pad] * n
+        return [self.boi, *grid, self.eoi], ["special", *["image"] * n, "special"]
+
+    def t2i_row(self, caption, codes, digit=-1) -> dict:
+        text = self.text_ids(caption)
+        img, img_kinds = self.image_span(codes)
+        ids = [self.bos, *text, self.sep, *img, self.eos]
+        kinds = ["special", *["caption"] * len(text), "special", *img_kinds, "special"]
+        labels = t2i_labels(ids, 1 + len(text) + 1)  # the codes, the image end, <eos>
+        return make_row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
+
+    def mmu_row(self, codes, question, answer, digit=-1, image=None) -> dict:
+        img, img_kinds = self.image_span(codes)
+        return answer_row(self, [self.bos, *img], ["special", *img_kinds], question, [self.sep], answer, digit)
+
+
+class HFJanus(HFUnifiedModel):
+    """JanusForConditionalGeneration (see the module docstring for its rows)."""
+
+    mmu_reads_pixels = True
+
+    def __init__(self, hf, processor, codec, path, route_tokens=("image",)):
+        super().__init__(hf, processor, codec, path, route_tokens)
+        vision = hf.config.vision_config
+        if codec.resolution != vision.image_size:
+            # MMU images are the processor's pixels at the codec's resolution; the vision encoder's
+            # position embeddings are fixed to its own image size
+            raise ConfigError(
+                f"model.resolution={codec.resolution}: Janus's vision encoder takes {vision.image_size}x"
+                f"{vision.image_size} images (set model.resolution={vision.image_size} or 0)"
+            )
+        self.text_vocab = self.config.vocab_size
+        self.register_buffer("code_to_id", self.text_vocab + torch.arange(codec.n_codes), False)
+        ids = self.tokenizer.convert_tokens_to_ids
+        self.boi, self.eoi = ids(processor.image_start_token), ids(processor.image_end_token)
+        self.placeholder = hf.config.image_token_id
+        self.n_vision_tokens = (vision.image_size // vision.patch_size) ** 2
+
+    def _embed(self, ids: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+        """The language model's inputs: text embeddings, image codes through the generation
+        embeddings and aligner, the vision features at the image placeholders."""
+        m = self.hf.model
+        is_code = ids >= self.text_vocab
+        text_ids = ids.masked_fill(is_code, self.pad)
+        embeds = m.get_input_embeddings()(text_ids)
+        if bool(is_code.any()):
+            gen = self.hf.prepare_embeddings_for_image_generation(ids[is_code] - self.text_vocab)
+            embeds = embeds.masked_scatter(is_code[..., None], gen.to(embeds.dtype))
+        if pixels is not None:
+            vision_dtype = next(m.vision_model.parameters()).dtype
+            feats = m.get_image_features(pixels.to(embeds.device, vision_dtype), return_dict=True).pooler_output
+            feats = feats.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(m.get_placeholder_mask(text_ids, embeds, feats), feats)
+        return embeds
+
+    def _logits(self, ids, mask, positions, task, cache, pixels) -> torch.Tensor:
+        m = self.hf.model
+        h = m.language_model(
+            inputs_embeds=self._embed(ids, pixels),
+            attention_mask=mask.long(),
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
+        text = self.hf.lm_head(h)
+        low = torch.finfo(text.dtype).min
+        # in T2I rows the image start and every code predict the next code, with the generation head
+        predicts_code = (task == TASK_ID["t2i"])[:, None] & ((ids >= self.text_vocab) | (ids == self.boi))
+        codes = text.new_full((*ids.shape, self.codec.n_codes), low)
+        if bool(predicts_code.any()):
+            codes = codes.masked_scatter(predicts_code[..., None], m.generation_head(h[predicts_code]).to(text.dtype))
+        return torch.cat([text.masked_fill(predicts_code[..., None], low), codes], -1)
+
+    def t2i_row(self, caption, codes, digit=-1) -> dict:
+        text = self.text_ids(caption)
+        n = self.codec.n_tokens
+        img = self.code_to_id[codes.long().view(-1)].tolist() if codes is not None else [self.text_vocab] * n
+        ids = [self.bos, *text, self.boi, *img]
+        kinds = ["special", *["caption"] * len(text), "special", *["image"] * n]
+        labels = t2i_labels(ids, 1 + len(text))  # the codes (the last predicts nothing)
+        return make_row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
+
+    def mmu_row(self, codes, question, answer, digit=-1, image=None) -> dict:
+        """`image` uint8 RGB (R, R, 3) is what the vision encoder reads; `codes` are unused (the
+        understanding path does not see the VQ codes)."""
+        if image is None:
+            raise ConfigError("Janus reads an MMU image through its vision encoder: its row needs the image's pixels")
+        pixels = self.codec.preprocess(np.asarray(image)[None])[0]
+        n = self.n_vision_tokens
+        span = [self.boi, *[self.placeholder] * n, self.eoi]
+        kinds = ["special", "special", *["image"] * n, "special"]
+        return answer_row(self, [self.bos, *span], kinds, question + " ", [], answer, digit, pixels=pixels)
