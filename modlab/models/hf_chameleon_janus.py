@@ -107,6 +107,39 @@ class HFJanus(HFUnifiedModel):
         self.placeholder = hf.config.image_token_id
         self.n_vision_tokens = (vision.image_size // vision.patch_size) ** 2
 
+    def extra_forward_flops(self, batch: dict) -> int:
+        """The generation aligner on every image code, the generation head where a code is
+        predicted (as _embed and _logits run them), and the vision encoder + aligner on each MMU
+        image (measured once by FlopCounterMode: a fixed cost per image at this resolution)."""
+        from modlab.routing.hf_flops import linear_weights
+
+        m, ids = self.hf.model, batch["ids"]
+        is_code = ids >= self.text_vocab
+        predicts = (batch["task"] == TASK_ID["t2i"])[:, None] & (is_code | (ids == self.boi))
+        flops = 2 * int(is_code.sum()) * linear_weights(m.generation_aligner)
+        flops += 2 * int(predicts.sum()) * linear_weights(m.generation_head)
+        if "pixels" in batch:
+            flops += len(batch["pixels"]) * self.vision_flops_per_image()
+        return flops
+
+    def vision_flops_per_image(self) -> int:
+        if getattr(self, "_vision_flops", None) is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            m, impl = self.hf.model, self.hf.config._attn_implementation
+            param = next(m.vision_model.parameters())
+            pixels = torch.zeros(
+                1, 3, self.codec.resolution, self.codec.resolution, dtype=param.dtype, device=param.device
+            )
+            self.hf.set_attn_implementation("eager")  # every matmul visible to the counter (none for CPU SDPA)
+            try:
+                with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                    m.get_image_features(pixels, return_dict=True)
+            finally:
+                self.hf.set_attn_implementation(impl)
+            self._vision_flops = int(counter.get_total_flops())
+        return self._vision_flops
+
     def _embed(self, ids: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
         """The language model's inputs: text embeddings, image codes through the generation
         embeddings and aligner, the vision features at the image placeholders."""

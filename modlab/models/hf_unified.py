@@ -177,6 +177,11 @@ class HFUnifiedModel(nn.Module):
     row_end: tuple[int, ...] = ()
     mmu_reads_pixels = False
 
+    def extra_forward_flops(self, batch: dict) -> int:
+        """Forward FLOPs of `batch` in modules outside the language decoder and its head (counted
+        by modlab.routing.hf_flops); none for most families."""
+        return 0
+
     def _logits(self, ids, mask, positions, task, cache, pixels) -> torch.Tensor:
         """Logits (B, T, V) over the family's row vocabulary: the model on these columns, `mask`
         (B, cached + T) its attention mask, `positions` None (0..T-1) or (B, T), `cache` a

@@ -36,7 +36,10 @@ def topk_select(
     else:
         k = tokens_to_keep(capacity, eligible.sum(1))
     K = int(k.max()) if B else 0
-    ranked = ranked_scores.masked_fill(~eligible, float("-inf")).topk(K, dim=1).indices  # (B, K)
+    # a stable descending sort: equal scores (repeated tokens' embeddings at layer 0) go to the
+    # earlier token, so a row keeps the same tokens alone or in any batch (topk breaks ties arbitrarily)
+    ranked_scores = ranked_scores.masked_fill(~eligible, float("-inf"))
+    ranked = ranked_scores.sort(dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
     slot_ok = torch.arange(K, device=scores.device)[None] < k[:, None]
     # sort chosen indices; unused slots get the sentinel T so they sort last
     idx = torch.where(slot_ok, ranked, T).sort(1).values

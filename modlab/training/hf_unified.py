@@ -171,11 +171,17 @@ class HFUnifiedModule(UnifiedModule):
 
     # ---- FLOPs ------------------------------------------------------------------------------------
 
-    def step_flops(self, trace, B: int, T: int) -> tuple[float, float]:
-        """Training FLOPs of the forward `trace` recorded, and of the same step unrouted, counted
-        on the transformers model (the image tokens are pre-tokenized: no VQ encoder runs)."""
-        hf = self.model.hf
-        return float(train_step_flops(hf, B, T, trace.flops_groups()[0])), float(train_step_flops(hf, B, T))
+    def step_flops(self, trace, batch: dict) -> tuple[float, float]:
+        """Training FLOPs of the forward `trace` recorded on `batch`, and of the same step unrouted,
+        counted on the transformers model (the image codes are pre-tokenized: no VQ encoder runs),
+        plus what runs outside the language decoder and its head (Janus: the vision encoder on MMU
+        images, the generation aligner and head on image codes): 3 x forward, as for the decoder."""
+        hf, (B, T) = self.model.hf, batch["ids"].shape
+        extra = 3 * self.model.extra_forward_flops(batch)
+        return (
+            float(train_step_flops(hf, B, T, trace.flops_groups()[0]) + extra),
+            float(train_step_flops(hf, B, T) + extra),
+        )
 
 
 def expected_model_type(arch: str) -> str:

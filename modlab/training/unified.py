@@ -168,7 +168,7 @@ class UnifiedModule(L.LightningModule):
                 agreement.append(g)
             elif a is not None:  # no routed token in this batch (a dense task): a zero in the graph
                 zero = zero + a
-            r, d = self.step_flops(trace, *batch["ids"].shape)
+            r, d = self.step_flops(trace, batch)
             rows, routed, dense = rows + batch["ids"].shape[0], routed + r, dense + d
         if gates:
             losses["mindskip_capacity"] = torch.stack(gates).mean()
@@ -194,9 +194,9 @@ class UnifiedModule(L.LightningModule):
         self.log("train/flops_ratio", routed / dense, batch_size=n)
         return loss
 
-    def step_flops(self, trace: RoutingTrace, B: int, T: int) -> tuple[float, float]:
-        """Analytic training FLOPs of the forward `trace` recorded, and of the same step without routing."""
-        V = self.space.vocab_size
+    def step_flops(self, trace: RoutingTrace, batch: dict) -> tuple[float, float]:
+        """Analytic training FLOPs of the forward `trace` recorded on `batch`, and of the same step without routing."""
+        V, (B, T) = self.space.vocab_size, batch["ids"].shape
         return (
             float(traced_train_step_flops(self.model_cfg, V, trace, B, T)),
             float(train_step_flops(self.model_cfg, V, B, T)),
@@ -339,7 +339,7 @@ def probe_training_flops(module: UnifiedModule, datamodule, n_batches: int = 4) 
                 batch = module.model.training_batch(next(it))
                 with record_routing(module.model) as trace:
                     module.model.task_losses(batch)
-                r, d = module.step_flops(trace, *batch["ids"].shape)
+                r, d = module.step_flops(trace, batch)
                 routed, dense = routed + r, dense + d
     return {
         "train/flops_per_step": routed / n_batches,
