@@ -38,7 +38,15 @@ def generate_samples(module, c, out: Path) -> dict:
         batch = collate_rows(rows, sp.pad)
     with torch.no_grad():
         codes = module.model.sample_images(batch, e.maskgit_steps, e.guidance, e.temperature, g)
-    if hf:  # RGB at the VQ codec's resolution, decoded by the model's own VQ decoder
+    if hf and not module.model.codec.has_decoder:  # Chameleon in transformers: codes, no pixels
+        grid = out / "t2i_codes.json"
+        grid.write_text(
+            json.dumps({"prompts": prompts, "codes": codes.view(len(prompts), c.samples_per_prompt, -1).tolist()})
+        )
+        Console().print(
+            f"{type(module.model.codec).__name__} has no VQ decoder in transformers: the drawn codes, not images"
+        )
+    elif hf:  # RGB at the VQ codec's resolution, decoded by the model's own VQ decoder
         images = module.model.codec.decode(codes)
         images = images.reshape(len(prompts), c.samples_per_prompt, *images.shape[1:])
         grid = save_image_grid(images, prompts, out / "t2i_samples.png", vmax=1.0)

@@ -60,3 +60,15 @@ def test_analyze_plan_fine_tune_eval(family, tmp_path):
     assert ("test/t2i_acc" in m) == (family == "janus")
     assert any(k.startswith("test/kept/t2i/") for k in m) and any(k.startswith("test/kept/mmu/") for k in m)
     assert 0.0 <= m["test/mmu_acc"] <= 1.0 and m["test/lm_ppl"] > 1.0
+
+    # generate: MMU answers, and T2I samples decoded by the VQ decoder; Chameleon's VQ has none in
+    # transformers, so it writes the drawn codes instead
+    ckpt = run / "checkpoints" / "last.ckpt"
+    modlab_ok("generate", f"ckpt_path={ckpt}", "samples_per_prompt=1", "mmu_images=2", out_dir=tmp_path / "g")
+    gen = only_run_dir(tmp_path / "g")
+    assert len(json.loads((gen / "mmu_answers.json").read_text())) == 2
+    if family == "janus":
+        assert (gen / "t2i_samples.png").stat().st_size > 0
+    else:
+        codes = json.loads((gen / "t2i_codes.json").read_text())["codes"]
+        assert len(codes) == 10 and not (gen / "t2i_samples.png").exists()
