@@ -146,13 +146,16 @@ def family_of_checkpoint(ckpt_path: str) -> FamilySpec:
 
 def hf_unified_spec(name: str, summary: str, **extra) -> FamilySpec:
     """A transformers unified model from a local directory (modlab.families.hf_unified: `name`
-    upper-cased is its family object there), with MoD / UniMoD routing; `extra`: more FamilySpec fields."""
+    upper-cased is its family object there), with MoD / UniMoD routing and Router-Tuning (MindSkip
+    on its language model, the unified objective); `extra`: more FamilySpec fields."""
     return FamilySpec(
         name,
         summary,
         "unified",
         f"modlab.families.hf_unified:{name.upper()}",
         routing=("mod", "unimod"),
+        mindskip=True,
+        router_tuning=("mindskip",),
         commands=COMMANDS,
         requires_path=True,
         dtypes=("auto", "bfloat16", "float32"),
@@ -205,8 +208,6 @@ for _spec in (
         "hf_emu3",
         "Hugging Face Emu3 (a local directory with its processor)",
         analyses=_UNIFIED_ANALYSES,
-        mindskip=True,  # Router-Tuning on its language model (the unified objective)
-        router_tuning=("mindskip",),
     ),
     hf_unified_spec(
         "hf_showo",

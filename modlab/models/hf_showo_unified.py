@@ -146,6 +146,9 @@ class HFShowo(HFUnifiedModel):
         if kind is None:
             kind = self.kinds_of(ids, is_image)
         always = self.not_routed(kind) if self.routing is not None else None
+        if self.skip is not None:  # MindSkip gates pool each row's valid tokens
+            with self.skip.context(valid=valid):
+                return S.showo_logits(self.hf, ids, is_image, valid, self.routing, task, always)
         return S.showo_logits(self.hf, ids, is_image, valid, self.routing, task, always)
 
     def training_batch(self, batch: dict, cond_dropout: float = 0.0, generator: torch.Generator | None = None) -> dict:

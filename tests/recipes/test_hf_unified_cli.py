@@ -15,7 +15,14 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from helpers import assert_one_line_error, only_run_dir, run_modlab, save_tiny_hf, save_tiny_hf_unified
+from helpers import (
+    assert_one_line_error,
+    only_run_dir,
+    run_modlab,
+    save_tiny_hf,
+    save_tiny_hf_showo,
+    save_tiny_hf_unified,
+)
 
 pytest.importorskip("transformers")
 
@@ -152,10 +159,15 @@ def test_bad_input_is_one_line(case, emu3_dir, tmp_path):
     assert_one_line_error(proc, *needles)
 
 
-def test_router_tuning_trains_the_mindskip_routers_alone(emu3_dir, cache, tmp_path):
-    proc = run_modlab(
-        "train", "+experiment=hf_emu3_router_tuning", *FAST, f"model.path={emu3_dir}", cache, out_dir=tmp_path
-    )
+@pytest.mark.parametrize("family", ["emu3", "chameleon", "janus", "showo"])
+def test_router_tuning_trains_the_mindskip_routers_alone(family, emu3_dir, cache, tmp_path):
+    if family == "emu3":
+        model = [f"model.path={emu3_dir}"]
+    else:  # the same experiment on another family's language model
+        path = tmp_path / family
+        built = save_tiny_hf_showo(path) if family == "showo" else save_tiny_hf_unified(path, family)
+        model = [f"model=hf_{family}", f"model.path={built}"]
+    proc = run_modlab("train", "+experiment=hf_emu3_router_tuning", *FAST, *model, cache, out_dir=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = only_run_dir(tmp_path / "train")
     m = json.loads((run_dir / "metrics.json").read_text())
