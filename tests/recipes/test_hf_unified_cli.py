@@ -159,7 +159,9 @@ def test_bad_input_is_one_line(case, emu3_dir, tmp_path):
     assert_one_line_error(proc, *needles)
 
 
-@pytest.mark.parametrize("family", ["emu3", "chameleon", "janus", "showo"])
+@pytest.mark.parametrize(
+    "family", ["emu3", *(pytest.param(f, marks=pytest.mark.slow) for f in ("chameleon", "janus", "showo"))]
+)
 def test_router_tuning_trains_the_mindskip_routers_alone(family, emu3_dir, cache, tmp_path):
     if family == "emu3":
         model = [f"model.path={emu3_dir}"]
