@@ -222,8 +222,10 @@ def _write_cache(path: Path, records: list[ImageRecord], folder: Path, codec: Im
         for name in ("codes.npy", "records.json"):  # on disk before the rename makes them visible
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
-        if path.exists():  # a stale cache that did not match (see _read_cache): replace it
-            shutil.rmtree(path)
+        if path.exists():
+            if _read_cache(path, records, codec.n_tokens) is not None:  # another process wrote it meanwhile
+                return
+            shutil.rmtree(path)  # a stale cache that did not match (see _read_cache): replace it
         try:
             os.rename(tmp, path)
         except OSError:

@@ -197,6 +197,8 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
             "tokens": sum(len(r["ids"]) for r in rows) / len(rows),
             "routable": sum(routable) / len(rows),
             "always": sum(always) / len(rows),
+            # forward FLOPs per row outside the decoder and its head (Janus: the vision encoder)
+            "outside": sum(model.extra_forward_flops(b) for b in batches[task]) / len(rows),
         }
     return batches, stats
 
@@ -208,7 +210,7 @@ def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: d
     from modlab.routing.hf_flops import planned_parts_flops_ratio
 
     parts = [
-        (layer_caps.get(task, {}), rows, round(st["tokens"]), st["routable"], round(st["always"]))
+        (layer_caps.get(task, {}), rows, round(st["tokens"]), st["routable"], round(st["always"]), st["outside"])
         for task, (rows, _) in workload.items()
         for st in [stats[task]]
     ]

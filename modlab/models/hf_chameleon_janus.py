@@ -69,7 +69,7 @@ class HFChameleon(HFUnifiedModel):
     def image_span(self, codes: torch.Tensor | None) -> tuple[list[int], list[str]]:
         """The image as ChameleonProcessor lays it out; codes None: placeholders (a prompt's image)."""
         n = self.codec.n_tokens
-        grid = self.code_to_id[codes.long().view(-1)].tolist() if codes is not None else [self.pad] * n
+        grid = self.code_ids(codes) if codes is not None else [self.pad] * n
         return [self.boi, *grid, self.eoi], ["special", *["image"] * n, "special"]
 
     def t2i_row(self, caption, codes, digit=-1) -> dict:
@@ -178,7 +178,7 @@ class HFJanus(HFUnifiedModel):
     def t2i_row(self, caption, codes, digit=-1) -> dict:
         text = self.text_ids(caption)
         n = self.codec.n_tokens
-        img = self.code_to_id[codes.long().view(-1)].tolist() if codes is not None else [self.text_vocab] * n
+        img = self.code_ids(codes) if codes is not None else [self.text_vocab] * n
         ids = [self.bos, *text, self.boi, *img]
         kinds = ["special", *["caption"] * len(text), "special", *["image"] * n]
         labels = t2i_labels(ids, 1 + len(text))  # the codes (the last predicts nothing)

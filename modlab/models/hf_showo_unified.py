@@ -79,6 +79,8 @@ def _kinds(row: dict, *spans: tuple[str, int]) -> torch.Tensor:
 class HFShowo(HFUnifiedModel):
     """Show-o on PhiForCausalLM (see the module docstring)."""
 
+    decodes_with_cache = False  # MaskGIT steps and MMU answers recompute whole rows
+
     model_type = "showo"  # what model.arch=hf_showo loads (the transformers model_type is "phi")
 
     def __init__(self, hf, prompting: ShowoPrompting, codec, path, route_tokens=("image",)):

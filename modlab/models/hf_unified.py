@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS
+from modlab.data.tokens import IGNORE_INDEX, TASK_ID
 from modlab.errors import CheckpointError, ConfigError
 from modlab.models.config import TOKEN_KINDS
 from modlab.models.hf_families import decoder_layers, hf_family, text_config
@@ -176,6 +176,8 @@ class HFUnifiedModel(nn.Module):
 
     row_end: tuple[int, ...] = ()
     mmu_reads_pixels = False
+    # image generation decodes token by token with a KV cache (Show-o's MaskGIT does not)
+    decodes_with_cache = True
 
     def extra_forward_flops(self, batch: dict) -> int:
         """Forward FLOPs of `batch` in modules outside the language decoder and its head (counted
@@ -226,20 +228,22 @@ class HFUnifiedModel(nn.Module):
 
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""
+        from modlab.models.unified_model import per_task_cross_entropy
+
         b = batch
         logits = self(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], **pixels_of(b))
-        ce = F.cross_entropy(
-            logits.float().transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none"
-        )
-        has_label = batch["labels"] != IGNORE_INDEX
-        out = {}
-        for name in TASKS:
-            sel = has_label & (batch["task"] == TASK_ID[name])[:, None]
-            if sel.any():
-                out[name] = ce[sel].mean()
+        out = per_task_cross_entropy(logits, b["labels"], b["task"])
         if self.skip is not None:  # the mean gate of this forward (Router-Tuning's capacity)
-            out["mindskip_capacity"] = self.skip.capacity().to(ce.device)
+            out["mindskip_capacity"] = self.skip.capacity().to(logits.device)
         return out
+
+    def code_ids(self, codes: torch.Tensor) -> list[int]:
+        """The row ids of image codes, looked up on the CPU (rows are built in data-loader
+        workers, which must not touch a CUDA copy of the `code_to_id` buffer)."""
+        table = getattr(self, "_code_ids_cpu", None)
+        if table is None or len(table) != len(self.code_to_id):
+            table = self._code_ids_cpu = self.code_to_id.detach().cpu()
+        return table[codes.long().cpu().view(-1)].tolist()
 
     def training_batch(self, batch: dict, cond_dropout: float = 0.0, generator: torch.Generator | None = None) -> dict:
         """Captions of a random `cond_dropout` share of T2I rows made invisible (classifier-free
@@ -395,7 +399,8 @@ class HFEmu3(HFUnifiedModel):
         h, w = self.codec.grid
         ids = [self.boi, *self.size_ids, self.wrapper]
         kinds = ["special"] * len(ids)
-        grid = self.code_to_id[codes.long()].view(h, w).tolist() if codes is not None else [[self.pad] * w] * h
+        flat = self.code_ids(codes) if codes is not None else [self.pad] * (h * w)
+        grid = [flat[r * w : (r + 1) * w] for r in range(h)]
         for row in grid:
             ids += [*row, self.eol]
             kinds += ["image"] * w + ["special"]

@@ -66,12 +66,14 @@ def planned_flops_ratio(model: nn.Module, layer_caps: dict[int, float], workload
     return planned_parts_flops_ratio(model, [(layer_caps, rows, n, n, 0) for rows, n in workload])
 
 
-def planned_parts_flops_ratio(model: nn.Module, parts: list[tuple[dict[int, float], int, int, float, int]]) -> float:
+def planned_parts_flops_ratio(model: nn.Module, parts: list[tuple]) -> float:
     """Training FLOPs of a routing plan over the dense step's, the step made of `parts`, each
     (layer_caps {layer: capacity}, rows, tokens per row, routed tokens per row, tokens per row that
-    always run): a planned layer runs k = ceil(C * routed) + always tokens of each row (as the
-    routed layer computes k) plus a one-column router scoring every token (routing.causal=predictor
-    adds its predictor's weights, not counted here); other layers run every token."""
+    always run[, forward FLOPs per row outside the decoder and head]): a planned layer runs
+    k = ceil(C * routed) + always tokens of each row (as the routed layer computes k) plus a
+    one-column router scoring every token (routing.causal=predictor adds its predictor's weights,
+    not counted here); other layers run every token; the outside cost (e.g. Janus's vision encoder)
+    is the same routed or not."""
     import torch
 
     from modlab.routing.topk import tokens_to_keep
@@ -79,8 +81,8 @@ def planned_parts_flops_ratio(model: nn.Module, parts: list[tuple[dict[int, floa
     config = text_config(model.config)
     layers = decoder_layers(model)
     routed = dense = 0
-    for layer_caps, rows, n, n_routed, always in parts:
-        head = 2 * rows * n * config.hidden_size * config.vocab_size
+    for layer_caps, rows, n, n_routed, always, *outside in parts:
+        head = 2 * rows * n * config.hidden_size * config.vocab_size + rows * sum(outside)
         routed, dense = routed + head, dense + head
         for i, layer in enumerate(layers):
             block = layer.block if isinstance(layer, HFRoutedLayer) else layer

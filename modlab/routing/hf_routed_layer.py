@@ -139,6 +139,8 @@ class HFRoutedLayer(RoutedBlock):
         if K == 0:  # threshold routing kept no token in any row
             return x, selected, 0
         gate = torch.sigmoid(scores.float())
+        if forced is not None:  # tokens that are not routed run with weight 1: the router learns nothing from them
+            gate = torch.where(forced, torch.ones_like(gate), gate)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = self._past_entries(cache, B)
         positions = kwargs.get("position_ids")

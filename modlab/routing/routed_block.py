@@ -173,7 +173,7 @@ class RoutedBlock(nn.Module):
             eligible = route.valid & (decided | (row_capacity >= 1.0)[:, None])
             if route.always is not None:
                 eligible |= route.valid & route.always
-            out, selected, k = run_rows(None, eligible, torch.ones((), device=x.device))
+            out, selected, k = run_rows(None, eligible, torch.ones((), device=x.device), route.always)
             groups.append((x.shape[0], k))
             mode = "threshold"
         else:
@@ -249,6 +249,8 @@ class RoutedBlock(nn.Module):
         gate = torch.sigmoid(gather_tokens(scores, idx).float())
         # (g - g) is exactly 0, so the straight-through weight is exactly 1 in the forward pass
         w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
+        if forced is not None:  # tokens that are not routed run with weight 1: the router learns nothing from them
+            w = torch.where(gather_tokens(forced, idx), torch.ones_like(w), w)
         delta = (delta * (w * slot_ok)[..., None].to(delta.dtype)).to(x.dtype)  # bf16 under autocast
         # unused slots point at token 0 with a zero delta, so scatter_add leaves it unchanged
         return torch.zeros_like(x).scatter_add(1, idx[..., None].expand_as(delta), delta), selected, idx.shape[1]

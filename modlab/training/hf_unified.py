@@ -82,6 +82,11 @@ class HFUnifiedModule(UnifiedModule):
         self.routing_cfg = RoutingConfig(**(routing or {})).resolved(n_layer)
         self.hparams["routing"] = asdict(self.routing_cfg)  # a plan file's content, not its path
         if self.routing_cfg.kind != "dense":
+            if self.routing_cfg.causal == "none" and self.model.decodes_with_cache:
+                raise ConfigError(
+                    f"routing.causal=none has no causal decision, and model.arch={cfg['arch']} answers and draws "
+                    "images token by token with a KV cache: use routing.causal=aux_bce or predictor"
+                )
             self.model.routing = apply_hf_routing(self.model.hf, self.routing_cfg)
         # Router-Tuning (MindSkip): the model frozen, a gate on the attention of the routed layers,
         # only the routers train on the unified objective (+ lam * the capacity penalty)

@@ -281,8 +281,9 @@ class UnifiedModule(L.LightningModule):
             self.t2i_acc.update(self.ref_classifier.predict(images), batch["digit"])
             self.log("test/t2i_acc", self.t2i_acc, add_dataloader_idx=False)
         else:
+            kind = {"kind": batch["kind"]} if "kind" in batch else {}  # HF unified rows: which tokens are routed
             with threshold_routing(self.model):  # causal routing: an autoregressive perplexity
-                logits = self.model(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
+                logits = self.model(batch["ids"], batch["is_image"], batch["valid"], batch["task"], **kind)
             self.lm_ppl.update(logits.float(), batch["labels"])
             self.log("test/lm_ppl", self.lm_ppl, add_dataloader_idx=False)
             self.log("test/lm_ppl_causal", float(routes_causally(self.model)), add_dataloader_idx=False)

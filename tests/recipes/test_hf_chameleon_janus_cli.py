@@ -52,7 +52,8 @@ def test_analyze_plan_fine_tune_eval(family, tmp_path):
     assert run.parts[-3:-1] == ("train", f"hf_{family}_unimod")
     trained = json.loads((run / "metrics.json").read_text())
     assert trained["train/steps"] == 4 and trained["vq_params"] > 0
-    assert trained["train/flops_ratio"] < 1.0
+    # the measured ratio of the training steps is the plan's prediction (Janus: its vision encoder counted in both)
+    assert trained["train/flops_ratio"] == pytest.approx(predicted, abs=0.02)
 
     modlab_ok("eval", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "debug=fast", out_dir=tmp_path / "e")
     m = json.loads((only_run_dir(tmp_path / "e") / "metrics.json").read_text())
