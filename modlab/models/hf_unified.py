@@ -491,12 +491,19 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
         processor = AutoProcessor.from_pretrained(p)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"model.path '{path}': its processor could not be loaded ({type(e).__name__})") from None
+    torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, None)]
     try:
-        hf = AutoModelForImageTextToText.from_pretrained(
-            p, dtype=TORCH_DTYPES[resolve_dtype(dtype, None)], attn_implementation="sdpa"
-        )
+        # loaded in fp32 and cast after: the VQ tokenizer keeps its fp32 weights (ImageCodec runs
+        # it in fp32; loading in bf16 would round them and change the codes)
+        hf = AutoModelForImageTextToText.from_pretrained(p, dtype=torch.float32, attn_implementation="sdpa")
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"model.path '{path}': the weights could not be loaded ({type(e).__name__})") from None
+    if torch_dtype != torch.float32:
+        vq = getattr(hf.model, "vqmodel", None)
+        kept = {k: v.clone() for k, v in vq.state_dict().items()} if vq is not None else None
+        hf.to(torch_dtype)
+        if vq is not None:
+            vq.float().load_state_dict(kept)
     resolution = resolution or processor_resolution(processor)
     cls = family_class(config.model_type)
     codec = cls.make_codec(hf, processor.image_processor, resolution)
