@@ -18,11 +18,8 @@ from dataclasses import asdict
 import lightning as L
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
-from torchmetrics.text import Perplexity
 
 from modlab.data.config import DataConfig
-from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError, ConfigError
 from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
@@ -102,11 +99,7 @@ class HFUnifiedModule(UnifiedModule):
             self.strict_loading = False  # its checkpoints hold the routers alone
         self.test_skip_capacity = MeanMetric()
         self.image_tokenizer = DigitCodec(self.model.codec)
-        self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
-        self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
-        self.lm_ppl = Perplexity(ignore_index=IGNORE_INDEX)
-        self.val_loss = MeanMetric()
-        self.flops_routed, self.flops_dense = MeanMetric(), MeanMetric()
+        self.add_metrics()
 
     @classmethod
     def from_run(cls, run):

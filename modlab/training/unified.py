@@ -85,6 +85,10 @@ class UnifiedModule(L.LightningModule):
         self.space = TokenSpace(self.image_tokenizer.n_codes)
         self.model = build_unified_model(self.model_cfg, self.space, self.image_tokenizer.n_tokens)
         apply_routing(self.model.transformer.blocks, self.model_cfg.d_model, self.routing_cfg)
+        self.add_metrics()
+
+    def add_metrics(self) -> None:
+        """The test, validation and FLOPs metrics (every unified module has the same)."""
         self.mmu_acc = MulticlassAccuracy(num_classes=11, average="micro")  # class 10: no digit
         self.t2i_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.lm_ppl = Perplexity(ignore_index=IGNORE_INDEX)
