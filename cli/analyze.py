@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from modlab.analysis.jobs import JOBS
 from modlab.cli.runtime import run_dir
 from modlab.cli.schema import validate
-from modlab.errors import CheckpointError
+from modlab.errors import CheckpointError, ConfigError
 from modlab.families import family_of_checkpoint, get_family
 
 
@@ -51,4 +51,7 @@ def analyze(cfg: DictConfig) -> dict:
         "analysis": asdict(run.analysis),
         **({"model_path": run.model.path} if run.model else {}),
     }
-    return write_report(result, run_dir(), header, time.perf_counter() - start)
+    summary = write_report(result, run_dir(), header, time.perf_counter() - start)
+    if result.error:
+        raise ConfigError(f"{result.error}; the analysis' other results are in {run_dir()}/results.json")
+    return summary

@@ -42,6 +42,7 @@ def build_trainer(
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
+    from modlab.progress import INTERVAL_S as PROGRESS_INTERVAL_S
     from modlab.training.callbacks import ParamSummary, ProgressLog
     from modlab.training.checkpoint_io import AtomicCheckpointIO
 
@@ -49,9 +50,10 @@ def build_trainer(
     callbacks = []
     if cb is None or cb.progress_bar:
         callbacks.append(RichProgressBar(leave=True))
+    interval = cb.progress_interval_s if cb is not None else PROGRESS_INTERVAL_S
+    if interval > 0:  # evaluation too: a real model's test loop can run for many minutes
+        callbacks.append(ProgressLog(interval))
     if training and cb is not None:
-        if cb.progress_interval_s > 0:
-            callbacks.append(ProgressLog(cb.progress_interval_s))
         if cb.model_summary:
             callbacks.append(ParamSummary(max_depth=2))
         if cb.checkpoint and not t.fast_dev_run:
