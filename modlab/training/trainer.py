@@ -13,17 +13,32 @@ from modlab.errors import CheckpointError, ConfigError
 log = logging.getLogger("modlab")
 
 
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). oneDNN *runs* bf16 on
+    any AVX512 CPU (`torch.ops.mkldnn._is_mkldnn_bf16_supported()` says yes), but without these
+    units it emulates it: measured on an AVX512 Xeon without them, a 2048^2 bf16 matmul took 3.3x
+    the fp32 one and a Gemma 3 270M forward under bf16 autocast 2.4x. Where the flags cannot be
+    read (not Linux), oneDNN's answer stands."""
+    try:
+        with open(cpuinfo) as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """`auto`: bf16 autocast where the hardware multiplies bf16 fast, else full fp32."""
     if precision != "auto":
         return precision
     if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    try:
-        fast_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        fast_bf16 = False
-    return "bf16-mixed" if fast_bf16 else "32-true"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
 def build_trainer(
