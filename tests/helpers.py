@@ -311,3 +311,37 @@ def save_tiny_bos_tokenizer(path: Path, bos: bool = True) -> Path:
         )
     tok.save_pretrained(path)
     return path
+
+
+def reference_perplexity(hf_model, tokenizer, windows: list[list[int]]) -> float:
+    """transformers' own perplexity (the outside reference for modlab's): each window of text
+    tokens with the special token its tokenizer puts before a text (<bos> where `tokenizer("x")`
+    starts with it), the loss computed by the model itself from `labels=`, weighted by tokens."""
+    import math
+
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][0] == bos
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            ids = torch.tensor([([bos] if adds_bos else []) + list(w)])
+            loss = hf_model(input_ids=ids, labels=ids).loss  # mean over ids.shape[1] - 1 predictions
+            total += float(loss) * (ids.shape[1] - 1)
+            count += ids.shape[1] - 1
+    return math.exp(total / count)
+
+
+def text_windows(dm) -> list[list[int]]:
+    """The text tokens of each test row of a TextDataModule (its special prefix removed)."""
+    out = []
+    for batch in dm.test_dataloader():
+        for ids, valid in zip(batch["ids"], batch["valid"]):
+            out.append(ids[valid][len(dm.prefix) :].tolist())
+    return out
+
+
+def real_lm_dir() -> Path | None:
+    """The real model's transformers directory that `make real-lm` makes, if it has been made."""
+    base = Path(os.environ.get("MODLAB_CACHE") or Path.home() / ".cache" / "modlab")
+    path = base / "real_lm" / "gemma-3-270m"
+    return path if (path / "config.json").is_file() else None
