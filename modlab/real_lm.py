@@ -12,7 +12,8 @@ assembled and its sha256 checked, dequantised to float32 once, and saved with `s
 A directory is finished when its marker file records the source's sha256 and the transformers
 version that made it; a second call then returns at once. The directory is written beside its
 final place and renamed into it with the marker already inside, so an interrupted run never leaves
-a directory that looks finished. Another sha256 or transformers version makes it again.
+a directory that looks finished. Another sha256 or transformers version makes it again; a directory
+without a marker is not this module's and is never replaced.
 """
 
 from __future__ import annotations
@@ -48,13 +49,18 @@ def real_lm_dir() -> Path:
     return cache_root() / "real_lm" / NAME
 
 
-def is_made(directory: Path, source_sha256: str) -> bool:
-    """Whether `directory` is a finished conversion of the source with this sha256 by this transformers."""
+def read_marker(directory: Path) -> dict | None:
     try:
         marker = json.loads((directory / MARKER).read_text())
     except (OSError, ValueError):
-        return False
-    return marker == marker_of(source_sha256, marker.get("source"))
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def is_made(directory: Path, source_sha256: str) -> bool:
+    """Whether `directory` is a finished conversion of the source with this sha256 by this transformers."""
+    marker = read_marker(directory)
+    return marker is not None and marker == marker_of(source_sha256, marker.get("source"))
 
 
 def marker_of(source_sha256: str, source: str | None) -> dict:
@@ -109,9 +115,12 @@ def process_alive(pid: int) -> bool:
 def make_directory(directory: Path, source: str, sha256: str, gguf_of, extra_files=()) -> Path:
     """Make `directory` from the GGUF `gguf_of(tmp)` writes or returns, unless it is already made;
     the GGUF itself is not kept. `extra_files` are copied in (licences)."""
+    require("transformers")
     if is_made(directory, sha256):
         return directory
-    require("transformers", "gguf", "accelerate")
+    if directory.exists() and read_marker(directory) is None:  # never delete what this did not make
+        raise ConfigError(f"{directory} exists and was not made by python -m modlab.real_lm: remove it or choose --out")
+    require("gguf", "accelerate")
     from modlab.models.gguf_export import check_gguf, save_gguf_as_hf
     from modlab.models.memory_fit import parameter_count
 
@@ -128,7 +137,7 @@ def make_directory(directory: Path, source: str, sha256: str, gguf_of, extra_fil
         (out / MARKER).write_text(json.dumps(marker_of(sha256, source), indent=1) + "\n")
         if is_made(directory, sha256):  # another process finished first
             return directory
-        if directory.exists():  # unfinished, or from another source or transformers
+        if directory.exists():  # made from another source or by another transformers
             shutil.rmtree(directory)
         os.replace(out, directory)
     return directory

@@ -62,19 +62,24 @@ def test_a_gguf_becomes_a_directory_with_the_gguf_models_logits_and_a_second_cal
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()} == files
 
 
-def test_an_unfinished_or_outdated_directory_is_made_again_and_a_killed_runs_leftovers_go(tmp_path):
+def test_an_outdated_directory_is_made_again_a_foreign_one_is_kept_and_a_killed_runs_leftovers_go(tmp_path):
     from modlab.real_lm import MARKER
 
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a model")
+    proc = real_lm("--gguf", str(gguf), "--out", str(foreign), cache=tmp_path)
+    assert_one_line_error(proc, f"{foreign} exists and was not made by python -m modlab.real_lm")
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
     out = tmp_path / "models" / "tiny"
-    out.mkdir(parents=True)
-    (out / "model.safetensors").write_bytes(b"half written")  # an interrupted copy: no marker
+    out.parent.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     leftover = out.parent / f".tiny-{dead.stdout.strip()}-abc123"  # the work folder of a killed run
-    leftover.mkdir()
+    (leftover / "tiny").mkdir(parents=True)
     assert made(real_lm("--gguf", str(gguf), "--out", str(out), cache=tmp_path)) == out
     assert not leftover.exists()
-    assert (out / "model.safetensors").stat().st_size > 1000
 
     marker = json.loads((out / MARKER).read_text())
     (out / MARKER).write_text(json.dumps({**marker, "transformers": "0.0.1"}))  # made by another transformers
