@@ -169,7 +169,9 @@ def load_hf_causal_lm(path: str, dtype: str = "float32") -> tuple[HFCausalLM, By
     hf_logging.disable_progress_bar()  # its weight-loading bar would break one-line errors on stderr
     tokenizer = load_tokenizer(p, config.vocab_size)
     files = check_weight_files(p)
-    torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, None)]
+    torch_dtype = TORCH_DTYPES.get(resolve_dtype(dtype, None))
+    if torch_dtype is None:
+        raise ConfigError(f"model.dtype '{dtype}' is unknown: float32, bfloat16 or auto")
     check_fits_memory(parameter_count(config), torch_dtype, f"model.path '{path}'")
     try:
         try:

@@ -319,6 +319,14 @@ def test_the_memory_check_names_the_models_size_in_the_requested_dtype(hf_dir, t
             load_hf_causal_lm(str(hf_dir), dtype)
 
 
+def test_an_unknown_dtype_from_library_code_is_named(hf_dir):
+    from modlab.errors import ConfigError
+    from modlab.models.hf_causal_lm import load_hf_causal_lm
+
+    with pytest.raises(ConfigError, match="model.dtype 'float16' is unknown"):
+        load_hf_causal_lm(str(hf_dir), "float16")
+
+
 def test_an_alpaca_file_with_a_missing_field_is_one_line(hf_dir, tmp_path):
     bad = write_alpaca(tmp_path / "bad.jsonl", drop=(2, "output"))
     proc = run_modlab(
