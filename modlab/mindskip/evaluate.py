@@ -55,6 +55,16 @@ def evaluate_routed_lm(
         variants["static_drop"] = {"routers": False, "closed": dropped}
     else:
         m["test/ppl"], m["test/capacity"] = m["test/ppl_base"], 1.0
+    counts = list(getattr(eval_cfg, "static_drop_counts", []) or [])
+    if counts:  # the static baselines at fixed numbers of dropped attention layers (a Pareto curve)
+        similarity = attention_similarity(lm, skip, calibration_batches)
+        candidates = [i for i in range(lm.n_layer) if i not in skip.always_runs]
+        for n in counts:
+            dropped = layers_to_drop(similarity, n, candidates)
+            m[f"test/static_drop_{n}_layers"] = ",".join(map(str, dropped))
+            m[f"test/ppl_static_drop_{n}"], _ = perplexity(
+                lm, skip, test_batches, autocast, routers=False, closed=dropped
+            )
     if prompts:
         speed = measure_speed(lm, skip, prompts, eval_cfg.speed_new_tokens, variants, eval_cfg.speed_repeats, autocast)
         base = speed["base"]

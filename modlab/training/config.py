@@ -68,6 +68,9 @@ class EvalConfig:
     speed_context: int = 256  # prompt tokens (prefill)
     speed_new_tokens: int = 64  # generated tokens (decode)
     speed_repeats: int = 5  # rounds; the median is reported
+    # causal LMs: also the static LLM-Drop baselines that drop these numbers of attention layers
+    # (least important first on calibration rows): test/ppl_static_drop_<n>, test/static_drop_<n>_layers
+    static_drop_counts: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.t2i_per_category < 1:
@@ -80,6 +83,8 @@ class EvalConfig:
             raise ConfigError(
                 "eval.speed_prompts must be >= 0, speed_context and speed_repeats >= 1, speed_new_tokens >= 2"
             )
+        if any(n < 1 for n in self.static_drop_counts):
+            raise ConfigError(f"eval.static_drop_counts must be >= 1, got {list(self.static_drop_counts)}")
         if self.mmu_max_rows < 0 or self.lm_max_rows < 0 or self.ref_classifier_epochs < 1:
             raise ConfigError("eval.mmu_max_rows and eval.lm_max_rows must be >= 0, eval.ref_classifier_epochs >= 1")
 

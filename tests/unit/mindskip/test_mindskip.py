@@ -400,3 +400,24 @@ def test_generation_flops_match_torchs_flop_counter(closed):
             for t in range(2):
                 lm(prompt[:, t : t + 1], cache=cache)
         assert fc.get_total_flops() == decode
+
+
+def test_static_drop_baselines_at_fixed_counts_drop_the_least_important_layers():
+    """eval.static_drop_counts: one static LLM-Drop baseline per count, the n layers whose attention
+    turns the stream least on the calibration rows, scored on the test rows with them closed."""
+    from modlab.mindskip.evaluate import evaluate_routed_lm, perplexity
+
+    lm = native_lm().eval()
+    skip = MindSkip(lm, [])  # a base alone: nothing routed
+    torch.manual_seed(1)
+    batches = [{"ids": torch.randint(0, 256, (3, 12)), "labels": torch.randint(0, 256, (3, 12))} for _ in range(2)]
+    m = evaluate_routed_lm(lm, skip, batches, batches, [], EvalConfig(static_drop_counts=[1, 2]))
+    similarity = attention_similarity(lm, skip, batches)
+    for n in (1, 2):
+        dropped = layers_to_drop(similarity, n, list(range(lm.n_layer)))
+        assert m[f"test/static_drop_{n}_layers"] == ",".join(map(str, dropped))
+        want, _ = perplexity(lm, skip, batches, routers=False, closed=dropped)
+        assert m[f"test/ppl_static_drop_{n}"] == pytest.approx(want)
+        assert m[f"test/ppl_static_drop_{n}"] != pytest.approx(m["test/ppl_base"])
+    with pytest.raises(ConfigError, match="static_drop_counts"):
+        EvalConfig(static_drop_counts=[0])
