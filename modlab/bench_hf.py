@@ -43,9 +43,10 @@ def routed_groups(model: nn.Module, run) -> dict[int, list[tuple[int, int]]]:
 
 
 def bench_llama_config(seq: int = 1024, attn_implementation: str = "sdpa"):
-    from transformers import LlamaConfig
+    from modlab.models.hf_tiny import tiny_causal_lm_config
 
-    return LlamaConfig(
+    return tiny_causal_lm_config(
+        "llama",
         hidden_size=512,
         num_hidden_layers=4,
         num_attention_heads=8,

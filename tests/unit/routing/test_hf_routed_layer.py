@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from helpers import traced
 
 from modlab.errors import ConfigError
-from modlab.models.hf_families import HF_FAMILIES, decoder_layers
+from modlab.models.hf_families import decoder_layers
+from modlab.models.hf_tiny import tiny_causal_lm
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_routed_layer import HFRoutedLayer, apply_hf_routing, install_hf_routing
 from modlab.routing.install import routed_blocks, threshold_routing
@@ -39,23 +40,19 @@ FAMILIES = {
     "llama": ({}, None),
     "mistral": ({"sliding_window": 6}, (6, {0, 1, 2, 3})),
     "qwen2": ({}, None),
-    "qwen3": ({"head_dim": 16}, None),
-    "gemma": ({"head_dim": 16}, None),
-    "gemma2": ({"head_dim": 16, "sliding_window": 3, "layer_types": SLIDING_TYPES}, (3, {0, 2})),
-    "gemma3_text": ({"head_dim": 16, "sliding_window": 3, "layer_types": SLIDING_TYPES}, (3, {0, 2})),
+    "qwen3": ({}, None),
+    "gemma": ({}, None),
+    "gemma2": ({"sliding_window": 3, "layer_types": SLIDING_TYPES}, (3, {0, 2})),
+    "gemma3_text": ({"sliding_window": 3, "layer_types": SLIDING_TYPES}, (3, {0, 2})),
     "phi": ({}, None),
-    "phi3": ({"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}, None),
+    "phi3": ({"bos_token_id": 1, "eos_token_id": 2}, None),
 }
 LENGTHS = [T_LEN, 9, 7, 4]  # right padding
 
 
 def tiny_model(family: str, seed: int = 0):
-    """A tiny random CausalLM of `family`, fp32, eval mode, built from its config class."""
-    entry = HF_FAMILIES[family]
-    extra, _ = FAMILIES[family]
-    config = getattr(transformers, entry.config_class)(**COMMON, **extra)
-    torch.manual_seed(seed)
-    return getattr(transformers, entry.causal_lm_class)(config).eval()
+    """A tiny random CausalLM of `family`, fp32, eval mode (modlab.models.hf_tiny, at these sizes)."""
+    return tiny_causal_lm(family, seed, **COMMON, **FAMILIES[family][0]).eval()
 
 
 def window_of(family: str, layer: int) -> int | None:
