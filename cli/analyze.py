@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from modlab.analysis.jobs import JOBS
 from modlab.cli.runtime import run_dir
 from modlab.cli.schema import validate
-from modlab.errors import CheckpointError
+from modlab.errors import CheckpointError, ConfigError
 from modlab.families import family_of_checkpoint, get_family
 
 
@@ -37,10 +37,13 @@ def analyze(cfg: DictConfig) -> dict:
 
     from modlab.analysis.report import Progress, write_report
 
+    from modlab.training.trainer import resolve_precision
+
     torch.manual_seed(run.seed)
     start = time.perf_counter()
     target = family.analysis_target(loaded, run.calibration, run.seed)
-    with Progress() as progress:
+    precision = resolve_precision(run.precision, "cpu")
+    with Progress() as progress, torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
         result = job.run(run, target, progress)
     rows = {task: sum(len(batch["ids"]) for batch in parts) for task, parts in target.batches.items()}
     header = {
@@ -49,6 +52,10 @@ def analyze(cfg: DictConfig) -> dict:
         "arch": spec.name,
         "calibration": {**asdict(run.calibration), "tasks": list(target.batches), "rows": rows},
         "analysis": asdict(run.analysis),
+        "precision": precision,
         **({"model_path": run.model.path} if run.model else {}),
     }
-    return write_report(result, run_dir(), header, time.perf_counter() - start)
+    summary = write_report(result, run_dir(), header, time.perf_counter() - start)
+    if result.error:
+        raise ConfigError(f"{result.error}; the analysis' other results are in {run_dir()}/results.json")
+    return summary

@@ -145,6 +145,8 @@ class AnalyzeConfig:
     experiment_name: str = "default"
     ckpt_path: str | None = None  # a modlab checkpoint (required unless `model` is given)
     seed: int = 42
+    # auto: bf16 autocast where the CPU multiplies bf16 fast (4x fp32 here), else fp32; 32-true for exact figures
+    precision: str = "auto"
     model: ModelConfig | None = None  # model=hf_causal_lm model.path=DIR: a Hugging Face LM, no checkpoint
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -155,6 +157,8 @@ class AnalyzeConfig:
             raise ConfigError(
                 "analyze needs ckpt_path=<a modlab checkpoint> or model=hf_causal_lm model.path=<dir> (one of them)"
             )
+        if self.precision not in ("auto", "32-true", "bf16-mixed"):
+            raise ConfigError(f"precision must be auto, 32-true or bf16-mixed, got {self.precision!r}")
 
 
 @dataclass

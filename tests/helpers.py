@@ -271,3 +271,20 @@ def save_tiny_hf_showo(
         torch.save({"showo." + k: v for k, v in model.state_dict().items()}, path / "pytorch_model.bin")
         (path / "config.json").write_text(json.dumps(config.to_dict()))
     return path
+
+
+def save_tiny_bos_tokenizer(path: Path, bos: bool = True) -> Path:
+    """A byte-level tokenizer (256 byte tokens, then <bos> = 256 and <eos> = 257) saved into a tiny
+    model's directory; `bos`: it puts <bos> before every text, as Gemma's and Llama's do (Qwen2's
+    does not). Fits the vocabulary of save_tiny_hf's models (260)."""
+    from tokenizers import processors
+
+    from modlab.models.hf_tiny import byte_level_tokenizer
+
+    tok = byte_level_tokenizer([], bos_token="<bos>", eos_token="<eos>")
+    if bos:
+        tok._tokenizer.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", tok.bos_token_id)]
+        )
+    tok.save_pretrained(path)
+    return path

@@ -71,7 +71,7 @@ def calibration_batches(
                 f"the {split} split has {len(tokens)} tokens of text, fewer than one row of "
                 f"data.lm_length={data_cfg.lm_length}"
             )
-        sets["lm"] = LMRows(tokens, data_cfg.lm_length, train=False)
+        sets["lm"] = LMRows(tokens, data_cfg.lm_length, train=False, prefix=getattr(text_tokenizer, "prefix", []))
     out = {}
     for task in tasks:
         ds = sets[task]

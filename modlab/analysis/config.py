@@ -17,7 +17,9 @@ class CalibrationConfig:
     n_per_task: int = 64
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     split: str = "val"  # val | test | train (the digits split and the matching slice of the text)
-    batch_size: int = 64
+    # rows per forward: small enough that a real model's batch takes seconds (progress lines every
+    # 30 s) and its activations stay small; the figures are per row or per token, whatever the batching
+    batch_size: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -94,8 +94,11 @@ def skip_layer(
 
 
 @torch.no_grad()
-def mean_task_losses(subject: Subject, batches: dict[str, list[dict]], seed: int = 0) -> dict[str, float]:
-    """Each task's loss over its calibration batches (row-weighted), with fixed randomness."""
+def mean_task_losses(
+    subject: Subject, batches: dict[str, list[dict]], seed: int = 0, advance: Callable[[], None] | None = None
+) -> dict[str, float]:
+    """Each task's loss over its calibration batches (row-weighted), with fixed randomness;
+    `advance` is called after each batch."""
     out = {}
     for task, task_batches in batches.items():
         g = torch.Generator().manual_seed(seed)
@@ -103,6 +106,8 @@ def mean_task_losses(subject: Subject, batches: dict[str, list[dict]], seed: int
         for batch in task_batches:
             total += float(subject.task_losses(batch, g)[task]) * len(batch["ids"])
             rows += len(batch["ids"])
+            if advance:
+                advance()
         out[task] = total / rows
     return out
 
@@ -116,15 +121,14 @@ def drop_layer_importance(
 ) -> list[dict]:
     """Rows {dropped, task, loss} and {dropped, task, metric, value} for the full model
     (dropped = -1) and with each layer dropped in turn. `metrics`: name -> a callable that
-    scores the current model (e.g. MMU answer accuracy); each is run under every drop."""
+    scores the current model (e.g. MMU answer accuracy); each is run under every drop.
+    `advance` is called after each calibration batch of each pass ((n_layer + 1) x batches)."""
     out = []
     for layer in [None, *range(subject.n_layer)]:
         dropped = -1 if layer is None else layer
         with skip_layer(subject.blocks, layer, subject.returns_stream, subject.layer_returns_tuple):
-            for task, loss in mean_task_losses(subject, batches, seed).items():
+            for task, loss in mean_task_losses(subject, batches, seed, advance).items():
                 out.append({"dropped": dropped, "task": task, "metric": "loss", "value": loss})
             for name, fn in (metrics or {}).items():
                 out.append({"dropped": dropped, "task": name.split("_")[0], "metric": name, "value": float(fn())})
-        if advance:
-            advance()
     return out

@@ -150,6 +150,46 @@ def _capacities(scores: dict[tuple[str, int], float], lam: float, cfg: PlanConfi
     return out
 
 
+def lowest_reachable_ratio(
+    seq_len: dict[str, float],
+    n_layer: int,
+    cfg: PlanConfig,
+    model_cfg,
+    vocab_size: int,
+    data_cfg,
+    flops_ratio: Callable[[dict[str, dict[int, float]], dict[str, tuple[int, int]]], float] | None = None,
+    exclude_layers: frozenset[int] = frozenset(),
+) -> float:
+    """The lowest training-FLOPs ratio any plan can reach on this model and data, whatever the
+    ARank: each routed task's candidate layers (`fraction` of the allowed ones) are those whose
+    routing saves the most, all at `min_capacity`. Needs only the row lengths per task
+    (`seq_len`: mean valid tokens), so a target out of reach is refused before any computation."""
+    rows = [{"task": t, "layer": i, "arank_rel": 0.0, "seq_len": n} for t, n in seq_len.items() for i in range(n_layer)]
+    workload = training_workload(rows, data_cfg)
+    tasks = [t for t in cfg.tasks if t in workload]
+
+    def ratio(caps: dict[str, dict[int, float]]) -> float:
+        if flops_ratio is not None:
+            return flops_ratio(caps, workload)
+        return plan_flops_ratio(caps, model_cfg, vocab_size, workload)
+
+    allowed = [i for i in range(n_layer) if i not in exclude_layers]
+    n_routed = max(1, math.floor(cfg.fraction * len(allowed) + 1e-9))
+    floor: dict[str, dict[int, float]] = {}
+    for task in tasks:
+        saving = {i: ratio({task: {i: cfg.min_capacity}}) for i in allowed}  # lower = saves more
+        floor[task] = {i: cfg.min_capacity for i in sorted(allowed, key=lambda i: (saving[i], -i))[:n_routed]}
+    return ratio(floor)
+
+
+def unreachable_target_error(target: float, floor_ratio: float, cfg: PlanConfig) -> ConfigError:
+    return ConfigError(
+        f"analysis.plan.target_flops_ratio={target:g} is out of reach: with fraction={cfg.fraction:g} and "
+        f"min_capacity={cfg.min_capacity:g} the lowest training-FLOPs ratio is {floor_ratio:.3f} (raise the "
+        f"target or fraction, or lower min_capacity)"
+    )
+
+
 def plan_from_arank(
     arank_rows: list[dict],
     cfg: PlanConfig,
@@ -194,11 +234,7 @@ def plan_from_arank(
     hi = 1.0 - cfg.min_capacity + max(scores.values()) - min(scores.values()) + 1e-6  # every candidate at the floor
     floor_ratio, caps = ratio(hi)
     if target < 1.0 and floor_ratio > target * 1.02:
-        raise ConfigError(
-            f"analysis.plan.target_flops_ratio={target:g} is out of reach: with fraction={cfg.fraction:g} and "
-            f"min_capacity={cfg.min_capacity:g} the lowest training-FLOPs ratio is {floor_ratio:.3f} (raise the "
-            f"target or fraction, or lower min_capacity)"
-        )
+        raise unreachable_target_error(target, floor_ratio, cfg)
     lo, best = 0.0, (abs(floor_ratio - target), floor_ratio, caps, hi)
     for _ in range(60):  # ratio(lam) falls as lam grows: bisection on the one knob
         mid = (lo + hi) / 2

@@ -25,14 +25,21 @@ def plot_per_layer(
     title: str = "",
     layers: list[int] | None = None,
     hline: float | None = None,
+    log_panels: tuple[str, ...] | list[str] = (),
 ) -> Path:
     """One panel per key of `panels` (e.g. per task), one line per series over the layers
-    (`layers`: their indices, default 0..n-1); `hline`: a reference level (e.g. the capacity)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    (`layers`: their indices, default 0..n-1); `hline`: a reference level (e.g. the capacity);
+    `log_panels`: panels drawn on a log y axis (a perplexity: one dropped layer at 1e7 would
+    flatten every other layer to a line at zero)."""
+    n_layers = max(len(v) for series in panels.values() for v in series.values())
+    width = max(4.2, 0.3 * n_layers)  # room for one tick per layer (18 on Gemma 3 270M)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.4), squeeze=False)
     for ax, (name, series) in zip(axes[0], panels.items()):
         xs = layers or list(range(max(len(v) for v in series.values())))
         for label, values in series.items():
             ax.plot(xs[: len(values)], values, marker="o", label=label)
+        if name in log_panels:
+            ax.set_yscale("log")
         if hline is not None:
             ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
         ax.set_title(name)

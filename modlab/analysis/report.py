@@ -29,6 +29,9 @@ class JobResult:
     files: dict[str, str] = field(default_factory=dict)  # more files: {name: text}
     extra: dict = field(default_factory=dict)  # more for results.json
     notes: list[str] = field(default_factory=list)  # printed after the tables
+    # a part that failed after the rest was computed (e.g. a routing plan out of reach): the
+    # results are written all the same, then the command ends with this one-line error
+    error: str | None = None
 
 
 def fmt(v) -> str:
@@ -57,6 +60,8 @@ def write_report(result: JobResult, out: Path, header: dict, seconds: float) -> 
     }
     if result.notes:
         summary["notes"] = result.notes
+    if result.error:
+        summary["error"] = result.error
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_tables(result, out, seconds)
     return summary
@@ -82,7 +87,13 @@ def print_tables(result: JobResult, out: Path, seconds: float) -> None:
 
 
 class Progress:
-    """A rich progress bar; `task(name, total)` returns the callable that advances it by one."""
+    """A rich progress bar, and progress lines for the log file and a piped console
+    (modlab.progress); `task(name, total)` returns the callable that advances both by one."""
+
+    def __init__(self, interval_s: float | None = None):
+        from modlab.progress import INTERVAL_S, ProgressLines
+
+        self.lines = ProgressLines(INTERVAL_S if interval_s is None else interval_s)
 
     def __enter__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -96,7 +107,13 @@ class Progress:
 
     def task(self, name: str, total: int):
         tid = self.bar.add_task(name, total=total)
-        return lambda: self.bar.advance(tid)
+        line = self.lines.stage(name, total)
+
+        def advance() -> None:
+            self.bar.advance(tid)
+            line()
+
+        return advance
 
     def __exit__(self, *exc):
         return self.bar.__exit__(*exc)

@@ -24,10 +24,9 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import ConfigError
+from modlab.models.token_nll import token_nll
 from modlab.models.transformer import Block
 
 
@@ -186,13 +185,13 @@ def lm_subject(lm) -> Subject:
     from modlab.models.hf_causal_lm import HFCausalLM
 
     def run(batch: dict) -> torch.Tensor:
-        return lm(batch["ids"], valid=batch.get("valid"))
+        # the hidden states, not the logits: the hooks read the layers, and a real vocabulary's
+        # logits of a calibration batch would be its largest tensor by far
+        return lm.hidden_states(batch["ids"], valid=batch.get("valid"))
 
     def task_losses(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        logits = run(batch)
-        return {
-            "lm": F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
-        }
+        nll, count = token_nll(lm.logits_of, subject.run(batch), batch["labels"], lm.vocab_size)
+        return {"lm": nll / max(count, 1)}
 
     if isinstance(lm, HFCausalLM):
         from modlab.analysis.hf_attention import hf_attention_capture
@@ -200,7 +199,7 @@ def lm_subject(lm) -> Subject:
 
         blocks = decoder_layers(lm.hf, lm.family)
         capture = partial(hf_attention_capture, lm)
-        return Subject(
+        subject = Subject(
             lm,
             blocks,
             run,
@@ -210,4 +209,6 @@ def lm_subject(lm) -> Subject:
             layer_returns_tuple=lm.family.layer_returns_tuple,
             attention=capture,
         )
-    return Subject(lm, lm.transformer.blocks, run, task_losses)
+    else:
+        subject = Subject(lm, lm.transformer.blocks, run, task_losses)
+    return subject

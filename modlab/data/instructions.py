@@ -122,6 +122,9 @@ def eos_ids(tokenizer) -> list[int]:
 def instruction_row(tokenizer, record: Instruction, max_length: int) -> dict | None:
     """One row (ids, labels and the fields collate_rows expects); None when the cut leaves no response."""
     prompt = tokenizer.encode(prompt_text(tokenizer, record))
+    prefix = list(getattr(tokenizer, "prefix", []))  # <bos>, unless a chat template wrote it already
+    if prompt[: len(prefix)] != prefix:
+        prompt = prefix + prompt
     ids = (prompt + tokenizer.encode(record.output) + eos_ids(tokenizer))[:max_length]
     if len(ids) <= len(prompt):
         return None

@@ -58,9 +58,12 @@ def mmu_row(space: TokenSpace, codes: torch.Tensor, question: str, answer: str |
     return _row(ids, is_image, [False] * len(ids), labels, "mmu", digit)
 
 
-def lm_row(chunk: bytes) -> dict:
-    ids = list(chunk)
+def lm_row(chunk, prefix: list[int] | tuple = ()) -> dict:
+    """A text window: `prefix` (the tokenizer's special tokens before a text, e.g. <bos>) then the
+    chunk; every position predicts the next token, so with a prefix every chunk token is a label."""
+    ids = list(prefix) + list(chunk)
     labels = ids[1:] + [IGNORE_INDEX]
+    labels[: max(0, len(prefix) - 1)] = [IGNORE_INDEX] * max(0, len(prefix) - 1)
     n = len(ids)
     return _row(ids, [False] * n, [False] * n, labels, "lm", -1)
 
@@ -210,22 +213,26 @@ class SceneT2IPrompts(SceneRows):
 
 
 class LMRows(Dataset):
-    """Fixed-length byte windows of a text: random offsets when training, a tiling otherwise."""
+    """Fixed-length windows of a text (bytes or token ids): random offsets when training, a
+    tiling otherwise. Each row is `prefix` + `length - len(prefix)` tokens of text."""
 
-    def __init__(self, data: bytes, length: int, train: bool):
+    def __init__(self, data, length: int, train: bool, prefix: list[int] | tuple = ()):
+        self.span = length - len(prefix)  # text tokens per row
+        if self.span < 1:
+            raise ValueError(f"rows of {length} tokens leave no room for text after {len(prefix)} prefix tokens")
         if len(data) < length + 1:
-            raise ValueError(f"text of {len(data)} bytes is shorter than one row of {length}")
-        self.data, self.length, self.train = data, length, train
+            raise ValueError(f"text of {len(data)} tokens is shorter than one row of {length}")
+        self.data, self.length, self.train, self.prefix = data, length, train, list(prefix)
 
     def __len__(self) -> int:
-        return len(self.data) // self.length
+        return len(self.data) // self.span
 
     def __getitem__(self, i: int) -> dict:
         if self.train:
-            start = int(torch.randint(0, len(self.data) - self.length, ()))
+            start = int(torch.randint(0, len(self.data) - self.span, ()))
         else:
-            start = i * self.length
-        return lm_row(self.data[start : start + self.length])
+            start = i * self.span
+        return lm_row(self.data[start : start + self.span], self.prefix)
 
 
 def collate_rows(rows: list[dict], pad_id: int) -> dict:

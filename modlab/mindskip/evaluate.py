@@ -6,23 +6,23 @@ beside the FLOPs-predicted speed-up."""
 from __future__ import annotations
 
 import torch
-from torchmetrics.text import Perplexity
 
-from modlab.data.tokens import IGNORE_INDEX
+from modlab.evaluation.perplexity import TokenPerplexity
 from modlab.mindskip.inference import measure_speed
 from modlab.mindskip.static_drop import attention_similarity, layers_to_drop
+from modlab.models.token_nll import token_nll
 
 
 @torch.no_grad()
 def perplexity(lm, skip, batches, autocast: bool = False, **variant) -> tuple[float, float]:
     """(perplexity, mean capacity over the routed layers) of one variant on `batches`."""
-    ppl = Perplexity(ignore_index=IGNORE_INDEX)
+    ppl = TokenPerplexity()
     caps = []
     with skip.variant(**variant), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         for b in batches:
             with skip.context(valid=b.get("valid")):
-                logits = lm(b["ids"], valid=b.get("valid"))
-            ppl.update(logits.float(), b["labels"])
+                h = lm.hidden_states(b["ids"], valid=b.get("valid"))
+            ppl.update(*token_nll(lm.logits_of, h, b["labels"], lm.vocab_size))
             caps.append(float(skip.capacity()))
     return float(ppl.compute()), sum(caps) / len(caps)
 

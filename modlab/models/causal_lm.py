@@ -92,17 +92,28 @@ class CausalLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def hidden_states(self, ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The final (normalised) hidden states (B, T, d) of a full forward; `logits_of` maps them
+        to logits (modlab.models.token_nll computes the loss a chunk of tokens at a time)."""
+        return self._run(ids, valid, None, head=False)
+
+    def logits_of(self, h: torch.Tensor) -> torch.Tensor:
+        return self.transformer.head(h)
+
     def forward(
         self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> torch.Tensor:
         """Logits (B, T, vocab). With a cache, `ids` continue the cached tokens (no padding);
         without one, `valid` (B, T) marks real tokens (right padding)."""
+        return self._run(ids, valid, cache)
+
+    def _run(self, ids, valid, cache: KVCache | None, head: bool = True) -> torch.Tensor:
         B, T = ids.shape
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + T, device=ids.device).expand(B, T)
         # with a cache the mask is among the new tokens only: they see every cached entry too
         valid = valid if valid is not None and cache is None else torch.ones_like(ids, dtype=torch.bool)
-        logits = self.transformer(ids, causal_mask(valid), positions, cache=cache)
+        out = self.transformer(ids, causal_mask(valid), positions, cache=cache, head=head)
         if cache is not None:
             cache.length += T
-        return logits
+        return out

@@ -88,6 +88,19 @@ class HFCausalLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def hidden_states(self, ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The final (normalised) hidden states (B, T, d) of a full forward, without the output
+        head: with a real vocabulary the logits of a batch are its largest tensor, so losses
+        apply `logits_of` a chunk of tokens at a time (modlab.models.token_nll)."""
+        mask = valid.long() if valid is not None else None
+        return self.hf.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    def logits_of(self, h: torch.Tensor) -> torch.Tensor:
+        """The model's own head on hidden states, with its final soft-capping (Gemma 2)."""
+        logits = self.hf.get_output_embeddings()(h)
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def forward(
         self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: HFCache | None = None
     ) -> torch.Tensor:

@@ -164,10 +164,12 @@ class Transformer(nn.Module):
         extra_embed: torch.Tensor | None = None,
         route=None,
         cache: KVCache | None = None,
+        head: bool = True,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab). `extra_embed` (B, T, d) is added to the token embeddings;
-        `route` (a RouteInfo) is handed to every block for routed ones; with a `cache` the tokens
-        continue the cached ones (then `attn_mask` is among this call's tokens only)."""
+        """Logits (B, T, vocab); `head=False`: the final hidden states (B, T, d). `extra_embed`
+        (B, T, d) is added to the token embeddings; `route` (a RouteInfo) is handed to every block
+        for routed ones; with a `cache` the tokens continue the cached ones (then `attn_mask` is
+        among this call's tokens only)."""
         if positions is None:
             positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         x = self.embed(ids)
@@ -175,4 +177,4 @@ class Transformer(nn.Module):
             x = x + extra_embed
         for i, block in enumerate(self.blocks):
             x = x + block(x, positions, attn_mask, route, cache=cache.layers[i] if cache is not None else None)
-        return self.head(self.norm(x))
+        return self.head(self.norm(x)) if head else self.norm(x)

@@ -8,48 +8,30 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, RichModelSummary
 
-log = logging.getLogger("modlab.progress")
+from modlab.progress import ProgressLines, format_duration, install_terminal_filter, log
 
-
-class _TerminalFilter(logging.Filter):
-    """Keeps progress lines off a console that is a terminal (the rich bar shows progress there);
-    file handlers always get them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == log.name and sys.stdout.isatty())
-
-
-def _install_terminal_filter() -> None:
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            if not any(isinstance(f, _TerminalFilter) for f in handler.filters):
-                handler.addFilter(_TerminalFilter())
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+# what the run must show on any console (the progress logger's lines stay off a terminal)
+notice = logging.getLogger("modlab")
 
 
 class ProgressLog(Callback):
     """Every `interval_s` seconds of training (and at the last step): one line with the step, the
     training loss, steps per second and the time left, through the `modlab.progress` logger (the
-    run's log file; the console only where it is not a terminal)."""
+    run's log file; the console only where it is not a terminal). Validation and test loops get
+    the same lines (batch k of n, time left): a real model's evaluation can take many minutes."""
 
     def __init__(self, interval_s: float = 30.0):
         self.interval_s = interval_s
+        self.lines = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        _install_terminal_filter()
+        install_terminal_filter()
         self.start = self.last = time.perf_counter()
         self.first_step = trainer.global_step
 
@@ -71,6 +53,32 @@ class ProgressLog(Callback):
                 format_duration(now - self.start),
                 format_duration(left),
             )
+
+    def _loop_start(self, trainer, name: str, batches) -> None:
+        total = int(sum(batches)) if isinstance(batches, (list, tuple)) else int(batches)
+        if trainer.is_global_zero and math.isfinite(total) and total > 0:
+            self.lines = self.lines or ProgressLines(self.interval_s)
+            self.advance = self.lines.stage(name, total)
+        else:
+            self.advance = None
+
+    def _loop_step(self) -> None:
+        if self.advance is not None:
+            self.advance()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._loop_start(trainer, f"validation at step {trainer.global_step}", trainer.num_val_batches)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            self._loop_step()
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._loop_start(trainer, "test batch", trainer.num_test_batches)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._loop_step()
 
 
 class ParamSummary(RichModelSummary):
@@ -130,7 +138,7 @@ class PreemptionCheckpoint(Callback):
 
     def _on_signal(self, signum, frame) -> None:
         if not self.requested:
-            log.warning("%s: stopping at the end of this step to save a checkpoint", signal.Signals(signum).name)
+            notice.warning("%s: stopping at the end of this step to save a checkpoint", signal.Signals(signum).name)
         self.requested = True
         os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler, installed for the fit, marks the stop
 
@@ -157,7 +165,7 @@ class PreemptionCheckpoint(Callback):
     def _save(self, trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
         if trainer.is_global_zero:
-            log.warning("saved %s at step %d", self.path, trainer.global_step)
+            notice.warning("saved %s at step %d", self.path, trainer.global_step)
 
     def _restore(self):
         previous, self._previous = self._previous, None

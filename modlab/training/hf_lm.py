@@ -29,11 +29,11 @@ from dataclasses import asdict
 
 import torch
 from torchmetrics import MeanMetric
-from torchmetrics.text import Perplexity
 
-from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError, ConfigError
+from modlab.evaluation.perplexity import TokenPerplexity
 from modlab.models.hf_families import decoder_layers
+from modlab.models.token_nll import token_nll
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_flops import forward_flops, train_step_flops
 from modlab.routing.hf_routed_layer import HFRouting, apply_hf_routing
@@ -114,10 +114,7 @@ class HFLMModule(LMModule):
                     layer.predictor.requires_grad_(True)
             self.strict_loading = False  # its checkpoints hold the routers only
         self.flops_routed, self.flops_dense = MeanMetric(), MeanMetric()
-        self.test_ppl_topk, self.test_ppl_dense = (
-            Perplexity(ignore_index=IGNORE_INDEX),
-            Perplexity(ignore_index=IGNORE_INDEX),
-        )
+        self.test_ppl_topk, self.test_ppl_dense = TokenPerplexity(), TokenPerplexity()
         self.test_flops_ratio = MeanMetric()
         self.last_trace = None  # the routing trace of the last losses() forward
 
@@ -155,6 +152,12 @@ class HFLMModule(LMModule):
             return super().forward_logits(batch, routers)
         with self.routing.inputs(valid=batch.get("valid")):
             return self.lm(batch["ids"], valid=batch.get("valid"))
+
+    def forward_hidden(self, batch: dict, routers: bool = True) -> torch.Tensor:
+        if self.routing is None:
+            return super().forward_hidden(batch, routers)
+        with self.routing.inputs(valid=batch.get("valid")):
+            return self.lm.hidden_states(batch["ids"], valid=batch.get("valid"))
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """LMModule's losses; for a token-routed model also the causal decision's loss (and its
@@ -222,19 +225,20 @@ class HFLMModule(LMModule):
         valid = batch.get("valid")
         n_valid = float(valid.sum()) if valid is not None else float(B * T)
         with threshold_routing(self.lm), record_routing(self.lm) as trace:
-            logits = self.forward_logits(batch)
+            nll = self.nll(batch)
         kept = sum(float(r.selected.sum()) for r in trace.records)
-        self.test_ppl.update(logits.float(), batch["labels"])
+        self.test_ppl.update(*nll)
         self.log("test/ppl", self.test_ppl)
         self.test_capacity.update(kept / (n_valid * len(self.routing.layers)), weight=n_valid)
         self.log("test/capacity", self.test_capacity)
         groups = trace.flops_groups()[0]
         self.test_flops_ratio.update(forward_flops(self.lm.hf, B, T, groups) / forward_flops(self.lm.hf, B, T))
         self.log("test/flops_ratio", self.test_flops_ratio)
-        self.test_ppl_topk.update(self.forward_logits(batch).float(), batch["labels"])
+        self.test_ppl_topk.update(*self.nll(batch))
         self.log("test/ppl_topk", self.test_ppl_topk)
         with unrouted(self.routing):
-            self.test_ppl_dense.update(self.lm(batch["ids"], valid=valid).float(), batch["labels"])
+            h = self.lm.hidden_states(batch["ids"], valid=valid)
+        self.test_ppl_dense.update(*token_nll(self.lm.logits_of, h, batch["labels"], self.lm.vocab_size))
         self.log("test/ppl_dense", self.test_ppl_dense)
 
 

@@ -24,14 +24,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
-from torchmetrics.text import Perplexity
 
 from modlab.data.config import DataConfig
-from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError
+from modlab.evaluation.perplexity import TokenPerplexity
 from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
 from modlab.models.config import ModelConfig
+from modlab.models.token_nll import token_nll
 from modlab.training.checkpoint import LM_KIND, build_lm, load_lm_weights, module_hparams, read_lm_checkpoint
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.optim import adamw_warmup_cosine
@@ -68,7 +68,7 @@ class LMModule(L.LightningModule):
             layers = s.routed_layers(self.lm.n_layer, getattr(self.lm, "always_runs", frozenset()))
             self.skip = MindSkip(self.lm, layers, s.granularity, s.threshold)
             self.strict_loading = False  # router-tuning checkpoints hold the routers only
-        self.test_ppl, self.test_ppl_base = Perplexity(ignore_index=IGNORE_INDEX), Perplexity(ignore_index=IGNORE_INDEX)
+        self.test_ppl, self.test_ppl_base = TokenPerplexity(), TokenPerplexity()
         self.test_capacity, self.val_loss = MeanMetric(), MeanMetric()
 
     @classmethod
@@ -119,10 +119,23 @@ class LMModule(L.LightningModule):
         with self.skip.variant(routers=routers), self.skip.context(valid=valid):
             return self.lm(batch["ids"], valid=valid)
 
+    def forward_hidden(self, batch: dict, routers: bool = True) -> torch.Tensor:
+        """forward_logits without the output head: the final hidden states (B, T, d)."""
+        valid = batch.get("valid")
+        if self.skip is None:
+            return self.lm.hidden_states(batch["ids"], valid=valid)
+        with self.skip.variant(routers=routers), self.skip.context(valid=valid):
+            return self.lm.hidden_states(batch["ids"], valid=valid)
+
+    def nll(self, batch: dict, routers: bool = True) -> tuple[torch.Tensor, int]:
+        """(summed next-token NLL over the labelled tokens, their count), the head applied a chunk
+        of tokens at a time (a 262k vocabulary never holds a batch's logits at once)."""
+        return token_nll(self.lm.logits_of, self.forward_hidden(batch, routers), batch["labels"], self.lm.vocab_size)
+
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """LM loss, and for Router-Tuning the capacity and its penalty; `loss` is their sum."""
-        logits = self.forward_logits(batch)
-        lm_loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        nll, count = self.nll(batch)
+        lm_loss = nll / max(count, 1)
         out = {"loss": lm_loss, "lm_loss": lm_loss}
         if self.skip is not None:
             s = self.skip_cfg
@@ -157,13 +170,12 @@ class LMModule(L.LightningModule):
     # ---- test -----------------------------------------------------------------------------------
 
     def test_step(self, batch: dict, batch_idx: int):
-        logits = self.forward_logits(batch)
-        self.test_ppl.update(logits.float(), batch["labels"])
+        self.test_ppl.update(*self.nll(batch))
         self.log("test/ppl", self.test_ppl)
         if self.skip is not None:
             self.test_capacity.update(self.skip.capacity())
             self.log("test/capacity", self.test_capacity)
-            self.test_ppl_base.update(self.forward_logits(batch, routers=False).float(), batch["labels"])
+            self.test_ppl_base.update(*self.nll(batch, routers=False))
             self.log("test/ppl_base", self.test_ppl_base)
 
 

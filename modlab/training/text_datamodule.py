@@ -33,6 +33,7 @@ class TextDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, eval_cfg: EvalConfig, tokenizer):
         super().__init__()
         self.cfg, self.eval_cfg, self.tokenizer = cfg, eval_cfg, tokenizer
+        self.prefix = list(getattr(tokenizer, "prefix", []))  # e.g. <bos>: rows start as the model expects
         self.rows: dict[str, list[dict]] | None = None  # instruction rows (data.lm_format=alpaca)
         if cfg.lm_format == "alpaca":
             from modlab.data.instructions import instruction_splits
@@ -60,7 +61,7 @@ class TextDataModule(L.LightningDataModule):
         if self.rows is not None:
             rows = ListRows(self.rows[split])
         else:
-            rows = LMRows(self.tokens[split], self.cfg.lm_length, train=False)
+            rows = LMRows(self.tokens[split], self.cfg.lm_length, train=False, prefix=self.prefix)
         return Subset(rows, spread(len(rows), n)) if n else rows
 
     def _loader(self, ds, batch_size: int, shuffle: bool) -> DataLoader:
@@ -86,7 +87,7 @@ class TextDataModule(L.LightningDataModule):
         if self.cfg.lm_train_rows or self.rows is not None:  # Router-Tuning's small fixed set; instructions
             ds = self.windows("train", self.cfg.lm_train_rows)
         else:  # pretraining: a random window each time
-            ds = LMRows(self.tokens["train"], self.cfg.lm_length, train=True)
+            ds = LMRows(self.tokens["train"], self.cfg.lm_length, train=True, prefix=self.prefix)
         return self._loader(ds, min(self.batch_size, len(ds)), True)
 
     def val_dataloader(self):
@@ -104,7 +105,7 @@ class TextDataModule(L.LightningDataModule):
         text if it is short)."""
         import torch
 
-        toks = list(self.tokens["test"])
-        while len(toks) < n * length:
+        toks, span = list(self.tokens["test"]), length - len(self.prefix)
+        while len(toks) < n * span:
             toks = toks + toks
-        return [torch.tensor(toks[i * length : (i + 1) * length])[None] for i in range(n)]
+        return [torch.tensor(self.prefix + toks[i * span : (i + 1) * span])[None] for i in range(n)]

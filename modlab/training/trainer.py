@@ -13,17 +13,32 @@ from modlab.errors import CheckpointError, ConfigError
 log = logging.getLogger("modlab")
 
 
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). oneDNN *runs* bf16 on
+    any AVX512 CPU (`torch.ops.mkldnn._is_mkldnn_bf16_supported()` says yes), but without these
+    units it emulates it: measured on an AVX512 Xeon without them, a 2048^2 bf16 matmul took 3.3x
+    the fp32 one and a Gemma 3 270M forward under bf16 autocast 2.4x. Where the flags cannot be
+    read (not Linux), oneDNN's answer stands."""
+    try:
+        with open(cpuinfo) as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """`auto`: bf16 autocast where the hardware multiplies bf16 fast, else full fp32."""
     if precision != "auto":
         return precision
     if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    try:
-        fast_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        fast_bf16 = False
-    return "bf16-mixed" if fast_bf16 else "32-true"
+    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
 def build_trainer(
@@ -44,6 +59,7 @@ def build_trainer(
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
+    from modlab.progress import INTERVAL_S as PROGRESS_INTERVAL_S
     from modlab.training.callbacks import ParamSummary, PreemptionCheckpoint, ProgressLog
     from modlab.training.checkpoint_io import AtomicCheckpointIO
 
@@ -51,9 +67,10 @@ def build_trainer(
     callbacks = []
     if cb is None or cb.progress_bar:
         callbacks.append(RichProgressBar(leave=True))
+    interval = cb.progress_interval_s if cb is not None else PROGRESS_INTERVAL_S
+    if interval > 0:  # evaluation too: a real model's test loop can run for many minutes
+        callbacks.append(ProgressLog(interval))
     if training and cb is not None:
-        if cb.progress_interval_s > 0:
-            callbacks.append(ProgressLog(cb.progress_interval_s))
         if cb.model_summary:
             callbacks.append(ParamSummary(max_depth=2))
         if cb.checkpoint and not t.fast_dev_run:

@@ -164,7 +164,11 @@ def test_analyze_bad_input_is_one_line_and_exit_2(tiny_ckpt: Path, tmp_path: Pat
 
 def test_lm_importance_and_redundancy(lm_pretrained: Path, tmp_path: Path):
     proc, run, results = run_analysis(
-        "importance", f"ckpt_path={lm_pretrained}", "calibration.n_per_task=6", out_dir=tmp_path / "i"
+        "importance",
+        f"ckpt_path={lm_pretrained}",
+        "calibration.n_per_task=6",
+        "precision=32-true",
+        out_dir=tmp_path / "i",
     )
     assert run.parts[-3:-1] == ("importance", "lm_pretrain")
     assert (

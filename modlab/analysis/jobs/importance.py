@@ -38,7 +38,11 @@ def run(c, target, progress) -> JobResult:
         if imp.metrics and tasks and target.task_metrics is not None:
             metrics = target.task_metrics(imp, tasks)
         drop = drop_layer_importance(
-            subject, batches, metrics, seed=c.seed, advance=progress.task("drop one layer", L + 1)
+            subject,
+            batches,
+            metrics,
+            seed=c.seed,
+            advance=progress.task("drop one layer (batches)", (L + 1) * sum(map(len, batches.values()))),
         )
         # a causal LM's metric is its perplexity
         drop += [
@@ -57,7 +61,12 @@ def run(c, target, progress) -> JobResult:
             PlotSpec(
                 "per_layer",
                 "drop_layer.png",
-                {"panels": panels, "ylabel": "value", "title": "drop one layer at evaluation"},
+                {
+                    "panels": panels,
+                    "ylabel": "value",
+                    "title": "drop one layer at evaluation",
+                    "log_panels": [name for name in panels if name.endswith(("ppl", "loss"))],
+                },
             )
         )
         rows = [["none" if d < 0 else d, *[fmt(got[(d, t, m)]) for t, m in names]] for d in range(-1, L)]

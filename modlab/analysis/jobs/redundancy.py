@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from modlab.analysis.report import JobResult, PlotSpec
+from modlab.errors import ConfigError
 
 PLAN_FILE = "routing_plan.yaml"
 
@@ -16,6 +17,8 @@ def run(c, target, progress) -> JobResult:
     subject, batches = target.subject, target.batches
     a, p = c.analysis.arank, c.analysis.plan
     L = subject.n_layer
+    if target.plan is not None and p.write:
+        refuse_unreachable_target(c, target)
     rows = arank_analysis(
         subject, batches, a.rtol, a.kind, progress.task(f"ARank ({a.kind})", sum(map(len, batches.values())))
     )
@@ -41,8 +44,44 @@ def run(c, target, progress) -> JobResult:
     if target.plan is None:
         result.notes.append(target.info.get("routing_plan_skipped", "this model gets no routing plan"))
     elif p.write:
-        add_plan(c, target, rows, series, result, progress)
+        try:
+            add_plan(c, target, rows, series, result, progress)
+        except ConfigError as e:  # the ARank results are written all the same; the error follows them
+            result.error = str(e)
     return result
+
+
+def _plan_spec_config(c, target):
+    p = c.analysis.plan
+    return replace(p, tasks=list(target.plan.tasks)) if target.plan.tasks is not None else p
+
+
+def refuse_unreachable_target(c, target) -> None:
+    """A FLOPs target that no plan can reach on this model's shape and data is a one-line error
+    before any computation (the lowest reachable ratio needs only the calibration rows' lengths)."""
+    import torch
+
+    from modlab.analysis.plan_from_arank import lowest_reachable_ratio, unreachable_target_error
+
+    spec, p = target.plan, _plan_spec_config(c, target)
+    if p.target_flops_ratio >= 1.0:
+        return
+    seq_len = {}
+    for task, parts in target.batches.items():
+        counts = [b["valid"].sum(1) if "valid" in b else torch.full((len(b["ids"]),), b["ids"].shape[1]) for b in parts]
+        seq_len[task] = float(torch.cat(counts).double().mean())
+    floor = lowest_reachable_ratio(
+        seq_len,
+        target.subject.n_layer,
+        p,
+        spec.model_cfg,
+        spec.vocab_size,
+        spec.data_cfg,
+        flops_ratio=spec.flops_ratio,
+        exclude_layers=spec.exclude_layers,
+    )
+    if floor > p.target_flops_ratio * 1.02:  # the tolerance plan_from_arank allows
+        raise unreachable_target_error(p.target_flops_ratio, floor, p)
 
 
 def add_plan(c, target, rows: list[dict], series: dict, result: JobResult, progress) -> None:
@@ -72,8 +111,7 @@ def add_plan(c, target, rows: list[dict], series: dict, result: JobResult, progr
         "calibration_rows": c.calibration.n_per_task,
     }
     spec = target.plan
-    if spec.tasks is not None:
-        p = replace(p, tasks=list(spec.tasks))
+    p = _plan_spec_config(c, target)
     plan = plan_from_arank(
         rows,
         p,
