@@ -120,7 +120,7 @@ class PreemptionCheckpoint(Callback):
     before training: submitit's requeue, or, without one, the default action (the process ends, as
     it would have without modlab, only after the checkpoint)."""
 
-    SIGNAL = signal.SIGUSR2
+    SIGNAL = getattr(signal, "SIGUSR2", None)  # none on Windows
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -128,7 +128,7 @@ class PreemptionCheckpoint(Callback):
         self._previous = None  # the signal's handler before training; None while not installed
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if self.SIGNAL is None or threading.current_thread() is not threading.main_thread():
             return  # Python sets signal handlers in the main thread only
         previous = signal.getsignal(self.SIGNAL)
         if previous is None or previous == signal.SIG_IGN:
@@ -154,7 +154,8 @@ class PreemptionCheckpoint(Callback):
             self._hand_on()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.requested and self._previous is not None:  # arrived during the last step: nothing stopped
+        # arrived during the last step: nothing stopped (every process is here: a collective is safe)
+        if self._previous is not None and trainer.strategy.broadcast(self.requested, src=0):
             self._save(trainer)
             self._hand_on()
         self._restore()
