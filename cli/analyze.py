@@ -36,7 +36,6 @@ def analyze(cfg: DictConfig) -> dict:
     import torch
 
     from modlab.analysis.report import Progress, write_report
-
     from modlab.training.trainer import resolve_precision
 
     torch.manual_seed(run.seed)

@@ -24,3 +24,16 @@ def lm_pretrained(tmp_path_factory) -> Path:
     m = json.loads((run / "metrics.json").read_text())
     assert 1.0 < m["test/ppl"] < 300 and m["params"] == m["params_trained"]
     return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def real_lm() -> Path:
+    """The real model's directory (tests marked `real`); they skip until `make real-lm` made it."""
+    from helpers import real_lm_dir
+
+    directory = real_lm_dir()
+    if directory is None:
+        from modlab.real_lm import real_lm_dir as made_at
+
+        pytest.skip(f"the real model is not made ({made_at()}): run `make real-lm`")
+    return directory

@@ -84,15 +84,16 @@ def composed(config_name: str, overrides: list[str], out_dir: Path):
     return cfg
 
 
-def save_tiny_hf(path: Path, family: str = "llama", n_layer: int = 4, seed: int = 0) -> Path:
+def save_tiny_hf(path: Path, family: str = "llama", n_layer: int = 4, seed: int = 0, vocab_size: int = 260) -> Path:
     """A tiny random Hugging Face causal LM of any family in modlab.models.hf_families
-    (modlab.models.hf_tiny's sizes: a byte-level vocabulary), saved with save_pretrained."""
+    (modlab.models.hf_tiny's sizes), saved with save_pretrained (byte-level text without a
+    tokenizer needs a vocabulary of 256 to 512)."""
     from transformers.utils import logging
 
     from modlab.models.hf_tiny import tiny_causal_lm
 
     logging.disable_progress_bar()
-    tiny_causal_lm(family, seed, num_hidden_layers=n_layer).save_pretrained(path)
+    tiny_causal_lm(family, seed, num_hidden_layers=n_layer, vocab_size=vocab_size).save_pretrained(path)
     return path
 
 
@@ -288,3 +289,91 @@ def save_tiny_bos_tokenizer(path: Path, bos: bool = True) -> Path:
         )
     tok.save_pretrained(path)
     return path
+
+
+def reference_perplexity(hf_model, tokenizer, windows: list[list[int]]) -> float:
+    """transformers' own perplexity (the outside reference for modlab's): each window of text
+    tokens with the special token its tokenizer puts before a text (<bos> where `tokenizer("x")`
+    starts with it), the loss computed by the model itself from `labels=`, weighted by tokens."""
+    import math
+
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][0] == bos
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            ids = torch.tensor([([bos] if adds_bos else []) + list(w)])
+            loss = hf_model(input_ids=ids, labels=ids).loss  # mean over ids.shape[1] - 1 predictions
+            total += float(loss) * (ids.shape[1] - 1)
+            count += ids.shape[1] - 1
+    return math.exp(total / count)
+
+
+def text_windows(dm) -> list[list[int]]:
+    """The text tokens of each test row of a TextDataModule (its special prefix removed)."""
+    out = []
+    for batch in dm.test_dataloader():
+        for ids, valid in zip(batch["ids"], batch["valid"]):
+            out.append(ids[valid][len(dm.prefix) :].tolist())
+    return out
+
+
+def write_tiny_gguf(path: Path, arch: str = "llama", n_layer: int = 2, seed: int = 0) -> Path:
+    """A tiny random GGUF file (float32 tensors, llama.cpp's tensor names) with a byte-level
+    tokenizer of 256 byte tokens and <eos>, written with the gguf package. `arch` other than llama
+    writes the same tensors under another architecture's name (for the errors)."""
+    import numpy as np
+    from gguf import GGUFWriter
+    from tokenizers import pre_tokenizers
+
+    d, n_head, n_kv, ff = 32, 4, 2, 64
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["<eos>"]
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(n_layer)
+    w.add_context_length(64)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * 256 + [3])
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_merges([])
+    w.add_eos_token_id(256)
+    w.add_bos_token_id(256)
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    tensor("token_embd.weight", len(tokens), d)
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
+        tensor(f"blk.{i}.attn_q.weight", d, d)
+        tensor(f"blk.{i}.attn_k.weight", n_kv * d // n_head, d)
+        tensor(f"blk.{i}.attn_v.weight", n_kv * d // n_head, d)
+        tensor(f"blk.{i}.attn_output.weight", d, d)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
+        tensor(f"blk.{i}.ffn_gate.weight", ff, d)
+        tensor(f"blk.{i}.ffn_up.weight", ff, d)
+        tensor(f"blk.{i}.ffn_down.weight", d, ff)
+    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    tensor("output.weight", len(tokens), d)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def real_lm_dir() -> Path | None:
+    """The real model's directory (`make real-lm`: Gemma 3 270M in $MODLAB_CACHE), or None until
+    it is made (its marker file is written last)."""
+    from modlab.real_lm import MARKER
+    from modlab.real_lm import real_lm_dir as made_at
+
+    directory = made_at()
+    return directory if (directory / MARKER).is_file() else None

@@ -3,25 +3,33 @@ Gemma 1/2/3, Phi, Phi-3) from a local directory, behind the interface of modlab'
 MindSkip, Router-Tuning, token routing and the evaluation treat both alike.
 
 Nothing is downloaded: `model.path` must be a directory written by `save_pretrained`. The text
-is tokenized with the directory's tokenizer when it ships one, else as UTF-8 bytes (ids 0..255,
-which tiny test models built from a config object use).
+is tokenized with the directory's tokenizer; a directory without one is read as UTF-8 bytes (ids
+0..255) only when its vocabulary is byte-sized (at most BYTE_LEVEL_MAX_VOCAB ids: the bytes and
+some special ids, as tiny test models built from a config object have), since a real model's
+large vocabulary on byte ids would train without complaint on the wrong tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
 from modlab.data.text_tokenizer import ByteTokenizer, HFTokenizer
 from modlab.errors import CheckpointError, ConfigError
 from modlab.models.causal_lm import TokenFlops
 from modlab.models.hf_families import HF_FAMILIES, decoder_layers, hf_family
+from modlab.models.memory_fit import check_fits_memory, parameter_count
+from modlab.models.weight_files import check_weight_files
 
 SUPPORTED = tuple(HF_FAMILIES)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+# a vocabulary this small is bytes (256) plus special ids: text without a tokenizer is UTF-8 bytes
+BYTE_LEVEL_MAX_VOCAB = 512
 
 
 @dataclass
@@ -150,6 +158,12 @@ def load_hf_causal_lm(path: str, dtype: str = "float32") -> tuple[HFCausalLM, By
     every way a directory can be wrong is a one-line ConfigError / CheckpointError."""
     p = Path(path)
     if not (p / "config.json").is_file():
+        gguf = [p] if p.suffix == ".gguf" and p.is_file() else sorted(p.glob("*.gguf")) if p.is_dir() else []
+        if gguf:
+            raise ConfigError(
+                f"model.path '{path}' holds a GGUF file: make it a transformers directory first "
+                f"(python -m modlab.real_lm --gguf {gguf[0]}, docs/real_lm.md)"
+            )
         raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -166,24 +180,52 @@ def load_hf_causal_lm(path: str, dtype: str = "float32") -> tuple[HFCausalLM, By
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its weight-loading bar would break one-line errors on stderr
+    tokenizer = load_tokenizer(p, config.vocab_size)
+    files = check_weight_files(p)
+    torch_dtype = TORCH_DTYPES.get(resolve_dtype(dtype, None))
+    if torch_dtype is None:
+        raise ConfigError(f"model.dtype '{dtype}' is unknown: float32, bfloat16 or auto")
+    check_fits_memory(parameter_count(config), torch_dtype, f"model.path '{path}'")
     try:
-        torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, None)]
         try:
             model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype, attn_implementation="sdpa")
         except ValueError as e:  # a family without SDPA support (Gemma 2: attention logit soft-capping)
             if "attention implementation" not in str(e):
                 raise
             model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype, attn_implementation="eager")
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise CheckpointError(f"model.path '{path}': the weights could not be loaded ({type(e).__name__})") from None
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, UnpicklingError) as e:
+        raise CheckpointError(
+            f"model.path '{path}': the weights in {', '.join(f.name for f in files)} could not be loaded "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
+    return HFCausalLM(model.eval(), str(p.resolve())), tokenizer
+
+
+def load_tokenizer(p: Path, vocab_size: int) -> ByteTokenizer | HFTokenizer:
+    """The directory's tokenizer; UTF-8 bytes where it has none and the vocabulary is byte-sized.
+    A missing tokenizer of a larger vocabulary, or one with no vocabulary file (transformers then
+    builds a tokenizer of only its special tokens from tokenizer_config.json), is a ConfigError."""
+    wanted = "tokenizer.json or tokenizer.model (save the tokenizer with the model: tokenizer.save_pretrained(DIR))"
     if any((p / f).is_file() for f in TOKENIZER_FILES):
         from transformers import AutoTokenizer
 
-        tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(p))
-    else:
-        tokenizer = ByteTokenizer()
-        if config.vocab_size < tokenizer.vocab_size:
+        try:
+            tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(p))
+        except (OSError, ValueError, TypeError, KeyError) as e:
             raise ConfigError(
-                f"model.path '{path}' has no tokenizer and a vocabulary of {config.vocab_size} < 256 bytes"
+                f"model.path '{p}': its tokenizer could not be loaded ({type(e).__name__}): {wanted}"
+            ) from None
+        if tokenizer.vocab_size < ByteTokenizer.vocab_size < vocab_size:
+            raise ConfigError(
+                f"model.path '{p}': its tokenizer has only {tokenizer.vocab_size} tokens for a vocabulary of "
+                f"{vocab_size}: the vocabulary file is missing, {wanted}"
             )
-    return HFCausalLM(model.eval(), str(p.resolve())), tokenizer
+        return tokenizer
+    if vocab_size < ByteTokenizer.vocab_size:
+        raise ConfigError(f"model.path '{p}' has no tokenizer and a vocabulary of {vocab_size} < 256 bytes")
+    if vocab_size > BYTE_LEVEL_MAX_VOCAB:
+        raise ConfigError(
+            f"model.path '{p}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}) and a vocabulary of "
+            f"{vocab_size}, too large for UTF-8 bytes: add {wanted}"
+        )
+    return ByteTokenizer()

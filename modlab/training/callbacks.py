@@ -67,12 +67,13 @@ class ProgressLog(Callback):
             self.advance()
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
+        if trainer.sanity_checking:
+            self._loop_start(trainer, "validation sanity check", trainer.num_sanity_val_batches)
+        else:
             self._loop_start(trainer, f"validation at step {trainer.global_step}", trainer.num_val_batches)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.sanity_checking:
-            self._loop_step()
+        self._loop_step()
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._loop_start(trainer, "test batch", trainer.num_test_batches)

@@ -22,7 +22,7 @@ def test_there_are_experiments():
 # experiments on a Hugging Face model directory (model.path=DIR): a tiny random one of the kind
 # they load (hf_mod: a causal LM; hf_<family>_*: that unified family, e.g. hf_emu3_unimod)
 def hf_kind(name: str) -> str | None:
-    if name == "hf_mod":
+    if name in ("hf_mod", "hf_router_tuning"):  # causal LMs
         return "llama"
     return name.split("_")[1] if name.startswith("hf_") else None
 
@@ -59,6 +59,8 @@ def test_experiment_validates_and_debug_profile_wins(name, tmp_path, request):
 
 # experiments that fine-tune a pretrained LM: the extra overrides they need (debug=tiny has 4 layers)
 NEEDS_LM_BASE = {"lm_router_tuning": ["mindskip.n_routed=2"]}
+# ... and those sized for a real model's depth
+TINY_DEPTH = {"hf_router_tuning": ["mindskip.n_routed=2"]}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_experiment_trains_a_few_steps(name, tmp_path, request):
     from modlab.cli.train import train
 
     extra = [f"init_from={request.getfixturevalue('lm_base')}", *NEEDS_LM_BASE[name]] if name in NEEDS_LM_BASE else []
-    extra += hf_args(name, request)
+    extra += hf_args(name, request) + TINY_DEPTH.get(name, [])
     metrics = train(composed("train", [f"+experiment={name}", *TINY, *extra], tmp_path))
     assert metrics["train/steps"] == 4
     assert json.loads((tmp_path / "metrics.json").read_text())["params"] == metrics["params"]

@@ -7,6 +7,8 @@ input as one line with exit code 2."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,6 +234,97 @@ def test_bf16_where_the_device_lacks_it_is_one_line(hf_dir, tmp_path):
         out_dir=tmp_path,
     )
     assert_one_line_error(proc, "model.dtype=bfloat16", "no CUDA device", "has no bf16")
+
+
+def _copy(hf_dir: Path, d: Path) -> Path:
+    shutil.copytree(hf_dir, d / "model")
+    return d / "model"
+
+
+def _cut_weights(hf_dir: Path, d: Path) -> Path:
+    model = _copy(hf_dir, d)
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    return model
+
+
+def _garbled_header(hf_dir: Path, d: Path) -> Path:
+    model = _copy(hf_dir, d)
+    weights = bytearray((model / "model.safetensors").read_bytes())
+    weights[8:12] = b"{bad"
+    (model / "model.safetensors").write_bytes(bytes(weights))
+    return model
+
+
+def _special_tokens_only(hf_dir: Path, d: Path) -> Path:
+    """A Gemma 3 directory with tokenizer_config.json but no tokenizer.json: transformers builds a
+    tokenizer of its 5 special tokens from it, silently."""
+    model = save_tiny_hf(d / "gemma", "gemma3_text", vocab_size=600)
+    (model / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>"})
+    )
+    return model
+
+
+def _unloadable_tokenizer(hf_dir: Path, d: Path) -> Path:
+    model = save_tiny_tokenizer(_copy(hf_dir, d))
+    (model / "tokenizer.json").unlink()
+    return model
+
+
+def _gguf_only(hf_dir: Path, d: Path) -> Path:
+    (d / "model.gguf").write_bytes(b"GGUF")
+    return d
+
+
+# (id, the model directory made from the tiny Llama's, extra environment, needles)
+BAD_MODEL_DIRS = [
+    ("truncated-weights", _cut_weights, {}, ("model.safetensors is truncated or corrupt",)),
+    ("garbled-weights", _garbled_header, {}, ("model.safetensors is not a safetensors file",)),
+    (
+        "no-tokenizer",
+        lambda hf_dir, d: save_tiny_hf(d / "big", vocab_size=600),
+        {},
+        ("has no tokenizer", "vocabulary of 600", "tokenizer.json"),
+    ),
+    ("special-tokens-only", _special_tokens_only, {}, ("its tokenizer has only 5 tokens", "of 600", "tokenizer.json")),
+    ("unloadable-tokenizer", _unloadable_tokenizer, {}, ("its tokenizer could not be loaded", "tokenizer.json")),
+    ("gguf", _gguf_only, {}, ("holds a GGUF file", "python -m modlab.real_lm --gguf")),
+    ("too-large", _copy, {"MODLAB_MEMORY_GB": "0.0001"}, ("needs", "in float32", "0.1 MB of memory are available")),
+]
+
+
+@pytest.mark.parametrize("make_dir, env, needles", [c[1:] for c in BAD_MODEL_DIRS], ids=[c[0] for c in BAD_MODEL_DIRS])
+def test_a_bad_model_directory_is_one_line_and_exit_2(hf_dir, tmp_path, make_dir, env, needles):
+    model = make_dir(hf_dir, tmp_path)
+    proc = run_modlab("train", "+experiment=hf_mod", f"model.path={model}", *TINY, out_dir=tmp_path / "o", env=env)
+    assert_one_line_error(proc, *needles)
+
+
+def test_the_memory_check_names_the_models_size_in_the_requested_dtype(hf_dir, tmp_path):
+    from transformers import AutoConfig
+
+    from modlab.errors import ConfigError
+    from modlab.models.hf_causal_lm import load_hf_causal_lm
+    from modlab.models.memory_fit import MEMORY_ENV, parameter_count
+
+    n = parameter_count(AutoConfig.from_pretrained(hf_dir))
+    assert n == sum(p.numel() for p in load_hf_causal_lm(str(hf_dir))[0].parameters())
+    for dtype, size in (("float32", 4), ("bfloat16", 2)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(MEMORY_ENV, str(size * n / 1e9 * 0.99))
+            with pytest.raises(ConfigError, match=f"needs {size * n / 1e6:.1f} MB \\({n:,} parameters in {dtype}\\)"):
+                load_hf_causal_lm(str(hf_dir), dtype)
+            mp.setenv(MEMORY_ENV, str(size * n / 1e9 * 1.01))
+            load_hf_causal_lm(str(hf_dir), dtype)
+
+
+def test_an_unknown_dtype_from_library_code_is_named(hf_dir):
+    from modlab.errors import ConfigError
+    from modlab.models.hf_causal_lm import load_hf_causal_lm
+
+    with pytest.raises(ConfigError, match="model.dtype 'float16' is unknown"):
+        load_hf_causal_lm(str(hf_dir), "float16")
 
 
 def test_an_alpaca_file_with_a_missing_field_is_one_line(hf_dir, tmp_path):

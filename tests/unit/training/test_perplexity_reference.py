@@ -4,11 +4,9 @@ transformers' own loss (`labels=`). The real-model version of this test is in te
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from helpers import save_tiny_bos_tokenizer, save_tiny_hf
+from helpers import reference_perplexity, save_tiny_bos_tokenizer, save_tiny_hf, text_windows
 
 from modlab.data.config import DataConfig
 from modlab.data.rows import LMRows
@@ -17,36 +15,12 @@ from modlab.training.config import EvalConfig
 from modlab.training.text_datamodule import TextDataModule
 
 
-def reference_perplexity(hf_model, tokenizer, windows: list[list[int]]) -> float:
-    """transformers' own perplexity: each window of text tokens with the special tokens its
-    tokenizer puts before a text (<bos> where `tokenizer("x")` starts with it), loss by the model."""
-    bos = tokenizer.bos_token_id
-    adds_bos = bos is not None and tokenizer("x")["input_ids"][0] == bos
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for w in windows:
-            ids = torch.tensor([([bos] if adds_bos else []) + w])
-            loss = hf_model(input_ids=ids, labels=ids).loss  # mean over ids.shape[1] - 1 predictions
-            total += float(loss) * (ids.shape[1] - 1)
-            count += ids.shape[1] - 1
-    return math.exp(total / count)
-
-
 def modlab_perplexity(module, dm) -> float:
     module.test_ppl.reset()
     with torch.no_grad():
         for batch in dm.test_dataloader():
             module.test_ppl.update(*module.nll(batch))
     return float(module.test_ppl.compute())
-
-
-def text_windows(dm) -> list[list[int]]:
-    """The text tokens of each test row (the rows' special prefix removed)."""
-    out = []
-    for batch in dm.test_dataloader():
-        for ids, valid in zip(batch["ids"], batch["valid"]):
-            out.append(ids[valid][len(dm.prefix) :].tolist())
-    return out
 
 
 def build(path, bos: bool, rows: int = 6, length: int = 40):
