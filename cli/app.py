@@ -76,7 +76,9 @@ JOB_ERRORS: list[BaseException] = []
 def hydra_main(cfg: DictConfig):
     from modlab.cli.errors import user_error_types
     from modlab.cli.main import COMMANDS
+    from modlab.cli.runtime import join_submitit_local_tasks
 
+    join_submitit_local_tasks()
     try:
         return COMMANDS[cfg.command].run(cfg)
     except user_error_types() as error:

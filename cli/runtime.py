@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -29,3 +30,17 @@ def seed_everything(seed: int) -> None:
     import lightning as L
 
     L.seed_everything(seed, workers=True, verbose=False)
+
+
+def join_submitit_local_tasks() -> None:
+    """In a job of hydra/launcher=submitit_local with several tasks (trainer.devices > 1, e.g.
+    trainer=ddp_cpu), submitit has started one process per device, as srun does on SLURM (where
+    Lightning's SLURMEnvironment reads the ranks). Here the ranks go into torch's env:// variables
+    (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), which Lightning's default
+    environment reads: it then starts no processes of its own (it would start submitit's command
+    line again, which fails)."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local" or int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) < 2:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)

@@ -6,8 +6,9 @@ unmodified model, beside the speed-up its FLOPs predict.
 
 As in modlab.bench, the two are timed in alternation (dense, routed, dense, ...) so a change of
 machine load hits both alike, and each keeps its fastest repeat. The prediction is the ratio of
-analytic training FLOPs (`llama_train_step_flops`, matrix multiplications only, counted as torch's
-FlopCounterMode counts them: attention as the full T x T square, backward = 2x forward).
+analytic training FLOPs (modlab.routing.hf_flops, the count for every supported family: matrix
+multiplications only, counted as torch's FlopCounterMode counts them: attention as the full T x T
+square, backward = 2x forward).
 
 `--decode` adds batch-1 greedy decoding under threshold routing with the compact KV cache
 (modlab.routing.hf_decode) against the unmodified model: decode tokens/s and cached K/V entries.
@@ -28,36 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modlab.routing.hf_decode import greedy_decode
+from modlab.routing.hf_flops import train_step_flops
 from modlab.routing.hf_routed_layer import install_hf_routing
 from modlab.routing.install import threshold_routing
 from modlab.routing.trace import record_routing
-
-
-def llama_layer_forward_flops(config, rows: int, tokens: int) -> int:
-    """One Llama-family decoder layer (GQA attention, SwiGLU MLP) on `rows` rows of `tokens` tokens."""
-    d, heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or d // heads
-    q, kv = heads * head_dim, config.num_key_value_heads * head_dim
-    n = rows * tokens
-    linear = 2 * n * d * (q + 2 * kv + q) + 2 * n * d * 3 * config.intermediate_size  # q k v o; gate up down
-    attention = 2 * 2 * rows * tokens * tokens * q  # q k^T and p v over all heads
-    return linear + attention
-
-
-def llama_train_step_flops(config, B: int, T: int, routed: dict[int, list[tuple[int, int]]] | None = None) -> int:
-    """Forward + backward FLOPs of a Llama-family CausalLM on B rows of T tokens. `routed[layer]`
-    lists the (rows, K) batched calls a routed layer made (`routed_groups`); its router
-    scores every token (2 * d FLOPs per token and router)."""
-    routed = routed or {}
-    d = config.hidden_size
-    total = 2 * B * T * d * config.vocab_size  # output head
-    for layer in range(config.num_hidden_layers):
-        if layer in routed:
-            total += sum(llama_layer_forward_flops(config, rows, k) for rows, k in routed[layer])
-            total += 2 * B * T * d  # the router (one column: MoD)
-        else:
-            total += llama_layer_forward_flops(config, B, T)
-    return 3 * total
 
 
 def routed_groups(model: nn.Module, run) -> dict[int, list[tuple[int, int]]]:
@@ -68,9 +43,10 @@ def routed_groups(model: nn.Module, run) -> dict[int, list[tuple[int, int]]]:
 
 
 def bench_llama_config(seq: int = 1024, attn_implementation: str = "sdpa"):
-    from transformers import LlamaConfig
+    from modlab.models.hf_tiny import tiny_causal_lm_config
 
-    return LlamaConfig(
+    return tiny_causal_lm_config(
+        "llama",
         hidden_size=512,
         num_hidden_layers=4,
         num_attention_heads=8,
@@ -121,8 +97,8 @@ def bench_hf_mod_training(
     seconds = interleaved_seconds(
         {"dense": lambda: train_step(dense, ids), "routed": lambda: train_step(routed, ids)}, repeats
     )
-    dense_flops = llama_train_step_flops(config, batch, seq)
-    routed_flops = llama_train_step_flops(config, batch, seq, routed_groups(routed, lambda: train_step(routed, ids)))
+    dense_flops = train_step_flops(dense, batch, seq)
+    routed_flops = train_step_flops(routed, batch, seq, routed_groups(routed, lambda: train_step(routed, ids)))
     measured, predicted = seconds["dense"] / seconds["routed"], dense_flops / routed_flops
     return {
         "batch": batch,

@@ -84,38 +84,16 @@ def composed(config_name: str, overrides: list[str], out_dir: Path):
     return cfg
 
 
-# config values some families need beyond the common tiny sizes (Qwen3 / Gemma size heads by head_dim)
-HF_EXTRA = {
-    "qwen3": {"head_dim": 8},
-    "gemma": {"head_dim": 8},
-    "gemma2": {"head_dim": 8},
-    "gemma3_text": {"head_dim": 8},
-    "phi3": {"pad_token_id": 0},
-}
-
-
 def save_tiny_hf(path: Path, family: str = "llama", n_layer: int = 4, seed: int = 0, vocab_size: int = 260) -> Path:
-    """A tiny random Hugging Face causal LM of any family in modlab.models.hf_families, saved with
-    save_pretrained (byte-level text without a tokenizer needs a vocabulary of 256 to 512)."""
-    import transformers as T
+    """A tiny random Hugging Face causal LM of any family in modlab.models.hf_families
+    (modlab.models.hf_tiny's sizes), saved with save_pretrained (byte-level text without a
+    tokenizer needs a vocabulary of 256 to 512)."""
     from transformers.utils import logging
 
-    from modlab.models.hf_families import HF_FAMILIES as ENTRIES
+    from modlab.models.hf_tiny import tiny_causal_lm
 
     logging.disable_progress_bar()
-    entry = ENTRIES[family]
-    cfg = getattr(T, entry.config_class)(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=n_layer,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        **HF_EXTRA.get(family, {}),
-    )
-    torch.manual_seed(seed)
-    getattr(T, entry.causal_lm_class)(cfg).save_pretrained(path)
+    tiny_causal_lm(family, seed, num_hidden_layers=n_layer, vocab_size=vocab_size).save_pretrained(path)
     return path
 
 

@@ -137,39 +137,6 @@ def weighted_loss(losses: dict[str, torch.Tensor], weights: dict[str, float]) ->
 # ---- (a) single-task vs joint training -------------------------------------------------------
 
 
-def joint_vs_single(
-    make_model: Callable[[], ShowO],
-    make_samplers: Callable[[], dict[str, RowSampler]],
-    held_out: dict[str, list[dict]],
-    steps: int,
-    lr: float,
-    weights: dict[str, float],
-    cond_dropout: float,
-    seed: int,
-    advance: Callable[[], None] | None = None,
-) -> list[dict]:
-    """Rows {run, task, loss}: run is `single:<task>` or `joint`; loss is the held-out loss. Every
-    run starts from the same initial weights and draws the same rows of its tasks."""
-    out = []
-    task_names = list(make_samplers())
-    runs = {f"single:{t}": [t] for t in task_names} | {"joint": task_names}
-    for run, tasks in runs.items():
-        torch.manual_seed(seed)
-        model = make_model()
-        samplers = make_samplers()
-
-        def loss_fn() -> torch.Tensor:
-            losses = {}
-            for t in tasks:
-                losses.update(model.task_losses(model.training_batch(samplers[t](), cond_dropout)))
-            return weighted_loss(losses, weights)
-
-        train_steps(model, loss_fn, steps, lr, advance=advance)
-        for task, loss in mean_task_losses(showo_subject(model), held_out, seed).items():
-            out.append({"run": run, "task": task, "loss": loss})
-    return out
-
-
 # ---- (b) a shared router with a joint budget vs task routers -----------------------------------
 
 
@@ -414,50 +381,6 @@ def router_competition(
     tables["loss_summary"] = spread_by(tables["losses"], ("router", "task"), "loss")
     tables["gap"] = paired_difference(tables["final"], "router", "shared", "task", ("layer", "task"), "kept_fraction")
     return tables
-
-
-def shared_vs_task_routers(
-    base: ShowO,
-    samplers: dict[str, RowSampler],
-    held_out: dict[str, list[dict]],
-    layers: list[int],
-    capacity: float,
-    steps: int,
-    lr: float,
-    weights: dict[str, float],
-    cond_dropout: float,
-    seed: int,
-    pad_id: int,
-    advance: Callable[[], None] | None = None,
-) -> tuple[list[dict], list[dict]]:
-    """One seed and a fixed number of router-only steps (the quick form of router_competition,
-    which the job should use): rows {router, stage, layer, task, kept_fraction} (stage: init |
-    tuned) and {router, task, loss} (held-out, after tuning), for router = shared | task. Only the
-    routers train; the model's weights stay those of `base`."""
-    tables = router_competition(
-        base,
-        lambda s: samplers,
-        held_out,
-        layers,
-        capacity,
-        lr,
-        weights,
-        cond_dropout,
-        [seed],
-        pad_id,
-        max_steps=steps,
-        eval_every=steps,
-        tol=0.0,
-        patience=1,
-        advance=advance,
-    )
-    kept = [
-        {"router": r["router"], "stage": "init" if r["step"] == 0 else "tuned", **{k: r[k] for k in ("layer", "task")}}
-        | {"kept_fraction": r["kept_fraction"]}
-        for r in tables["curve"]
-        if r["step"] in (0, steps)
-    ]
-    return kept, [{k: r[k] for k in ("router", "task", "loss")} for r in tables["losses"]]
 
 
 def joint_vs_single_seeds(

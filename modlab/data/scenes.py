@@ -24,7 +24,6 @@ import numpy as np
 from modlab.data.digits import DIGIT_NAMES, DigitSplit
 
 CELL = 8  # pixels per cell side (a load_digits image)
-GRIDS = (2, 3)
 QUESTION_TYPES = ("position", "count", "presence", "compare", "sum")
 PROMPT_CATEGORIES = ("single", "two", "position", "counting")
 RELATIONS = ("above", "below", "left of", "right of")

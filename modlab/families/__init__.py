@@ -119,10 +119,6 @@ def unregister_family(name: str) -> None:
     REGISTRY.pop(name, None)
 
 
-def family_names() -> list[str]:
-    return list(REGISTRY)
-
-
 def get_family(name: str) -> FamilySpec:
     if name not in REGISTRY:
         raise ConfigError(f"model.arch '{name}' is unknown (model families: {', '.join(REGISTRY)})")

@@ -26,7 +26,7 @@ SLIDING_NONE, SLIDING_PER_LAYER_TYPE, SLIDING_ALL_LAYERS = "none", "layer_types"
 @dataclass(frozen=True)
 class HFFamily:
     model_type: str  # config.model_type
-    config_class: str  # transformers class names, for building tiny random models in tests
+    config_class: str  # transformers class names, for building tiny random models (modlab.models.hf_tiny)
     causal_lm_class: str
     layers: str = "model.layers"  # attribute path from the CausalLM to its ModuleList of decoder layers
     final_norm: str = "model.norm"

@@ -1,11 +1,53 @@
-"""Tiny random Hugging Face unified models built from config classes, with an offline processor
-(a byte-level tokenizer with the family's special tokens): what the tests, the benchmarks and a
-first try of modlab without any weights run on. Nothing is downloaded; `save_pretrained` on the
-model and the processor gives a directory that `model.path=` loads as it loads a real one."""
+"""Tiny random Hugging Face models built from config classes: causal LMs of every family in
+modlab.models.hf_families, and unified models with an offline processor (a byte-level tokenizer
+with the family's special tokens). What the tests, the benchmarks and a first try of modlab
+without any weights run on. Nothing is downloaded; `save_pretrained` on the model (and the
+processor) gives a directory that `model.path=` loads as it loads a real one."""
 
 from __future__ import annotations
 
 import torch
+
+# The sizes of a tiny causal LM (a byte-level vocabulary needs at least 256 entries)
+TINY_LM_SIZES = dict(
+    vocab_size=260,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+# Families whose config sizes attention heads by head_dim whatever the width (Qwen3 128, the
+# Gemmas 256 by default): a small model sets it to hidden_size / heads, as the others compute it
+SIZED_BY_HEAD_DIM = ("qwen3", "gemma", "gemma2", "gemma3_text")
+# Config values a family's defaults get wrong at tiny sizes: Phi-3's pad id (32000) lies outside the vocabulary
+TINY_LM_EXTRA = {"phi3": {"pad_token_id": 0}}
+
+
+def tiny_causal_lm_config(family: str, **values):
+    """The transformers config of a small random causal LM of `family` (modlab.models.hf_families):
+    TINY_LM_SIZES, what the family needs at such sizes, then `values` (any config key)."""
+    import transformers
+
+    from modlab.models.hf_families import HF_FAMILIES
+
+    values = {**TINY_LM_SIZES, **TINY_LM_EXTRA.get(family, {}), **values}
+    if family in SIZED_BY_HEAD_DIM:
+        values.setdefault("head_dim", values["hidden_size"] // values["num_attention_heads"])
+    return getattr(transformers, HF_FAMILIES[family].config_class)(**values)
+
+
+def tiny_causal_lm(family: str, seed: int = 0, **values):
+    """A small random causal LM of `family` (fp32, its weights drawn after torch.manual_seed(seed));
+    `values` as for tiny_causal_lm_config."""
+    import transformers
+
+    from modlab.models.hf_families import HF_FAMILIES
+
+    config = tiny_causal_lm_config(family, **values)
+    torch.manual_seed(seed)
+    return getattr(transformers, HF_FAMILIES[family].causal_lm_class)(config)
 
 
 def byte_level_tokenizer(specials: list[str], **named):

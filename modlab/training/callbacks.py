@@ -1,15 +1,23 @@
-"""modlab's own Lightning callbacks: progress lines for logs and batch jobs, and a model summary
+"""modlab's own Lightning callbacks: progress lines for logs and batch jobs, a model summary
 without Lightning's FLOPs column (it counts 0 without an example input; metrics.json has
-modlab's routing-aware count)."""
+modlab's routing-aware count), and a checkpoint when a cluster warns of a pre-emption."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import signal
+import threading
 import time
+from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, RichModelSummary
 
 from modlab.progress import ProgressLines, format_duration, install_terminal_filter, log
+
+# what the run must show on any console (the progress logger's lines stay off a terminal)
+notice = logging.getLogger("modlab")
 
 
 class ProgressLog(Callback):
@@ -98,3 +106,78 @@ class ParamSummary(RichModelSummary):
             f"[bold]Frozen[/]: {get_human_readable_count(int(frozen))}   "
             f"[bold]Size[/]: {model_size:.2f} MB   (training FLOPs per step: metrics.json)"
         )
+
+
+class PreemptionCheckpoint(Callback):
+    """SIGUSR2 during training (what SLURM sends `signal_delay_s` before a pre-emption or time-out
+    kill, and what submitit requeues on) writes `last.ckpt` at the step it arrived in, so the job
+    that continues the run (requeued, or `resume=`) loses no work.
+
+    The signal only asks for a stop: it is turned into Lightning's own graceful stop, SIGTERM, on
+    which the loop ends at the end of the current step (after its validation and logging, on every
+    process at the same step) by raising SIGTERMException; that exception's `on_exception` writes
+    the checkpoint, as Lightning's OnExceptionCheckpoint does, but only for this stop (any other
+    exception may come in the middle of a step). Then the signal goes on to the handler it had
+    before training: submitit's requeue, or, without one, the default action (the process ends, as
+    it would have without modlab, only after the checkpoint)."""
+
+    SIGNAL = getattr(signal, "SIGUSR2", None)  # none on Windows
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.requested = False
+        self._previous = None  # the signal's handler before training; None while not installed
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.SIGNAL is None or threading.current_thread() is not threading.main_thread():
+            return  # Python sets signal handlers in the main thread only
+        previous = signal.getsignal(self.SIGNAL)
+        if previous is None or previous == signal.SIG_IGN:
+            return  # set outside Python, or ignored on purpose: left alone
+        self._previous = previous
+        signal.signal(self.SIGNAL, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if not self.requested:
+            notice.warning("%s: stopping at the end of this step to save a checkpoint", signal.Signals(signum).name)
+        self.requested = True
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler, installed for the fit, marks the stop
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if self._previous is None or not isinstance(exception, SIGTERMException):
+            return
+        # every process stops at the same step (Lightning broadcasts rank 0's stop): all of them
+        # take part in the save, whichever received the signal
+        if trainer.strategy.broadcast(self.requested, src=0):
+            self._save(trainer)
+            self._hand_on()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # arrived during the last step: nothing stopped (every process is here: a collective is safe)
+        if self._previous is not None and trainer.strategy.broadcast(self.requested, src=0):
+            self._save(trainer)
+            self._hand_on()
+        self._restore()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._restore()
+
+    def _save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        if trainer.is_global_zero:
+            notice.warning("saved %s at step %d", self.path, trainer.global_step)
+
+    def _restore(self):
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            signal.signal(self.SIGNAL, previous)
+        return previous
+
+    def _hand_on(self) -> None:
+        previous = self._restore()
+        if callable(previous):
+            previous(self.SIGNAL, None)  # submitit: requeues the job and exits
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), self.SIGNAL)  # its default action: the process ends here

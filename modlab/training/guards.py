@@ -1,7 +1,8 @@
 """The non-finite guard: a NaN / inf training loss or router logit stops the run with one line
 naming the step (and the router's layer), before the optimiser applies it, so the checkpoints on
 disk are the last good ones; with `trainer.skip_nonfinite=true` that step is skipped instead (the
-training step returns None: no backward, no optimiser step) and counted (`train/skipped_steps`).
+training step returns None: no backward, no optimiser step; the LR schedule does not advance either) and
+counted (`train/skipped_steps`).
 
 Router logits are watched by forward hooks on the routers (MoD / UniMoD `TaskRouter`, MindSkip's
 `MindSkipRouter`): each records whether its output was finite, as a tensor (no device sync); the
@@ -50,6 +51,7 @@ def _kind(t: torch.Tensor) -> str:
 class NonFiniteGuard(Callback):
     def __init__(self, skip: bool = False):
         self.skip, self.skipped = skip, 0
+        self._skipping = False  # the current step was skipped: its LR scheduler step is too
         self._watching, self._routers, self._hooks = False, [], []
         self._inject = {}
         for part in filter(None, os.environ.get(INJECT_ENV, "").split(",")):
@@ -78,6 +80,17 @@ class NonFiniteGuard(Callback):
 
         pl_module.training_step = training_step
         self._module, self._original = pl_module, original
+        # Lightning steps a step-interval LR scheduler after every batch, skipped or not (its
+        # lr_scheduler_step hook): a skipped step must leave the schedule where it was
+        original_scheduler_step = pl_module.lr_scheduler_step
+
+        def lr_scheduler_step(*args, **kwargs):
+            if self._skipping:
+                return None
+            return original_scheduler_step(*args, **kwargs)
+
+        pl_module.lr_scheduler_step = lr_scheduler_step
+        self._original_scheduler_step = original_scheduler_step
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         for h in self._hooks:
@@ -85,6 +98,7 @@ class NonFiniteGuard(Callback):
         self._hooks = []
         if getattr(self, "_module", None) is not None:
             self._module.training_step = self._original
+            self._module.lr_scheduler_step = self._original_scheduler_step
             self._module = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -110,7 +124,7 @@ class NonFiniteGuard(Callback):
         return hook
 
     def _guarded(self, training_step, *args, **kwargs):
-        self._watching, self._routers = True, []
+        self._watching, self._routers, self._skipping = True, [], False
         try:
             out = training_step(*args, **kwargs)
         finally:
@@ -133,6 +147,7 @@ class NonFiniteGuard(Callback):
         )
         if self.skip:
             self.skipped += 1
+            self._skipping = True
             log.warning("step %d: %s; skipped (trainer.skip_nonfinite=true)", step, what)
             return None
         raise NonFiniteError(

@@ -91,6 +91,19 @@ def train_argv(args: list[str]) -> list[str]:
     return [*kept, *[a for a in args if _key(a) != "hydra.run.dir"], f"hydra.run.dir={run}"]
 
 
+def logged_rows_before(metrics_csv: Path, step: int) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv logged before global step `step` (the step a resumed run
+    continues from), each without its empty cells, as the text the CSV holds (written back
+    unchanged). The rows from `step` on are dropped: the resumed run logs those steps again."""
+    import csv
+
+    if not metrics_csv.is_file():
+        return []
+    with metrics_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: v for k, v in row.items() if v not in ("", None)} for row in rows if int(float(row["step"])) < step]
+
+
 def _holds_jobs(directory: str) -> bool:
     d = Path(directory)
     return d.is_dir() and any(holds_a_run(c) for c in d.iterdir() if c.is_dir())

@@ -49,16 +49,18 @@ def build_trainer(
     training: bool = True,
     model=None,
     experiment: str = "modlab",
+    resume_step: int | None = None,
 ):
     """A Trainer from the trainer / callbacks / logger configs (modlab.training.config);
     `callbacks_cfg` None: a bare progress bar (evaluation). `model`: what `trainer.strategy=fsdp`
     shards (one unit per decoder layer); `experiment` names the logger's experiment / project
-    where it has one (MLflow, W&B)."""
+    where it has one (MLflow, W&B); `resume_step`: the global step of the checkpoint the run
+    continues from."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     from modlab.progress import INTERVAL_S as PROGRESS_INTERVAL_S
-    from modlab.training.callbacks import ParamSummary, ProgressLog
+    from modlab.training.callbacks import ParamSummary, PreemptionCheckpoint, ProgressLog
     from modlab.training.checkpoint_io import AtomicCheckpointIO
 
     t, cb = trainer_cfg, callbacks_cfg
@@ -85,6 +87,8 @@ def build_trainer(
                     enable_version_counter=False,  # one last.ckpt, whichever callback wrote it
                 )
             )
+            # SLURM's pre-emption warning (USR2) saves last.ckpt at the step it arrives in
+            callbacks.append(PreemptionCheckpoint(out_dir / "checkpoints" / "last.ckpt"))
             if cb.checkpoint_every_n_steps:  # last.ckpt between validations too (what resume= continues)
                 callbacks.append(
                     ModelCheckpoint(
@@ -104,7 +108,7 @@ def build_trainer(
         callbacks += [NonFiniteGuard(skip=t.skip_nonfinite), resume_state_callback()]
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator={t.accelerator} but torch sees no CUDA GPU here (trainer=cpu, ddp_cpu)")
-    logger = make_logger(logger_cfg.kind, out_dir, experiment)
+    logger = make_logger(logger_cfg.kind, out_dir, experiment, resume_step)
     strategy = t.strategy
     if strategy == "fsdp" and model is not None:
         from modlab.training.distributed import fsdp_strategy
@@ -133,14 +137,13 @@ def build_trainer(
     )
 
 
-def make_logger(kind: str, out_dir: Path, experiment: str = "modlab"):
+def make_logger(kind: str, out_dir: Path, experiment: str = "modlab", resume_step: int | None = None):
     """The Lightning logger `logger=<kind>` names, writing into the run directory (False: none).
     Each keeps its files under the run directory and contacts no server (`LoggerConfig` has
-    checked that an optional one's package is installed)."""
+    checked that an optional one's package is installed). `resume_step`: the run continues from a
+    checkpoint of that global step (`resume=`, a requeued job)."""
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=out_dir, name="", version="")
+        return csv_logger(out_dir, resume_step)
     if kind == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -169,6 +172,33 @@ def make_logger(kind: str, out_dir: Path, experiment: str = "modlab"):
     return False
 
 
+def csv_logger(out_dir: Path, resume_step: int | None = None):
+    """Lightning's CSVLogger writing `<out_dir>/metrics.csv`, every row as it is logged (a killed
+    run leaves on disk all it logged, not only what the last flush of 100 steps wrote). A resumed
+    run keeps the rows logged before its checkpoint and logs the steps from there on again, so its
+    metrics.csv is that of an uninterrupted run (CSVLogger would start the file afresh)."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    from modlab.training.resume import logged_rows_before
+
+    if resume_step is None:
+        return CSVLogger(save_dir=out_dir, name="", version="", flush_logs_every_n_steps=1)
+
+    class ResumedCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                kept = logged_rows_before(Path(self.log_dir) / "metrics.csv", resume_step)
+                writer = CSVLogger.experiment.fget(self)  # creating it deletes metrics.csv
+                writer.metrics[:0] = kept
+                writer.save()
+            return self._experiment
+
+    return ResumedCSVLogger(save_dir=out_dir, name="", version="", flush_logs_every_n_steps=1)
+
+
 def close_logger(logger) -> None:
     """End the logger's run once the command is done, so that the next run in the same process (a
     sweep's next job, an Optuna trial) starts its own instead of logging into this one."""
@@ -192,7 +222,7 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
     import lightning as L
 
     L.seed_everything(run.seed, workers=True, verbose=False)
-    resume_from = None
+    resume_from = resume_step = None
     if getattr(run, "resume", None):
         from modlab.training.resume import check_resume_checkpoint, resume_target
 
@@ -200,7 +230,13 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
         resume_step = check_resume_checkpoint(resume_from)
     module, datamodule = family.build(run)
     trainer = build_trainer(
-        run.trainer, run.callbacks, run.logger, out_dir, model=module, experiment=run.experiment_name
+        run.trainer,
+        run.callbacks,
+        run.logger,
+        out_dir,
+        model=module,
+        experiment=run.experiment_name,
+        resume_step=resume_step,
     )
     described = family.describe(module)
     log.info(

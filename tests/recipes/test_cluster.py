@@ -1,19 +1,20 @@
 """Sweeps through Hydra's submitit launcher (hydra/launcher=submitit_local: the local stand-in for
 submitit_slurm, with the same job pickling, logs and requeue): each job runs in its own process,
-in its own directory of the sweep; a failing job is reported in one line; a requeued job (the
-pre-emption signal submitit handles, USR2) continues its own run from its last checkpoint."""
+in its own directory of the sweep; a data-parallel job runs one task per device; a failing job is
+reported in one line; a job sent the pre-emption signal (USR2) saves a checkpoint at that step and,
+requeued by submitit, continues its own run from it."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from helpers import MODLAB, TINY, assert_one_line_error, run_modlab
 
@@ -37,7 +38,23 @@ def test_a_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path: Path)
     results = sorted(sweep.glob(".submitit/*/*_result.pkl"))
     assert len(results) == 2, sorted(str(p) for p in sweep.rglob("*"))
     launcher = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]["launcher"]
-    assert launcher["_target_"].endswith("LocalLauncher") and launcher["tasks_per_node"] == 1
+    assert launcher["_target_"].endswith("LocalLauncher")
+    # one device per job (trainer=cpu), so one task per job
+    assert [p.name.split("_")[1] for p in sorted(sweep.glob(".submitit/*/*_log.err"))] == ["0", "0"]
+
+
+def test_a_submitit_local_job_trains_data_parallel_with_one_task_per_device(tmp_path: Path):
+    """trainer=ddp_cpu under submitit_local: submitit starts the two processes (as srun does on
+    SLURM) and Lightning joins them instead of starting its own (which would rerun submitit's
+    command line)."""
+    proc = run_modlab("train", *LOCAL, "+experiment=showo_dense", *QUICK, "trainer=ddp_cpu", out_dir=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    sweep = _sweep(tmp_path, "showo_dense")
+    assert (sweep / "0" / "metrics.json").is_file()
+    logs = sorted(sweep.glob(".submitit/*/*_log.err"))
+    assert [p.name.split("_")[1] for p in logs] == ["0", "1"], logs
+    for rank, log in enumerate(logs):
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in log.read_text()
 
 
 def test_a_failing_submitit_job_ends_the_sweep_in_one_line(tmp_path: Path):
@@ -59,39 +76,35 @@ def _submitit_tasks(folder: Path) -> list[int]:
     return pids
 
 
-def _step(ckpt: Path) -> int | None:
-    try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:  # not written yet, or being replaced
-        return None
-
-
 @pytest.mark.slow  # two job starts and training to a checkpoint: ~45 s on 2 busy cores
-def test_a_requeued_job_resumes_its_own_run_from_its_last_checkpoint(tmp_path: Path):
+def test_a_requeued_job_resumes_its_own_run_from_the_step_of_the_preemption_signal(tmp_path: Path):
     env = {**os.environ, "MODLAB_OUTPUT_DIR": str(tmp_path)}
     env.pop("MODLAB_DEBUG", None)
-    args = ["train", *LOCAL, "+experiment=showo_dense", *TINY, "trainer.max_steps=30"]
+    args = ["train", *LOCAL, "+experiment=showo_dense", *TINY, "trainer.max_steps=30", "trainer.val_check_interval=30"]
     parent = subprocess.Popen(
-        [MODLAB, *args, "callbacks.checkpoint_every_n_steps=2", "logger=none"],
+        [MODLAB, *args, "callbacks.progress_interval_s=0.05", "logger=none"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and parent.poll() is None:
-        lasts = list(tmp_path.glob("train/showo_dense/multirun_*/0/checkpoints/last.ckpt"))
-        if lasts and (_step(lasts[0]) or 0) >= 4:
-            break
-        time.sleep(0.2)
-    assert parent.poll() is None, parent.stderr.read()[-3000:]
+    reached, deadline = 0, time.time() + 300
+    while reached < 4 and time.time() < deadline and parent.poll() is None:
+        logs = list(tmp_path.glob("train/showo_dense/multirun_*/0/train.log"))
+        text = logs[0].read_text() if logs else ""
+        reached = max([int(s) for s in re.findall(r"step (\d+)/30", text)], default=0)
+        time.sleep(0.05)
+    assert parent.poll() is None and 4 <= reached < 30, (reached, parent.poll())
     sweep = _sweep(tmp_path, "showo_dense")
     (task,) = _submitit_tasks(sweep)
     os.kill(task, signal.SIGUSR2)  # what SLURM sends signal_delay_s before a pre-emption or time-out
     assert parent.wait(timeout=400) == 0, parent.stderr.read()[-3000:]
     job = sweep / "0"
     log = (job / "train.log").read_text()
-    assert "resuming from" in log and str(job / "checkpoints" / "last.ckpt") in log, log[-2000:]
+    # no checkpoint was due before step 30: the one resumed from was written on the signal
+    (saved,) = [int(s) for s in re.findall(r"saved \S+last\.ckpt at step (\d+)", log)]
+    assert reached <= saved < 30
+    assert f"resuming from {job / 'checkpoints' / 'last.ckpt'} at step {saved}" in log, log[-2000:]
     assert json.loads((job / "metrics.json").read_text())["train/steps"] == 30
     (err,) = sweep.glob(".submitit/*/*_0_log.err")
     assert "this job is preempted" in err.read_text()

@@ -1,10 +1,13 @@
 """Reliability of the real `modlab train` in subprocesses: checkpoints that survive a kill mid-write,
-the non-finite guard, exact resume after SIGKILL, and sweeps that survive a failing job."""
+the non-finite guard, exact resume after SIGKILL, a checkpoint on SLURM's pre-emption signal, and
+sweeps that survive a failing job."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -126,6 +129,30 @@ def test_skip_nonfinite_skips_and_counts_the_steps(tmp_path: Path):
     assert m["train/skipped_steps"] == 2 and m["train/steps"] == 4
 
 
+def test_a_skipped_step_leaves_the_lr_schedule_where_it_was(tmp_path: Path):
+    run = tmp_path / "run"
+    proc = run_modlab(
+        "train",
+        "+experiment=showo_dense",
+        *TINY,
+        "trainer.skip_nonfinite=true",
+        f"hydra.run.dir={run}",
+        out_dir=tmp_path,
+        env={INJECT_ENV: "loss@1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # LearningRateMonitor logs the LR each step will use: step 2 uses step 1's, which was skipped
+    lr = {int(r["step"]): float(r["lr-AdamW/pg1"]) for r in _csv(run) if r["lr-AdamW/pg1"]}
+    assert lr[2] == lr[1] and lr[1] != lr[0] and lr[3] != lr[2], lr  # warm-up: it moves on every other step
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4 and ckpt["lr_schedulers"][0]["last_epoch"] == 3
+
+
+def _csv(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_metrics(tmp_path: Path):
     """The acceptance test: uninterrupted vs SIGKILL + resume=, every key of metrics.json but timings."""
     args = [
@@ -157,7 +184,49 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_metrics(tmp_path: P
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert f"at step {resumed_at}" in (killed / "train.log").read_text()
     assert _metrics(killed) == _metrics(full)
+    # every step logged once, as in the uninterrupted run (the rows the killed run logged after its
+    # checkpoint are logged again by the resumed run, those before it are kept)
+    assert (killed / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
     assert not (tmp_path / "unused").exists()
+
+
+def test_slurms_preemption_signal_saves_a_checkpoint_at_its_step_and_the_run_resumes_from_it(tmp_path: Path):
+    """USR2 (what SLURM sends before a pre-emption or time-out kill) in the middle of training: the
+    step it arrives in is checkpointed (no other checkpoint is due before step 30), the process
+    ends as USR2 ends it, and the resumed run finishes with an uninterrupted run's metrics."""
+    args = [
+        "train",
+        "+experiment=showo_dense",
+        *TINY,
+        *EXACT,
+        "trainer.max_steps=30",
+        "trainer.val_check_interval=30",
+        "callbacks.progress_interval_s=0.05",
+    ]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    uninterrupted = _start([*args, f"hydra.run.dir={full}"], tmp_path)
+    victim = _start([*args, f"hydra.run.dir={stopped}"], tmp_path)
+    reached, deadline = 0, time.time() + 300
+    while reached < 3 and time.time() < deadline and victim.poll() is None:
+        log = (stopped / "train.log").read_text() if (stopped / "train.log").is_file() else ""
+        reached = max([int(s) for s in re.findall(r"step (\d+)/30", log)], default=0)
+        time.sleep(0.05)
+    assert 3 <= reached < 30, (reached, victim.poll())
+    os.kill(victim.pid, signal.SIGUSR2)
+    assert victim.wait(timeout=120) == -signal.SIGUSR2, victim.stderr.read()[-3000:]
+    last = stopped / "checkpoints" / "last.ckpt"
+    saved = _step(last)
+    assert saved is not None and reached <= saved < 30, (reached, saved)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    assert f"saved {last} at step {saved}" in (stopped / "train.log").read_text()
+    assert not (stopped / "metrics.json").exists()
+    assert uninterrupted.wait(timeout=400) == 0, uninterrupted.stderr.read()[-3000:]
+
+    proc = run_modlab("train", f"resume={stopped}", out_dir=tmp_path / "unused")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"resuming from {last} at step {saved}" in (stopped / "train.log").read_text()
+    assert _metrics(stopped) == _metrics(full)
+    assert (stopped / "metrics.csv").read_text() == (full / "metrics.csv").read_text()
 
 
 def test_a_new_run_never_overwrites_an_existing_one(tmp_path: Path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modlab.models.hf_families import HF_FAMILIES
+from modlab.models.hf_tiny import tiny_causal_lm
 from modlab.routing.hf_flops import forward_flops, train_step_flops
 from modlab.routing.hf_routed_layer import install_hf_routing
 from modlab.routing.trace import record_routing
@@ -28,17 +28,14 @@ CONFIG = dict(
 EXTRA = {
     "llama": {},
     "phi": {},
-    "phi3": {"pad_token_id": 0},
+    "phi3": {},
     "qwen3": {"head_dim": 16},
     "gemma3_text": {"head_dim": 16},
 }
 
 
 def model_of(family: str):
-    entry = HF_FAMILIES[family]
-    config = getattr(transformers, entry.config_class)(**CONFIG, **EXTRA[family])
-    torch.manual_seed(0)
-    return getattr(transformers, entry.causal_lm_class)(config).train()
+    return tiny_causal_lm(family, 0, **CONFIG, **EXTRA[family]).train()
 
 
 def step(model, ids):

@@ -5,7 +5,6 @@ policy is what CPU tests can check; the strategy itself runs under `trainer=fsdp
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 from modlab.models.config import ModelConfig
@@ -26,15 +25,11 @@ def test_the_wrapped_classes_are_the_layers_of_a_routed_modlab_model():
 
 
 def test_the_wrapped_classes_are_the_decoder_layers_of_a_transformers_lm():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from modlab.models.hf_tiny import tiny_causal_lm
     from modlab.routing.hf_routed_layer import HFRoutedLayer, install_hf_routing
 
-    config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, attn_implementation="eager",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config)
+    model = tiny_causal_lm("llama", vocab_size=64, attn_implementation="eager")
     layer = type(model.model.layers[0])
     assert layer_classes(model) == {layer}
     install_hf_routing(model, {1: [0.5]})
