@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -112,6 +112,65 @@ def mean_task_losses(
     return out
 
 
+REPLAY_BYTES = 1 << 30  # the most the full model's layer outputs may take to be replayed
+
+
+class ReplayLayer(nn.Module):
+    """Stands in for a layer *before* the dropped one: returns, call by call, what the layer
+    returned in the full model's pass over the same batches (same inputs, same outputs), so a
+    drop pass computes only the layers from the dropped one on: about half the work."""
+
+    def __init__(self, outputs: list):
+        super().__init__()
+        self.outputs, self.calls = outputs, 0
+
+    def forward(self, *args, **kwargs):
+        out = self.outputs[self.calls]
+        self.calls += 1
+        return out
+
+
+@contextmanager
+def recorded_outputs(blocks: nn.ModuleList) -> Iterator[list[list] | None]:
+    """While active, each layer's outputs in call order; the list is None after the pass if they
+    took more than REPLAY_BYTES (nothing is replayed then)."""
+    outputs: list[list] = [[] for _ in blocks]
+    size = [0]
+
+    def keep(i):
+        def hook(module, args, out):
+            outputs[i].append(out)
+            size[0] += sum(t.numel() * t.element_size() for t in (out if isinstance(out, tuple) else (out,)))
+
+        return hook
+
+    handles = [b.register_forward_hook(keep(i)) for i, b in enumerate(blocks)]
+    box = [outputs]
+    try:
+        yield box
+    finally:
+        for h in handles:
+            h.remove()
+        if size[0] > REPLAY_BYTES:
+            box[0] = None
+
+
+@contextmanager
+def replaying(blocks: nn.ModuleList, outputs: list[list] | None, layer: int) -> Iterator[None]:
+    """Layers before `layer` replay their recorded outputs (nothing when outputs is None)."""
+    if outputs is None:
+        yield
+        return
+    originals = [blocks[j] for j in range(layer)]
+    for j in range(layer):
+        blocks[j] = ReplayLayer(outputs[j])
+    try:
+        yield
+    finally:
+        for j, original in enumerate(originals):
+            blocks[j] = original
+
+
 def drop_layer_importance(
     subject: Subject,
     batches: dict[str, list[dict]],
@@ -122,13 +181,24 @@ def drop_layer_importance(
     """Rows {dropped, task, loss} and {dropped, task, metric, value} for the full model
     (dropped = -1) and with each layer dropped in turn. `metrics`: name -> a callable that
     scores the current model (e.g. MMU answer accuracy); each is run under every drop.
-    `advance` is called after each calibration batch of each pass ((n_layer + 1) x batches)."""
+    `advance` is called after each calibration batch of each pass ((n_layer + 1) x batches).
+
+    Without metrics the layers before the dropped one replay their outputs of the full pass
+    (ReplayLayer): the losses are the same, computed with about half the layer work. Metrics
+    (sampling, answering) call the model in other ways, so with them every pass runs in full."""
     out = []
-    for layer in [None, *range(subject.n_layer)]:
-        dropped = -1 if layer is None else layer
-        with skip_layer(subject.blocks, layer, subject.returns_stream, subject.layer_returns_tuple):
+    with recorded_outputs(subject.blocks) if not metrics else nullcontext([None]) as recorded:
+        losses = mean_task_losses(subject, batches, seed, advance)
+        for name, fn in (metrics or {}).items():
+            out.append({"dropped": -1, "task": name.split("_")[0], "metric": name, "value": float(fn())})
+    out[:0] = [{"dropped": -1, "task": t, "metric": "loss", "value": v} for t, v in losses.items()]
+    for layer in range(subject.n_layer):
+        with (
+            replaying(subject.blocks, recorded[0], layer),
+            skip_layer(subject.blocks, layer, subject.returns_stream, subject.layer_returns_tuple),
+        ):
             for task, loss in mean_task_losses(subject, batches, seed, advance).items():
-                out.append({"dropped": dropped, "task": task, "metric": "loss", "value": loss})
+                out.append({"dropped": layer, "task": task, "metric": "loss", "value": loss})
             for name, fn in (metrics or {}).items():
-                out.append({"dropped": dropped, "task": name.split("_")[0], "metric": name, "value": float(fn())})
+                out.append({"dropped": layer, "task": name.split("_")[0], "metric": name, "value": float(fn())})
     return out

@@ -143,3 +143,26 @@ def test_lm_calibration_rows_are_seeded_windows_of_the_held_out_text():
     windows = {val[i : i + 32] for i in range(0, len(val) - 31, 32)}  # the tiling of the val split
     assert all(bytes(row) in windows for row in ids.tolist())
     assert all(bool(b["valid"].all()) for b in a["lm"])
+
+
+@torch.no_grad()
+def test_drop_one_layer_replays_the_layers_before_the_dropped_one(lm, monkeypatch):
+    """The drop passes replay the full pass's outputs of the layers before the dropped one: the
+    same losses as running every pass in full, with the earlier layers never run again."""
+    import modlab.analysis.importance as importance
+
+    subject, batches = lm_subject(lm), lm_batches()
+    calls = [0] * subject.n_layer
+    handles = [
+        b.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, b in enumerate(subject.blocks)
+    ]
+    replayed = drop_layer_importance(subject, batches)
+    n_batches = len(batches["lm"])
+    # layer j runs in the full pass and in the passes that drop a layer at or before it (its own: skipped)
+    assert calls == [n_batches * (1 + j) for j in range(subject.n_layer)]
+    for h in handles:
+        h.remove()
+    monkeypatch.setattr(importance, "REPLAY_BYTES", 0)  # too large to keep: every pass runs in full
+    full = drop_layer_importance(subject, batches)
+    assert [r["value"] for r in replayed] == pytest.approx([r["value"] for r in full], rel=1e-6)
