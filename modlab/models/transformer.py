@@ -92,7 +92,9 @@ class Attention(nn.Module):
         the queries also attend to its earlier entries."""
         B, T, C = x.shape
         q, k, v = self.qk(x, positions)
-        if cache is not None:
+        if cache is not None and T == 1:  # a decode step: written and masked by each row's length
+            k, v, attn_mask = cache.step(k, v, keep)
+        elif cache is not None:
             k, v, attn_mask = cache.extend(k, v, attn_mask, keep)
         y = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
