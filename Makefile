@@ -5,6 +5,7 @@
 #   make test-full      everything, including the slow end-to-end training tests
 #   make lint           ruff check + ruff format --check (line length 120, config in pyproject.toml)
 #   make bench          speed benchmarks (prints ratios; never part of the tests)
+#   make bench-gpu      routed vs dense training step and decoding of a bf16 HF Llama on CUDA (modlab.bench_gpu)
 #   make reproduce      dense -> MoD / UniMoD fine-tunes on digit scenes; writes the comparison table
 #                       (SEEDS=3: every fine-tune with three seeds from one dense base; mean ± std)
 #
@@ -24,7 +25,7 @@ PYTEST_ARGS ?=
 # skipping (the loggers, the submitit launcher, the Optuna sweeper; see docs/install.md)
 EXTRAS ?= dev,hf,harness,tensorboard,mlflow,wandb,submitit,optuna
 
-.PHONY: install test test-full lint format bench clean
+.PHONY: install test test-full lint format bench bench-gpu clean
 
 install: $(BIN)/modlab
 
@@ -54,6 +55,10 @@ format: install
 
 bench: install
 	$(BIN)/python -m modlab.bench
+
+BENCH_GPU_ARGS ?=
+bench-gpu: install
+	$(BIN)/python -m modlab.bench_gpu --device cuda $(BENCH_GPU_ARGS)
 
 .PHONY: reproduce
 REPRODUCE_ARGS ?=
