@@ -90,3 +90,17 @@ def test_the_gpu_benchmark_refuses_cuda_without_a_device_in_one_line():
         [sys.executable, "-m", "modlab.bench_gpu", "--device", "cuda", "--size", "tiny"], capture_output=True, text=True
     )
     assert_one_line_error(proc, "--device cuda", "no CUDA device")
+
+
+def test_the_decode_table_prints_routed_vs_dense_across_widths():
+    from modlab.bench import decode_table
+
+    console = Console(record=True, width=250)
+    results: dict = {}
+    decode_table(console, results, widths=(32,), batches=(1, 3), fractions=(0.5,), prompt=12, new=4, repeats=1)
+    assert "compact KV cache vs dense cached" in console.export_text()
+    rows = results["decode_table"]
+    assert [(r["hidden"], r["batch"]) for r in rows] == [(32, 1), (32, 3)]
+    for r in rows:
+        assert r["predicted_speedup"] > 1.0 and r["routed_kv_mib"] < r["dense_kv_mib"] and r["routed_tok_s"] > 0
+    json.dumps(results)
