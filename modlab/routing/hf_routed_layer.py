@@ -40,10 +40,17 @@ import torch.nn as nn
 
 from modlab.errors import ConfigError
 from modlab.models.hf_families import HFFamily, decoder_layers, hf_family, layer_sliding_window, text_config
-from modlab.routing.hf_row_cache import RowKVLayer
 from modlab.routing.install import RouteInfo
 from modlab.routing.routed_block import RoutedBlock, gather_tokens
 from modlab.routing.topk import topk_select
+
+try:
+    from modlab.routing.hf_row_cache import RowKVLayer
+except ImportError:  # transformers (the optional `hf` extra) is missing: no model has a cache to route
+
+    class RowKVLayer:  # nothing is ever an instance
+        pass
+
 
 # Attention implementations whose masks the wrapper can slice: SDPA (bool masks, or None for its
 # causal fast path) and eager (additive float masks). Flash attention takes 2D padding masks and
@@ -102,6 +109,10 @@ class HFRoutedLayer(RoutedBlock):
         x = hidden_states
         B, T, _ = x.shape
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        row_cache = self._cache_layer(cache)
+        if T == 1 and isinstance(row_cache, RowKVLayer) and row_cache.span > 0 and not self.sizes_decode_masks:
+            self.require_causal_decision()
+            return self._as_layer_output(self._decode_step(x, kwargs, row_cache))
         self._require_growing_cache(cache)
         decoding = cache is not None and self._stored_entries(cache) > 0
         if decoding:
@@ -119,9 +130,6 @@ class HFRoutedLayer(RoutedBlock):
         always = always.to(device=x.device, dtype=torch.bool) if always is not None and always.shape == (B, T) else None
         route = RouteInfo(task=task, valid=valid, always=always)
         scores = self.router(x, task)  # (B, T) logits
-        row_cache = self._cache_layer(cache)
-        if decoding and T == 1 and isinstance(row_cache, RowKVLayer):
-            return self._as_layer_output(self._decode_step(x, kwargs, route, scores, row_cache))
 
         def run_rows(rows, eligible, capacity, forced=None):
             if rows is None:
@@ -183,12 +191,18 @@ class HFRoutedLayer(RoutedBlock):
         out = padded.scatter(1, idx_or_dummy[..., None].expand(B, K, d), new_kept.to(x.dtype))
         return out[:, :T], selected, K
 
-    def _decode_step(self, x, kwargs, route, scores, row_cache: RowKVLayer) -> torch.Tensor:
+    def _decode_step(self, x, kwargs, row_cache: RowKVLayer) -> torch.Tensor:
         """One token per row with the per-row cache (threshold routing): the rows whose token runs
         the layer run it, and only they, against their own entries masked by length; the others
         pass through and write nothing. The rows that run are the step's one host sync (they size
         the call); a batch in which every row runs takes no row gather at all."""
         B = x.shape[0]
+        valid = self._valid_tokens(kwargs.get("attention_mask"), B, 1, x.device)
+        task = self.inputs.task if self.inputs.task is not None else torch.zeros(B, dtype=torch.long, device=x.device)
+        always = self.inputs.always
+        always = always.to(device=x.device, dtype=torch.bool) if always is not None and always.shape == (B, 1) else None
+        route = RouteInfo(task=task, valid=valid, always=always)
+        scores = self.router(x, task)  # (B, 1) logits
         runs = self.threshold_runs(x, route, scores)  # (B, 1)
         rows = runs[:, 0].nonzero()[:, 0]
         n = rows.shape[0]
@@ -208,11 +222,15 @@ class HFRoutedLayer(RoutedBlock):
                 kw["position_embeddings"] = tuple(pick(t.expand(B, *t.shape[1:])) for t in pe)
             kw["attention_mask"] = row_cache.step_mask(None if every else rows, self.attn_implementation, x.dtype)
             row_cache.select(None if every else rows, pick(positions)[:, 0])
-            gate = torch.sigmoid(pick(scores).float())
-            if route.always is not None:  # tokens that are not routed run with weight 1
-                gate = torch.where(pick(route.always), torch.ones_like(gate), gate)
             x_rows = pick(x)
-            new = self._mix(x_rows, self._call_layer(x_rows, kw), gate).to(x.dtype)
+            new = self._call_layer(x_rows, kw)
+            if self.weight != "ste_sigmoid" or torch.is_grad_enabled():
+                gate = torch.sigmoid(pick(scores).float())
+                if route.always is not None:  # tokens that are not routed run with weight 1
+                    gate = torch.where(pick(route.always), torch.ones_like(gate), gate)
+                new = self._mix(x_rows, new, gate)
+            # else the straight-through weight is exactly 1: the layer's output as it is (what _mix gives)
+            new = new.to(x.dtype)
             out = new if every else x.index_copy(0, rows, new)
         self._trace("threshold", route, runs, [(n, 1)])
         return out

@@ -201,12 +201,21 @@ class RoutedBlock(nn.Module):
         """(B, T) the tokens threshold routing runs: every token whose decision logit is > 0 (a
         per-token, causal choice); rows of a task that is dense in this layer (capacity 1) run
         all their tokens, and so do the tokens that are not routed (route.always)."""
-        row_capacity = self.row_capacity(route.task)
         decided = self.decision_logits(x, route.task, scores).detach() > 0
-        runs = route.valid & (decided | (row_capacity >= 1.0)[:, None])
+        if self._has_dense_task():
+            decided = decided | (self.row_capacity(route.task) >= 1.0)[:, None]
+        runs = route.valid & decided
         if route.always is not None:
             runs |= route.valid & route.always
         return runs
+
+    def _has_dense_task(self) -> bool:
+        """Whether some router's capacity is 1 (its task runs every token here), read on the host
+        once per capacity tensor: a decode step asks at every layer and must not wait on the device."""
+        key = (self.capacity.data_ptr(), self.capacity.device)
+        if getattr(self, "_dense_task_key", None) != key:
+            self._dense_task_key, self._dense_task = key, bool((self.capacity >= 1.0).any())
+        return self._dense_task
 
     def _trace(self, mode, route, selected, groups, aux=None, agreement=None) -> None:
         if not self.routing_traces:
@@ -244,11 +253,14 @@ class RoutedBlock(nn.Module):
             pick = (lambda t: t) if every else (lambda t: t[rows])
             rows_cache = cache if every else cache.rows(rows)
             delta = self.block(pick(x), pick(positions), pick(attn_mask), kept, cache=rows_cache)
-            gate = torch.sigmoid(pick(scores).float())
-            w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
-            if route.always is not None:  # tokens that are not routed run with weight 1
-                w = torch.where(pick(route.always), torch.ones_like(w), w)
-            delta = (delta * w[..., None].to(delta.dtype)).to(x.dtype)
+            if self.weight != "ste_sigmoid" or torch.is_grad_enabled():
+                gate = torch.sigmoid(pick(scores).float())
+                w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
+                if route.always is not None:  # tokens that are not routed run with weight 1
+                    w = torch.where(pick(route.always), torch.ones_like(w), w)
+                delta = delta * w[..., None].to(delta.dtype)
+            # else the straight-through weight is exactly 1 and nothing asks for its gradient
+            delta = delta.to(x.dtype)
             out = delta if every else out.index_copy(0, rows, delta)
         self._trace("threshold", route, runs, [(n, 1)])
         return out
