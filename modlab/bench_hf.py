@@ -168,6 +168,190 @@ def bench_hf_mod_decoding(prompt: int = 256, new: int = 64, repeats: int = 3, se
     }
 
 
+def sync(device) -> None:
+    """Wait for the device's queued work (a CUDA timing must not stop at the last launch)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_clock(device="cpu"):
+    """What a benchmark times with: on a CPU with one torch thread, the CPU time of this thread
+    (all the work runs on it, and time spent waiting for a core that other processes of a shared
+    machine hold is not counted); else wall-clock time."""
+    if torch.device(device).type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
+def median_seconds(fns: dict, repeats: int, device="cpu", warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each fn, timed in alternation (dense, routed, dense, ...)."""
+    import statistics
+
+    clock = bench_clock(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t = clock()
+            fn()
+            sync(device)
+            times[name].append(clock() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def layer_inputs(model: nn.Module, layers: list[int], ids: torch.Tensor) -> dict[int, torch.Tensor]:
+    """(tokens, d) hidden states entering each of these decoder layers in a forward over `ids`."""
+    from modlab.models.hf_families import decoder_layers
+
+    blocks, seen, hooks = decoder_layers(model), {}, []
+    for i in layers:
+        hooks.append(
+            blocks[i].register_forward_pre_hook(
+                lambda m, a, kw, i=i: seen.__setitem__(i, (a[0] if a else kw["hidden_states"]).detach()),
+                with_kwargs=True,
+            )
+        )
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {i: h.flatten(0, 1).float() for i, h in seen.items()}
+
+
+def set_router_fraction(model: nn.Module, routing, ids: torch.Tensor, fraction: float) -> None:
+    """Point each routed layer's router so that its causal decision (logit > 0) runs about
+    `fraction` of the tokens of `ids`: w = w0 + a * m, m the mean hidden state entering the
+    layer, a found by bisection (the router has no bias; m . x is mostly positive, so a shifts
+    the logits of most tokens alike). Routed layers change the inputs of later ones, so the
+    fraction that really runs is measured, not assumed."""
+    for i, layer in sorted(routing.layers.items()):
+        x = layer_inputs(model, [i], ids)[i]
+        w0 = layer.router.proj.weight.detach().float().clone()
+        m = x.mean(0, keepdim=True)
+        m = m / m.norm()
+        base, along = x @ w0.T, x @ m.T  # (tokens, n_routers), (tokens, 1)
+        lo, hi = -1e3, 1e3
+        for _ in range(60):
+            a = (lo + hi) / 2
+            if float(((base + a * along) > 0).float().mean()) < fraction:
+                lo = a
+            else:
+                hi = a
+        with torch.no_grad():
+            layer.router.proj.weight.copy_((w0 + hi * m).to(layer.router.proj.weight.dtype))
+
+
+def decode_flops_per_token(model, context: float, ran: dict[int, float] | None = None) -> float:
+    """Matmul FLOPs of one decode step per row of a transformers CausalLM (counted from the modules
+    its layers hold, modlab.routing.hf_flops): every layer's projections and MLP, attention
+    against `context` cached keys, the head; a routed layer i runs for a fraction ran[i] of the
+    tokens, against its compact cache (about ran[i] * context entries), plus its router."""
+    from modlab.models.hf_families import decoder_layers, text_config
+    from modlab.routing.hf_flops import linear_weights, query_width
+
+    ran = ran or {}
+    config = text_config(model.config)
+    q = query_width(config)
+    total = 2 * config.hidden_size * config.vocab_size
+    for i, layer in enumerate(decoder_layers(model)):
+        linear = 2 * linear_weights(getattr(layer, "block", layer))
+        f = ran.get(i, 1.0)
+        total += f * (linear + 2 * 2 * q * f * context) + (2 * config.hidden_size if i in ran else 0)
+    return total
+
+
+def bench_hf_decode(
+    hidden: int = 512,
+    batch: int = 1,
+    fraction: float = 0.5,
+    prompt: int = 128,
+    new: int = 32,
+    n_layer: int = 4,
+    heads: int | None = None,
+    repeats: int = 3,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> dict:
+    """Greedy decoding of a random Llama (`hidden` wide, `n_layer` layers, every other one routed
+    from layer 1, routers set to run `fraction` of the tokens, threshold routing, compact KV
+    cache) against the same model unrouted with transformers' cache: decode tokens/s (prefill
+    excluded), the FLOPs-predicted speed-up at the fractions that really ran, and KV memory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=n_layer,
+        num_attention_heads=heads or max(1, hidden // 64),
+        num_key_value_heads=heads or max(1, hidden // 64),
+        intermediate_size=int(hidden * 8 / 3) // 64 * 64 or 64,
+        vocab_size=1024,
+        max_position_embeddings=prompt + new,
+        attn_implementation="sdpa",
+    )
+    dense = LlamaForCausalLM(config).eval().to(device=device, dtype=dtype)
+    routed = copy.deepcopy(dense)
+    layers = list(range(1, n_layer, 2))
+    routing = install_hf_routing(routed, {i: [0.125] for i in layers}, causal="aux_bce")
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, config.vocab_size, (batch, prompt), generator=gen).to(device)
+    set_router_fraction(routed, routing, ids, fraction)
+
+    def decode(model, n):
+        return lambda: greedy_decode(model, ids, n)
+
+    with threshold_routing(routed):
+        # decode time = (prefill + new steps) - (prefill + 1 step): the prefill cancels
+        s = median_seconds(
+            {
+                "dense": decode(dense, new),
+                "routed": decode(routed, new),
+                "dense1": decode(dense, 1),
+                "routed1": decode(routed, 1),
+            },
+            repeats,
+            device,
+        )
+        with record_routing(routed) as trace:
+            _, _, cache = greedy_decode(routed, ids, new)
+    steps = batch * (new - 1)
+    dense_s, routed_s = s["dense"] - s["dense1"], s["routed"] - s["routed1"]
+    n_cached = prompt + new - 1
+    entries = routing.cache_entries(cache)
+    ran = {i: float(entries[i].sum()) / (batch * n_cached) for i in layers}
+    decided = {i: sum(float(r.selected.sum()) for r in trace.layer(i)) / (batch * n_cached) for i in layers}
+    context = prompt + new / 2
+    predicted = decode_flops_per_token(dense, context) / decode_flops_per_token(dense, context, ran)
+    head_dim = hidden // config.num_attention_heads
+    per_entry = 2 * config.num_key_value_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+    dense_entries = n_layer * batch * n_cached
+    routed_entries = (n_layer - len(layers)) * batch * n_cached + sum(int(entries[i].sum()) for i in layers)
+    return {
+        "hidden": hidden,
+        "batch": batch,
+        "n_layer": n_layer,
+        "target_fraction": fraction,
+        "routed_layers": layers,
+        "ran": ran,
+        "ran_decided": decided,
+        "dense_tok_s": steps / dense_s,
+        "routed_tok_s": steps / routed_s,
+        "speedup": dense_s / routed_s,
+        "predicted_speedup": predicted,
+        "measured_over_predicted": (dense_s / routed_s) / predicted,
+        "dense_kv_mib": dense_entries * per_entry / 2**20,
+        "routed_kv_mib": routed_entries * per_entry / 2**20,
+        "decode_flops_per_token_dense": decode_flops_per_token(dense, context),
+        "decode_flops_per_token_routed": decode_flops_per_token(dense, context, ran),
+    }
+
+
 def bench_hf_emu3_generation(
     hidden: int = 256,
     n_layer: int = 8,

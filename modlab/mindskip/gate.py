@@ -92,6 +92,9 @@ class GatedAttention(nn.Module):
         self.granularity, self.threshold = granularity, threshold
         self.mode = ROUTED if router is not None else OPEN
         self.held: torch.Tensor | None = None  # (B,) sequence decisions of the last prefill
+        # what the held decisions mean for the whole batch ("open", "closed", "mixed"), read once at
+        # prefill: decode steps that reuse them branch on it without waiting on the device
+        self.held_batch: str | None = None
         self.last_capacity: torch.Tensor | None = None  # differentiable mean gate of the last forward
         self.calls = 0  # attention executions (what skipping saves)
 
@@ -103,12 +106,15 @@ class GatedAttention(nn.Module):
             return self._run(args, kwargs)
         if self.mode == CLOSED:
             return self._skipped(h)
+        reusing = self.ctx.reuse and self.held is not None and self.granularity == "sequence"
         gate = self._gate(h)
-        hard = gate.detach()
         if not self.training and self.granularity == "sequence":
-            if not bool(hard.any()):
+            if not reusing or self.held_batch is None:
+                hard = gate.detach()
+                self.held_batch = "closed" if not bool(hard.any()) else "open" if bool(hard.all()) else "mixed"
+            if self.held_batch == "closed":
                 return self._skipped(h)
-            if bool(hard.all()):
+            if self.held_batch == "open":
                 return self._run(args, kwargs)
         return self._scaled(self._run(args, kwargs), gate)
 
@@ -119,7 +125,7 @@ class GatedAttention(nn.Module):
                 gate = self.held
             else:
                 gate = straight_through_gate(self.router(h, ctx.valid, "sequence"), self.threshold)
-                self.held = gate.detach()
+                self.held, self.held_batch = gate.detach(), None
             self.last_capacity = gate.mean()
             return gate
         gate = straight_through_gate(self.router(h, None, "token"), self.threshold)

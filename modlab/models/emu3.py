@@ -127,11 +127,15 @@ class Emu3(UnifiedModel):
         task, extra = prompts["task"].repeat(G), self.image_embed(prompts["is_image"]).repeat(G, 1, 1)
         rows = torch.arange(G * B, device=ids.device)
 
-        def run(tokens, positions, valid_cols):
+        one = torch.ones(G * B, 1, dtype=torch.bool, device=ids.device)
+        step_mask = causal_mask(one)  # a decode step's mask, the same at every step: built once
+
+        def run(tokens, positions, valid_cols, mask=None):
             """Logits of these tokens (G * B, n) at their positions (G * B, n), continuing the cache."""
             route = RouteInfo(task=task, valid=valid_cols)
             embed = extra[rows[:, None], positions]
-            return self.transformer(tokens, causal_mask(valid_cols), positions, embed, route, cache)
+            mask = causal_mask(valid_cols) if mask is None else mask
+            return self.transformer(tokens, mask, positions, embed, route, cache)
 
         def logits_for(j: int) -> torch.Tensor:
             if j == 0:
@@ -141,6 +145,6 @@ class Emu3(UnifiedModel):
             # the token drawn last, at its own position, predicts the next (the image span is contiguous)
             p = img_idx[:, j - 1 : j]
             tokens, p = ids.gather(1, p).repeat(G, 1), p.repeat(G, 1)
-            return run(tokens, p, torch.ones_like(p, dtype=torch.bool))[:, 0]
+            return run(tokens, p, one, step_mask)[:, 0]
 
         return logits_for

@@ -117,7 +117,7 @@ class HFCausalLM(nn.Module):
             return self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
         B, T = ids.shape
         positions = torch.arange(cache.length, cache.length + T, device=ids.device).expand(B, T)
-        logits = self.hf(input_ids=ids, position_ids=positions, past_key_values=cache.kv, use_cache=True).logits
+        logits = self.hf(input_ids=ids, position_ids=positions, cache=cache.kv, use_cache=True).logits
         cache.length += T
         return logits
 

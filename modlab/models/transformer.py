@@ -31,9 +31,22 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
+_INV_FREQ: dict[tuple, torch.Tensor] = {}
+
+
+def rope_inv_freq(head_dim: int, base: float, device) -> torch.Tensor:
+    """RoPE's inverse frequencies, computed once per (head_dim, base, device): a decode step asks
+    in every layer, and rebuilding them (arange, pow, div) was a third of its RoPE ops."""
+    key = (head_dim, float(base), torch.device(device))
+    if key not in _INV_FREQ:
+        exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+        _INV_FREQ[key] = 1.0 / (base**exponents)
+    return _INV_FREQ[key]
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables for the given (B, T) positions, shaped (B, 1, T, head_dim // 2)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    inv_freq = rope_inv_freq(head_dim, base, positions.device)
     angles = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
     return angles.cos()[:, None], angles.sin()[:, None]
 
@@ -92,7 +105,9 @@ class Attention(nn.Module):
         the queries also attend to its earlier entries."""
         B, T, C = x.shape
         q, k, v = self.qk(x, positions)
-        if cache is not None:
+        if cache is not None and T == 1:  # a decode step: written and masked by each row's length
+            k, v, attn_mask = cache.step(k, v, keep)
+        elif cache is not None:
             k, v, attn_mask = cache.extend(k, v, attn_mask, keep)
         y = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))

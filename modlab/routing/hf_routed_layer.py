@@ -44,6 +44,14 @@ from modlab.routing.install import RouteInfo
 from modlab.routing.routed_block import RoutedBlock, gather_tokens
 from modlab.routing.topk import topk_select
 
+try:
+    from modlab.routing.hf_row_cache import RowKVLayer
+except ImportError:  # transformers (the optional `hf` extra) is missing: no model has a cache to route
+
+    class RowKVLayer:  # nothing is ever an instance
+        pass
+
+
 # Attention implementations whose masks the wrapper can slice: SDPA (bool masks, or None for its
 # causal fast path) and eager (additive float masks). Flash attention takes 2D padding masks and
 # flex attention BlockMasks, neither of which can be restricted to a subset of tokens here.
@@ -101,14 +109,21 @@ class HFRoutedLayer(RoutedBlock):
         x = hidden_states
         B, T, _ = x.shape
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        row_cache = self._cache_layer(cache)
+        if T == 1 and isinstance(row_cache, RowKVLayer) and row_cache.span > 0 and not self.sizes_decode_masks:
+            self.require_causal_decision()
+            return self._as_layer_output(self._decode_step(x, kwargs, row_cache))
         self._require_growing_cache(cache)
-        if cache is not None and self._stored_entries(cache) > 0:
+        decoding = cache is not None and self._stored_entries(cache) > 0
+        if decoding:
             self.require_causal_decision()
             if self.sizes_decode_masks:
                 raise ConfigError(
                     f"layer {self.layer_idx} cannot be routed while decoding with a KV cache: transformers sizes "
                     "the decode masks and positions of its attention type from it; route later layers"
                 )
+        elif cache is not None and self.sliding_window is None:
+            RowKVLayer.install(cache, self.layer_idx)  # a full-attention layer keeps per-row entries
         valid = self._valid_tokens(kwargs.get("attention_mask"), B, T, x.device)
         task = self.inputs.task if self.inputs.task is not None else torch.zeros(B, dtype=torch.long, device=x.device)
         always = self.inputs.always
@@ -150,6 +165,7 @@ class HFRoutedLayer(RoutedBlock):
             # except while decoding, where the mask comes from this layer's own cache
             if past is not None:
                 kwargs = dict(kwargs, attention_mask=self._decode_mask(past, positions, slot_ok, x.dtype))
+            self._expect_write(cache, slot_ok, positions)
             out = self._mix(x, self._call_layer(x, kwargs), gate)
             self._record_entries(cache, past, positions, slot_ok)
             return out, selected, K
@@ -168,11 +184,62 @@ class HFRoutedLayer(RoutedBlock):
                 gather_tokens(t.expand(B, *t.shape[1:]), idx) for t in kwargs["position_embeddings"]
             )
         x_kept = gather_tokens(x, idx)
+        self._expect_write(cache, slot_ok, kept_positions)
         new_kept = self._mix(x_kept, self._call_layer(x_kept, kept_kwargs), gather_tokens(gate, idx))
         self._record_entries(cache, past, kept_positions, slot_ok)
         padded = torch.cat([x, x.new_zeros(B, 1, d)], 1)
         out = padded.scatter(1, idx_or_dummy[..., None].expand(B, K, d), new_kept.to(x.dtype))
         return out[:, :T], selected, K
+
+    def _decode_step(self, x, kwargs, row_cache: RowKVLayer) -> torch.Tensor:
+        """One token per row with the per-row cache (threshold routing): the rows whose token runs
+        the layer run it, and only they, against their own entries masked by length; the others
+        pass through and write nothing. The rows that run are the step's one host sync (they size
+        the call); a batch in which every row runs takes no row gather at all."""
+        B = x.shape[0]
+        valid = self._valid_tokens(kwargs.get("attention_mask"), B, 1, x.device)
+        task = self.inputs.task if self.inputs.task is not None else torch.zeros(B, dtype=torch.long, device=x.device)
+        always = self.inputs.always
+        always = always.to(device=x.device, dtype=torch.bool) if always is not None and always.shape == (B, 1) else None
+        route = RouteInfo(task=task, valid=valid, always=always)
+        scores = self.router(x, task)  # (B, 1) logits
+        runs = self.threshold_runs(x, route, scores)  # (B, 1)
+        rows = runs[:, 0].nonzero()[:, 0]
+        n = rows.shape[0]
+        out = x
+        if n:
+            every = n == B
+            pick = (lambda t: t) if every else (lambda t: t[rows])
+            kw = dict(kwargs)
+            positions = kwargs.get("position_ids")
+            positions = (
+                positions.expand(B, 1) if positions is not None else torch.full((B, 1), row_cache.span, device=x.device)
+            )
+            if kwargs.get("position_ids") is not None:
+                kw["position_ids"] = pick(positions)
+            pe = kwargs.get("position_embeddings")
+            if pe is not None:
+                kw["position_embeddings"] = tuple(pick(t.expand(B, *t.shape[1:])) for t in pe)
+            kw["attention_mask"] = row_cache.step_mask(None if every else rows, self.attn_implementation, x.dtype)
+            row_cache.select(None if every else rows, pick(positions)[:, 0])
+            x_rows = pick(x)
+            new = self._call_layer(x_rows, kw)
+            if self.weight != "ste_sigmoid" or torch.is_grad_enabled():
+                gate = torch.sigmoid(pick(scores).float())
+                if route.always is not None:  # tokens that are not routed run with weight 1
+                    gate = torch.where(pick(route.always), torch.ones_like(gate), gate)
+                new = self._mix(x_rows, new, gate)
+            # else the straight-through weight is exactly 1: the layer's output as it is (what _mix gives)
+            new = new.to(x.dtype)
+            out = new if every else x.index_copy(0, rows, new)
+        self._trace("threshold", route, runs, [(n, 1)])
+        return out
+
+    def _expect_write(self, cache, slot_ok: torch.Tensor, positions: torch.Tensor) -> None:
+        """Tell a per-row cache layer which of the call's (B, K) tokens it stores, at which positions."""
+        layer = self._cache_layer(cache)
+        if isinstance(layer, RowKVLayer):
+            layer.expect(slot_ok, positions)
 
     def _mix(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """x + w * (y - x) with RoutedBlock's router weight w, written so that w == 1 gives y exactly."""
@@ -273,6 +340,8 @@ class HFRoutedLayer(RoutedBlock):
     def _stored_entries(self, cache) -> int:
         """Cached slots this layer holds now (a sliding-window layer keeps the last window - 1)."""
         layer = self._cache_layer(cache)
+        if isinstance(layer, RowKVLayer):
+            return layer.span
         keys = getattr(layer, "keys", None)
         return int(keys.shape[-2]) if isinstance(keys, torch.Tensor) and keys.numel() else 0
 
@@ -280,13 +349,17 @@ class HFRoutedLayer(RoutedBlock):
         """(positions, holds a token), each (B, L), of this layer's cached slots; None before the first write."""
         if cache is None or self._stored_entries(cache) == 0:
             return None
+        layer = self._cache_layer(cache)
+        if isinstance(layer, RowKVLayer):
+            return layer.past()
         entries = self._entries
         if entries is None or entries[0]() is not cache:
             raise ConfigError(f"layer {self.layer_idx}'s KV cache was not written by this routed layer")
         return entries[1], entries[2]
 
     def _record_entries(self, cache, past, positions: torch.Tensor, slot_ok: torch.Tensor) -> None:
-        if cache is None or self._cache_layer(cache) is None:
+        layer = self._cache_layer(cache)
+        if layer is None or isinstance(layer, RowKVLayer):  # a per-row cache layer keeps its own
             return
         if past is not None:
             positions, slot_ok = torch.cat([past[0], positions], 1), torch.cat([past[1], slot_ok], 1)
@@ -323,6 +396,9 @@ class HFRoutedLayer(RoutedBlock):
     def cache_entries(self, cache) -> torch.Tensor:
         """(B,) cached K/V entries of this layer that hold a token (a sliding-window layer keeps
         only its last window - 1 slots)."""
+        layer = self._cache_layer(cache)
+        if isinstance(layer, RowKVLayer):
+            return layer.length if layer.length is not None else torch.zeros(0, dtype=torch.long)
         past = self._past_entries(cache, 0)
         if past is None:
             return torch.zeros(0, dtype=torch.long)

@@ -128,6 +128,8 @@ class RoutedBlock(nn.Module):
         if cache is not None:
             self.require_causal_decision()
         scores = self.router(x, route.task)  # (B, T) logits
+        if cache is not None and x.shape[1] == 1:
+            return self._decode_step(x, positions, attn_mask, route, scores, cache)
 
         def run_rows(rows, eligible, capacity, forced=None):
             if rows is None:  # every row in one call: the only call threshold routing (and a cache) makes
@@ -166,13 +168,7 @@ class RoutedBlock(nn.Module):
         groups: list[tuple[int, int]] = []
         aux = agreement = None
         if self.mode == "threshold" and self.causal != "none":
-            # every token whose decision logit is > 0 runs the block: a per-token, causal choice;
-            # rows of a task that is dense in this layer (capacity 1) run all their tokens
-            row_capacity = self.row_capacity(route.task)
-            decided = self.decision_logits(x, route.task, scores).detach() > 0
-            eligible = route.valid & (decided | (row_capacity >= 1.0)[:, None])
-            if route.always is not None:
-                eligible |= route.valid & route.always
+            eligible = self.threshold_runs(x, route, scores)
             out, selected, k = run_rows(None, eligible, torch.ones((), device=x.device), route.always)
             groups.append((x.shape[0], k))
             mode = "threshold"
@@ -198,24 +194,75 @@ class RoutedBlock(nn.Module):
                     groups.append((len(rows), k))
             if self.causal != "none":
                 aux, agreement = self._score_causal_decision(x, route, scores, selected)
-        if self.routing_traces:
-            from modlab.routing.trace import LayerRouting
+        self._trace(mode, route, selected, groups, aux, agreement)
+        return out
 
-            routed = route.routed()  # kept fractions are over the tokens the router decides for
-            record = LayerRouting(
-                self.layer_index,
-                mode,
-                route.task,
-                routed,
-                selected & routed,
-                self.row_capacity(route.task),
-                groups,
-                self.routing_weights(),
-                aux,
-                agreement,
-            )
-            for trace in self.routing_traces:
-                trace.add(record)
+    def threshold_runs(self, x: torch.Tensor, route, scores: torch.Tensor) -> torch.Tensor:
+        """(B, T) the tokens threshold routing runs: every token whose decision logit is > 0 (a
+        per-token, causal choice); rows of a task that is dense in this layer (capacity 1) run
+        all their tokens, and so do the tokens that are not routed (route.always)."""
+        decided = self.decision_logits(x, route.task, scores).detach() > 0
+        if self._has_dense_task():
+            decided = decided | (self.row_capacity(route.task) >= 1.0)[:, None]
+        runs = route.valid & decided
+        if route.always is not None:
+            runs |= route.valid & route.always
+        return runs
+
+    def _has_dense_task(self) -> bool:
+        """Whether some router's capacity is 1 (its task runs every token here), read on the host
+        once per capacity tensor: a decode step asks at every layer and must not wait on the device."""
+        key = (self.capacity.data_ptr(), self.capacity.device)
+        if getattr(self, "_dense_task_key", None) != key:
+            self._dense_task_key, self._dense_task = key, bool((self.capacity >= 1.0).any())
+        return self._dense_task
+
+    def _trace(self, mode, route, selected, groups, aux=None, agreement=None) -> None:
+        if not self.routing_traces:
+            return
+        from modlab.routing.trace import LayerRouting
+
+        routed = route.routed()  # kept fractions are over the tokens the router decides for
+        record = LayerRouting(
+            self.layer_index,
+            mode,
+            route.task,
+            routed,
+            selected & routed,
+            self.row_capacity(route.task),
+            groups,
+            self.routing_weights(),
+            aux,
+            agreement,
+        )
+        for trace in self.routing_traces:
+            trace.add(record)
+
+    def _decode_step(self, x, positions, attn_mask, route, scores, cache) -> torch.Tensor:
+        """One token per row with a KV cache (threshold routing): the rows whose token runs the
+        block run it, and only they; the others' delta is 0 and they write nothing. One decision
+        for the batch: the rows that run are the single host sync (it sizes the call)."""
+        runs = self.threshold_runs(x, route, scores)  # (B, 1)
+        rows = runs[:, 0].nonzero()[:, 0]
+        n = rows.shape[0]
+        out = torch.zeros_like(x)
+        if n:
+            B = x.shape[0]
+            every = n == B
+            kept = RouteInfo(task=route.task if every else route.task[rows], valid=runs if every else runs[rows])
+            pick = (lambda t: t) if every else (lambda t: t[rows])
+            rows_cache = cache if every else cache.rows(rows)
+            delta = self.block(pick(x), pick(positions), pick(attn_mask), kept, cache=rows_cache)
+            if self.weight != "ste_sigmoid" or torch.is_grad_enabled():
+                gate = torch.sigmoid(pick(scores).float())
+                w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
+                if route.always is not None:  # tokens that are not routed run with weight 1
+                    w = torch.where(pick(route.always), torch.ones_like(w), w)
+                delta = delta * w[..., None].to(delta.dtype)
+            # else the straight-through weight is exactly 1 and nothing asks for its gradient
+            delta = delta.to(x.dtype)
+            out = delta if every else out.index_copy(0, rows, delta)
+        self._trace("threshold", route, runs, [(n, 1)])
         return out
 
     def _score_causal_decision(self, x, route, scores, selected) -> tuple[torch.Tensor, torch.Tensor | None]:

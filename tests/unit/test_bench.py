@@ -4,7 +4,11 @@ bench_hf's training-step and decoding benchmarks and print them in rich tables."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import pytest
+import torch
 from rich.console import Console
 
 from modlab.bench import hf_mod_tables
@@ -60,4 +64,43 @@ def test_hf_emu3_generation_table_prints_compact_cache_speed():
         assert r["routed_layers"] == [1] and r["rows"] == 4
         # the routed layer's cache holds only the tokens that ran it; the dense one every token
         assert r["routed_kv_entries"] < r["dense_kv_entries"] and r["routed_tok_s"] > 0
+    json.dumps(results)
+
+
+def test_the_gpu_benchmark_runs_at_a_tiny_size_on_cpu():
+    """modlab.bench_gpu is meant for CUDA; at its tiny size it runs here, so it cannot rot."""
+    from modlab.bench_gpu import run
+
+    r = run(device="cpu", size="tiny", repeats=1)
+    t, d = r["training"], r["decoding"]
+    assert r["dtype"] == "float32" and r["peak_tflops"] > 0
+    assert t["predicted_speedup"] > 1.0 and t["dense_tok_s"] > 0 and 0 < t["dense_mfu"]
+    assert t["routed_layers"] == [1, 3] and d["routed_layers"] == [1, 3]
+    # the routers were pointed to run about half the tokens: the routed layers skipped some, ran some
+    assert all(0 < f < 1 for f in d["ran"].values())
+    assert d["predicted_speedup"] > 1.0 and d["routed_kv_mib"] < d["dense_kv_mib"] and d["routed_mfu"] > 0
+    json.dumps(r)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: nothing to refuse")
+def test_the_gpu_benchmark_refuses_cuda_without_a_device_in_one_line():
+    from helpers import assert_one_line_error
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "modlab.bench_gpu", "--device", "cuda", "--size", "tiny"], capture_output=True, text=True
+    )
+    assert_one_line_error(proc, "--device cuda", "no CUDA device")
+
+
+def test_the_decode_table_prints_routed_vs_dense_across_widths():
+    from modlab.bench import decode_table
+
+    console = Console(record=True, width=250)
+    results: dict = {}
+    decode_table(console, results, widths=(32,), batches=(1, 3), fractions=(0.5,), prompt=12, new=4, repeats=1)
+    assert "compact KV cache vs dense cached" in console.export_text()
+    rows = results["decode_table"]
+    assert [(r["hidden"], r["batch"]) for r in rows] == [(32, 1), (32, 3)]
+    for r in rows:
+        assert r["predicted_speedup"] > 1.0 and r["routed_kv_mib"] < r["dense_kv_mib"] and r["routed_tok_s"] > 0
     json.dumps(results)
