@@ -107,7 +107,12 @@ class HFLMModule(LMModule):
         trainable = self.objective_cfg.trainable
         self.routers_only = self.skip is None and self.routing is not None and trainable == "routers"
         if self.routers_only:
+            from modlab.mindskip.gate import freeze_regularisation
+
             self.lm.requires_grad_(False)
+            # the routers train on the frozen model as it runs at inference: its dropout off
+            # (Phi ships resid_pdrop=0.1), as MindSkip's Router-Tuning does
+            freeze_regularisation(self.lm.hf)
             for layer in self.routing.layers.values():
                 layer.router.requires_grad_(True)
                 if layer.predictor is not None:
