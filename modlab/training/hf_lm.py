@@ -176,6 +176,7 @@ class HFLMModule(LMModule):
             if agreement is not None:
                 out["router_agreement"] = agreement
             out["loss"] = out["loss"] + (r.aux_weight if r.causal == "aux_bce" else 1.0) * aux
+        out.update(trace.router_state().metrics())  # the routers' logit scale and weight gradient
         return out
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -190,8 +191,8 @@ class HFLMModule(LMModule):
         B, T = batch["ids"].shape
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=B)
         self.log("train/lm_loss", out["lm_loss"], batch_size=B)
-        for k in ("router_aux", "router_agreement"):
-            if k in out:
+        for k in out:
+            if k.startswith("router_"):
                 self.log(f"train/{k}", out[k], batch_size=B)
         routed = float(train_step_flops(self.lm.hf, B, T, self.last_trace.flops_groups()[0]))
         dense = float(train_step_flops(self.lm.hf, B, T))
@@ -204,8 +205,11 @@ class HFLMModule(LMModule):
         super().validation_step(batch, batch_idx)
         if self.routing is not None:
             _, agreement = self.last_trace.causal_stats()
+            stats = self.last_trace.router_state().metrics()
             if agreement is not None:
-                self.log("val/router_agreement", agreement, batch_size=batch["ids"].shape[0], sync_dist=True)
+                stats["router_agreement"] = agreement
+            for k, v in stats.items():
+                self.log(f"val/{k}", v, batch_size=batch["ids"].shape[0], sync_dist=True)
 
     def flops_summary(self) -> dict[str, float]:
         """Mean training FLOPs per step over the run (for metrics.json)."""

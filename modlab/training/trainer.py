@@ -161,6 +161,13 @@ def close_logger(logger) -> None:
         wandb.finish()  # a no-op where no run was started (ranks other than 0)
 
 
+def router_metrics(trainer) -> dict[str, float]:
+    """A routed run's routers for metrics.json: the last validation's `val/router_*` (averaged over
+    its batches: agreement, recall and kept share of the causal decision, logit scale, weight
+    gradient) and the last training step's `train/router_*`."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/router_", "train/router_"))}
+
+
 def flatten_test_results(results: list[dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in results:
