@@ -238,7 +238,8 @@ class HFLMModule(LMModule):
         self.test_capacity.update(kept / (n_valid * len(self.routing.layers)), weight=n_valid)
         self.log("test/capacity", self.test_capacity)
         groups = trace.flops_groups()[0]
-        self.test_flops_ratio.update(forward_flops(self.lm.hf, B, T, groups) / forward_flops(self.lm.hf, B, T))
+        dense_flops = forward_flops(self.lm.hf, B, T)  # weighted by it: the test's routed FLOPs / its dense FLOPs
+        self.test_flops_ratio.update(forward_flops(self.lm.hf, B, T, groups) / dense_flops, weight=dense_flops)
         self.log("test/flops_ratio", self.test_flops_ratio)
         self.test_ppl_topk.update(self.forward_logits(batch).float(), batch["labels"])
         self.log("test/ppl_topk", self.test_ppl_topk)

@@ -161,7 +161,8 @@ class LMModule(L.LightningModule):
         self.test_ppl.update(logits.float(), batch["labels"])
         self.log("test/ppl", self.test_ppl)
         if self.skip is not None:
-            self.test_capacity.update(self.skip.capacity())
+            valid = batch.get("valid", torch.ones_like(batch["ids"], dtype=torch.bool))
+            self.test_capacity.update(self.skip.capacity(), weight=self.skip.capacity_weight(valid))  # rows / tokens
             self.log("test/capacity", self.test_capacity)
             self.test_ppl_base.update(self.forward_logits(batch, routers=False).float(), batch["labels"])
             self.log("test/ppl_base", self.test_ppl_base)
