@@ -93,3 +93,19 @@ class ParamSummary(RichModelSummary):
             f"[bold]Frozen[/]: {get_human_readable_count(int(frozen))}   "
             f"[bold]Size[/]: {model_size:.2f} MB   (training FLOPs per step: metrics.json)"
         )
+
+
+class LastCheckpointAtEnd(Callback):
+    """last.ckpt holds the weights at the end of training. Lightning writes it after validations
+    only (every val_check_interval steps), so a 5-step run validated every 2 steps left its step-4
+    weights there: `modlab eval` of last.ckpt would not test what `callbacks.test_checkpoint=last`
+    tested, and `init_from=.../last.ckpt` would start from an earlier model."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint  # the ModelCheckpoint that writes last.ckpt
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from pathlib import Path
+
+        if getattr(self.checkpoint, "_last_global_step_saved", -1) != trainer.global_step:
+            trainer.save_checkpoint(Path(self.checkpoint.dirpath) / "last.ckpt")
