@@ -260,7 +260,7 @@ class RoutedBlock(nn.Module):
     def _record_router_state(self, record, x, route, scores, selected) -> None:
         """What the router's learning depends on, over the valid routed tokens of routed rows
         (detached, no device sync): its weight's gradient d w / d s per token and its logits
-        (modlab.routing.trace.router_state), and, with a causal decision, how that decision
+        (RoutingTrace.router_state), and, with a causal decision, how that decision
         compares with top-k: [routed tokens, top-k selected, decided (logit > 0), both]."""
         routed = route.routed() & (self.row_capacity(route.task) < 1.0)[:, None]
         s = scores.detach()[routed]
