@@ -10,9 +10,13 @@ For each model family (Show-o-like and Emu3-like; a family whose experiments are
    gets the FLOPs of `--finetune-steps` dense steps, so a routed model that is cheaper per step
    takes more steps (its FLOPs per step are measured on real training batches before it starts);
    a dense fine-tune with the same budget is the control;
-4. every `modlab train` ends by testing its best checkpoint (modlab.evaluation.scene_metrics);
-5. write results.md and results.csv (training FLOPs per step, MMU accuracy per question type,
-   T2I accuracy per prompt category, digits-FID) and pareto.png, and print where they are.
+4. every `modlab train` ends by testing the weights at the end of its budget
+   (`callbacks.test_checkpoint=last`: Lightning validates only every val_check_interval steps, so
+   the best-val/loss checkpoint of a 297-step run is its step-250 one, of a 514-step run its
+   step-500 one; the arms would be tested part-way through budgets of different lengths);
+5. write results.md and results.csv (training FLOPs per step, the step tested and the training
+   FLOPs up to it, MMU accuracy per question type, T2I accuracy per prompt category, digits-FID)
+   and pareto.png, and print where they are.
 
 Each run is a real `modlab` command in a subprocess with its run directory under the output
 directory; its output goes to <run dir>.log.
@@ -105,8 +109,12 @@ def run_modlab(args: list[str], run_dir: Path) -> None:
         raise RuntimeError(f"modlab {args[0]} failed (exit {done.returncode}): {' | '.join(tail)}")
 
 
+# every run is tested at the end of its training (its whole FLOPs budget), not at its best validation
+TEST_AT_END = ["callbacks.progress_bar=false", "callbacks.test_checkpoint=last"]
+
+
 def train(experiment: str, overrides: list[str], run_dir: Path) -> dict:
-    run_modlab(["train", f"+experiment={experiment}", "callbacks.progress_bar=false", *overrides], run_dir)
+    run_modlab(["train", f"+experiment={experiment}", *TEST_AT_END, *overrides], run_dir)
     return json.loads((run_dir / "metrics.json").read_text())
 
 
@@ -190,8 +198,10 @@ def run_family(
 COLUMNS = (
     [
         ("steps", "train/steps", "{:.0f}"),
+        ("tested step", "test/checkpoint_step", "{:.0f}"),
         ("GFLOPs/step", "train/flops_per_step", "{:.2f}"),
         ("vs dense", "ratio", "{:.2f}"),
+        ("TFLOPs to tested", "tested_flops", "{:.3g}"),
     ]
     + [(f"MMU {t}", f"test/mmu_acc/{t}", "{:.3f}") for t in QUESTION_TYPES]
     + [("MMU all", "test/mmu_acc", "{:.3f}")]
@@ -206,6 +216,8 @@ def _value(row: Row, key: str, dense_flops: float):
         return m.get(key, math.nan) / 1e9
     if key == "ratio":
         return m.get("train/flops_per_step", math.nan) / dense_flops
+    if key == "tested_flops":  # training FLOPs up to the tested weights (the run's mean per step)
+        return m.get("test/checkpoint_step", math.nan) * m.get("train/flops_per_step", math.nan) / 1e12
     v = m.get(key)
     return math.nan if v is None else v
 
@@ -282,7 +294,9 @@ def write_table(
         + (
             f", each with seeds {', '.join(map(str, seeds))} (cells: mean ± std over seeds)." if len(seeds) > 1 else "."
         ),
-        "GFLOPs/step: analytic training FLOPs (forward + backward) of one step, routing-aware.",
+        "GFLOPs/step: analytic training FLOPs (forward + backward) of one step, routing-aware (the run's mean).",
+        "Every run is tested with its weights at the end of its training: tested step = steps, and",
+        "TFLOPs to tested = tested step x GFLOPs/step (the fine-tunes: the same budget each).",
         "MMU: exact-match answers to 100 test questions per type; T2I: generated scenes that show the prompt",
         "(blank detector + reference classifier per cell); FID: digits-FID of generated cells vs real test digits.",
         "",

@@ -19,6 +19,14 @@ TINY = ("debug=tiny",)
 HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3")
 
 
+# what metrics.json holds for every routed run (modlab.routing.trace.RouterState, docs/routing.md)
+ROUTER_STATE_KEYS = {
+    f"{split}/router_{k}"
+    for split in ("train", "val")
+    for k in ("logit_abs_median", "weight_grad_median", "weight_grad_small", "recall", "decision_kept")
+}
+
+
 def _routing_cfg():
     from modlab.models.config import ModelConfig
 

@@ -48,8 +48,9 @@ class HFCausalLMFamily(CausalLMFamily):
         return module, TextDataModule(run.data, run.eval, module.tokenizer)
 
     def after_fit(self, module, trainer, out_dir: Path) -> dict:
-        agreement = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "val/router_agreement"}
-        return {**module.flops_summary(), **agreement, "dtype": module.model_cfg.dtype}
+        from modlab.training.trainer import router_metrics
+
+        return {**module.flops_summary(), **router_metrics(trainer), "dtype": module.model_cfg.dtype}
 
     def dry_run(self, run) -> dict:
         """What a run would cost: parameters, and for a token-routed model the training FLOPs of

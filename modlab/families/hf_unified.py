@@ -190,6 +190,8 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
     for task in c.tasks:
         rows = [sets[task][i] for i in range(min(c.n_per_task, len(sets[task])))]
         batches[task] = [collate_rows(rows[i : i + c.batch_size], model.pad) for i in range(0, len(rows), c.batch_size)]
+        for b in batches[task]:  # padding inside a row (Show-o's [PAD]) is not a token the analyses may read
+            b["valid"] &= model.real_tokens(b["ids"])
         real = [model.real_tokens(r["ids"]) for r in rows]
         routable = [float((~model.not_routed(r["kind"]) & v).sum()) for r, v in zip(rows, real)]
         always = [float((model.not_routed(r["kind"]) & v).sum()) for r, v in zip(rows, real)]

@@ -46,9 +46,9 @@ class UnifiedFamily(ModelFamily):
         return {"params": module.model.num_params()}
 
     def after_fit(self, module, trainer, out_dir: Path) -> dict:
-        # the last validation's agreement of the causal routing decision with top-k (routed runs)
-        agreement = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "val/router_agreement"}
-        return {**module.flops_summary(), **agreement}
+        from modlab.training.trainer import router_metrics
+
+        return {**module.flops_summary(), **router_metrics(trainer)}
 
     def dry_run(self, run) -> dict:
         from modlab.training.unified import probe_training_flops

@@ -227,6 +227,12 @@ class MindSkip(nn.Module):
         caps = [self.gates[i].last_capacity for i in self.layers if self.gates[i].last_capacity is not None]
         return torch.stack(caps).mean() if caps else torch.tensor(1.0)
 
+    def capacity_weight(self, valid: torch.Tensor) -> float:
+        """What capacity() of a forward over a batch with these `valid` tokens (B, T) averages over,
+        to weight it in a mean over batches: its rows (sequence granularity: one gate per row) or
+        its valid tokens (token granularity)."""
+        return float(valid.shape[0]) if self.granularity == "sequence" else float(valid.sum())
+
     def layer_capacity(self) -> dict[int, float]:
         return {i: float(self.gates[i].last_capacity) for i in self.layers if self.gates[i].last_capacity is not None}
 

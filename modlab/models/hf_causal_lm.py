@@ -82,15 +82,23 @@ class HFCausalLM(nn.Module):
         return HFCache(DynamicCache(config=self.hf.config))
 
     def token_flops(self) -> TokenFlops:
+        """Counted from the modules a decoder layer holds (modlab.routing.hf_flops), not from a
+        formula of the config: Phi's MLP has two matrices where Llama's SwiGLU has three, Phi-3
+        fuses q, k, v. The attention's projections are the Linears under the attention module
+        (a MindSkip gate's router excluded: it scores a whole row once); everything else of
+        the layer is the MLP."""
+        from modlab.routing.hf_flops import linear_weights, query_width
+
         c = self.hf.config
-        hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
-        d = c.hidden_size
+        layer = self.decoder_layers()[0]
+        layer = getattr(layer, "block", layer)  # a token-routed layer wraps the decoder layer
+        slot = getattr(layer, self.family.attention)
+        attn = getattr(slot, "attn", slot)  # a MindSkip GatedAttention wraps the attention module
         return TokenFlops(
-            attn_linear=2 * d * (2 * q + 2 * kv),
-            attn_per_key=2 * 2 * q,
-            mlp=2 * 3 * d * c.intermediate_size,
-            head=2 * d * c.vocab_size,
+            attn_linear=2 * linear_weights(attn),
+            attn_per_key=2 * 2 * query_width(c),
+            mlp=2 * (linear_weights(layer) - linear_weights(slot)),
+            head=2 * c.hidden_size * c.vocab_size,
         )
 
     def num_params(self) -> int:

@@ -10,8 +10,11 @@ from modlab.routing.plan_file import load_plan
 from modlab.routing.schedule import SCHEDULES
 
 # the options of RoutedBlock (modlab.routing.routed_block), here so that validating a config needs no torch
-ROUTER_WEIGHTS = ("ste_sigmoid", "sigmoid")
+# ste_*: exactly 1 in the forward pass, the gradient of sigmoid(s) / s backward; sigmoid, logit: the
+# forward scales by it too (logit: MoD's own r * f(x))
+ROUTER_WEIGHTS = ("ste_sigmoid", "sigmoid", "ste_logit", "logit")
 CAUSAL_MODES = ("none", "aux_bce", "predictor")
+ROUTER_INPUTS = ("raw", "norm")  # what the router reads: the residual stream as it is, or layer-normalised
 
 KINDS = ("dense", "mod", "unimod")
 PLACEMENTS = ("interleaved", "last_half", "last_n", "all")
@@ -58,6 +61,13 @@ class RoutingConfig:
     # stop-gradient MLP instead; none keeps top-k at decoding (not causal)
     causal: str = "aux_bce"
     aux_weight: float = 0.01
+    # the router's gradient (docs/routing.md, "The router's gradient"): the sigmoid weights read
+    # sigmoid(s / temperature); router_input=norm scores the layer-normalised stream (no affine);
+    # aux_margin: the aux BCE leaves out tokens whose logit is already right by more than it
+    # (null: every token, MoD's loss)
+    temperature: float = 1.0
+    router_input: str = "raw"
+    aux_margin: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -70,6 +80,12 @@ class RoutingConfig:
             raise ConfigError(f"routing.aux_weight must be >= 0, got {self.aux_weight}")
         if self.weight not in ROUTER_WEIGHTS:
             raise ConfigError(f"routing.weight '{self.weight}' is unknown ({', '.join(ROUTER_WEIGHTS)})")
+        if not self.temperature > 0:
+            raise ConfigError(f"routing.temperature must be > 0, got {self.temperature}")
+        if self.router_input not in ROUTER_INPUTS:
+            raise ConfigError(f"routing.router_input '{self.router_input}' is unknown ({', '.join(ROUTER_INPUTS)})")
+        if self.aux_margin is not None and self.aux_margin < 0:
+            raise ConfigError(f"routing.aux_margin must be >= 0 (or null: off), got {self.aux_margin}")
         if not 0.0 < self.capacity <= 1.0:
             raise ConfigError(f"routing.capacity must be in (0, 1], got {self.capacity}")
         if not all(0.0 < c <= 1.0 for c in self.layer_capacity):
@@ -91,6 +107,16 @@ class RoutingConfig:
             raise ConfigError("routing.plan needs routers: use routing=mod or routing=unimod")
         if self.kind == "unimod" and not self.task_capacity and self.plan is None:
             raise ConfigError("routing.kind=unimod needs routing.task_capacity (per task capacities) or routing.plan")
+
+    def block_options(self) -> dict:
+        """The keyword arguments of a routed layer (RoutedBlock, HFRoutedLayer) besides its capacities."""
+        return {
+            "weight": self.weight,
+            "causal": self.causal,
+            "temperature": self.temperature,
+            "router_input": self.router_input,
+            "aux_margin": self.aux_margin,
+        }
 
     def routed_layers(self, n_layer: int) -> list[int]:
         if self.kind == "dense":

@@ -83,8 +83,9 @@ class HFRoutedLayer(RoutedBlock):
         inputs: HFRouteInputs,
         weight: str = "ste_sigmoid",
         causal: str = "none",
+        **options,
     ):
-        super().__init__(layer, d_model, capacity, weight, causal)
+        super().__init__(layer, d_model, capacity, weight, causal, **options)
         self.layer_idx, self.sliding_window = layer_idx, sliding_window
         self.layer_index = layer_idx  # what routing traces report
         self.attn_implementation, self.returns_tuple = attn_implementation, returns_tuple
@@ -153,7 +154,7 @@ class HFRoutedLayer(RoutedBlock):
         selected = torch.zeros(B, T + 1, dtype=torch.bool, device=x.device).scatter(1, idx_or_dummy, True)[:, :T]
         if K == 0:  # threshold routing kept no token in any row
             return x, selected, 0
-        gate = torch.sigmoid(scores.float())
+        gate = self.router_weight(scores)
         if forced is not None:  # tokens that are not routed run with weight 1: the router learns nothing from them
             gate = torch.where(forced, torch.ones_like(gate), gate)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -224,11 +225,11 @@ class HFRoutedLayer(RoutedBlock):
             row_cache.select(None if every else rows, pick(positions)[:, 0])
             x_rows = pick(x)
             new = self._call_layer(x_rows, kw)
-            if self.weight != "ste_sigmoid" or torch.is_grad_enabled():
-                gate = torch.sigmoid(pick(scores).float())
+            if not self.weight.startswith("ste_") or torch.is_grad_enabled():
+                w = self.router_weight(pick(scores))
                 if route.always is not None:  # tokens that are not routed run with weight 1
-                    gate = torch.where(pick(route.always), torch.ones_like(gate), gate)
-                new = self._mix(x_rows, new, gate)
+                    w = torch.where(pick(route.always), torch.ones_like(w), w)
+                new = self._mix(x_rows, new, w)
             # else the straight-through weight is exactly 1: the layer's output as it is (what _mix gives)
             new = new.to(x.dtype)
             out = new if every else x.index_copy(0, rows, new)
@@ -241,12 +242,12 @@ class HFRoutedLayer(RoutedBlock):
         if isinstance(layer, RowKVLayer):
             layer.expect(slot_ok, positions)
 
-    def _mix(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    def _mix(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x + w * (y - x) with RoutedBlock's router weight w, written so that w == 1 gives y exactly."""
-        if self.weight == "ste_sigmoid":
-            # w - 1 = gate - stopgrad(gate): exactly 0 forward, the sigmoid's gradient backward
-            return y + (gate - gate.detach())[..., None].to(y.dtype) * (y - x)
-        return x + gate[..., None].to(y.dtype) * (y - x)
+        if self.weight.startswith("ste_"):
+            # w - 1 = (g - stopgrad(g) + 1) - 1: exactly 0 forward, g's gradient backward
+            return y + (w - 1.0)[..., None].to(y.dtype) * (y - x)
+        return x + w[..., None].to(y.dtype) * (y - x)
 
     def _call_layer(self, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
         out = self.block(x, **kwargs)
@@ -435,9 +436,11 @@ def install_hf_routing(
     layer_capacity: dict[int, list[float]],
     weight: str = "ste_sigmoid",
     causal: str = "none",
+    **options,
 ) -> HFRouting:
     """Wrap decoder layer i of a transformers CausalLM in an HFRoutedLayer for every routed layer
-    i; `layer_capacity[i]` holds one capacity per router (one: MoD; one per task id: UniMoD).
+    i; `layer_capacity[i]` holds one capacity per router (one: MoD; one per task id: UniMoD);
+    `options`: RoutedBlock's temperature, router_input, aux_margin.
     Every way the request can be wrong is a one-line ConfigError."""
     family = hf_family(model.config)
     config = text_config(model.config)  # sizes and layer types of the language decoder
@@ -472,6 +475,7 @@ def install_hf_routing(
             inputs=inputs,
             weight=weight,
             causal=causal,
+            **options,
         )
         layer.sizes_decode_masks = i in sizes_masks
         param = next(blocks[i].parameters(), None)
@@ -488,4 +492,4 @@ def install_hf_routing(
 def apply_hf_routing(model: nn.Module, cfg) -> HFRouting:
     """Install the routing a modlab RoutingConfig describes into a transformers CausalLM."""
     n_layer = len(decoder_layers(model))
-    return install_hf_routing(model, cfg.layer_capacities(n_layer), cfg.weight, cfg.causal)
+    return install_hf_routing(model, cfg.layer_capacities(n_layer), **cfg.block_options())

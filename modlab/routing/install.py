@@ -12,15 +12,21 @@ from modlab.routing.routed_block import RouteInfo as RouteInfo  # re-exported: w
 
 
 def install_routing(
-    blocks: nn.ModuleList, d_model: int, layer_capacity: dict[int, list[float]], weight: str, causal: str = "none"
+    blocks: nn.ModuleList,
+    d_model: int,
+    layer_capacity: dict[int, list[float]],
+    weight: str,
+    causal: str = "none",
+    **options,
 ) -> None:
-    """Wrap blocks[i] for every routed layer i; `layer_capacity[i]` has one capacity per router."""
+    """Wrap blocks[i] for every routed layer i; `layer_capacity[i]` has one capacity per router;
+    `options`: RoutedBlock's temperature, router_input, aux_margin."""
     for i, caps in sorted(layer_capacity.items()):
         if not 0 <= i < len(blocks):
             raise ConfigError(f"routed layer {i} is out of range (the model has layers 0..{len(blocks) - 1})")
         if not all(0.0 < c <= 1.0 for c in caps):
             raise ConfigError(f"capacities must be in (0, 1], got {caps} for layer {i}")
-        blocks[i] = RoutedBlock(blocks[i], d_model, list(caps), weight, causal)
+        blocks[i] = RoutedBlock(blocks[i], d_model, list(caps), weight, causal, **options)
         blocks[i].layer_index = i
 
 
@@ -32,7 +38,7 @@ def set_anneal_fraction(model: nn.Module, fraction: float) -> None:
 
 def apply_routing(blocks: nn.ModuleList, d_model: int, cfg) -> None:
     """Install the routing a RoutingConfig describes (no-op for dense)."""
-    install_routing(blocks, d_model, cfg.layer_capacities(len(blocks)), cfg.weight, cfg.causal)
+    install_routing(blocks, d_model, cfg.layer_capacities(len(blocks)), **cfg.block_options())
 
 
 def routed_blocks(model: nn.Module) -> list[RoutedBlock]:

@@ -10,8 +10,11 @@ w = (sigmoid(s) - stopgrad(sigmoid(s))) + 1. Its forward value is exactly 1, so 
 C = 1 is the dense model bit for bit and a dense checkpoint fine-tunes from its own function
 (UniMoD's protocol); its gradient is the sigmoid's, dL/ds = sigmoid'(s) * <dL/dy_i, f(x)_i>, so the
 router learns which tokens gain from the block (MoD's reason for putting r on the path).
-`weight="sigmoid"` uses w = sigmoid(s) in the forward pass too (closer to the MoD paper's
-r * f(x), at the price of C = 1 no longer being the dense block).
+`weight="sigmoid"` uses w = sigmoid(s) in the forward pass too (at the price of C = 1 no longer
+being the dense block); `weight="logit"` is the MoD paper's own r * f(x) with the raw logit, and
+`weight="ste_logit"` its gradient with a forward value of 1: dL/ds = <dL/dy_i, f(x)_i>, no sigmoid'
+that vanishes as |s| grows. `temperature` T reads sigmoid(s / T); `router_input="norm"` scores the
+layer-normalised stream; `aux_margin` stops the aux BCE pushing logits already right by more than it.
 
 Causal inference. Top-k over a row sees the whole row, so it cannot be used while decoding token by
 token. With `causal="aux_bce"` (MoD's auxiliary loss) the router's own logits are trained with a
@@ -44,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modlab.errors import ConfigError
-from modlab.routing.config import CAUSAL_MODES, ROUTER_WEIGHTS
+from modlab.routing.config import CAUSAL_MODES, ROUTER_INPUTS, ROUTER_WEIGHTS
 from modlab.routing.router import RoutingPredictor, TaskRouter
 from modlab.routing.schedule import annealed_capacity
 from modlab.routing.topk import topk_select
@@ -89,18 +92,30 @@ class RoutedBlock(nn.Module):
     per task id is UniMoD. A capacity of 1.0 runs every eligible token of that task."""
 
     def __init__(
-        self, block: nn.Module, d_model: int, capacity: list[float], weight: str = "ste_sigmoid", causal: str = "none"
+        self,
+        block: nn.Module,
+        d_model: int,
+        capacity: list[float],
+        weight: str = "ste_sigmoid",
+        causal: str = "none",
+        *,
+        temperature: float = 1.0,
+        router_input: str = "raw",
+        aux_margin: float | None = None,
     ):
         super().__init__()
         if weight not in ROUTER_WEIGHTS:
             raise ValueError(f"router weight '{weight}' is unknown ({', '.join(ROUTER_WEIGHTS)})")
         if causal not in CAUSAL_MODES:
             raise ValueError(f"causal routing '{causal}' is unknown ({', '.join(CAUSAL_MODES)})")
+        if router_input not in ROUTER_INPUTS:
+            raise ValueError(f"router input '{router_input}' is unknown ({', '.join(ROUTER_INPUTS)})")
         self.block = block
-        self.router = TaskRouter(d_model, n_routers=len(capacity))
+        self.router = TaskRouter(d_model, n_routers=len(capacity), normalise=router_input == "norm")
         self.predictor = RoutingPredictor(d_model, n_routers=len(capacity)) if causal == "predictor" else None
         self.register_buffer("capacity", torch.tensor(capacity, dtype=torch.float32), persistent=False)
         self.weight, self.causal = weight, causal
+        self.temperature, self.aux_margin = temperature, aux_margin
         self.mode = "topk"  # "threshold" while decoding (needs causal != "none"); see install.threshold_routing
         self.anneal = 1.0  # training-time capacity schedule (modlab.routing.schedule); eval: target
         self.layer_index = -1  # set when installed into a model (the index the traces report)
@@ -110,6 +125,28 @@ class RoutedBlock(nn.Module):
         """Weights applied to every token to decide the routing (for FLOPs accounting)."""
         mods = [self.router] + ([self.predictor] if self.predictor is not None else [])
         return sum(p.numel() for m in mods for p in m.parameters())
+
+    def weight_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """What the router weight is a function of: the logits over `routing.temperature` (fp32)."""
+        s = scores.float()
+        return s if self.temperature == 1.0 else s / self.temperature
+
+    def router_weight(self, scores: torch.Tensor) -> torch.Tensor:
+        """w of x + w * f(x) from the router's logits: sigmoid(s / T) or MoD's s / T itself;
+        straight-through (ste_*) it is exactly 1 in the forward pass ((g - g) is exactly 0) with
+        g's gradient backward."""
+        s = self.weight_logits(scores)
+        g = torch.sigmoid(s) if self.weight.endswith("sigmoid") else s
+        return (g - g.detach()) + 1.0 if self.weight.startswith("ste_") else g
+
+    def weight_gradient(self, scores: torch.Tensor) -> torch.Tensor:
+        """d w / d s per token (without the task gradient <dL/dy, f(x)> it multiplies): sigmoid'(s / T) / T
+        for the sigmoid weights, 1 / T for the logit ones. What a saturated router loses."""
+        s = self.weight_logits(scores)
+        if not self.weight.endswith("sigmoid"):
+            return torch.full_like(s, 1.0 / self.temperature)
+        g = torch.sigmoid(s)
+        return g * (1 - g) / self.temperature
 
     def decision_logits(self, x: torch.Tensor, task: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The causal routing decision's logits: > 0 means "run the block" at decoding time."""
@@ -194,7 +231,7 @@ class RoutedBlock(nn.Module):
                     groups.append((len(rows), k))
             if self.causal != "none":
                 aux, agreement = self._score_causal_decision(x, route, scores, selected)
-        self._trace(mode, route, selected, groups, aux, agreement)
+        self._trace(mode, route, selected, groups, aux, agreement, x, scores)
         return out
 
     def threshold_runs(self, x: torch.Tensor, route, scores: torch.Tensor) -> torch.Tensor:
@@ -217,7 +254,7 @@ class RoutedBlock(nn.Module):
             self._dense_task_key, self._dense_task = key, bool((self.capacity >= 1.0).any())
         return self._dense_task
 
-    def _trace(self, mode, route, selected, groups, aux=None, agreement=None) -> None:
+    def _trace(self, mode, route, selected, groups, aux=None, agreement=None, x=None, scores=None) -> None:
         if not self.routing_traces:
             return
         from modlab.routing.trace import LayerRouting
@@ -235,6 +272,8 @@ class RoutedBlock(nn.Module):
             aux,
             agreement,
         )
+        if mode == "topk" and x is not None:
+            self._record_router_state(record, x, route, scores, selected)
         for trace in self.routing_traces:
             trace.add(record)
 
@@ -253,9 +292,8 @@ class RoutedBlock(nn.Module):
             pick = (lambda t: t) if every else (lambda t: t[rows])
             rows_cache = cache if every else cache.rows(rows)
             delta = self.block(pick(x), pick(positions), pick(attn_mask), kept, cache=rows_cache)
-            if self.weight != "ste_sigmoid" or torch.is_grad_enabled():
-                gate = torch.sigmoid(pick(scores).float())
-                w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
+            if not self.weight.startswith("ste_") or torch.is_grad_enabled():
+                w = self.router_weight(pick(scores))
                 if route.always is not None:  # tokens that are not routed run with weight 1
                     w = torch.where(pick(route.always), torch.ones_like(w), w)
                 delta = delta * w[..., None].to(delta.dtype)
@@ -264,6 +302,21 @@ class RoutedBlock(nn.Module):
             out = delta if every else out.index_copy(0, rows, delta)
         self._trace("threshold", route, runs, [(n, 1)])
         return out
+
+    def _record_router_state(self, record, x, route, scores, selected) -> None:
+        """What the router's learning depends on, over the valid routed tokens of routed rows
+        (detached, no device sync): its weight's gradient d w / d s per token and its logits
+        (RoutingTrace.router_state), and, with a causal decision, how that decision
+        compares with top-k: [routed tokens, top-k selected, decided (logit > 0), both]."""
+        routed = route.routed() & (self.row_capacity(route.task) < 1.0)[:, None]
+        s = scores.detach()[routed]
+        record.router_logits, record.weight_gradient = s.float(), self.weight_gradient(s)
+        if self.causal != "none":
+            decided = self.decision_logits(x, route.task, scores).detach()[routed] > 0
+            top = selected[routed]
+            record.decision_counts = torch.stack(
+                [routed.sum(), top.sum(), decided.sum(), (decided & top).sum()]
+            ).float()
 
     def _score_causal_decision(self, x, route, scores, selected) -> tuple[torch.Tensor, torch.Tensor | None]:
         """BCE of the decision logits against top-k's choice (target 1 = selected), over the valid
@@ -275,8 +328,13 @@ class RoutedBlock(nn.Module):
         if not bool(routed.any()):
             return logits.sum() * 0.0, None
         logits, target = logits[routed], selected[routed]
-        aux = F.binary_cross_entropy_with_logits(logits, target.float())
-        return aux, ((logits.detach() > 0) == target).float().mean()
+        right = (logits.detach() > 0) == target
+        if self.aux_margin is None:
+            aux = F.binary_cross_entropy_with_logits(logits, target.float())
+        else:  # tokens already right by more than the margin push their logits no further
+            keep = (~(right & (logits.detach().abs() > self.aux_margin))).float()
+            aux = (F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none") * keep).mean()
+        return aux, right.float().mean()
 
     def _route_rows(
         self, x, positions, attn_mask, valid, scores, capacity, task, cache=None, forced=None
@@ -293,9 +351,7 @@ class RoutedBlock(nn.Module):
         delta = self.block(
             gather_tokens(x, idx), positions.gather(1, idx), slice_mask(attn_mask, idx, slot_ok), kept, cache=cache
         )
-        gate = torch.sigmoid(gather_tokens(scores, idx).float())
-        # (g - g) is exactly 0, so the straight-through weight is exactly 1 in the forward pass
-        w = (gate - gate.detach()) + 1.0 if self.weight == "ste_sigmoid" else gate
+        w = self.router_weight(gather_tokens(scores, idx))
         if forced is not None:  # tokens that are not routed run with weight 1: the router learns nothing from them
             w = torch.where(gather_tokens(forced, idx), torch.ones_like(w), w)
         delta = (delta * (w * slot_ok)[..., None].to(delta.dtype)).to(x.dtype)  # bf16 under autocast

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class TaskRouter(nn.Module):
@@ -12,13 +13,15 @@ class TaskRouter(nn.Module):
     by the router of its task, so T2I tokens only ever compete with T2I tokens of their row.
     Knows nothing of tasks beyond the integer task id."""
 
-    def __init__(self, d_model: int, n_routers: int = 1):
+    def __init__(self, d_model: int, n_routers: int = 1, normalise: bool = False):
         super().__init__()
-        self.n_routers = n_routers
+        self.n_routers, self.normalise = n_routers, normalise
         self.proj = nn.Linear(d_model, n_routers, bias=False)
         nn.init.normal_(self.proj.weight, std=d_model**-0.5)
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        if self.normalise:  # routing.router_input=norm: the scale of the residual stream does not reach the logits
+            x = F.layer_norm(x, x.shape[-1:])
         return pick_task_column(self.proj(x), task)
 
 

@@ -5,6 +5,7 @@
     trace.kept_fractions()    # per layer and task: tokens that ran / valid tokens, beside the target
     trace.causal_stats()      # the causal decision's BCE (with its graph) and agreement with top-k
     trace.flops_groups()      # per layer: the (rows, K) batched calls that ran (modlab.flops)
+    trace.router_state()      # the routers' logits, weight gradients, decision vs top-k (metrics)
 
 Every routed layer (modlab's RoutedBlock, the Hugging Face HFRoutedLayer) appends one
 `LayerRouting` per call to every trace open on it; nothing is kept on the layers between
@@ -36,6 +37,12 @@ class LayerRouting:
     router_weights: int  # weights applied to every token to decide (FLOPs)
     aux_loss: torch.Tensor | None = None  # BCE of the causal decision vs top-k (routed rows)
     agreement: torch.Tensor | None = None  # how often the decision agrees with top-k (routed rows)
+    # top-k calls, over the valid routed tokens of routed rows (detached): the router's logits, the
+    # gradient of the router weight in them (d w / d s), and with a causal decision the counts
+    # [routed tokens, selected by top-k, decided (logit > 0), both]
+    router_logits: torch.Tensor | None = None
+    weight_gradient: torch.Tensor | None = None
+    decision_counts: torch.Tensor | None = None
 
     @property
     def kept(self) -> torch.Tensor:
@@ -86,6 +93,13 @@ class RoutingTrace:
         aux = torch.stack([r.aux_loss for r in routed]).mean() + zero
         return aux, torch.stack([r.agreement for r in routed]).mean()
 
+    def router_state(self) -> RouterState:
+        """The router logits, weight gradients and decision counts of every recorded top-k call."""
+        state = RouterState()
+        for r in self.records:
+            state.add(r)
+        return state
+
     def flops_groups(self) -> tuple[dict[int, list[tuple[int, int]]], dict[int, int]]:
         """({layer: (rows, K) calls}, {layer: router weights}) of the recorded forward(s)."""
         groups: dict[int, list[tuple[int, int]]] = {}
@@ -104,6 +118,53 @@ class RoutingTrace:
                 out.append(
                     {"layer": layer, "task": task, "mode": m, "kept": ran / valid, "capacity": cap, "tokens": valid}
                 )
+        return out
+
+
+WEIGHT_GRADIENT_SMALL = 0.01  # d w / d s below it: the router barely learns from that token (sigmoid'(4.6))
+
+
+@dataclass
+class RouterState:
+    """What the routers' learning depends on, pooled over calls (layers, task batches) in one step:
+    `metrics()` names it. Medians and shares are over tokens, the decision's rates over the tokens
+    they count (pooled counts, not a mean of per-call rates)."""
+
+    logits: list[torch.Tensor] | None = None
+    gradients: list[torch.Tensor] | None = None
+    counts: torch.Tensor | None = None  # [routed, selected by top-k, decided, both]
+
+    def add(self, r: LayerRouting) -> None:
+        if r.router_logits is not None and r.router_logits.numel():
+            self.logits = [*(self.logits or []), r.router_logits]
+            self.gradients = [*(self.gradients or []), r.weight_gradient]
+        if r.decision_counts is not None:
+            self.counts = r.decision_counts if self.counts is None else self.counts + r.decision_counts
+
+    def merge(self, other: RouterState) -> RouterState:
+        if other.logits:
+            self.logits = [*(self.logits or []), *other.logits]
+            self.gradients = [*(self.gradients or []), *other.gradients]
+        if other.counts is not None:
+            self.counts = other.counts if self.counts is None else self.counts + other.counts
+        return self
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """router_logit_abs_median (the logits' scale), router_weight_grad_median and
+        router_weight_grad_small (share of tokens with d w / d s < 0.01: a saturated router), and
+        with a causal decision router_recall (of top-k's tokens, the share the decision runs),
+        router_decision_kept (share of routed tokens the decision runs) beside router_topk_kept."""
+        out = {}
+        if self.logits:
+            s, g = torch.cat(self.logits), torch.cat(self.gradients)
+            out["router_logit_abs_median"] = s.abs().median()
+            out["router_weight_grad_median"] = g.median()
+            out["router_weight_grad_small"] = (g < WEIGHT_GRADIENT_SMALL).float().mean()
+        if self.counts is not None and bool(self.counts[0] > 0):
+            routed, top, decided, both = self.counts
+            out["router_recall"] = both / top.clamp(min=1)
+            out["router_decision_kept"] = decided / routed
+            out["router_topk_kept"] = top / routed
         return out
 
 

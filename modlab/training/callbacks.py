@@ -181,3 +181,19 @@ class PreemptionCheckpoint(Callback):
             previous(self.SIGNAL, None)  # submitit: requeues the job and exits
         elif previous == signal.SIG_DFL:
             os.kill(os.getpid(), self.SIGNAL)  # its default action: the process ends here
+
+
+class LastCheckpointAtEnd(Callback):
+    """last.ckpt holds the weights at the end of training. Lightning writes it after validations
+    only (every val_check_interval steps), so a 5-step run validated every 2 steps left its step-4
+    weights there: `modlab eval` of last.ckpt would not test what `callbacks.test_checkpoint=last`
+    tested, and `init_from=.../last.ckpt` would start from an earlier model."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint  # the ModelCheckpoint that writes last.ckpt
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from pathlib import Path
+
+        if getattr(self.checkpoint, "_last_global_step_saved", -1) != trainer.global_step:
+            trainer.save_checkpoint(Path(self.checkpoint.dirpath) / "last.ckpt")

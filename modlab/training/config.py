@@ -91,6 +91,7 @@ class EvalConfig:
 
 # ---- the Lightning edge: Trainer, callbacks, logger ------------------------------------------
 
+TEST_CHECKPOINTS = ("best", "last")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 
 
@@ -141,10 +142,17 @@ class CallbacksConfig:
     # also write last.ckpt every this many optimiser steps (what `resume=` continues from); 0: only
     # after each validation
     checkpoint_every_n_steps: int = 0
+    # which weights `modlab train` tests after fit: best (by `monitor`, at a validation) or last (the
+    # end of training, whatever step the last validation fell on: a comparison at matched budgets)
+    test_checkpoint: str = "best"
 
     def __post_init__(self) -> None:
         if self.checkpoint_every_n_steps < 0 or self.progress_interval_s < 0:
             raise ConfigError("callbacks.checkpoint_every_n_steps and callbacks.progress_interval_s must be >= 0")
+        if self.test_checkpoint not in TEST_CHECKPOINTS:
+            raise ConfigError(
+                f"callbacks.test_checkpoint '{self.test_checkpoint}' is unknown ({', '.join(TEST_CHECKPOINTS)})"
+            )
 
 
 # built by modlab.training.trainer.make_logger

@@ -107,7 +107,12 @@ class HFLMModule(LMModule):
         trainable = self.objective_cfg.trainable
         self.routers_only = self.skip is None and self.routing is not None and trainable == "routers"
         if self.routers_only:
+            from modlab.mindskip.gate import freeze_regularisation
+
             self.lm.requires_grad_(False)
+            # the routers train on the frozen model as it runs at inference: its dropout off
+            # (Phi ships resid_pdrop=0.1), as MindSkip's Router-Tuning does
+            freeze_regularisation(self.lm.hf)
             for layer in self.routing.layers.values():
                 layer.router.requires_grad_(True)
                 if layer.predictor is not None:
@@ -174,6 +179,7 @@ class HFLMModule(LMModule):
             if agreement is not None:
                 out["router_agreement"] = agreement
             out["loss"] = out["loss"] + (r.aux_weight if r.causal == "aux_bce" else 1.0) * aux
+        out.update(trace.router_state().metrics())  # the routers' logit scale and weight gradient
         return out
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -188,8 +194,8 @@ class HFLMModule(LMModule):
         B, T = batch["ids"].shape
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=B)
         self.log("train/lm_loss", out["lm_loss"], batch_size=B)
-        for k in ("router_aux", "router_agreement"):
-            if k in out:
+        for k in out:
+            if k.startswith("router_"):
                 self.log(f"train/{k}", out[k], batch_size=B)
         routed = float(train_step_flops(self.lm.hf, B, T, self.last_trace.flops_groups()[0]))
         dense = float(train_step_flops(self.lm.hf, B, T))
@@ -202,8 +208,11 @@ class HFLMModule(LMModule):
         super().validation_step(batch, batch_idx)
         if self.routing is not None:
             _, agreement = self.last_trace.causal_stats()
+            stats = self.last_trace.router_state().metrics()
             if agreement is not None:
-                self.log("val/router_agreement", agreement, batch_size=batch["ids"].shape[0], sync_dist=True)
+                stats["router_agreement"] = agreement
+            for k, v in stats.items():
+                self.log(f"val/{k}", v, batch_size=batch["ids"].shape[0], sync_dist=True)
 
     def flops_summary(self) -> dict[str, float]:
         """Mean training FLOPs per step over the run (for metrics.json)."""
@@ -232,7 +241,8 @@ class HFLMModule(LMModule):
         self.test_capacity.update(kept / (n_valid * len(self.routing.layers)), weight=n_valid)
         self.log("test/capacity", self.test_capacity)
         groups = trace.flops_groups()[0]
-        self.test_flops_ratio.update(forward_flops(self.lm.hf, B, T, groups) / forward_flops(self.lm.hf, B, T))
+        dense_flops = forward_flops(self.lm.hf, B, T)  # weighted by it: the test's routed FLOPs / its dense FLOPs
+        self.test_flops_ratio.update(forward_flops(self.lm.hf, B, T, groups) / dense_flops, weight=dense_flops)
         self.log("test/flops_ratio", self.test_flops_ratio)
         self.test_ppl_topk.update(*self.nll(batch))
         self.log("test/ppl_topk", self.test_ppl_topk)

@@ -16,6 +16,7 @@ import logging
 from dataclasses import asdict
 
 import lightning as L
+import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
@@ -28,7 +29,9 @@ from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_flops import train_step_flops
 from modlab.routing.hf_routed_layer import apply_hf_routing
 from modlab.training.config import EvalConfig, ObjectiveConfig
-from modlab.training.unified import UnifiedModule
+from modlab.training.unified import LM_TEST, MMU_TEST, T2I_TEST, UnifiedModule
+
+TEST_TASKS = {MMU_TEST: "mmu", T2I_TEST: "t2i", LM_TEST: "lm"}  # the test dataloaders' tasks
 
 ROUTERS = "skip.routers."  # the state-dict keys of MindSkip's routers
 log = logging.getLogger("modlab.training.hf_unified")
@@ -97,7 +100,9 @@ class HFUnifiedModule(UnifiedModule):
             )
             self.model.skip = self.skip
             self.strict_loading = False  # its checkpoints hold the routers alone
-        self.test_skip_capacity = MeanMetric()
+        # per test task (MMU, T2I, LM run different forwards), each weighted by what it counts
+        self.test_skip_capacity = nn.ModuleDict({task: MeanMetric() for task in TEST_TASKS.values()})
+        self.test_skip_capacity_all = MeanMetric()  # over every task's rows (or tokens)
         self.image_tokenizer = DigitCodec(self.model.codec)
         self.add_metrics()
 
@@ -126,12 +131,23 @@ class HFUnifiedModule(UnifiedModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         super().test_step(batch, batch_idx, dataloader_idx)
         if self.skip is not None:  # the mean gate over the routed layers, as the test ran them
-            self.test_skip_capacity.update(self.skip.capacity())
+            self.update_skip_capacity(TEST_TASKS[dataloader_idx], batch["valid"])
+
+    def update_skip_capacity(self, task: str, valid) -> None:
+        """The last forward's mean gate into `task`'s mean, weighted by the rows (sequence
+        granularity) or valid tokens (token granularity) of its batch."""
+        capacity, weight = self.skip.capacity(), self.skip.capacity_weight(valid)
+        self.test_skip_capacity[task].update(capacity, weight=weight)
+        self.test_skip_capacity_all.update(capacity, weight=weight)
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         if self.skip is not None:
-            self.log("test/mindskip_capacity", self.test_skip_capacity.compute())
+            for task, m in self.test_skip_capacity.items():
+                if m.update_count > 0:
+                    self.log(f"test/mindskip_capacity/{task}", m.compute())
+            if self.test_skip_capacity_all.update_count > 0:
+                self.log("test/mindskip_capacity", self.test_skip_capacity_all.compute())
 
     # ---- checkpoints: the VQ codec is part of the model's weights ------------------------------
 

@@ -173,7 +173,8 @@ class LMModule(L.LightningModule):
         self.test_ppl.update(*self.nll(batch))
         self.log("test/ppl", self.test_ppl)
         if self.skip is not None:
-            self.test_capacity.update(self.skip.capacity())
+            valid = batch.get("valid", torch.ones_like(batch["ids"], dtype=torch.bool))
+            self.test_capacity.update(self.skip.capacity(), weight=self.skip.capacity_weight(valid))  # rows / tokens
             self.log("test/capacity", self.test_capacity)
             self.test_ppl_base.update(*self.nll(batch, routers=False))
             self.log("test/ppl_base", self.test_ppl_base)

@@ -60,7 +60,7 @@ def build_trainer(
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
     from modlab.progress import INTERVAL_S as PROGRESS_INTERVAL_S
-    from modlab.training.callbacks import ParamSummary, PreemptionCheckpoint, ProgressLog
+    from modlab.training.callbacks import LastCheckpointAtEnd, ParamSummary, PreemptionCheckpoint, ProgressLog
     from modlab.training.checkpoint_io import AtomicCheckpointIO
 
     t, cb = trainer_cfg, callbacks_cfg
@@ -74,19 +74,18 @@ def build_trainer(
         if cb.model_summary:
             callbacks.append(ParamSummary(max_depth=2))
         if cb.checkpoint and not t.fast_dev_run:
-            callbacks.append(
-                ModelCheckpoint(
-                    # no "=" in the name: Hydra's override grammar would reject ckpt_path=.../best-step=N.ckpt
-                    dirpath=out_dir / "checkpoints",
-                    filename="best-step{step}",
-                    auto_insert_metric_name=False,
-                    monitor=cb.monitor,
-                    mode="min",
-                    save_top_k=1,
-                    save_last=True,
-                    enable_version_counter=False,  # one last.ckpt, whichever callback wrote it
-                )
+            best_and_last = ModelCheckpoint(
+                # no "=" in the name: Hydra's override grammar would reject ckpt_path=.../best-step=N.ckpt
+                dirpath=out_dir / "checkpoints",
+                filename="best-step{step}",
+                auto_insert_metric_name=False,
+                monitor=cb.monitor,
+                mode="min",
+                save_top_k=1,
+                save_last=True,
+                enable_version_counter=False,  # one last.ckpt, whichever callback wrote it
             )
+            callbacks += [best_and_last, LastCheckpointAtEnd(best_and_last)]
             # SLURM's pre-emption warning (USR2) saves last.ckpt at the step it arrives in
             callbacks.append(PreemptionCheckpoint(out_dir / "checkpoints" / "last.ckpt"))
             if cb.checkpoint_every_n_steps:  # last.ckpt between validations too (what resume= continues)
@@ -208,6 +207,13 @@ def close_logger(logger) -> None:
         wandb.finish()  # a no-op where no run was started (ranks other than 0)
 
 
+def router_metrics(trainer) -> dict[str, float]:
+    """A routed run's routers for metrics.json: the last validation's `val/router_*` (averaged over
+    its batches: agreement, recall and kept share of the causal decision, logit scale, weight
+    gradient) and the last training step's `train/router_*`."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/router_", "train/router_"))}
+
+
 def flatten_test_results(results: list[dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in results:
@@ -215,8 +221,22 @@ def flatten_test_results(results: list[dict]) -> dict[str, float]:
     return out
 
 
+def tested_checkpoint(trainer, callbacks_cfg) -> tuple[str | None, int]:
+    """What `modlab train` tests after fit, and its optimiser step: the best checkpoint by
+    `callbacks.monitor` (Lightning validates, and so checkpoints, only every val_check_interval
+    steps), or with `callbacks.test_checkpoint=last` (or no checkpoint) the weights at the end of
+    training (None: the module as it is)."""
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback else ""
+    if not best or getattr(callbacks_cfg, "test_checkpoint", "best") == "last":
+        return None, trainer.global_step
+    from modlab.training.checkpoint import load_checkpoint_file
+
+    return best, int(load_checkpoint_file(best, mmap=True).get("global_step", -1))
+
+
 def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
-    """`modlab train`: build the family's module and data, fit, test the best checkpoint. Returns
+    """`modlab train`: build the family's module and data, fit, test the best (or last) weights. Returns
     the metrics for metrics.json (test metrics, what the family adds, steps and seconds) and
     whether this process is rank 0 (the one that writes files)."""
     import lightning as L
@@ -259,14 +279,15 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
         ) from None
     train_seconds = time.perf_counter() - start
     extra = family.after_fit(module, trainer, out_dir)
-    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+    ckpt, tested_step = tested_checkpoint(trainer, run.callbacks)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     metrics = {
         **flatten_test_results(results),
         **extra,
         **described,
         "train_seconds": round(train_seconds, 2),
         "train/steps": trainer.global_step,
+        "test/checkpoint_step": tested_step,  # the optimiser step of the weights the test ran
     }
     if run.trainer.skip_nonfinite:
         from modlab.training.guards import NonFiniteGuard

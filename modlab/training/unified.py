@@ -55,7 +55,7 @@ from modlab.routing.install import (
     threshold_routing,
 )
 from modlab.routing.schedule import anneal_fraction
-from modlab.routing.trace import RoutingTrace, record_routing, start_recording, stop_recording
+from modlab.routing.trace import RouterState, RoutingTrace, record_routing, start_recording, stop_recording
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.digits_datamodule import image_tokenizer_for
 from modlab.training.optim import adamw_warmup_cosine
@@ -156,9 +156,11 @@ class UnifiedModule(L.LightningModule):
         """Per-task losses, one forward per task batch: each is padded only to its own longest
         row (one concatenated batch padded T2I rows to the MMU length and wasted ~15 % compute).
         Also returns the row count and the step's routed / dense training FLOPs. With causal
-        routing, `router_aux` (the decision's BCE vs top-k) and `router_agreement` are added."""
+        routing, `router_aux` (the decision's BCE vs top-k) and `router_agreement` are added; with
+        routed tokens the routers' state (RouterState.metrics: logit scale, weight gradient, the
+        decision's recall and kept share), pooled over the task batches' tokens."""
         losses, rows, routed, dense = {}, 0, 0.0, 0.0
-        aux, agreement, zero, gates = [], [], 0.0, []
+        aux, agreement, zero, gates, routers = [], [], 0.0, [], RouterState()
         for part in self._task_batches(combined):
             batch = self.model.training_batch(part, cond_dropout, generator=generator)
             with record_routing(self.model) as trace:
@@ -166,6 +168,7 @@ class UnifiedModule(L.LightningModule):
             if "mindskip_capacity" in part_losses:  # MindSkip's mean gate: averaged over the task batches
                 gates.append(part_losses.pop("mindskip_capacity"))
             losses.update(part_losses)
+            routers.merge(trace.router_state())
             a, g = trace.causal_stats()
             if g is not None:
                 aux.append(a)
@@ -181,6 +184,7 @@ class UnifiedModule(L.LightningModule):
             losses["router_agreement"] = torch.stack(agreement).mean()
         elif isinstance(zero, torch.Tensor):
             losses["router_aux"] = zero
+        losses.update(routers.metrics())  # the routers' logit scale and weight gradient (docs/routing.md)
         return losses, rows, routed, dense
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

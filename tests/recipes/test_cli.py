@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import MODLAB, TINY, only_run_dir, run_modlab
+from helpers import MODLAB, ROUTER_STATE_KEYS, TINY, only_run_dir, run_modlab
 
 FAST = ("+experiment=showo_dense", *TINY)
 TEST_KEYS = {"test/mmu_acc", "test/t2i_acc", "test/ref_classifier_acc", "test/lm_ppl"}
@@ -121,6 +121,7 @@ def test_unimod_fine_tunes_from_the_dense_checkpoint(trained_run: Path, tmp_path
     m = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     assert 0 < m["train/flops_ratio"] < 1 and m["train/flops_per_step"] < m["train/flops_per_step_dense"]
     assert 0 <= m["val/router_agreement"] <= 1  # causal routing decision vs top-k
+    assert ROUTER_STATE_KEYS <= set(m) and all(0 <= m[k] for k in ROUTER_STATE_KEYS)  # the routers' state
 
 
 def test_a_run_piped_to_a_file_prints_progress_lines_while_it_trains(tmp_path: Path):

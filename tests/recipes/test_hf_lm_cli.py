@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    ROUTER_STATE_KEYS,
     TINY,
     assert_one_line_error,
     only_run_dir,
@@ -54,6 +55,7 @@ def test_mod_fine_tune_routes_tokens_and_reports_training_flops(mod_run):
     assert m["train/flops_ratio"] == pytest.approx(m["train/flops_per_step"] / m["train/flops_per_step_dense"])
     assert 0 <= m["test/capacity"] <= 1 and 0 < m["test/flops_ratio"] <= 1
     assert {"test/ppl", "test/ppl_topk", "test/ppl_dense", "val/router_agreement"} <= set(m)
+    assert ROUTER_STATE_KEYS <= set(m)  # the routers' logit scale, weight gradient, decision recall
     ckpt = torch.load(mod_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert "lm.hf.model.layers.1.router.proj.weight" in ckpt["state_dict"]
     assert "lm.hf.model.layers.1.block.self_attn.q_proj.weight" in ckpt["state_dict"]  # the routed layer's weights

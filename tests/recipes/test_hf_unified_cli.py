@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers import (
+    ROUTER_STATE_KEYS,
     assert_one_line_error,
     only_run_dir,
     run_modlab,
@@ -82,6 +83,7 @@ def test_plan_fine_tune_eval_generate(emu3_dir, cache, tmp_path):
     assert {"test/mmu_acc", "test/t2i_acc", "test/lm_ppl", "test/ref_classifier_acc_tokenized"} <= set(m)
     kept = [k for k in m if k.startswith("test/kept/")]
     assert kept and all(0.0 <= m[k] <= 1.0 for k in kept)
+    assert ROUTER_STATE_KEYS <= set(m)  # the routers' logit scale, weight gradient, decision recall
     ckpt = run / "checkpoints" / "last.ckpt"
 
     proc = run_modlab("eval", f"ckpt_path={ckpt}", "debug=fast", out_dir=tmp_path)

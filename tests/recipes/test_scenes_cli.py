@@ -71,9 +71,12 @@ def test_reproduce_table_and_plot(scenes_run: Path, tmp_path: Path):
     text = md.read_text()
     assert "| Show-o-like | MoD |" in text and "Not run: Emu3-like" in text
     header, dense, mod = csv_path.read_text().strip().splitlines()
-    assert header.split(",")[2:6] == ["seed", "steps", "GFLOPs/step", "vs dense"]
-    assert [f"MMU {t}" for t in QUESTION_TYPES] + ["MMU all"] == header.split(",")[6:12]
-    assert math.isclose(float(mod.split(",")[5]), 0.5)
+    columns = ["seed", "steps", "tested step", "GFLOPs/step", "vs dense", "TFLOPs to tested"]
+    assert header.split(",")[2:8] == columns
+    assert [f"MMU {t}" for t in QUESTION_TYPES] + ["MMU all"] == header.split(",")[8:14]
+    assert math.isclose(float(mod.split(",")[6]), 0.5)
+    tested = metrics["test/checkpoint_step"] * routed["train/flops_per_step"] / 1e12  # FLOPs to the tested step
+    assert math.isclose(float(mod.split(",")[7]), tested)
     assert write_pareto(rows, tmp_path).stat().st_size > 0
 
 

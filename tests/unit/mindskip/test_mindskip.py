@@ -215,6 +215,17 @@ def test_routed_layers_default_and_errors():
             MindSkipConfig(target_capacity=bad)
 
 
+def test_a_threshold_above_one_half_is_refused_every_gate_would_start_closed():
+    """Zero-initialised routers give sigmoid(0) = 0.5: with tau > 0.5 the routed model would start
+    with every routed attention closed, not as the base."""
+    assert bool(straight_through_gate(torch.zeros(2), 0.5).detach().all())  # tau = 0.5: every gate open
+    for bad in (0.6, 0.9):
+        assert not bool(straight_through_gate(torch.zeros(2), bad).detach().any())  # what it would do: all closed
+        with pytest.raises(ConfigError, match=r"mindskip.threshold must be in \(0, 0.5\].*starts every gate closed"):
+            MindSkipConfig(threshold=bad)
+    MindSkipConfig(threshold=0.3)  # below 0.5 every gate starts open
+
+
 # ---- Router-Tuning -----------------------------------------------------------------------------
 
 

@@ -175,3 +175,21 @@ def test_unrouted_leaves_a_stand_in_where_an_analysis_put_one(hf_dir):
         assert blocks[1] is stand_in and blocks[3] is layers[3].block
     assert blocks[1] is stand_in and blocks[3] is layers[3]
     blocks[1] = routed
+
+
+def test_routers_only_trains_on_the_frozen_model_without_its_dropout(tmp_path):
+    """Phi ships resid_pdrop=0.1: with the model frozen, the routers must train on the model as it
+    runs at inference, so two training-mode forwards of one batch are equal."""
+    import transformers
+
+    path = save_tiny_hf(tmp_path / "phi", family="phi")
+    config = transformers.AutoConfig.from_pretrained(path)
+    config.resid_pdrop = config.attention_dropout = config.embd_pdrop = 0.1
+    config.save_pretrained(path)
+    m = module_of(path, trainable="routers").train()
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_logits(b), m.forward_logits(b), rtol=0, atol=0)
+    full = module_of(path, trainable="all").train()  # a full fine-tune keeps the model's dropout
+    with torch.no_grad():
+        assert not torch.equal(full.forward_logits(b), full.forward_logits(b))
