@@ -75,10 +75,12 @@ def measure_speed(
     variants: dict[str, dict],
     repeats: int = 3,
     autocast: bool = False,
+    advance=None,
 ) -> dict[str, dict]:
     """Prefill and decode tokens per second of each variant (kwargs of `skip.variant`) on batch-1
     prompts, median over `repeats` rounds; the variants alternate within a round so that load
-    changes on a shared machine hit them alike. Also the FLOPs each variant really ran."""
+    changes on a shared machine hit them alike. Also the FLOPs each variant really ran.
+    `advance` is called after each generated prompt ((repeats + 1) x variants x prompts)."""
     times = {name: {"prefill": [], "decode": []} for name in variants}
     flops = {}
     n_prefill = sum(p.shape[1] for p in prompts)
@@ -104,6 +106,8 @@ def measure_speed(
                         pre, dec = pre + t1 - t0, dec + t2 - t1
                         a, b = generation_flops(tf, skip.open_layers(), p.shape[1], new_tokens)
                         fl = [fl[0] + a, fl[1] + b]
+                        if advance:
+                            advance()
                 if r:
                     times[name]["prefill"].append(pre)
                     times[name]["decode"].append(dec)

@@ -17,11 +17,12 @@ from modlab.analysis.subject import lm_subject
 
 
 @torch.no_grad()
-def attention_similarity(lm, skip, batches) -> list[float]:
+def attention_similarity(lm, skip, batches, advance=None) -> list[float]:
     """Per layer, the mean over valid calibration tokens of cos(x, x + Attn(LN(x))), with the
-    base model (every attention runs). `batches`: dicts with `ids` and optionally `valid`."""
+    base model (every attention runs). `batches`: dicts with `ids` and optionally `valid`;
+    `advance` is called after each batch."""
     with skip.variant(routers=False):
-        rows = llm_drop_importance(lm_subject(lm), {"lm": list(batches)})
+        rows = llm_drop_importance(lm_subject(lm), {"lm": list(batches)}, advance)
     return [1.0 - r["importance"] for r in rows if r["sublayer"] == "attn"]
 
 

@@ -432,3 +432,27 @@ def test_static_drop_baselines_at_fixed_counts_drop_the_least_important_layers()
         assert m[f"test/ppl_static_drop_{n}"] != pytest.approx(m["test/ppl_base"])
     with pytest.raises(ConfigError, match="static_drop_counts"):
         EvalConfig(static_drop_counts=[0])
+
+
+def test_the_lm_evaluation_prints_progress_lines_for_each_stage(caplog):
+    """A real model's `modlab eval` takes minutes: every stage (perplexities, LLM-Drop scores,
+    speed) ends with a progress line, whatever the interval."""
+    import logging
+
+    from modlab.mindskip.evaluate import evaluate_routed_lm
+
+    lm = native_lm().eval()
+    skip = MindSkip(lm, [])
+    batches = [{"ids": torch.randint(0, 256, (2, 8)), "labels": torch.randint(0, 256, (2, 8))}]
+    prompts = [torch.randint(0, 256, (1, 6))]
+    cfg = EvalConfig(static_drop_counts=[1], speed_new_tokens=3, speed_repeats=1)
+    with caplog.at_level(logging.INFO, logger="modlab.progress"):
+        evaluate_routed_lm(lm, skip, batches, batches, prompts, cfg)
+    lines = [r.getMessage() for r in caplog.records if r.name == "modlab.progress"]
+    for stage in (
+        "test perplexity, base 1/1",
+        "LLM-Drop scores 1/1",
+        "static drop of 1 1/1",
+        "speed (prompts generated) 2/2",
+    ):
+        assert any(line.startswith(stage) for line in lines), (stage, lines)
