@@ -452,7 +452,7 @@ def test_the_lm_evaluation_prints_progress_lines_for_each_stage(caplog):
     for stage in (
         "test perplexity, base 1/1",
         "LLM-Drop scores 1/1",
-        "static drop of 1 1/1",
+        "test perplexity, static drop of 1 1/1",
         "speed (prompts generated) 2/2",
     ):
         assert any(line.startswith(stage) for line in lines), (stage, lines)
