@@ -192,6 +192,11 @@ def drop_layer_importance(
         for name, fn in (metrics or {}).items():
             out.append({"dropped": -1, "task": name.split("_")[0], "metric": name, "value": float(fn())})
     out[:0] = [{"dropped": -1, "task": t, "metric": "loss", "value": v} for t, v in losses.items()]
+    n_calls = sum(map(len, batches.values()))
+    if recorded[0] is not None and any(len(o) != n_calls for o in recorded[0]):
+        # some layer was not called through subject.blocks once per batch (a routed layer swapped
+        # for its block while the analysis runs): nothing to replay, every pass runs in full
+        recorded[0] = None
     for layer in range(subject.n_layer):
         with (
             replaying(subject.blocks, recorded[0], layer),
