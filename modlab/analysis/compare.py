@@ -164,6 +164,9 @@ def write_comparison(paths: list[str], out: Path) -> dict:
             out / "pareto.png",
         )
         files.append("pareto.png")
+    skip_rows = _skip_pareto(groups if seeded else rows, rows, out)
+    if skip_rows:
+        files += ["skip_pareto.csv", "skip_pareto.png"]
     summary = {"runs": rows, "failed": failed, "metrics": metrics, "files": files + ["results.json"]}
     (out / "results.json").write_text(
         json.dumps(summary | ({"seed_groups": groups} if seeded else {}), indent=2) + "\n"
@@ -194,10 +197,40 @@ def write_comparison(paths: list[str], out: Path) -> dict:
             ]
             table.add_row(group["label"], str(group["n"]), *cells)
         console.print(table)
+    if skip_rows:
+        table = Table(title="MindSkip vs static attention drop (skip_pareto.csv, skip_pareto.png)", header_style="bold")
+        for col in ("run", "n", "skipped / seq", "ppl", "static drop ppl", "verdict"):
+            table.add_column(col, justify="left" if col in ("run", "verdict") else "right")
+        for r in skip_rows:
+            table.add_row(
+                r["label"],
+                str(r["n"]),
+                _fmt(r["skipped_per_seq"]) + (f" ± {_fmt(r['skipped_std'])}" if r["skipped_std"] else ""),
+                _fmt(r["ppl"]) + (f" ± {_fmt(r['ppl_std'])}" if r["ppl_std"] else ""),
+                _fmt(r["static_drop_ppl"]),
+                r["verdict"],
+            )
+        console.print(table)
     for job in failed:
         console.print(f"[bold red]failed[/bold red] {job['run']}: {job['error']}", highlight=False)
     console.print(f"{', '.join(files)}, results.json in [bold]{out}[/bold]")
     return {"runs": rows, "failed": failed, **({"seed_groups": groups} if seeded else {})}
+
+
+def _skip_pareto(points: list[dict], rows: list[dict], out: Path) -> list[dict]:
+    """MindSkip runs against the static attention drop (modlab.analysis.skip_pareto), when the
+    runs hold both: skip_pareto.csv and skip_pareto.png."""
+    from modlab.analysis.plots import plot_skip_pareto
+    from modlab.analysis.skip_pareto import skip_pareto_rows, static_curve
+    from modlab.outputs import write_csv
+
+    curve = static_curve(rows)
+    table = skip_pareto_rows(points, curve)
+    if not table or not curve:
+        return []
+    write_csv(table, out / "skip_pareto.csv")
+    plot_skip_pareto(table, curve, out / "skip_pareto.png")
+    return table
 
 
 def _fmt(value) -> str:

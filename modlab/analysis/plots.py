@@ -116,6 +116,32 @@ def plot_pareto(points: list[dict], x: str, metrics: dict[str, bool], path: Path
     return _save(fig, path)
 
 
+def plot_skip_pareto(rows: list[dict], curve: list[tuple[int, float]], path: Path) -> Path:
+    """MindSkip against the static attention drop (modlab.analysis.skip_pareto): perplexity (log
+    axis) against attention executions skipped per sequence; the static drop as a line, each
+    routed point with its seed spread on both axes."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if curve:
+        ax.plot([n for n, _ in curve], [p for _, p in curve], "s-", color="black", label="static LLM-Drop (attention)")
+    for i, r in enumerate(rows):
+        ax.errorbar(
+            r["skipped_per_seq"],
+            r["ppl"],
+            xerr=r["skipped_std"] or None,
+            yerr=r["ppl_std"] or None,
+            fmt="o",
+            color=f"C{i % 10}",
+            capsize=3,
+            label=f"{r['label']} (n={r['n']})",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("attention executions skipped per sequence")
+    ax.set_ylabel("held-out perplexity (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
 

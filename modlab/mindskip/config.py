@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from modlab.errors import ConfigError
@@ -17,7 +18,10 @@ class MindSkipConfig:
     layers: list[int] = field(default_factory=list)  # routed layers; empty: the deepest n_routed, not the last
     n_routed: int = 4
     granularity: str = "sequence"  # sequence: one gate per row (masked mean of valid tokens) | token
-    threshold: float = 0.5  # tau in (0, 0.5]: the gate is open where sigmoid(router) >= tau
+    threshold: float = 0.5  # tau: the gate is open where sigmoid(router) >= tau
+    # the logit every gate starts at (the router is zero-initialised, plus this fixed offset): 0 is
+    # the released recipe (sigmoid = 0.5 = tau: on the threshold); > 0 starts the gates open with a margin
+    init_logit: float = 0.0
     target_capacity: float = 0.5  # mean gate over the routed layers the penalty steers toward
     lam: float = 0.0  # weight of the capacity penalty; 0: the released recipe (LM loss only)
     # relu: lam * relu(mean gate - target) (only too many open gates cost);
@@ -29,12 +33,14 @@ class MindSkipConfig:
     def __post_init__(self) -> None:
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"mindskip.granularity '{self.granularity}' is unknown ({', '.join(GRANULARITIES)})")
-        # the routers start at zero, sigmoid(0) = 0.5: a higher threshold would close every gate
-        # from the first step (the routed model would start as the base without those attentions)
-        if not 0.0 < self.threshold <= 0.5:
+        # the routers start at sigmoid(init_logit) (0.5 for the released zero init): a higher
+        # threshold would close every gate from the first step (the routed model would start as the
+        # base without those attentions)
+        start = 1.0 / (1.0 + math.exp(-self.init_logit))
+        if not 0.0 < self.threshold <= start or self.threshold >= 1.0:
             raise ConfigError(
-                f"mindskip.threshold must be in (0, 0.5], got {self.threshold}: the zero-initialised routers "
-                "give sigmoid(0) = 0.5, so a higher threshold starts every gate closed"
+                f"mindskip.threshold must be in (0, {start:.3g}], got {self.threshold}: the routers start at "
+                f"sigmoid(init_logit={self.init_logit:g}) = {start:.3g}, so a higher threshold starts every gate closed"
             )
         if not 0.0 < self.target_capacity <= 1.0:
             raise ConfigError(f"mindskip.target_capacity must be in (0, 1], got {self.target_capacity}")

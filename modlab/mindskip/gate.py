@@ -51,18 +51,24 @@ def straight_through_gate(logits: torch.Tensor, threshold: float) -> torch.Tenso
 
 
 class MindSkipRouter(nn.Module):
-    """Linear(d, 1, bias=False), zero-initialised."""
+    """Linear(d, 1, bias=False), zero-initialised, plus a fixed logit offset `init_logit`.
 
-    def __init__(self, d_model: int):
+    With the released zero init (offset 0) every gate starts exactly on the threshold, so the
+    sign of the first update, not the evidence of many batches, closes a layer for every row at
+    once. A positive offset starts the gates open with a margin: a layer closes only once its
+    router has moved the logit past it, i.e. after the signed gradient kept pointing one way."""
+
+    def __init__(self, d_model: int, init_logit: float = 0.0):
         super().__init__()
         self.proj = nn.Linear(d_model, 1, bias=False)
         nn.init.zeros_(self.proj.weight)
+        self.init_logit = float(init_logit)
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor | None, granularity: str) -> torch.Tensor:
         """Logits (B,) for sequence granularity (the linear map of the pooled state equals the
         pool of the per-token logits), (B, T) for token granularity."""
         x = masked_mean(h, valid) if granularity == "sequence" else h
-        return self.proj(x.to(self.proj.weight.dtype))[..., 0]
+        return self.proj(x.to(self.proj.weight.dtype))[..., 0] + self.init_logit
 
 
 @dataclass
@@ -164,7 +170,14 @@ class MindSkip(nn.Module):
     """Wraps every attention module of `lm` (a CausalLM or HFCausalLM) in a GatedAttention and
     holds the routers of the routed layers (the only parameters Router-Tuning trains)."""
 
-    def __init__(self, lm: nn.Module, layers: list[int], granularity: str = "sequence", threshold: float = 0.5):
+    def __init__(
+        self,
+        lm: nn.Module,
+        layers: list[int],
+        granularity: str = "sequence",
+        threshold: float = 0.5,
+        init_logit: float = 0.0,
+    ):
         super().__init__()
         n = lm.n_layer
         bad = [i for i in layers if not 0 <= i < n]
@@ -172,7 +185,7 @@ class MindSkip(nn.Module):
             raise ConfigError(f"mindskip layers {bad} out of range: the model has layers 0..{n - 1}")
         self.layers, self.granularity, self.threshold = sorted(layers), granularity, threshold
         self.always_runs = frozenset(getattr(lm, "always_runs", ()))
-        self.routers = nn.ModuleDict({str(i): MindSkipRouter(lm.d_model) for i in self.layers})
+        self.routers = nn.ModuleDict({str(i): MindSkipRouter(lm.d_model, init_logit) for i in self.layers})
         self.ctx = SkipContext()
         gates = []
         for i, (parent, name) in enumerate(lm.attention_slots()):

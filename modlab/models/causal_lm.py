@@ -100,6 +100,10 @@ class CausalLM(nn.Module):
     def logits_of(self, h: torch.Tensor) -> torch.Tensor:
         return self.transformer.head(h)
 
+    def head_parameters(self):
+        """The parameters `logits_of` uses (whether the loss may skip their gradients)."""
+        return self.transformer.head.parameters()
+
     def forward(
         self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> torch.Tensor:

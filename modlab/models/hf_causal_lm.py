@@ -117,6 +117,10 @@ class HFCausalLM(nn.Module):
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
+    def head_parameters(self):
+        """The parameters `logits_of` uses (whether the loss may skip their gradients)."""
+        return self.hf.get_output_embeddings().parameters()
+
     def forward(
         self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: HFCache | None = None
     ) -> torch.Tensor:

@@ -96,7 +96,7 @@ class HFUnifiedModule(UnifiedModule):
             s = self.skip_cfg
             self.model.requires_grad_(False)
             self.skip = MindSkip(
-                self.model, s.routed_layers(n_layer, self.model.always_runs), s.granularity, s.threshold
+                self.model, s.routed_layers(n_layer, self.model.always_runs), s.granularity, s.threshold, s.init_logit
             )
             self.model.skip = self.skip
             self.strict_loading = False  # its checkpoints hold the routers alone

@@ -31,7 +31,7 @@ from modlab.evaluation.perplexity import TokenPerplexity
 from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
 from modlab.models.config import ModelConfig
-from modlab.models.token_nll import token_nll
+from modlab.models.token_nll import head_is_frozen, token_nll
 from modlab.training.checkpoint import LM_KIND, build_lm, load_lm_weights, module_hparams, read_lm_checkpoint
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.optim import adamw_warmup_cosine
@@ -66,7 +66,7 @@ class LMModule(L.LightningModule):
             s = self.skip_cfg
             self.lm.requires_grad_(False)
             layers = s.routed_layers(self.lm.n_layer, getattr(self.lm, "always_runs", frozenset()))
-            self.skip = MindSkip(self.lm, layers, s.granularity, s.threshold)
+            self.skip = MindSkip(self.lm, layers, s.granularity, s.threshold, s.init_logit)
             self.strict_loading = False  # router-tuning checkpoints hold the routers only
         self.test_ppl, self.test_ppl_base = TokenPerplexity(), TokenPerplexity()
         self.test_capacity, self.val_loss = MeanMetric(), MeanMetric()
@@ -130,7 +130,13 @@ class LMModule(L.LightningModule):
     def nll(self, batch: dict, routers: bool = True) -> tuple[torch.Tensor, int]:
         """(summed next-token NLL over the labelled tokens, their count), the head applied a chunk
         of tokens at a time (a 262k vocabulary never holds a batch's logits at once)."""
-        return token_nll(self.lm.logits_of, self.forward_hidden(batch, routers), batch["labels"], self.lm.vocab_size)
+        return token_nll(
+            self.lm.logits_of,
+            self.forward_hidden(batch, routers),
+            batch["labels"],
+            self.lm.vocab_size,
+            head_frozen=head_is_frozen(self.lm),
+        )
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """LM loss, and for Router-Tuning the capacity and its penalty; `loss` is their sum."""
@@ -162,6 +168,8 @@ class LMModule(L.LightningModule):
         if self.skip is not None:
             self.log("val/lm_loss", out["lm_loss"], batch_size=n)
             self.log("val/capacity", out["capacity"], prog_bar=True, batch_size=n)
+            for i, c in self.skip.layer_capacity().items():  # which layers the routers close
+                self.log(f"val/capacity_layer{i}", c, batch_size=n)
 
     def configure_optimizers(self):
         steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
@@ -178,6 +186,13 @@ class LMModule(L.LightningModule):
             self.log("test/capacity", self.test_capacity)
             self.test_ppl_base.update(*self.nll(batch, routers=False))
             self.log("test/ppl_base", self.test_ppl_base)
+
+    def on_test_epoch_end(self) -> None:
+        if self.skip is not None and self.test_capacity.update_called:
+            # what the static LLM-Drop baseline is compared at: attention executions skipped per
+            # sequence (per token-position on average with token granularity)
+            skipped = (1 - self.test_capacity.compute()) * len(self.skip.layers)
+            self.log("test/skipped_attention_per_seq", skipped)
 
 
 def load_lm_module(ckpt_path: str) -> LMModule:

@@ -224,6 +224,33 @@ def test_a_threshold_above_one_half_is_refused_every_gate_would_start_closed():
         with pytest.raises(ConfigError, match=r"mindskip.threshold must be in \(0, 0.5\].*starts every gate closed"):
             MindSkipConfig(threshold=bad)
     MindSkipConfig(threshold=0.3)  # below 0.5 every gate starts open
+    MindSkipConfig(threshold=0.6, init_logit=1.0)  # gates that start at sigmoid(1) = 0.73 are open at 0.6
+    with pytest.raises(ConfigError, match=r"must be in \(0, 0.269\].*init_logit=-1"):
+        MindSkipConfig(init_logit=-1.0)  # sigmoid(-1) = 0.27 < 0.5: every gate would start closed
+
+
+def test_init_logit_starts_every_gate_open_with_a_margin_and_the_model_equal_to_the_base():
+    """A positive init_logit: each gate's logit starts there (sigmoid 0.88 at 2), every gate is
+    open, the routed model equals the base, and only a router that moved the logit past the margin
+    closes a gate (with zero init the smallest update closes it)."""
+    torch.manual_seed(0)
+    lm = native_lm()
+    ids = torch.randint(0, 256, (3, 10))
+    with torch.no_grad():
+        base = lm(ids)
+    skip = MindSkip(lm, [1, 2], init_logit=2.0)
+    with torch.no_grad(), skip.context():
+        routed = lm(ids)
+    torch.testing.assert_close(routed, base)
+    assert skip.layer_capacity() == {1: 1.0, 2: 1.0}
+    logits = skip.routers["1"](torch.randn(3, 10, lm.d_model), None, "sequence")
+    torch.testing.assert_close(logits, torch.full((3,), 2.0))
+    with torch.no_grad():  # a small move that would close a zero-initialised gate leaves this one open
+        skip.routers["1"].proj.weight.fill_(-1e-3)
+        skip.routers["2"].proj.weight.fill_(-10.0)
+        h = torch.ones(3, 10, lm.d_model)
+        assert float(skip.routers["1"](h, None, "sequence")[0]) > 0  # 2 - 1e-3 * d
+        assert float(skip.routers["2"](h, None, "sequence")[0]) < 0
 
 
 # ---- Router-Tuning -----------------------------------------------------------------------------

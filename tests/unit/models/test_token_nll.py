@@ -64,3 +64,33 @@ def test_gemma2_soft_capping_is_applied_by_the_head(tmp_path):
     h = torch.randn(1, 3, lm.d_model) * 1e3  # raw logits far beyond the cap
     with torch.no_grad():
         assert float(lm.logits_of(h).abs().max()) <= cap + 1e-4
+
+
+@pytest.mark.parametrize("chunk_logits", [1 << 26, 50 * 4, 50])
+def test_a_frozen_head_gives_the_same_nll_and_hidden_gradient_in_one_pass(chunk_logits: int):
+    """head_frozen=True takes d NLL / d h in the forward pass: same value and gradient as full
+    cross-entropy, the head run once per chunk (no recompute in backward)."""
+    head, h, labels = _problem()
+    head.requires_grad_(False)
+    want = F.cross_entropy(head(h).flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    (want_grad,) = torch.autograd.grad(3.0 * want, [h])
+    calls = []
+    nll, _ = token_nll(
+        lambda x: calls.append(1) or head(x), h, labels, vocab_size=50, chunk_logits=chunk_logits, head_frozen=True
+    )
+    torch.testing.assert_close(nll, want, rtol=1e-6, atol=1e-5)
+    n_chunks = len(calls)
+    (got,) = torch.autograd.grad(3.0 * nll, [h])  # the outer scale reaches the saved gradient
+    torch.testing.assert_close(got, want_grad, rtol=1e-5, atol=1e-6)
+    assert len(calls) == n_chunks  # backward ran no head
+
+
+def test_head_is_frozen_reads_the_output_head_only(tmp_path):
+    from modlab.models.hf_causal_lm import load_hf_causal_lm
+    from modlab.models.token_nll import head_is_frozen
+
+    lm, _ = load_hf_causal_lm(str(save_tiny_hf(tmp_path / "llama", "llama")))
+    assert not head_is_frozen(lm)
+    lm.requires_grad_(False)
+    lm.hf.model.layers[0].self_attn.q_proj.weight.requires_grad_(True)  # a trainable non-head part
+    assert head_is_frozen(lm)
