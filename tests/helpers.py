@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODLAB = str(Path(sys.executable).parent / "modlab")
 # the tiny debug profile (conf/debug/tiny.yaml): 4 layers, d = 32, a few steps of everything
 TINY = ("debug=tiny",)
-# every supported Hugging Face family (modlab.models.hf_families): MindSkip and token routing apply to all
+# every supported Hugging Face family (modlab.hf_layer_map): MindSkip and token routing apply to all
 HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3")
 
 
@@ -93,7 +93,7 @@ def composed(config_name: str, overrides: list[str], out_dir: Path):
 
 
 def save_tiny_hf(path: Path, family: str = "llama", n_layer: int = 4, seed: int = 0, vocab_size: int = 260) -> Path:
-    """A tiny random Hugging Face causal LM of any family in modlab.models.hf_families
+    """A tiny random Hugging Face causal LM of any family in modlab.hf_layer_map
     (modlab.models.hf_tiny's sizes), saved with save_pretrained (byte-level text without a
     tokenizer needs a vocabulary of 256 to 512)."""
     from transformers.utils import logging

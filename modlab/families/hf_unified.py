@@ -5,7 +5,7 @@ images (its own VQ decoder, scored on digits; Chameleon's has none in transforme
 are drawn but not scored: test/t2i_skipped), generating images with causal routing and the
 compact KV cache, and analysed per task. Everything the native unified families do is reused
 (modlab.families.unified); what differs is the model (modlab.models.hf_unified,
-modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_data).
+modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_datamodule).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from modlab.families.base import AnalysisTarget, PlanSpec
 from modlab.families.unified import UnifiedFamily
-from modlab.training.hf_lm import unrouted
+from modlab.routing.hf_routed_layer import unrouted
 
 
 class HFUnifiedFamily(UnifiedFamily):
@@ -28,7 +28,7 @@ class HFUnifiedFamily(UnifiedFamily):
     def build(self, run):
         from modlab.errors import ConfigError
         from modlab.training.hf_unified import HFUnifiedModule
-        from modlab.training.hf_unified_data import HFUnifiedDataModule
+        from modlab.training.hf_unified_datamodule import HFUnifiedDataModule
 
         if run.init_from:
             raise ConfigError("init_from is for native models; a Hugging Face model's base is model.path")
@@ -65,7 +65,7 @@ class HFUnifiedFamily(UnifiedFamily):
         return load_hf_unified_module(ckpt_path)
 
     def evaluate(self, module, run, out_dir: Path) -> dict:
-        from modlab.training.hf_unified_data import HFUnifiedDataModule
+        from modlab.training.hf_unified_datamodule import HFUnifiedDataModule
         from modlab.training.trainer import test_module
 
         module.eval_cfg = run.eval
@@ -171,9 +171,9 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
     import torch
 
     from modlab.data import digits as D
+    from modlab.data.hf_unified_rows import DigitImages, ImageRows, TextRows
     from modlab.data.rows import collate_rows
     from modlab.data.text_corpus import load_corpus, split_corpus
-    from modlab.training.hf_unified_data import DigitImages, ImageRows, TextRows
 
     model, g = module.model, torch.Generator().manual_seed(c.seed)
     split = D.load_digit_splits(module.data_cfg.split_seed)[c.split]

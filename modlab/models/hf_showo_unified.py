@@ -14,7 +14,7 @@ A `hf_showo` model directory (model.path):
     showo_vocab.json                 the marker of the layout: {"n_text", "n_codes", "sot", "eot",
                                      "max_text_len"} (ShowoVocab; max_text_len: T2I text field)
     showo_image_codebook.safetensors the image tokenizer: a stand-in for MAGVIT-v2, which is not in
-                                     transformers (modlab.models.showo_codec); its codebook size
+                                     transformers (modlab.data.showo_codec); its codebook size
                                      must be showo_vocab.json's n_codes
 `save_showo_directory` writes one; `load_hf_showo` (through load_hf_unified) reads it.
 
@@ -46,11 +46,11 @@ from pathlib import Path
 
 import torch
 
+from modlab.data.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
 from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError, ConfigError
 from modlab.models import hf_showo as S
 from modlab.models.hf_unified import KIND_ID, HFUnifiedModel
-from modlab.models.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
 from modlab.routing.install import threshold_routing
 
 SHOWO_MARKER = "showo_vocab.json"
@@ -267,7 +267,7 @@ def save_showo_directory(path, model, vocab: S.ShowoVocab, tokenizer, codec: Pat
 def fit_digit_codebook(resolution: int, n_codes: int, patch: int, split_seed: int = 0, seed: int = 0):
     """The stand-in codebook fitted on the training digits rendered as RGB at `resolution`."""
     from modlab.data.digits import load_digit_splits
-    from modlab.models.hf_image_codec import digits_as_rgb
+    from modlab.data.vq_codec import digits_as_rgb
 
     train = load_digit_splits(split_seed)["train"]
     return PatchCodebookCodec.fit(digits_as_rgb(train.images, resolution), n_codes, patch, seed)

@@ -1,5 +1,5 @@
 """Tiny random Hugging Face models built from config classes: causal LMs of every family in
-modlab.models.hf_families, and unified models with an offline processor (a byte-level tokenizer
+modlab.hf_layer_map, and unified models with an offline processor (a byte-level tokenizer
 with the family's special tokens). What the tests, the benchmarks and a first try of modlab
 without any weights run on. Nothing is downloaded; `save_pretrained` on the model (and the
 processor) gives a directory that `model.path=` loads as it loads a real one."""
@@ -26,11 +26,11 @@ TINY_LM_EXTRA = {"phi3": {"pad_token_id": 0}}
 
 
 def tiny_causal_lm_config(family: str, **values):
-    """The transformers config of a small random causal LM of `family` (modlab.models.hf_families):
+    """The transformers config of a small random causal LM of `family` (modlab.hf_layer_map):
     TINY_LM_SIZES, what the family needs at such sizes, then `values` (any config key)."""
     import transformers
 
-    from modlab.models.hf_families import HF_FAMILIES
+    from modlab.hf_layer_map import HF_FAMILIES
 
     values = {**TINY_LM_SIZES, **TINY_LM_EXTRA.get(family, {}), **values}
     if family in SIZED_BY_HEAD_DIM:
@@ -43,7 +43,7 @@ def tiny_causal_lm(family: str, seed: int = 0, **values):
     `values` as for tiny_causal_lm_config."""
     import transformers
 
-    from modlab.models.hf_families import HF_FAMILIES
+    from modlab.hf_layer_map import HF_FAMILIES
 
     config = tiny_causal_lm_config(family, **values)
     torch.manual_seed(seed)

@@ -6,7 +6,7 @@ validation and honest test: MMU answer accuracy, T2I images scored by the refere
 digits, LM perplexity under causal routing, the kept fraction per task and layer) around a
 transformers model: the routed layers are modlab.routing.hf_routed_layer's, the FLOPs of a step
 are counted on the transformers model itself (modlab.routing.hf_flops), and the image tokenizer is
-the model's frozen VQ codec (seen as a digit tokenizer for scoring: modlab.training.hf_unified_data).
+the model's frozen VQ codec (seen as a digit tokenizer for scoring: modlab.training.hf_unified_datamodule).
 The VQ model is never trained (no paper does); its weights travel with the checkpoint.
 """
 
@@ -48,8 +48,8 @@ class HFUnifiedModule(UnifiedModule):
         seed: int = 0,
         mindskip: dict | None = None,
     ):
-        from modlab.models.hf_unified import load_hf_unified
-        from modlab.training.hf_unified_data import DigitCodec
+        from modlab.data.hf_unified_rows import DigitCodec
+        from modlab.models.hf_unified_loader import load_hf_unified
 
         L.LightningModule.__init__(self)  # UnifiedModule's own __init__ builds a native model
         # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module
