@@ -24,6 +24,31 @@ from modlab.errors import ConfigError
 COMMANDS = ("train", "eval", "generate", "analyze")
 
 
+def _import(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class UnifiedSpec:
+    """The parts of a Hugging Face unified (text + image) family, as torchtitan's ModelSpec names a
+    model's. Each part is "module:attribute", imported on first use (`part`), so the registry stays
+    cheap to import; nothing outside the registry looks a family up by its name."""
+
+    model: str  # its HFUnifiedModel subclass (modlab.models.hf_unified)
+    model_types: tuple[str, ...]  # the transformers config.model_type of the directories it loads
+    codec: str  # its image codec class, (VQ model, image processor, resolution) -> ImageCodec (modlab.data)
+    layers: str  # where its decoder layers live: its entry of the layer map (modlab.hf_layer_map.HF_FAMILIES)
+    tiny: str  # saves a tiny random model directory for tests: (path, n_codes=32, n_layer=4, seed=0) -> path
+    experiment: str  # its default experiment (conf/experiment/<name>.yaml): UniMoD on digits
+    # reads a directory: (family spec, path, config, resolution, route_tokens, dtype) -> the model
+    loader: str = "modlab.models.hf_unified_loader:load_processor_directory"
+
+    def part(self, name: str):
+        """The object a part names (`spec.part("model")` is the model class)."""
+        return _import(getattr(self, name))
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """What the CLI and the help need to know about a family without importing it."""
@@ -31,7 +56,8 @@ class FamilySpec:
     name: str  # the value of model.arch
     summary: str
     objective: str  # the objective config that trains it (conf/objective/<name>.yaml)
-    implementation: object  # "module:attribute" of its ModelFamily, or the object itself
+    # its ModelFamily object, or a ModelFamily class built with this spec, or "module:attribute" of either
+    implementation: object
     analyses: tuple[str, ...] = ()  # the `modlab analyze` jobs it supports
     routing: tuple[str, ...] = ()  # routing kinds besides dense (mod, unimod)
     mindskip: bool = False  # Router-Tuning (MindSkip routers on attention)
@@ -40,6 +66,7 @@ class FamilySpec:
     dtypes: tuple[str, ...] = ("auto",)  # model.dtype values it applies (modlab.models.config.DTYPES)
     # objective.trainable=routers: the kinds of routers it trains alone, the model frozen ("mindskip", "mod")
     router_tuning: tuple[str, ...] = ()
+    unified: UnifiedSpec | None = None  # a Hugging Face unified family's parts
     _loaded: dict = field(default_factory=dict, compare=False, repr=False)
 
     def family(self):
@@ -47,8 +74,9 @@ class FamilySpec:
         if "impl" not in self._loaded:
             impl = self.implementation
             if isinstance(impl, str):
-                module, _, attr = impl.partition(":")
-                impl = getattr(importlib.import_module(module), attr)
+                impl = _import(impl)
+            if isinstance(impl, type):  # one class serving several families (the HF unified ones)
+                impl = impl(self)
             self._loaded["impl"] = impl
         return self._loaded["impl"]
 
@@ -130,21 +158,32 @@ def families_for_analysis(job: str) -> list[str]:
     return [f.name for f in REGISTRY.values() if job in f.analyses]
 
 
-def hf_unified_spec(name: str, summary: str, **extra) -> FamilySpec:
-    """A transformers unified model from a local directory (modlab.families.hf_unified: `name`
-    upper-cased is its family object there), with MoD / UniMoD routing and Router-Tuning (MindSkip
-    on its language model, the unified objective); `extra`: more FamilySpec fields."""
+def unified_family(model_type: str) -> FamilySpec | None:
+    """The registered Hugging Face unified family that loads directories of this transformers
+    `model_type` (None: none does)."""
+    return next((f for f in REGISTRY.values() if f.unified and model_type in f.unified.model_types), None)
+
+
+def unified_model_types() -> list[str]:
+    return [t for f in REGISTRY.values() if f.unified for t in f.unified.model_types]
+
+
+def hf_unified_spec(name: str, summary: str, unified: UnifiedSpec, **extra) -> FamilySpec:
+    """A transformers unified model from a local directory (one HFUnifiedFamily built with this
+    spec, modlab.families.hf_unified), with MoD / UniMoD routing and Router-Tuning (MindSkip on its
+    language model, the unified objective); `unified`: its parts; `extra`: more FamilySpec fields."""
     return FamilySpec(
         name,
         summary,
         "unified",
-        f"modlab.families.hf_unified:{name.upper()}",
+        "modlab.families.hf_unified:HFUnifiedFamily",
         routing=("mod", "unimod"),
         mindskip=True,
         router_tuning=("mindskip",),
         commands=COMMANDS,
         requires_path=True,
         dtypes=("auto", "bfloat16", "float32"),
+        unified=unified,
         **extra,
     )
 
@@ -193,20 +232,55 @@ for _spec in (
     hf_unified_spec(
         "hf_emu3",
         "Hugging Face Emu3 (a local directory with its processor)",
+        UnifiedSpec(
+            "modlab.models.hf_unified:HFEmu3",
+            ("emu3",),
+            "modlab.data.vq_codec:Emu3Codec",
+            "emu3",
+            "modlab.models.hf_tiny:save_tiny_emu3",
+            "hf_emu3_unimod",
+        ),
         analyses=_UNIFIED_ANALYSES,
     ),
     hf_unified_spec(
         "hf_showo",
         "Show-o on transformers' Phi (a local directory with Show-o's vocabulary and image codebook)",
+        UnifiedSpec(
+            "modlab.models.hf_showo_unified:HFShowo",
+            ("phi",),  # Show-o is Phi-1.5 with image codes in its vocabulary
+            "modlab.data.showo_codec:PatchCodebookCodec",
+            "phi",
+            "modlab.models.hf_tiny:save_tiny_showo",
+            "hf_showo_unimod",
+            loader="modlab.models.hf_showo_unified:load_hf_showo",  # a directory of its own layout
+        ),
         analyses=_UNIFIED_ANALYSES,
     ),
     hf_unified_spec(
         "hf_chameleon",
         "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
+        UnifiedSpec(
+            "modlab.models.hf_chameleon_janus:HFChameleon",
+            ("chameleon",),
+            "modlab.data.vq_codec:ChameleonCodec",
+            "chameleon",
+            "modlab.models.hf_tiny:save_tiny_chameleon",
+            "hf_chameleon_unimod",
+        ),
         analyses=_UNIFIED_ANALYSES,
     ),
     hf_unified_spec(
-        "hf_janus", "Hugging Face Janus (a local directory with its processor)", analyses=_UNIFIED_ANALYSES
+        "hf_janus",
+        "Hugging Face Janus (a local directory with its processor)",
+        UnifiedSpec(
+            "modlab.models.hf_chameleon_janus:HFJanus",
+            ("janus",),
+            "modlab.data.vq_codec:JanusCodec",
+            "janus",
+            "modlab.models.hf_tiny:save_tiny_janus",
+            "hf_janus_unimod",
+        ),
+        analyses=_UNIFIED_ANALYSES,
     ),
 ):
     register_family(_spec)

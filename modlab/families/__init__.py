@@ -9,10 +9,12 @@ from modlab.registry import (
     COMMANDS,
     REGISTRY,
     FamilySpec,
+    UnifiedSpec,
     families_for_analysis,
     get_family,
     hf_unified_spec,
     register_family,
+    unified_family,
     unregister_family,
 )
 
@@ -20,11 +22,13 @@ __all__ = [
     "COMMANDS",
     "REGISTRY",
     "FamilySpec",
+    "UnifiedSpec",
     "families_for_analysis",
     "family_of_checkpoint",
     "get_family",
     "hf_unified_spec",
     "register_family",
+    "unified_family",
     "unregister_family",
 ]
 

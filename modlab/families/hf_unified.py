@@ -1,4 +1,5 @@
-"""Hugging Face unified families (`hf_emu3`, `hf_chameleon`, `hf_janus`): a transformers text +
+"""Hugging Face unified families (`hf_emu3`, `hf_showo`, `hf_chameleon`, `hf_janus`; each a
+`UnifiedSpec` in the registry, modlab.registry): a transformers text +
 image model from a local `save_pretrained` directory (model.path, with its processor), fine-tuned
 with UniMoD task routers or MoD in its language decoder layers, evaluated on MMU answers and T2I
 images (its own VQ decoder, scored on digits; Chameleon's has none in transformers, so its images
@@ -20,8 +21,12 @@ from modlab.routing.hf_routed_layer import unrouted
 
 
 class HFUnifiedFamily(UnifiedFamily):
-    def __init__(self, name: str, experiment: str):
-        super().__init__(name, "", {"digits": experiment})
+    """Every Hugging Face unified family: one object per registered spec (`spec.unified` holds
+    its parts: model class, model types, codec, layers, tiny builder, default experiment)."""
+
+    def __init__(self, spec):
+        super().__init__(spec.name, "", {"digits": spec.unified.experiment})
+        self.spec = spec
 
     # ---- train -----------------------------------------------------------------------------------
 
@@ -217,9 +222,3 @@ def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: d
         for st in [stats[task]]
     ]
     return planned_parts_flops_ratio(model.hf, parts)
-
-
-HF_EMU3 = HFUnifiedFamily("hf_emu3", "hf_emu3_unimod")
-HF_CHAMELEON = HFUnifiedFamily("hf_chameleon", "hf_chameleon_unimod")
-HF_JANUS = HFUnifiedFamily("hf_janus", "hf_janus_unimod")
-HF_SHOWO = HFUnifiedFamily("hf_showo", "hf_showo_unimod")

@@ -16,7 +16,7 @@ A `hf_showo` model directory (model.path):
     showo_image_codebook.safetensors the image tokenizer: a stand-in for MAGVIT-v2, which is not in
                                      transformers (modlab.data.showo_codec); its codebook size
                                      must be showo_vocab.json's n_codes
-`save_showo_directory` writes one; `load_hf_showo` (through load_hf_unified) reads it.
+`save_showo_directory` writes one; `load_hf_showo` (the hf_showo family's loader: load_hf_unified) reads it.
 
 Rows are hf_showo's (Show-o's own layout: T2I's text field left-padded with [PAD] to a fixed
 width, MMU with Show-o's "USER: ... ASSISTANT:" prompt) with each token's `kind` added. Show-o's
@@ -273,7 +273,7 @@ def fit_digit_codebook(resolution: int, n_codes: int, patch: int, split_seed: in
     return PatchCodebookCodec.fit(digits_as_rgb(train.images, resolution), n_codes, patch, seed)
 
 
-def load_hf_showo(path: Path, config, resolution: int = 0, route_tokens=("image",), dtype: str = "float32"):
+def load_hf_showo(family, path: Path, config, resolution: int = 0, route_tokens=("image",), dtype: str = "float32"):
     """The HFShowo of a `hf_showo` directory (in eval mode); a Phi directory without
     showo_vocab.json, and every way the directory can be wrong, is one ConfigError /
     CheckpointError line."""
@@ -296,7 +296,7 @@ def load_hf_showo(path: Path, config, resolution: int = 0, route_tokens=("image"
             f"model.path '{path}': the tokenizer has {len(tokenizer)} tokens, fewer than {SHOWO_MARKER}'s "
             f"n_text {vocab.n_text}"
         )
-    codec = PatchCodebookCodec.load(path / codebook)
+    codec = family.unified.part("codec").load(path / codebook)
     if codec.n_codes != vocab.n_codes:
         raise ConfigError(
             f"model.path '{path}': the image codebook has {codec.n_codes} codes, {SHOWO_MARKER} says n_codes "
@@ -308,7 +308,8 @@ def load_hf_showo(path: Path, config, resolution: int = 0, route_tokens=("image"
             "(model.resolution=0 takes it)"
         )
     hf = _load_phi(path, config, vocab, dtype)
-    return HFShowo(hf.eval(), ShowoPrompting(tokenizer, vocab, max_text_len), codec, str(path.resolve()), route_tokens)
+    prompting = ShowoPrompting(tokenizer, vocab, max_text_len)
+    return family.unified.part("model")(hf.eval(), prompting, codec, str(path.resolve()), route_tokens)
 
 
 def _load_phi(path: Path, config, vocab: S.ShowoVocab, dtype: str):

@@ -142,13 +142,6 @@ class HFUnifiedModel(nn.Module):
     def decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    @staticmethod
-    def make_codec(hf, image_processor, resolution: int):
-        """The model's frozen VQ codec (by its model_type: modlab.data.vq_codec.codec_for)."""
-        from modlab.data.vq_codec import codec_for
-
-        return codec_for(hf, image_processor, resolution)
-
     # ---- what a family says about itself -----------------------------------------------------
     #   code_to_id (buffer, set by the subclass): the id of image code c in the family's rows
     #   row_end: ids forced after each row of image codes while sampling (Emu3: its end-of-line)

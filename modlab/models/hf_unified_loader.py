@@ -1,7 +1,9 @@
 """Loading a Hugging Face unified model (modlab.models.hf_unified) from a local `save_pretrained`
-directory: the family its config names, its processor, its weights (in the dtype asked, the VQ
-model kept in fp32) and its VQ codec, with one-line errors for every way the directory can be
-wrong. Show-o on Phi has a directory layout of its own (modlab.models.hf_showo_unified).
+directory, by the registered family (modlab.registry: its UnifiedSpec) that loads the model_type
+of the directory's config: its processor, its weights (in the dtype asked, the VQ model kept in
+fp32), its model class and VQ codec, with one-line errors for every way the directory can be
+wrong. A family with a directory layout of its own names its own loader (Show-o on Phi:
+modlab.models.hf_showo_unified.load_hf_showo).
 """
 
 from __future__ import annotations
@@ -10,42 +12,24 @@ from pathlib import Path
 
 import torch
 
+from modlab.data.vq_codec import vq_model
 from modlab.errors import CheckpointError, ConfigError
-from modlab.models.hf_showo_unified import load_hf_showo
-from modlab.models.hf_unified import HFEmu3, HFUnifiedModel
+from modlab.models.hf_unified import HFUnifiedModel
+from modlab.registry import get_family, unified_family, unified_model_types
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
-# transformers model_type -> its class here ("module:attribute": a family in its own module, imported on use)
-FAMILY_CLASSES: dict[str, type | str] = {
-    "emu3": HFEmu3,
-    "chameleon": "modlab.models.hf_chameleon_janus:HFChameleon",
-    "janus": "modlab.models.hf_chameleon_janus:HFJanus",
-}
-UNIFIED_MODEL_TYPES = tuple(FAMILY_CLASSES)  # the families this module loads
 
-
-def family_class(model_type: str) -> type:
-    cls = FAMILY_CLASSES[model_type]
-    if isinstance(cls, str):
-        import importlib
-
-        module, _, attr = cls.partition(":")
-        cls = getattr(importlib.import_module(module), attr)
-    return cls
-
-
-def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dtype: str = "float32") -> HFUnifiedModel:
-    """A unified model (in eval mode) from a local `save_pretrained` directory with its processor;
-    every way the directory can be wrong is a one-line ConfigError / CheckpointError.
-    `resolution` 0: the processor's own image size."""
-    from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
-
+def load_hf_unified(
+    path: str, resolution: int = 0, route_tokens=("image",), dtype: str = "float32", arch: str | None = None
+) -> HFUnifiedModel:
+    """A unified model (in eval mode) from a local directory, read by the registered family `arch`
+    (None: the family that loads the directory's model_type); every way the directory can be wrong
+    is a one-line ConfigError / CheckpointError. `resolution` 0: the processor's own image size."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(p)
@@ -53,13 +37,29 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
         raise ConfigError(
             f"model.path '{path}': config.json is not a transformers config ({type(e).__name__})"
         ) from None
-    if config.model_type == "phi":  # Show-o on Phi: a directory of its own layout (modlab.models.hf_showo_unified)
-        return load_hf_showo(p, config, resolution, tuple(route_tokens), dtype)
-    if config.model_type not in FAMILY_CLASSES:
+    family = get_family(arch) if arch else unified_family(config.model_type)
+    if family is None or family.unified is None:
         raise ConfigError(
             f"model.path '{path}' holds a '{config.model_type}' model, not a unified model this family loads "
-            f"({', '.join(FAMILY_CLASSES)})"
+            f"({', '.join(unified_model_types())})"
         )
+    if config.model_type not in family.unified.model_types:
+        raise ConfigError(
+            f"model.path '{path}' holds a '{config.model_type}' model, but model.arch={family.name} loads "
+            f"{', '.join(family.unified.model_types)} models"
+        )
+    return family.unified.part("loader")(family, p, config, resolution, tuple(route_tokens), dtype)
+
+
+def load_processor_directory(family, p: Path, config, resolution: int, route_tokens, dtype: str) -> HFUnifiedModel:
+    """A `save_pretrained` directory with its processor (Emu3, Chameleon, Janus): the model class
+    and codec of `family` (its UnifiedSpec)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
+
+    path = str(p)
     if not any((p / f).is_file() for f in PROCESSOR_FILES):
         raise ConfigError(f"model.path '{path}' has no processor (processor_config.json): save the processor there too")
     hf_logging.disable_progress_bar()
@@ -81,9 +81,8 @@ def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dty
         if vq is not None:
             vq.float().load_state_dict(kept)
     resolution = resolution or processor_resolution(processor)
-    cls = family_class(config.model_type)
-    codec = cls.make_codec(hf, processor.image_processor, resolution)
-    return cls(hf.eval(), processor, codec, str(p.resolve()), tuple(route_tokens))
+    codec = family.unified.part("codec")(vq_model(hf), processor.image_processor, resolution)
+    return family.unified.part("model")(hf.eval(), processor, codec, str(p.resolve()), tuple(route_tokens))
 
 
 def processor_resolution(processor) -> int:

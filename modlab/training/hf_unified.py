@@ -68,13 +68,12 @@ class HFUnifiedModule(UnifiedModule):
         self.objective_cfg = ObjectiveConfig(**objective)
         cfg = dict(model)
         self.model = load_hf_unified(
-            cfg["path"], cfg.get("resolution", 0), tuple(cfg.get("route_tokens", ("image",))), cfg.get("dtype", "auto")
+            cfg["path"],
+            cfg.get("resolution", 0),
+            tuple(cfg.get("route_tokens", ("image",))),
+            cfg.get("dtype", "auto"),
+            arch=cfg["arch"],
         )
-        if self.model.model_type != expected_model_type(cfg["arch"]):
-            raise ConfigError(
-                f"model.path '{cfg['path']}' holds a '{self.model.model_type}' model, but model.arch="
-                f"{cfg['arch']} loads {expected_model_type(cfg['arch'])} models"
-            )
         self.model.train()  # transformers loads in eval mode; the VQ codec stays in eval mode
         self.model.codec.vq.eval()
         n_layer = self.model.n_layer
@@ -196,11 +195,6 @@ class HFUnifiedModule(UnifiedModule):
             float(train_step_flops(hf, B, T, trace.flops_groups()[0]) + extra),
             float(train_step_flops(hf, B, T) + extra),
         )
-
-
-def expected_model_type(arch: str) -> str:
-    """`hf_emu3` -> "emu3": the transformers model_type a family loads."""
-    return arch.removeprefix("hf_")
 
 
 def load_hf_unified_module(ckpt_path: str) -> HFUnifiedModule:

@@ -269,3 +269,90 @@ def test_the_floor_check_catches_an_upward_import(tmp_path):
         },
     )
     assert upward_imports(graph) == ["modlab.data.rows:3 imports modlab.models.x (floor 1 -> 4)"]
+
+
+# ---- no family looked up by its name outside the registry --------------------------------------
+#
+# A family's name (`arch`) and a directory's transformers model type (`model_type`) are keys of the
+# registry (modlab.registry: FamilySpec, UnifiedSpec.model_types) and, for decoder layouts, of the
+# layer map (modlab.hf_layer_map, keyed by model_type as transformers itself is). Anywhere else,
+# code that compares them with a string, rewrites them (`arch.removeprefix("hf_")`,
+# `name.upper()`, `"hf_" + model_type`) or indexes a table with them is a second registry.
+
+NAME_KEYS = ("arch", "model_type")
+NAME_OWNERS = ("registry.py", "families/__init__.py", "hf_layer_map.py")  # relative to modlab/
+STRING_METHODS = {"upper", "lower", "removeprefix", "removesuffix", "startswith", "endswith", "replace", "split"}
+CASE_METHODS = {"upper", "lower"}  # a family's `name` upper-cased into an attribute name (HF_EMU3)
+
+
+def _names_a_family(node: ast.AST, keys=NAME_KEYS) -> bool:
+    if isinstance(node, ast.Attribute):
+        return node.attr in keys
+    if isinstance(node, ast.Name):
+        return node.id in keys
+    if isinstance(node, ast.Subscript):  # cfg["arch"]
+        return isinstance(node.slice, ast.Constant) and node.slice.value in keys
+    return False
+
+
+def _is_string(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Constant) and isinstance(node.value, str)) or (
+        isinstance(node, ast.Tuple | ast.List | ast.Set)
+        and any(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)
+    )
+
+
+def name_lookups(path: Path) -> list[str]:
+    """`line: what` for each lookup of a family by its name in `path` (see above)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        what = None
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(map(_names_a_family, sides)) and any(map(_is_string, sides)):
+                what = "compared with a string"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver, method = node.func.value, node.func.attr
+            if (method in STRING_METHODS and _names_a_family(receiver)) or (
+                method in CASE_METHODS and _names_a_family(receiver, ("name",))
+            ):
+                what = f".{method}() of a family's name"
+            elif method == "get" and node.args and _names_a_family(node.args[0]) and not _is_dict_literal(receiver):
+                what = "a table read by a family's name"
+        elif isinstance(node, ast.Subscript) and _names_a_family(node.slice):
+            what = "a table indexed by a family's name"
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            if any(map(_names_a_family, (node.left, node.right))) and any(map(_is_string, (node.left, node.right))):
+                what = "a name built from a family's name"
+        if what:
+            found.append((node.lineno, what))
+    return [f"{line}: {what}" for line, what in sorted(found)]
+
+
+def _is_dict_literal(node: ast.AST) -> bool:
+    # `(info.get("model") or {}).get("arch")` reads a checkpoint's record, not a table of families
+    return isinstance(node, ast.BoolOp | ast.Call | ast.Dict)
+
+
+def test_no_family_is_looked_up_by_its_name_outside_the_registry():
+    root = Path(modlab.__file__).parent
+    owners = {root / p for p in NAME_OWNERS}
+    cli = Path(modlab.cli.__file__).parent
+    files = sorted(f for d in (root, cli) for f in d.rglob("*.py") if f not in owners)
+    bad = [f"{f}:{hit}" for f in files for hit in name_lookups(f)]
+    assert not bad, "ask modlab.registry instead of looking a family up by its name:\n" + "\n".join(bad)
+
+
+def test_the_name_lookup_check_catches_each_kind(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "def f(cfg, arch, name, config, model):\n"
+        '    if config.model_type == "phi":\n'
+        '        return arch.removeprefix("hf_")\n'
+        '    impl = f"modlab.families.hf_unified:{name.upper()}"\n'
+        "    cls = CLASSES[config.model_type] or CODECS.get(model.model_type)\n"
+        '    return "hf_" + cfg["model_type"], TYPES[cfg["arch"]]\n'
+        "def fine(ckpt, model):\n"
+        '    return (ckpt.get("model") or {}).get("arch", "lm"), model.arch, f"model.arch={model.arch}"\n'
+    )
+    assert [hit.split(":")[0] for hit in name_lookups(bad)] == ["2", "3", "4", "5", "5", "6", "6"]

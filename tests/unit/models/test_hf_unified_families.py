@@ -287,9 +287,9 @@ def test_guided_sampling_runs_with_the_compact_cache(saved, family):
 def test_every_family_loads_through_its_own_class(saved):
     from modlab.models.hf_chameleon_janus import HFChameleon, HFJanus
     from modlab.models.hf_unified import HFEmu3
-    from modlab.models.hf_unified_loader import UNIFIED_MODEL_TYPES
+    from modlab.registry import unified_model_types
 
-    assert set(UNIFIED_MODEL_TYPES) == set(FAMILIES)
+    assert set(unified_model_types()) == {*FAMILIES, "phi"}  # phi: Show-o, tests/unit/models/test_hf_showo_unified.py
     for family, cls in zip(FAMILIES, (HFEmu3, HFChameleon, HFJanus)):
         model = load(saved, family)
         assert type(model) is cls and model.codec.grid == (8, 8)
