@@ -204,7 +204,7 @@ def median_seconds(fns: dict, repeats: int, device="cpu", warmup: int = 1) -> di
 
 def layer_inputs(model: nn.Module, layers: list[int], ids: torch.Tensor) -> dict[int, torch.Tensor]:
     """(tokens, d) hidden states entering each of these decoder layers in a forward over `ids`."""
-    from modlab.models.hf_families import decoder_layers
+    from modlab.hf_layer_map import decoder_layers
 
     blocks, seen, hooks = decoder_layers(model), {}, []
     for i in layers:
@@ -251,7 +251,7 @@ def decode_flops_per_token(model, context: float, ran: dict[int, float] | None =
     its layers hold, modlab.routing.hf_flops): every layer's projections and MLP, attention
     against `context` cached keys, the head; a routed layer i runs for a fraction ran[i] of the
     tokens, against its compact cache (about ran[i] * context entries), plus its router."""
-    from modlab.models.hf_families import decoder_layers, text_config
+    from modlab.hf_layer_map import decoder_layers, text_config
     from modlab.routing.hf_flops import linear_weights, query_width
 
     ran = ran or {}
@@ -371,9 +371,10 @@ def bench_hf_emu3_generation(
     entries that remain (prompt tokens included: they always run) is reported."""
     import tempfile
 
+    from modlab.data.rows import left_pad
     from modlab.models.hf_tiny import tiny_emu3
-    from modlab.models.hf_unified import left_pad, load_hf_unified
-    from modlab.training.hf_lm import unrouted
+    from modlab.models.hf_unified_loader import load_hf_unified
+    from modlab.routing.hf_routed_layer import unrouted
 
     model, processor = tiny_emu3(n_layer=n_layer, hidden=hidden, heads=max(1, hidden // 64), seed=seed)
     with tempfile.TemporaryDirectory() as d:

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODLAB = str(Path(sys.executable).parent / "modlab")
 # the tiny debug profile (conf/debug/tiny.yaml): 4 layers, d = 32, a few steps of everything
 TINY = ("debug=tiny",)
-# every supported Hugging Face family (modlab.models.hf_families): MindSkip and token routing apply to all
+# every supported Hugging Face family (modlab.hf_layer_map): MindSkip and token routing apply to all
 HF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3")
 
 
@@ -93,7 +93,7 @@ def composed(config_name: str, overrides: list[str], out_dir: Path):
 
 
 def save_tiny_hf(path: Path, family: str = "llama", n_layer: int = 4, seed: int = 0, vocab_size: int = 260) -> Path:
-    """A tiny random Hugging Face causal LM of any family in modlab.models.hf_families
+    """A tiny random Hugging Face causal LM of any family in modlab.hf_layer_map
     (modlab.models.hf_tiny's sizes), saved with save_pretrained (byte-level text without a
     tokenizer needs a vocabulary of 256 to 512)."""
     from transformers.utils import logging
@@ -229,57 +229,21 @@ def write_mc_task(directory: Path, name: str = "tiny_mc", n: int = 8) -> Path:
 
 
 def save_tiny_hf_unified(path: Path, family: str = "emu3", n_codes: int = 32, n_layer: int = 4, seed: int = 0) -> Path:
-    """A tiny random Hugging Face unified model with its processor (offline byte-level tokenizer,
-    tiny VQ model: 32x32 images, an 8x8 code grid), saved with save_pretrained."""
-    from transformers.utils import logging
+    """A tiny random Hugging Face unified model of the registered family that loads `family`
+    directories (a transformers model_type: emu3, chameleon, janus), by that family's own tiny
+    builder (modlab.registry: UnifiedSpec.tiny)."""
+    from modlab.registry import unified_family
 
-    from modlab.models.hf_tiny import tiny_unified
-
-    logging.disable_progress_bar()
-    model, processor = tiny_unified(family, n_codes=n_codes, n_layer=n_layer, seed=seed)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return unified_family(family).unified.part("tiny")(path, n_codes=n_codes, n_layer=n_layer, seed=seed)
 
 
 def save_tiny_hf_showo(
     path: Path, n_codes: int = 32, n_layer: int = 4, seed: int = 0, max_text_len: int = 32, released: bool = False
 ) -> Path:
-    """A tiny random Show-o on Phi (modlab.models.hf_showo_unified's directory): a byte-level
-    tokenizer (<|endoftext|> = <|sot|> = <|eot|>), Show-o's vocabulary around it, and the stand-in
-    image codebook fitted on the training digits at 32x32 (4x4 patches: an 8x8 code grid).
-    `released`: the weights in Show-o's released layout (pytorch_model.bin, `showo.`-prefixed
-    keys) beside Phi's own config (its vocabulary not yet resized), as Show-o's checkpoint ships."""
-    import json
+    """A tiny random Show-o on Phi (modlab.models.hf_tiny.save_tiny_showo, the hf_showo family's tiny builder)."""
+    from modlab.models.hf_tiny import save_tiny_showo
 
-    from transformers import PhiConfig
-    from transformers.utils import logging
-
-    from modlab.models.hf_showo import build_showo_phi
-    from modlab.models.hf_showo_unified import fit_digit_codebook, save_showo_directory
-    from modlab.models.hf_tiny import byte_level_tokenizer
-
-    logging.disable_progress_bar()
-    tok = byte_level_tokenizer([], bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    eot = tok.eos_token_id
-    config = PhiConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=n_layer,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        bos_token_id=eot,
-        eos_token_id=eot,
-    )
-    torch.manual_seed(seed)
-    model, vocab = build_showo_phi(config, n_codes, len(tok))
-    save_showo_directory(path, model, vocab, tok, fit_digit_codebook(32, n_codes, 4, seed=seed), max_text_len)
-    if released:
-        (path / "model.safetensors").unlink()
-        torch.save({"showo." + k: v for k, v in model.state_dict().items()}, path / "pytorch_model.bin")
-        (path / "config.json").write_text(json.dumps(config.to_dict()))
-    return path
+    return save_tiny_showo(path, n_codes, n_layer, seed, max_text_len, released)
 
 
 def save_tiny_bos_tokenizer(path: Path, bos: bool = True) -> Path:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from modlab.models.hf_families import decoder_layers
+from modlab.hf_layer_map import decoder_layers
 
 
 def _attention_modules(lm) -> dict[int, int]:

@@ -67,7 +67,7 @@ def block_sublayers(layer: nn.Module, args: tuple, kwargs: dict) -> Sublayers:
 
 
 def hf_sublayers(family):
-    """Sublayers of a transformers decoder layer of `family` (modlab.models.hf_families): the
+    """Sublayers of a transformers decoder layer of `family` (modlab.hf_layer_map): the
     attention is called with the layer's own keyword arguments (position embeddings, mask, ...),
     as the layer itself does, and each branch applies the norms its family puts around it (Gemma
     2 / 3 normalise the branch outputs too). Phi runs attention and MLP in parallel off one norm:
@@ -102,7 +102,7 @@ class Subject:
     sublayers: Callable[[nn.Module, tuple, dict], Sublayers] = block_sublayers
     # layers return the new stream x + f(x) (transformers), not modlab's delta f(x)
     returns_stream: bool = False
-    # ... as the first element of a tuple (Chameleon: modlab.models.hf_families.layer_returns_tuple)
+    # ... as the first element of a tuple (Chameleon: modlab.hf_layer_map.layer_returns_tuple)
     layer_returns_tuple: bool = False
     # a model whose layers are not modlab Blocks: attention(fn) is a context manager that, while
     # active, calls fn(layer, q, k, mask, probs, head_dim) as each layer's attention runs
@@ -195,7 +195,7 @@ def lm_subject(lm) -> Subject:
 
     if isinstance(lm, HFCausalLM):
         from modlab.analysis.hf_attention import hf_attention_capture
-        from modlab.models.hf_families import decoder_layers
+        from modlab.hf_layer_map import decoder_layers
 
         blocks = decoder_layers(lm.hf, lm.family)
         capture = partial(hf_attention_capture, lm)

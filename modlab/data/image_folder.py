@@ -37,7 +37,7 @@ import torch
 from modlab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from modlab.models.hf_image_codec import ImageCodec
+    from modlab.data.vq_codec import ImageCodec
 
 log = logging.getLogger("modlab.data.image_folder")
 

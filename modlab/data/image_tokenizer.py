@@ -3,7 +3,7 @@
 - `PixelQuantizer`: one token per pixel, `levels` grey levels (17 = lossless for `load_digits`).
 - `PatchCodebook`: a learned k-means codebook over non-overlapping p x p patches (the realistic
   VQ-style variant: fewer, richer tokens). Images may carry a trailing channel axis (N, S, S, C),
-  e.g. RGB: a patch is then its p x p x C values (modlab.models.showo_codec's stand-in VQ).
+  e.g. RGB: a patch is then its p x p x C values (modlab.data.showo_codec's stand-in VQ).
 
 Both share `encode(images) -> codes (N, n_tokens)` and `decode(codes) -> images (N, 8, 8)`.
 """

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from modlab.data import digits as D
@@ -301,4 +302,21 @@ def concat_batches(batches: list[dict], pad_id: int) -> dict:
         out[k] = torch.cat([torch.nn.functional.pad(b[k], (0, T - b[k].shape[1]), value=v) for b in batches])
     out["task"] = torch.cat([b["task"] for b in batches])
     out["digit"] = torch.cat([b["digit"] for b in batches])
+    return out
+
+
+def left_pad(rows: list[dict], pad_id: int) -> dict:
+    """Prompt rows padded on the left (so every row ends where generation starts), with `valid`."""
+    n = max(len(r["ids"]) for r in rows)
+    out: dict = {}
+    for key in ("ids", "kind", "cond", "is_image"):
+        fill = pad_id if key == "ids" else 0
+        out[key] = torch.stack([F.pad(r[key], (n - len(r[key]), 0), value=fill) for r in rows])
+    out["valid"] = torch.stack(
+        [F.pad(torch.ones(len(r["ids"]), dtype=torch.bool), (n - len(r["ids"]), 0)) for r in rows]
+    )
+    out["task"] = torch.stack([r["task"] for r in rows])
+    out["digit"] = torch.stack([r["digit"] for r in rows])
+    if any("pixels" in r for r in rows):  # the images a vision encoder reads, in row order (Janus MMU)
+        out["pixels"] = torch.stack([r["pixels"] for r in rows if "pixels" in r])
     return out

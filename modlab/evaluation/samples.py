@@ -29,7 +29,7 @@ def generate_samples(module, c, out: Path) -> dict:
 
     hf = hasattr(module.model, "t2i_prompt")  # a Hugging Face unified model: rows in its own format
     if hf:
-        from modlab.models.hf_unified import left_pad
+        from modlab.data.rows import left_pad
 
         rows = [module.model.t2i_prompt(p) for p in prompts for _ in range(c.samples_per_prompt)]
         batch = left_pad(rows, module.model.pad)
@@ -77,7 +77,7 @@ def generate_samples(module, c, out: Path) -> dict:
         n = min(c.mmu_images, len(splits["test"].labels))
         codes, labels = tok.encode(splits["test"].images[:n]), splits["test"].labels[:n]
         if hf:
-            from modlab.training.hf_unified_data import DigitImages, PromptRows
+            from modlab.data.hf_unified_rows import DigitImages, PromptRows
 
             images = DigitImages(splits["test"].images[:n], module.model.codec.resolution)
             ds, pad = PromptRows(module.model, "mmu", codes, labels, images=images), module.model.pad

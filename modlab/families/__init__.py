@@ -1,222 +1,45 @@
-"""Model families, registered once.
-
-A family is a kind of model modlab can train, load, evaluate and analyse (Show-o-like, Emu3-like,
-the tiny causal LM, a Hugging Face causal LM). `model.arch` names it, and so does every checkpoint
-(`hyper_parameters.model.arch`). Everything that differs between families lives behind one
-`ModelFamily` object (modlab.families.base); commands ask the registry for it instead of testing
-the architecture's name.
-
-The registry itself is cheap to import (no torch): `modlab --help`, `modlab analyze` and config
-validation read the specs; the implementation is imported only when a command really runs.
-
-Adding a family: one module with a `ModelFamily` subclass, one `register_family(FamilySpec(...))`
-entry (below, or from your own code before the command runs), and its `conf/model/<name>.yaml`.
-"""
+"""The model families: what each command does with each kind of model (one `ModelFamily` per
+family, modlab.families.base), and the registry that names them (modlab.registry, re-exported
+here so a family's code and its users import one place)."""
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
+from modlab.errors import CheckpointError
+from modlab.registry import (
+    COMMANDS,
+    REGISTRY,
+    FamilySpec,
+    UnifiedSpec,
+    families_for_analysis,
+    get_family,
+    hf_unified_spec,
+    register_family,
+    unified_family,
+    unregister_family,
+)
 
-from modlab.errors import CheckpointError, ConfigError
-
-COMMANDS = ("train", "eval", "generate", "analyze")
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    """What the CLI and the help need to know about a family without importing it."""
-
-    name: str  # the value of model.arch
-    summary: str
-    objective: str  # the objective config that trains it (conf/objective/<name>.yaml)
-    implementation: object  # "module:attribute" of its ModelFamily, or the object itself
-    analyses: tuple[str, ...] = ()  # the `modlab analyze` jobs it supports
-    routing: tuple[str, ...] = ()  # routing kinds besides dense (mod, unimod)
-    mindskip: bool = False  # Router-Tuning (MindSkip routers on attention)
-    commands: tuple[str, ...] = ("train", "eval", "analyze")
-    requires_path: bool = False  # model.path: the weights live in a local directory
-    dtypes: tuple[str, ...] = ("auto",)  # model.dtype values it applies (modlab.models.config.DTYPES)
-    # objective.trainable=routers: the kinds of routers it trains alone, the model frozen ("mindskip", "mod")
-    router_tuning: tuple[str, ...] = ()
-    _loaded: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def family(self):
-        """The ModelFamily object (imported on first use)."""
-        if "impl" not in self._loaded:
-            impl = self.implementation
-            if isinstance(impl, str):
-                module, _, attr = impl.partition(":")
-                impl = getattr(importlib.import_module(module), attr)
-            self._loaded["impl"] = impl
-        return self._loaded["impl"]
-
-    def require(self, command: str, what: str = "") -> None:
-        if command not in self.commands:
-            supported = [f.name for f in REGISTRY.values() if command in f.commands]
-            raise ConfigError(
-                f"{what or 'model.arch=' + self.name} is a {self.summary}: `modlab {command}` supports "
-                f"{', '.join(supported)}"
-            )
-
-    def check_training(self, run) -> None:
-        """One-line errors for settings this family cannot apply (never silently dropped)."""
-        self.require("train")
-        if run.objective.name != self.objective:
-            raise ConfigError(
-                f"model.arch={self.name} ({self.summary}) trains with objective={self.objective}, "
-                f"not objective={run.objective.name}"
-            )
-        if run.routing.kind != "dense" and run.routing.kind not in self.routing:
-            kinds = ", ".join(self.routing) or "none"
-            raise ConfigError(
-                f"routing={run.routing.kind} does not apply to model.arch={self.name} ({self.summary}); "
-                f"its routing kinds: {kinds}" + ("; it skips attention with mindskip=..." if self.mindskip else "")
-            )
-        if run.mindskip.enabled and not self.mindskip:
-            raise ConfigError(f"mindskip does not apply to model.arch={self.name} ({self.summary})")
-        if run.mindskip.enabled and run.routing.kind != "dense":
-            raise ConfigError(
-                f"routing={run.routing.kind} and mindskip in one run: choose one (token routing of whole layers, "
-                "or MindSkip's attention gates)"
-            )
-        if run.data.lm_format != "text" and self.objective != "lm":
-            raise ConfigError(
-                f"data.lm_format={run.data.lm_format} reads text for causal LMs; model.arch={self.name} "
-                "reads plain text files (data.lm_format=text)"
-            )
-        self._check_trainable(run)
-
-    def _check_trainable(self, run) -> None:
-        trainable = getattr(run.objective, "trainable", "auto")
-        routers = "mindskip" if run.mindskip.enabled else run.routing.kind
-        if trainable == "all" and run.mindskip.enabled:
-            raise ConfigError(
-                "objective.trainable=all with mindskip: Router-Tuning trains the routers alone on a frozen model "
-                "(objective.trainable=routers or auto)"
-            )
-        if trainable == "routers":
-            if routers == "dense":
-                raise ConfigError("objective.trainable=routers, but the run has no routers (routing=mod or mindskip)")
-            if routers not in self.router_tuning:
-                raise ConfigError(
-                    f"objective.trainable=routers does not apply to routing={routers} on model.arch={self.name} "
-                    f"({self.summary}); it trains routers alone for: {', '.join(self.router_tuning) or 'nothing'}"
-                )
-
-
-REGISTRY: dict[str, FamilySpec] = {}
-
-
-def register_family(spec: FamilySpec, replace: bool = False) -> FamilySpec:
-    if spec.name in REGISTRY and not replace:
-        raise ValueError(f"model family '{spec.name}' is already registered")
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def unregister_family(name: str) -> None:
-    REGISTRY.pop(name, None)
-
-
-def get_family(name: str) -> FamilySpec:
-    if name not in REGISTRY:
-        raise ConfigError(f"model.arch '{name}' is unknown (model families: {', '.join(REGISTRY)})")
-    return REGISTRY[name]
-
-
-def families_for_analysis(job: str) -> list[str]:
-    return [f.name for f in REGISTRY.values() if job in f.analyses]
+__all__ = [
+    "COMMANDS",
+    "REGISTRY",
+    "FamilySpec",
+    "UnifiedSpec",
+    "families_for_analysis",
+    "family_of_checkpoint",
+    "get_family",
+    "hf_unified_spec",
+    "register_family",
+    "unified_family",
+    "unregister_family",
+]
 
 
 def family_of_checkpoint(ckpt_path: str) -> FamilySpec:
     """The family that wrote a checkpoint (or a MindSkip router file), from the `model.arch` it
     records; a one-line CheckpointError for a file that is missing, unreadable or not modlab's."""
+    # lazy: reading a checkpoint needs torch; `modlab --help` imports this package for the registry
     from modlab.training.checkpoint import checkpoint_arch
 
     arch = checkpoint_arch(ckpt_path)
     if arch not in REGISTRY:
         raise CheckpointError(f"checkpoint '{ckpt_path}' holds a '{arch}' model, which no registered family loads")
     return REGISTRY[arch]
-
-
-def hf_unified_spec(name: str, summary: str, **extra) -> FamilySpec:
-    """A transformers unified model from a local directory (modlab.families.hf_unified: `name`
-    upper-cased is its family object there), with MoD / UniMoD routing and Router-Tuning (MindSkip
-    on its language model, the unified objective); `extra`: more FamilySpec fields."""
-    return FamilySpec(
-        name,
-        summary,
-        "unified",
-        f"modlab.families.hf_unified:{name.upper()}",
-        routing=("mod", "unimod"),
-        mindskip=True,
-        router_tuning=("mindskip",),
-        commands=COMMANDS,
-        requires_path=True,
-        dtypes=("auto", "bfloat16", "float32"),
-        **extra,
-    )
-
-
-_UNIFIED_ANALYSES = ("attention", "importance", "redundancy")
-for _spec in (
-    FamilySpec(
-        "showo",
-        "Show-o-like unified model (omni-attention, masked image tokens)",
-        "unified",
-        "modlab.families.unified:SHOWO",
-        analyses=(*_UNIFIED_ANALYSES, "interactions"),
-        routing=("mod", "unimod"),
-        commands=COMMANDS,
-    ),
-    FamilySpec(
-        "emu3",
-        "Emu3-like unified model (causal, autoregressive images)",
-        "unified",
-        "modlab.families.unified:EMU3",
-        analyses=_UNIFIED_ANALYSES,
-        routing=("mod", "unimod"),
-        commands=COMMANDS,
-    ),
-    FamilySpec(
-        "lm",
-        "tiny causal LM over bytes",
-        "lm",
-        "modlab.families.causal_lm:CAUSAL_LM",
-        analyses=("importance", "redundancy"),
-        mindskip=True,
-        router_tuning=("mindskip",),
-    ),
-    FamilySpec(
-        "hf",
-        "Hugging Face causal LM (a local directory)",
-        "lm",
-        "modlab.families.hf_causal_lm:HF_CAUSAL_LM",
-        analyses=("attention", "importance", "redundancy"),
-        routing=("mod",),  # token routing inside the decoder layers (UniMoD's task routers need tasks)
-        mindskip=True,
-        requires_path=True,
-        dtypes=("auto", "bfloat16", "float32"),
-        router_tuning=("mindskip", "mod"),
-    ),
-    hf_unified_spec(
-        "hf_emu3",
-        "Hugging Face Emu3 (a local directory with its processor)",
-        analyses=_UNIFIED_ANALYSES,
-    ),
-    hf_unified_spec(
-        "hf_showo",
-        "Show-o on transformers' Phi (a local directory with Show-o's vocabulary and image codebook)",
-        analyses=_UNIFIED_ANALYSES,
-    ),
-    hf_unified_spec(
-        "hf_chameleon",
-        "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
-        analyses=_UNIFIED_ANALYSES,
-    ),
-    hf_unified_spec(
-        "hf_janus", "Hugging Face Janus (a local directory with its processor)", analyses=_UNIFIED_ANALYSES
-    ),
-):
-    register_family(_spec)

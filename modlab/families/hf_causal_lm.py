@@ -107,8 +107,8 @@ class HFCausalLMFamily(CausalLMFamily):
         same weights unrouted; otherwise as the native LM (MindSkip gates or none)."""
         if getattr(module, "routing", None) is None:
             return super().harness_variants(module)
+        from modlab.routing.hf_routed_layer import unrouted
         from modlab.routing.install import threshold_routing
-        from modlab.training.hf_lm import unrouted
 
         lm = module.lm
 
@@ -143,7 +143,7 @@ class HFCausalLMFamily(CausalLMFamily):
         target = super().analysis_target(loaded, calibration, seed)
         routing = getattr(loaded, "routing", None)
         if routing is not None:
-            from modlab.training.hf_lm import unrouted
+            from modlab.routing.hf_routed_layer import unrouted
 
             run = target.subject.run
 

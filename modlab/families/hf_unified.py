@@ -1,11 +1,12 @@
-"""Hugging Face unified families (`hf_emu3`, `hf_chameleon`, `hf_janus`): a transformers text +
+"""Hugging Face unified families (`hf_emu3`, `hf_showo`, `hf_chameleon`, `hf_janus`; each a
+`UnifiedSpec` in the registry, modlab.registry): a transformers text +
 image model from a local `save_pretrained` directory (model.path, with its processor), fine-tuned
 with UniMoD task routers or MoD in its language decoder layers, evaluated on MMU answers and T2I
 images (its own VQ decoder, scored on digits; Chameleon's has none in transformers, so its images
 are drawn but not scored: test/t2i_skipped), generating images with causal routing and the
 compact KV cache, and analysed per task. Everything the native unified families do is reused
 (modlab.families.unified); what differs is the model (modlab.models.hf_unified,
-modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_data).
+modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_datamodule).
 """
 
 from __future__ import annotations
@@ -16,19 +17,23 @@ from pathlib import Path
 
 from modlab.families.base import AnalysisTarget, PlanSpec
 from modlab.families.unified import UnifiedFamily
-from modlab.training.hf_lm import unrouted
+from modlab.routing.hf_routed_layer import unrouted
 
 
 class HFUnifiedFamily(UnifiedFamily):
-    def __init__(self, name: str, experiment: str):
-        super().__init__(name, "", {"digits": experiment})
+    """Every Hugging Face unified family: one object per registered spec (`spec.unified` holds
+    its parts: model class, model types, codec, layers, tiny builder, default experiment)."""
+
+    def __init__(self, spec):
+        super().__init__(spec.name, "", {"digits": spec.unified.experiment})
+        self.spec = spec
 
     # ---- train -----------------------------------------------------------------------------------
 
     def build(self, run):
         from modlab.errors import ConfigError
         from modlab.training.hf_unified import HFUnifiedModule
-        from modlab.training.hf_unified_data import HFUnifiedDataModule
+        from modlab.training.hf_unified_datamodule import HFUnifiedDataModule
 
         if run.init_from:
             raise ConfigError("init_from is for native models; a Hugging Face model's base is model.path")
@@ -65,7 +70,7 @@ class HFUnifiedFamily(UnifiedFamily):
         return load_hf_unified_module(ckpt_path)
 
     def evaluate(self, module, run, out_dir: Path) -> dict:
-        from modlab.training.hf_unified_data import HFUnifiedDataModule
+        from modlab.training.hf_unified_datamodule import HFUnifiedDataModule
         from modlab.training.trainer import test_module
 
         module.eval_cfg = run.eval
@@ -171,9 +176,9 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
     import torch
 
     from modlab.data import digits as D
+    from modlab.data.hf_unified_rows import DigitImages, ImageRows, TextRows
     from modlab.data.rows import collate_rows
     from modlab.data.text_corpus import load_corpus, split_corpus
-    from modlab.training.hf_unified_data import DigitImages, ImageRows, TextRows
 
     model, g = module.model, torch.Generator().manual_seed(c.seed)
     split = D.load_digit_splits(module.data_cfg.split_seed)[c.split]
@@ -217,9 +222,3 @@ def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: d
         for st in [stats[task]]
     ]
     return planned_parts_flops_ratio(model.hf, parts)
-
-
-HF_EMU3 = HFUnifiedFamily("hf_emu3", "hf_emu3_unimod")
-HF_CHAMELEON = HFUnifiedFamily("hf_chameleon", "hf_chameleon_unimod")
-HF_JANUS = HFUnifiedFamily("hf_janus", "hf_janus_unimod")
-HF_SHOWO = HFUnifiedFamily("hf_showo", "hf_showo_unimod")

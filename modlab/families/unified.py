@@ -59,7 +59,7 @@ class UnifiedFamily(ModelFamily):
     # ---- eval / generate -------------------------------------------------------------------------
 
     def load(self, ckpt_path: str):
-        from modlab.training.checkpoint import load_unified_module
+        from modlab.training.unified import load_unified_module
 
         return load_unified_module(ckpt_path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from modlab.errors import ConfigError
+from modlab.registry import get_family
 
 # weights dtype of a model loaded from a directory; auto: bf16 on a CUDA device with bf16, else fp32
 DTYPES = ("auto", "bfloat16", "float32")
@@ -35,8 +36,6 @@ class ModelConfig:
     route_tokens: list[str] = field(default_factory=lambda: ["image"])
 
     def __post_init__(self) -> None:
-        from modlab.families import get_family
-
         spec = get_family(self.arch)
         if spec.requires_path and not self.path:
             raise ConfigError(f"model.arch={self.arch} needs model.path=<a local model directory>")

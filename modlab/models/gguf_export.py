@@ -4,7 +4,7 @@ and the tokenizer the GGUF carries) then loads like any other local model (`mode
 in seconds and without the `gguf` package.
 
 Any GGUF whose architecture transformers reads and whose model is one of modlab's causal-LM
-families (modlab.models.hf_families) works; anything else is a one-line error.
+families (modlab.hf_layer_map) works; anything else is a one-line error.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hugging Face causal LMs (the families of modlab.models.hf_families: Llama, Mistral, Qwen2/3,
+"""Hugging Face causal LMs (the families of modlab.hf_layer_map: Llama, Mistral, Qwen2/3,
 Gemma 1/2/3, Phi, Phi-3) from a local directory, behind the interface of modlab's own CausalLM, so
 MindSkip, Router-Tuning, token routing and the evaluation treat both alike.
 
@@ -21,8 +21,8 @@ from safetensors import SafetensorError
 
 from modlab.data.text_tokenizer import ByteTokenizer, HFTokenizer
 from modlab.errors import CheckpointError, ConfigError
+from modlab.hf_layer_map import HF_FAMILIES, decoder_layers, hf_family
 from modlab.models.causal_lm import TokenFlops
-from modlab.models.hf_families import HF_FAMILIES, decoder_layers, hf_family
 from modlab.models.memory_fit import check_fits_memory, parameter_count
 from modlab.models.weight_files import check_weight_files
 

@@ -177,7 +177,7 @@ def build_showo_phi(
         raise ConfigError(
             f"build_showo_phi takes a Phi directory or a PhiConfig, got {type(phi_dir_or_config).__name__}"
         )
-    if config.model_type != "phi":
+    if config.model_type != PhiConfig.model_type:
         raise ConfigError(f"Show-o's backbone is Phi, got a '{config.model_type}' config")
     if not 0 < n_text <= config.vocab_size:
         raise ConfigError(f"n_text {n_text} must be in 1..{config.vocab_size} (the Phi embedding's rows)")

@@ -14,9 +14,9 @@ A `hf_showo` model directory (model.path):
     showo_vocab.json                 the marker of the layout: {"n_text", "n_codes", "sot", "eot",
                                      "max_text_len"} (ShowoVocab; max_text_len: T2I text field)
     showo_image_codebook.safetensors the image tokenizer: a stand-in for MAGVIT-v2, which is not in
-                                     transformers (modlab.models.showo_codec); its codebook size
+                                     transformers (modlab.data.showo_codec); its codebook size
                                      must be showo_vocab.json's n_codes
-`save_showo_directory` writes one; `load_hf_showo` (through load_hf_unified) reads it.
+`save_showo_directory` writes one; `load_hf_showo` (the hf_showo family's loader: load_hf_unified) reads it.
 
 Rows are hf_showo's (Show-o's own layout: T2I's text field left-padded with [PAD] to a fixed
 width, MMU with Show-o's "USER: ... ASSISTANT:" prompt) with each token's `kind` added. Show-o's
@@ -46,11 +46,11 @@ from pathlib import Path
 
 import torch
 
+from modlab.data.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
 from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError, ConfigError
 from modlab.models import hf_showo as S
 from modlab.models.hf_unified import KIND_ID, HFUnifiedModel
-from modlab.models.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
 from modlab.routing.install import threshold_routing
 
 SHOWO_MARKER = "showo_vocab.json"
@@ -267,13 +267,13 @@ def save_showo_directory(path, model, vocab: S.ShowoVocab, tokenizer, codec: Pat
 def fit_digit_codebook(resolution: int, n_codes: int, patch: int, split_seed: int = 0, seed: int = 0):
     """The stand-in codebook fitted on the training digits rendered as RGB at `resolution`."""
     from modlab.data.digits import load_digit_splits
-    from modlab.models.hf_image_codec import digits_as_rgb
+    from modlab.data.vq_codec import digits_as_rgb
 
     train = load_digit_splits(split_seed)["train"]
     return PatchCodebookCodec.fit(digits_as_rgb(train.images, resolution), n_codes, patch, seed)
 
 
-def load_hf_showo(path: Path, config, resolution: int = 0, route_tokens=("image",), dtype: str = "float32"):
+def load_hf_showo(family, path: Path, config, resolution: int = 0, route_tokens=("image",), dtype: str = "float32"):
     """The HFShowo of a `hf_showo` directory (in eval mode); a Phi directory without
     showo_vocab.json, and every way the directory can be wrong, is one ConfigError /
     CheckpointError line."""
@@ -296,7 +296,7 @@ def load_hf_showo(path: Path, config, resolution: int = 0, route_tokens=("image"
             f"model.path '{path}': the tokenizer has {len(tokenizer)} tokens, fewer than {SHOWO_MARKER}'s "
             f"n_text {vocab.n_text}"
         )
-    codec = PatchCodebookCodec.load(path / codebook)
+    codec = family.unified.part("codec").load(path / codebook)
     if codec.n_codes != vocab.n_codes:
         raise ConfigError(
             f"model.path '{path}': the image codebook has {codec.n_codes} codes, {SHOWO_MARKER} says n_codes "
@@ -308,7 +308,8 @@ def load_hf_showo(path: Path, config, resolution: int = 0, route_tokens=("image"
             "(model.resolution=0 takes it)"
         )
     hf = _load_phi(path, config, vocab, dtype)
-    return HFShowo(hf.eval(), ShowoPrompting(tokenizer, vocab, max_text_len), codec, str(path.resolve()), route_tokens)
+    prompting = ShowoPrompting(tokenizer, vocab, max_text_len)
+    return family.unified.part("model")(hf.eval(), prompting, codec, str(path.resolve()), route_tokens)
 
 
 def _load_phi(path: Path, config, vocab: S.ShowoVocab, dtype: str):

@@ -1,10 +1,12 @@
 """Tiny random Hugging Face models built from config classes: causal LMs of every family in
-modlab.models.hf_families, and unified models with an offline processor (a byte-level tokenizer
+modlab.hf_layer_map, and unified models with an offline processor (a byte-level tokenizer
 with the family's special tokens). What the tests, the benchmarks and a first try of modlab
 without any weights run on. Nothing is downloaded; `save_pretrained` on the model (and the
 processor) gives a directory that `model.path=` loads as it loads a real one."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -26,11 +28,11 @@ TINY_LM_EXTRA = {"phi3": {"pad_token_id": 0}}
 
 
 def tiny_causal_lm_config(family: str, **values):
-    """The transformers config of a small random causal LM of `family` (modlab.models.hf_families):
+    """The transformers config of a small random causal LM of `family` (modlab.hf_layer_map):
     TINY_LM_SIZES, what the family needs at such sizes, then `values` (any config key)."""
     import transformers
 
-    from modlab.models.hf_families import HF_FAMILIES
+    from modlab.hf_layer_map import HF_FAMILIES
 
     values = {**TINY_LM_SIZES, **TINY_LM_EXTRA.get(family, {}), **values}
     if family in SIZED_BY_HEAD_DIM:
@@ -43,7 +45,7 @@ def tiny_causal_lm(family: str, seed: int = 0, **values):
     `values` as for tiny_causal_lm_config."""
     import transformers
 
-    from modlab.models.hf_families import HF_FAMILIES
+    from modlab.hf_layer_map import HF_FAMILIES
 
     config = tiny_causal_lm_config(family, **values)
     torch.manual_seed(seed)
@@ -227,11 +229,68 @@ def tiny_janus(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int
     return model.eval(), JanusProcessor(image_processor, tok, num_image_tokens=(32 // 8) ** 2)
 
 
-TINY_BUILDERS = {"emu3": tiny_emu3, "chameleon": tiny_chameleon, "janus": tiny_janus}
+def _save(model_and_processor, path: Path) -> Path:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    model, processor = model_and_processor
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return Path(path)
 
 
-def tiny_unified(family: str, **kwargs):
-    """(model, processor) of a tiny random unified model of `family` (TINY_BUILDERS)."""
-    if family not in TINY_BUILDERS:
-        raise ValueError(f"no tiny builder for '{family}' ({', '.join(TINY_BUILDERS)})")
-    return TINY_BUILDERS[family](**kwargs)
+# each registered HF unified family's tiny builder (modlab.registry: UnifiedSpec.tiny): a random
+# model with its processor (offline byte-level tokenizer, tiny VQ model: 32x32 images, an 8x8 code
+# grid), saved with save_pretrained
+
+
+def save_tiny_emu3(path: Path, n_codes: int = 32, n_layer: int = 4, seed: int = 0) -> Path:
+    return _save(tiny_emu3(n_codes=n_codes, n_layer=n_layer, seed=seed), path)
+
+
+def save_tiny_chameleon(path: Path, n_codes: int = 32, n_layer: int = 4, seed: int = 0) -> Path:
+    return _save(tiny_chameleon(n_codes=n_codes, n_layer=n_layer, seed=seed), path)
+
+
+def save_tiny_janus(path: Path, n_codes: int = 32, n_layer: int = 4, seed: int = 0) -> Path:
+    return _save(tiny_janus(n_codes=n_codes, n_layer=n_layer, seed=seed), path)
+
+
+def save_tiny_showo(
+    path: Path, n_codes: int = 32, n_layer: int = 4, seed: int = 0, max_text_len: int = 32, released: bool = False
+) -> Path:
+    """A tiny random Show-o on Phi (modlab.models.hf_showo_unified's directory): a byte-level
+    tokenizer (<|endoftext|> = <|sot|> = <|eot|>), Show-o's vocabulary around it, and the stand-in
+    image codebook fitted on the training digits at 32x32 (4x4 patches: an 8x8 code grid).
+    `released`: the weights in Show-o's released layout (pytorch_model.bin, `showo.`-prefixed
+    keys) beside Phi's own config (its vocabulary not yet resized), as Show-o's checkpoint ships."""
+    import json
+
+    from transformers import PhiConfig
+    from transformers.utils import logging
+
+    from modlab.models.hf_showo import build_showo_phi
+    from modlab.models.hf_showo_unified import fit_digit_codebook, save_showo_directory
+
+    path = Path(path)
+    logging.disable_progress_bar()
+    tok = byte_level_tokenizer([], bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    eot = tok.eos_token_id
+    config = PhiConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layer,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    torch.manual_seed(seed)
+    model, vocab = build_showo_phi(config, n_codes, len(tok))
+    save_showo_directory(path, model, vocab, tok, fit_digit_codebook(32, n_codes, 4, seed=seed), max_text_len)
+    if released:
+        (path / "model.safetensors").unlink()
+        torch.save({"showo." + k: v for k, v in model.state_dict().items()}, path / "pytorch_model.bin")
+        (path / "config.json").write_text(json.dumps(config.to_dict()))
+    return path

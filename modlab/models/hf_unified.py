@@ -1,7 +1,7 @@
 """Hugging Face unified (text + image) models behind modlab's unified interface.
 
 `HFUnifiedModel` holds a transformers unified model loaded from a local `save_pretrained`
-directory (model + processor), its frozen VQ image tokenizer (modlab.models.hf_image_codec) and
+directory (model + processor), its frozen VQ image tokenizer (modlab.data.vq_codec) and
 its text tokenizer, and gives it the interface of modlab's own unified models
 (modlab.models.unified_model): rows in the model's own format, per-task losses, greedy MMU answers,
 image sampling. Token routing (MoD / UniMoD task routers) wraps its language decoder layers with
@@ -33,20 +33,18 @@ training (caption dropout).
 from __future__ import annotations
 
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID
-from modlab.errors import CheckpointError, ConfigError
+from modlab.errors import ConfigError
+from modlab.hf_layer_map import decoder_layers, hf_family, text_config
 from modlab.models.config import TOKEN_KINDS
-from modlab.models.hf_families import decoder_layers, hf_family, text_config
 from modlab.routing.install import threshold_routing
 
 KIND_ID = {k: i for i, k in enumerate(TOKEN_KINDS)}
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 def make_row(ids, labels, kinds, cond, task: str, digit: int = -1) -> dict:
@@ -84,23 +82,6 @@ def pixels_of(batch: dict) -> dict:
 def t2i_labels(ids: list[int], start: int) -> list[int]:
     """Next-token labels from position `start` (the token before the first image code) to the end."""
     return [IGNORE_INDEX] * start + ids[start + 1 :] + [IGNORE_INDEX]
-
-
-def left_pad(rows: list[dict], pad_id: int) -> dict:
-    """Prompt rows padded on the left (so every row ends where generation starts), with `valid`."""
-    n = max(len(r["ids"]) for r in rows)
-    out: dict = {}
-    for key in ("ids", "kind", "cond", "is_image"):
-        fill = pad_id if key == "ids" else 0
-        out[key] = torch.stack([F.pad(r[key], (n - len(r[key]), 0), value=fill) for r in rows])
-    out["valid"] = torch.stack(
-        [F.pad(torch.ones(len(r["ids"]), dtype=torch.bool), (n - len(r["ids"]), 0)) for r in rows]
-    )
-    out["task"] = torch.stack([r["task"] for r in rows])
-    out["digit"] = torch.stack([r["digit"] for r in rows])
-    if any("pixels" in r for r in rows):  # the images a vision encoder reads, in row order (Janus MMU)
-        out["pixels"] = torch.stack([r["pixels"] for r in rows if "pixels" in r])
-    return out
 
 
 class HFUnifiedModel(nn.Module):
@@ -160,13 +141,6 @@ class HFUnifiedModel(nn.Module):
 
     def decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    @staticmethod
-    def make_codec(hf, image_processor, resolution: int):
-        """The model's frozen VQ codec (by its model_type: modlab.models.hf_image_codec.codec_for)."""
-        from modlab.models.hf_image_codec import codec_for
-
-        return codec_for(hf, image_processor, resolution)
 
     # ---- what a family says about itself -----------------------------------------------------
     #   code_to_id (buffer, set by the subclass): the id of image code c in the family's rows
@@ -436,89 +410,3 @@ def answer_row(model, prefix, prefix_kinds, question: str, question_end: list[in
     for i in range(n_prompt - 1, len(ids) - 1):
         labels[i] = ids[i + 1]
     return {**make_row(ids, labels, kinds, [False] * len(ids), "mmu", digit), **extra}
-
-
-# transformers model_type -> its class here ("module:attribute": a family in its own module, imported on use)
-FAMILY_CLASSES: dict[str, type | str] = {
-    "emu3": HFEmu3,
-    "chameleon": "modlab.models.hf_chameleon_janus:HFChameleon",
-    "janus": "modlab.models.hf_chameleon_janus:HFJanus",
-}
-UNIFIED_MODEL_TYPES = tuple(FAMILY_CLASSES)  # the families this module loads
-
-
-def family_class(model_type: str) -> type:
-    cls = FAMILY_CLASSES[model_type]
-    if isinstance(cls, str):
-        import importlib
-
-        module, _, attr = cls.partition(":")
-        cls = getattr(importlib.import_module(module), attr)
-    return cls
-
-
-def load_hf_unified(path: str, resolution: int = 0, route_tokens=("image",), dtype: str = "float32") -> HFUnifiedModel:
-    """A unified model (in eval mode) from a local `save_pretrained` directory with its processor;
-    every way the directory can be wrong is a one-line ConfigError / CheckpointError.
-    `resolution` 0: the processor's own image size."""
-    from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
-
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-    from transformers.utils import logging as hf_logging
-
-    try:
-        config = AutoConfig.from_pretrained(p)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(
-            f"model.path '{path}': config.json is not a transformers config ({type(e).__name__})"
-        ) from None
-    if config.model_type == "phi":  # Show-o on Phi: a directory of its own layout (modlab.models.hf_showo_unified)
-        from modlab.models.hf_showo_unified import load_hf_showo
-
-        return load_hf_showo(p, config, resolution, tuple(route_tokens), dtype)
-    if config.model_type not in FAMILY_CLASSES:
-        raise ConfigError(
-            f"model.path '{path}' holds a '{config.model_type}' model, not a unified model this family loads "
-            f"({', '.join(FAMILY_CLASSES)})"
-        )
-    if not any((p / f).is_file() for f in PROCESSOR_FILES):
-        raise ConfigError(f"model.path '{path}' has no processor (processor_config.json): save the processor there too")
-    hf_logging.disable_progress_bar()
-    try:
-        processor = AutoProcessor.from_pretrained(p)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"model.path '{path}': its processor could not be loaded ({type(e).__name__})") from None
-    torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, None)]
-    try:
-        # loaded in fp32 and cast after: the VQ tokenizer keeps its fp32 weights (ImageCodec runs
-        # it in fp32; loading in bf16 would round them and change the codes)
-        hf = AutoModelForImageTextToText.from_pretrained(p, dtype=torch.float32, attn_implementation="sdpa")
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise CheckpointError(f"model.path '{path}': the weights could not be loaded ({type(e).__name__})") from None
-    if torch_dtype != torch.float32:
-        vq = getattr(hf.model, "vqmodel", None)
-        kept = {k: v.clone() for k, v in vq.state_dict().items()} if vq is not None else None
-        hf.to(torch_dtype)
-        if vq is not None:
-            vq.float().load_state_dict(kept)
-    resolution = resolution or processor_resolution(processor)
-    cls = family_class(config.model_type)
-    codec = cls.make_codec(hf, processor.image_processor, resolution)
-    return cls(hf.eval(), processor, codec, str(p.resolve()), tuple(route_tokens))
-
-
-def processor_resolution(processor) -> int:
-    """The square image size the processor resizes to (Emu3: the side of its minimum area)."""
-    ip = processor.image_processor
-    size = getattr(ip, "size", None) or {}
-    if "height" in size:
-        return int(size["height"])
-    crop = getattr(ip, "crop_size", None) or {}
-    if "height" in crop:  # Chameleon: resized by its shortest edge, then center-cropped to this square
-        return int(crop["height"])
-    if getattr(ip, "min_pixels", None):
-        return int(round(ip.min_pixels**0.5))
-    raise ConfigError("the processor does not say its image size: set model.resolution")

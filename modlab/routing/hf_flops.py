@@ -1,5 +1,5 @@
 """Analytic FLOPs of a Hugging Face CausalLM's step, with and without token routing, for every
-family in modlab.models.hf_families (what modlab.bench_hf predicts its speed-up from).
+family in modlab.hf_layer_map (what modlab.bench_hf predicts its speed-up from).
 
 Counted as torch's FlopCounterMode counts them: matrix multiplications only, 2 FLOPs per
 multiply-add. A decoder layer costs 2 * tokens * (the weights of every nn.Linear in it: q, k, v, o
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from modlab.models.hf_families import decoder_layers, text_config
+from modlab.hf_layer_map import decoder_layers, text_config
 from modlab.routing.hf_routed_layer import HFRoutedLayer
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from modlab.errors import ConfigError
-from modlab.models.hf_families import HFFamily, decoder_layers, hf_family, layer_sliding_window, text_config
+from modlab.hf_layer_map import HFFamily, decoder_layers, hf_family, layer_sliding_window, text_config
 from modlab.routing.install import RouteInfo
 from modlab.routing.routed_block import RoutedBlock, gather_tokens
 from modlab.routing.topk import topk_select
@@ -493,3 +493,18 @@ def apply_hf_routing(model: nn.Module, cfg) -> HFRouting:
     """Install the routing a modlab RoutingConfig describes into a transformers CausalLM."""
     n_layer = len(decoder_layers(model))
     return install_hf_routing(model, cfg.layer_capacities(n_layer), **cfg.block_options())
+
+
+@contextmanager
+def unrouted(routing: HFRouting):
+    """The model with its routed layers replaced by the layers they wrap: every token runs every layer."""
+    blocks = decoder_layers(routing.model, routing.family)
+    # only where the routed layer still sits (an analysis may have put a stand-in there)
+    swapped = [i for i, layer in routing.layers.items() if blocks[i] is layer]
+    for i in swapped:
+        blocks[i] = routing.layers[i].block
+    try:
+        yield
+    finally:
+        for i in swapped:
+            blocks[i] = routing.layers[i]

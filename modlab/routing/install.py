@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 import torch.nn as nn
@@ -67,3 +68,8 @@ def has_causal_routing(model: nn.Module) -> bool:
 def routes_causally(model: nn.Module) -> bool:
     """Whether every routed layer can route causally (a dense model trivially can)."""
     return all(b.causal != "none" for b in routed_blocks(model))
+
+
+def dense_key(key: str) -> str:
+    """A routed layer's wrapped block is `blocks.i.block.*`; the dense name is `blocks.i.*`."""
+    return re.sub(r"(blocks\.\d+)\.block\.", r"\1.", key)

@@ -3,13 +3,14 @@ Causal LMs load from theirs without Lightning (`load_pretrained_lm`)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
 from modlab.errors import CheckpointError, ConfigError
 from modlab.models.config import ModelConfig
+from modlab.registry import get_family
+from modlab.routing.install import dense_key
 
 LM_KIND = "lm"  # checkpoint["modlab_kind"] of a causal-LM checkpoint (pretrained or router-tuned)
 
@@ -45,8 +46,6 @@ def read_lm_checkpoint(ckpt_path: str, role: str = "checkpoint") -> dict:
 def build_lm(cfg: ModelConfig):
     """A fresh causal LM of the family `cfg.arch` names (native over bytes, or a Hugging Face
     model from `cfg.path`), and its tokenizer."""
-    from modlab.families import get_family
-
     family = get_family(cfg.arch).family()
     if not hasattr(family, "new_lm"):
         raise ConfigError(f"objective=lm needs a causal LM (model=lm or model=hf_causal_lm), not model.arch={cfg.arch}")
@@ -151,24 +150,3 @@ def init_from_checkpoint(module, ckpt_path: str) -> None:
     from modlab.data.image_tokenizer import image_tokenizer_from_state
 
     module.image_tokenizer = image_tokenizer_from_state(ckpt["image_tokenizer"])
-
-
-def dense_key(key: str) -> str:
-    """A routed layer's wrapped block is `blocks.i.block.*`; the dense name is `blocks.i.*`."""
-    return re.sub(r"(blocks\.\d+)\.block\.", r"\1.", key)
-
-
-def load_unified_module(ckpt_path: str):
-    """A UnifiedModule from a modlab checkpoint, with one-line errors for every way it can fail."""
-    from modlab.training.unified import UnifiedModule
-
-    ckpt = read_unified_checkpoint(ckpt_path)
-    try:
-        module = UnifiedModule(**module_hparams(ckpt["hyper_parameters"]))
-        module.on_load_checkpoint(ckpt)
-        module.load_state_dict(ckpt["state_dict"])
-    except (TypeError, KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
-        ) from None
-    return module.eval()

@@ -24,7 +24,6 @@ Test metrics of a routed model (held-out text):
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
@@ -32,11 +31,11 @@ from torchmetrics import MeanMetric
 
 from modlab.errors import CheckpointError, ConfigError
 from modlab.evaluation.perplexity import TokenPerplexity
-from modlab.models.hf_families import decoder_layers
+from modlab.hf_layer_map import decoder_layers
 from modlab.models.token_nll import token_nll
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_flops import forward_flops, train_step_flops
-from modlab.routing.hf_routed_layer import HFRouting, apply_hf_routing
+from modlab.routing.hf_routed_layer import HFRouting, apply_hf_routing, unrouted
 from modlab.routing.install import set_anneal_fraction, threshold_routing
 from modlab.routing.schedule import anneal_fraction
 from modlab.routing.trace import record_routing
@@ -57,21 +56,6 @@ def router_keys(module) -> set[str]:
         for p in part.parameters()
     }
     return {name for name, p in module.named_parameters() if id(p) in ours}
-
-
-@contextmanager
-def unrouted(routing: HFRouting):
-    """The model with its routed layers replaced by the layers they wrap: every token runs every layer."""
-    blocks = decoder_layers(routing.model, routing.family)
-    # only where the routed layer still sits (an analysis may have put a stand-in there)
-    swapped = [i for i, layer in routing.layers.items() if blocks[i] is layer]
-    for i in swapped:
-        blocks[i] = routing.layers[i].block
-    try:
-        yield
-    finally:
-        for i in swapped:
-            blocks[i] = routing.layers[i]
 
 
 class HFLMModule(LMModule):

@@ -6,7 +6,7 @@ validation and honest test: MMU answer accuracy, T2I images scored by the refere
 digits, LM perplexity under causal routing, the kept fraction per task and layer) around a
 transformers model: the routed layers are modlab.routing.hf_routed_layer's, the FLOPs of a step
 are counted on the transformers model itself (modlab.routing.hf_flops), and the image tokenizer is
-the model's frozen VQ codec (seen as a digit tokenizer for scoring: modlab.training.hf_unified_data).
+the model's frozen VQ codec (seen as a digit tokenizer for scoring: modlab.training.hf_unified_datamodule).
 The VQ model is never trained (no paper does); its weights travel with the checkpoint.
 """
 
@@ -48,8 +48,8 @@ class HFUnifiedModule(UnifiedModule):
         seed: int = 0,
         mindskip: dict | None = None,
     ):
-        from modlab.models.hf_unified import load_hf_unified
-        from modlab.training.hf_unified_data import DigitCodec
+        from modlab.data.hf_unified_rows import DigitCodec
+        from modlab.models.hf_unified_loader import load_hf_unified
 
         L.LightningModule.__init__(self)  # UnifiedModule's own __init__ builds a native model
         # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module
@@ -68,13 +68,12 @@ class HFUnifiedModule(UnifiedModule):
         self.objective_cfg = ObjectiveConfig(**objective)
         cfg = dict(model)
         self.model = load_hf_unified(
-            cfg["path"], cfg.get("resolution", 0), tuple(cfg.get("route_tokens", ("image",))), cfg.get("dtype", "auto")
+            cfg["path"],
+            cfg.get("resolution", 0),
+            tuple(cfg.get("route_tokens", ("image",))),
+            cfg.get("dtype", "auto"),
+            arch=cfg["arch"],
         )
-        if self.model.model_type != expected_model_type(cfg["arch"]):
-            raise ConfigError(
-                f"model.path '{cfg['path']}' holds a '{self.model.model_type}' model, but model.arch="
-                f"{cfg['arch']} loads {expected_model_type(cfg['arch'])} models"
-            )
         self.model.train()  # transformers loads in eval mode; the VQ codec stays in eval mode
         self.model.codec.vq.eval()
         n_layer = self.model.n_layer
@@ -196,11 +195,6 @@ class HFUnifiedModule(UnifiedModule):
             float(train_step_flops(hf, B, T, trace.flops_groups()[0]) + extra),
             float(train_step_flops(hf, B, T) + extra),
         )
-
-
-def expected_model_type(arch: str) -> str:
-    """`hf_emu3` -> "emu3": the transformers model_type a family loads."""
-    return arch.removeprefix("hf_")
 
 
 def load_hf_unified_module(ckpt_path: str) -> HFUnifiedModule:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from modlab.registry import families_for_analysis
+
 
 @dataclass(frozen=True)
 class AnalysisJob:
@@ -24,8 +26,6 @@ class AnalysisJob:
         return getattr(importlib.import_module(module), attr)(cfg, target, progress)
 
     def families(self) -> list[str]:
-        from modlab.families import families_for_analysis
-
         return families_for_analysis(self.name)
 
 

@@ -151,7 +151,7 @@ def run(c, target, progress) -> JobResult:
 def dense_copy(module):
     """The checkpoint's model without its routers (routed layers unwrapped), in eval mode."""
     from modlab.models.showo import ShowO
-    from modlab.training.checkpoint import dense_key
+    from modlab.routing.install import dense_key
 
     model = ShowO(module.model_cfg, module.space, module.image_tokenizer.n_tokens)
     model.load_state_dict({dense_key(k): v for k, v in module.model.state_dict().items() if ".router." not in k})

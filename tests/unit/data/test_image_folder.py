@@ -28,8 +28,8 @@ from modlab.data.image_folder import (  # noqa: E402
     read_image_folder,
     tokenize_image_folder,
 )
+from modlab.data.vq_codec import Emu3Codec, digits_as_rgb  # noqa: E402
 from modlab.errors import ConfigError  # noqa: E402
-from modlab.models.hf_image_codec import Emu3Codec, digits_as_rgb  # noqa: E402
 
 R = 32
 

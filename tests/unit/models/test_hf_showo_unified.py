@@ -18,12 +18,13 @@ import torch
 from helpers import save_tiny_hf, save_tiny_hf_showo
 
 from modlab.data import digits as D
-from modlab.data.rows import collate_rows
+from modlab.data.rows import collate_rows, left_pad
+from modlab.data.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
 from modlab.data.tokens import TASK_ID
 from modlab.errors import CheckpointError, ConfigError
 from modlab.models import hf_showo as S
-from modlab.models.hf_unified import KIND_ID, left_pad, load_hf_unified
-from modlab.models.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
+from modlab.models.hf_unified import KIND_ID
+from modlab.models.hf_unified_loader import load_hf_unified
 from modlab.routing.hf_routed_layer import install_hf_routing
 from modlab.routing.trace import record_routing
 
@@ -42,7 +43,7 @@ def model(showo_dir):
 
 def digit_codes(model, n: int) -> tuple[torch.Tensor, list[int]]:
     split = D.load_digit_splits(0)["test"]
-    from modlab.training.hf_unified_data import DigitCodec
+    from modlab.data.hf_unified_rows import DigitCodec
 
     return DigitCodec(model.codec).encode(split.images[:n]), [int(d) for d in split.labels[:n]]
 

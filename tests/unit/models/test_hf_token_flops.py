@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from modlab.hf_layer_map import HF_FAMILIES
 from modlab.mindskip.gate import MindSkip
 from modlab.mindskip.inference import generation_flops
 from modlab.models.hf_causal_lm import HFCausalLM
-from modlab.models.hf_families import HF_FAMILIES
 
 transformers = pytest.importorskip("transformers")
 

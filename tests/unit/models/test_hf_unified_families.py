@@ -17,11 +17,15 @@ pytest.importorskip("transformers")
 from helpers import save_tiny_hf_unified  # noqa: E402
 
 from modlab.data import digits as D  # noqa: E402
-from modlab.data.rows import collate_rows  # noqa: E402
+from modlab.data.rows import (
+    collate_rows,  # noqa: E402
+    left_pad,  # noqa: E402
+)
 from modlab.data.tokens import TASK_ID  # noqa: E402
+from modlab.data.vq_codec import digits_as_rgb  # noqa: E402
 from modlab.errors import ConfigError  # noqa: E402
-from modlab.models.hf_image_codec import digits_as_rgb  # noqa: E402
-from modlab.models.hf_unified import KIND_ID, left_pad, load_hf_unified  # noqa: E402
+from modlab.models.hf_unified import KIND_ID  # noqa: E402
+from modlab.models.hf_unified_loader import load_hf_unified  # noqa: E402
 from modlab.routing.hf_routed_layer import install_hf_routing  # noqa: E402
 from modlab.routing.install import threshold_routing  # noqa: E402
 from modlab.routing.trace import record_routing  # noqa: E402
@@ -282,9 +286,10 @@ def test_guided_sampling_runs_with_the_compact_cache(saved, family):
 
 def test_every_family_loads_through_its_own_class(saved):
     from modlab.models.hf_chameleon_janus import HFChameleon, HFJanus
-    from modlab.models.hf_unified import UNIFIED_MODEL_TYPES, HFEmu3
+    from modlab.models.hf_unified import HFEmu3
+    from modlab.registry import unified_model_types
 
-    assert set(UNIFIED_MODEL_TYPES) == set(FAMILIES)
+    assert set(unified_model_types()) == {*FAMILIES, "phi"}  # phi: Show-o, tests/unit/models/test_hf_showo_unified.py
     for family, cls in zip(FAMILIES, (HFEmu3, HFChameleon, HFJanus)):
         model = load(saved, family)
         assert type(model) is cls and model.codec.grid == (8, 8)
@@ -304,7 +309,7 @@ def test_janus_mmu_rows_get_pixels_in_the_data_module(saved, tmp_path):
 
     from modlab.data.config import DataConfig
     from modlab.training.config import EvalConfig
-    from modlab.training.hf_unified_data import HFUnifiedDataModule
+    from modlab.training.hf_unified_datamodule import HFUnifiedDataModule
 
     model = load(saved, "janus")
     folder = tmp_path / "images"

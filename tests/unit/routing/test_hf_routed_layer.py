@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from helpers import traced
 
 from modlab.errors import ConfigError
-from modlab.models.hf_families import decoder_layers
+from modlab.hf_layer_map import decoder_layers
 from modlab.models.hf_tiny import tiny_causal_lm
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_routed_layer import HFRoutedLayer, apply_hf_routing, install_hf_routing

@@ -11,7 +11,7 @@ import torch
 from helpers import save_tiny_hf_showo, save_tiny_hf_unified
 
 from modlab.data.rows import collate_rows
-from modlab.models.hf_unified import load_hf_unified
+from modlab.models.hf_unified_loader import load_hf_unified
 from modlab.routing.hf_flops import train_step_flops
 from modlab.routing.hf_routed_layer import install_hf_routing
 from modlab.routing.trace import record_routing
@@ -34,7 +34,7 @@ def image_of(model) -> dict:
     if not model.mmu_reads_pixels:
         return {}
     from modlab.data.digits import load_digit_splits
-    from modlab.models.hf_image_codec import digits_as_rgb
+    from modlab.data.vq_codec import digits_as_rgb
 
     return {"image": digits_as_rgb(load_digit_splits(0)["test"].images[:1], model.codec.resolution)[0]}
 

@@ -19,10 +19,10 @@ from modlab.errors import ConfigError
 from modlab.models.config import ModelConfig
 from modlab.models.hf_causal_lm import load_hf_causal_lm, resolve_dtype
 from modlab.routing.config import RoutingConfig, ScheduleConfig
-from modlab.routing.hf_routed_layer import HFRoutedLayer
+from modlab.routing.hf_routed_layer import HFRoutedLayer, unrouted
 from modlab.routing.trace import record_routing
 from modlab.training.config import EvalConfig, ObjectiveConfig
-from modlab.training.hf_lm import HFLMModule, router_keys, unrouted
+from modlab.training.hf_lm import HFLMModule, router_keys
 
 pytest.importorskip("transformers")
 

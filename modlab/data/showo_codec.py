@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from modlab.data.image_tokenizer import PatchCodebook
+from modlab.data.vq_codec import ImageCodec
 from modlab.errors import CheckpointError, ConfigError
-from modlab.models.hf_image_codec import ImageCodec
 
 SHOWO_CODEBOOK_FILE = "showo_image_codebook.safetensors"
 

@@ -12,7 +12,8 @@ and undoes the normalisation.
                                                preprocessing: what a token cache is keyed by
 
 The VQ model is frozen (every paper trains the language model only), runs in fp32 and in eval mode.
-`codec_for(hf_model, image_processor, resolution)` picks the codec by the model's `model_type`:
+A family's codec is named by its registry entry (modlab.registry.UnifiedSpec.codec);
+`codec_for(hf_model, image_processor, resolution)` picks one by the VQ model a model holds:
 
     emu3       Emu3VQVAE        spatial factor 2 ** (len(channel_multiplier) - 1) (8 in Emu3)
     chameleon  ChameleonVQVAE   the same rule (16 in Chameleon); transformers has its encoder only
@@ -121,6 +122,8 @@ class ImageCodec:
 class Emu3Codec(ImageCodec):
     """Emu3's VQ-VAE (Emu3VQVAE: an image is one frame repeated over its temporal window)."""
 
+    vq_model_type = "emu3_vqgan"
+
     def __init__(self, vq: nn.Module, image_processor, resolution: int):
         super().__init__(vq, image_processor, resolution, vq.vision_spatial_factor, vq.config.codebook_size)
 
@@ -141,6 +144,7 @@ class ChameleonCodec(ImageCodec):
     """Chameleon's VQGAN (ChameleonVQVAE). transformers ports its encoder and quantiser only (the
     released Chameleon generates no images), so there is nothing to decode with."""
 
+    vq_model_type = "chameleon_vqgan"
     has_decoder = False
     # Chameleon's processor also center-crops to 512 (crop_size), which pads a smaller image
     processor_kwargs = {"do_resize": False, "do_center_crop": False}
@@ -162,6 +166,8 @@ class JanusCodec(ImageCodec):
     which picks other codes whenever the stored codebook rows differ in norm. Decoding looks the
     codes up at the codec's own grid; JanusVQVAE.decode insists on config.num_patches per side."""
 
+    vq_model_type = "janus_vqgan"
+
     def __init__(self, vq: nn.Module, image_processor, resolution: int):
         super().__init__(vq, image_processor, resolution, _spatial_factor(vq.config), vq.config.num_embeddings)
 
@@ -179,32 +185,30 @@ class JanusCodec(ImageCodec):
         return self.vq.decoder(self.vq.post_quant_conv(quant))
 
 
-# transformers' model_type of a unified model and of its VQ model alone -> the codec class
-_CODECS = {
-    "emu3": Emu3Codec,
-    "emu3_vqgan": Emu3Codec,
-    "chameleon": ChameleonCodec,
-    "chameleon_vqgan": ChameleonCodec,
-    "janus": JanusCodec,
-    "janus_vqgan": JanusCodec,
-}
+CODECS = (Emu3Codec, ChameleonCodec, JanusCodec)
+
+
+def vq_model(hf_model: nn.Module) -> nn.Module:
+    """The VQ model of a transformers unified model (the ForConditionalGeneration model or its inner
+    model), or the model itself when it is a VQ model alone."""
+    for holder in (hf_model, getattr(hf_model, "model", None)):
+        vq = getattr(holder, "vqmodel", None)
+        if vq is not None:
+            return vq
+    return hf_model
 
 
 def codec_for(hf_model: nn.Module, image_processor, resolution: int) -> ImageCodec:
-    """The codec of a transformers unified model (Emu3, Chameleon, Janus: the ForConditionalGeneration
-    model, its inner model, or the VQ model alone). `image_processor` may be the whole processor."""
-    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
-    codec = _CODECS.get(model_type)
+    """The codec of a VQ model, or of the unified model that holds one (Emu3, Chameleon, Janus), by
+    the VQ model it wraps (each codec class names its `vq_model_type`); a loaded family takes its
+    codec from its registry entry instead (UnifiedSpec.codec). `image_processor` may be the whole
+    processor."""
+    vq = vq_model(hf_model)
+    vq_type = getattr(getattr(vq, "config", None), "model_type", None)
+    codec = next((c for c in CODECS if c.vq_model_type == vq_type), None)
     if codec is None:
-        known = ", ".join(sorted({k for k in _CODECS if not k.endswith("_vqgan")}))
-        raise ConfigError(f"no image codec for transformers model type {model_type!r} (known: {known})")
-    vq = hf_model
-    if not model_type.endswith("_vqgan"):
-        vq = getattr(hf_model, "vqmodel", None)
-        if vq is None:
-            vq = getattr(getattr(hf_model, "model", None), "vqmodel", None)
-        if vq is None:
-            raise ConfigError(f"the {model_type} model {type(hf_model).__name__} has no VQ model (vqmodel)")
+        known = ", ".join(c.vq_model_type for c in CODECS)
+        raise ConfigError(f"no image codec for transformers model type {vq_type!r} (VQ models: {known})")
     return codec(vq, getattr(image_processor, "image_processor", image_processor), resolution)
 
 

@@ -27,8 +27,8 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE  # n
 from transformers.models.emu3.modeling_emu3 import Emu3VQVAE  # noqa: E402
 from transformers.models.janus.modeling_janus import JanusVQVAE  # noqa: E402
 
+from modlab.data.vq_codec import ChameleonCodec, Emu3Codec, ImageCodec, JanusCodec, codec_for  # noqa: E402
 from modlab.errors import ConfigError  # noqa: E402
-from modlab.models.hf_image_codec import ChameleonCodec, Emu3Codec, ImageCodec, JanusCodec, codec_for  # noqa: E402
 
 R, N_CODES = 32, 32
 # GroupNorm(32) everywhere: every channel count a multiple of 32
