@@ -15,8 +15,12 @@ DROP_CANDIDATES = ("all", "routed")
 @dataclass
 class MindSkipConfig:
     enabled: bool = False  # add a router per routed attention layer and train only the routers
-    layers: list[int] = field(default_factory=list)  # routed layers; empty: the deepest n_routed, not the last
+    layers: list[int] = field(default_factory=list)  # routed layers; empty: the deepest n_routed (see exclude_last)
     n_routed: int = 4
+    # the deepest n_routed layers stop below the last one (the released recipe, on Llama: its last
+    # layer feeds the head); false: they include it (on Gemma 3 270M the last attention is the
+    # cheapest to skip, the first one the static LLM-Drop baseline takes)
+    exclude_last: bool = True
     granularity: str = "sequence"  # sequence: one gate per row (masked mean of valid tokens) | token
     threshold: float = 0.5  # tau: the gate is open where sigmoid(router) >= tau
     # the logit every gate starts at (the router is zero-initialised, plus this fixed offset): 0 is
@@ -58,19 +62,19 @@ class MindSkipConfig:
             )
 
     def routed_layers(self, n_layer: int, always_runs=frozenset()) -> list[int]:
-        """The explicit list, or the deepest n_routed layers excluding the last (deep attention
-        is the most redundant; the last layer feeds the head directly)."""
+        """The explicit list, or the deepest n_routed layers, excluding the last one unless
+        exclude_last is false (deep attention is the most redundant)."""
         if self.layers:
             bad = [i for i in self.layers if i >= n_layer]
             if bad:
                 raise ConfigError(f"mindskip.layers {bad} out of range: the model has layers 0..{n_layer - 1}")
             layers = sorted(self.layers)
         else:
-            if self.n_routed > n_layer - 1:
-                raise ConfigError(
-                    f"mindskip.n_routed={self.n_routed} but the model has only {n_layer - 1} layers below the last"
-                )
-            layers = list(range(n_layer - 1 - self.n_routed, n_layer - 1))
+            top = n_layer - 1 if self.exclude_last else n_layer
+            if self.n_routed > top:
+                below = " below the last" if self.exclude_last else ""
+                raise ConfigError(f"mindskip.n_routed={self.n_routed} but the model has only {top} layers{below}")
+            layers = list(range(top - self.n_routed, top))
         fixed = sorted(set(layers) & set(always_runs))
         if fixed:
             raise ConfigError(f"mindskip.layers {fixed} cannot be routed in this model (its KV cache needs that layer)")

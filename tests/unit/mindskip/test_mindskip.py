@@ -207,6 +207,10 @@ def test_sequence_gate_ignores_padding_and_token_gate_is_per_token():
 
 def test_routed_layers_default_and_errors():
     assert MindSkipConfig(n_routed=3).routed_layers(8) == [4, 5, 6]  # deepest, excluding the last
+    assert MindSkipConfig(n_routed=3, exclude_last=False).routed_layers(8) == [5, 6, 7]
+    MindSkipConfig(n_routed=8, exclude_last=False).routed_layers(8)  # every layer
+    with pytest.raises(ConfigError, match="only 7 layers below the last"):
+        MindSkipConfig(n_routed=8).routed_layers(8)
     assert MindSkipConfig(layers=[5, 2]).routed_layers(8) == [2, 5]
     with pytest.raises(ConfigError, match="out of range"):
         MindSkipConfig(layers=[8]).routed_layers(8)

@@ -153,7 +153,10 @@ def test_threshold_routing_is_causal_and_top_k_is_not(causal):
     with threshold_routing(model), record_routing(model) as trace:
         a, b = model(ids, mask, route=route), model(future, mask, route=route)
     kept = [r.kept for r in trace.records[-3:]]  # the second forward's three routed layers
-    torch.testing.assert_close(a[:, :8], b[:, :8], rtol=0, atol=0)
+    # equal up to float rounding: the two forwards gather different numbers of tokens in later
+    # positions, and the matmul kernels chosen by shape may round the earlier rows differently
+    # (a 3e-8 difference was seen); a decision that saw the future would move them by ~0.1
+    torch.testing.assert_close(a[:, :8], b[:, :8], rtol=0, atol=1e-6)
     assert all(((k > 0) & (k < 16)).all() for k in kept)  # a real choice was made
     # top-k over the row sees the future: the same perturbation changes earlier outputs
     a, b = model(ids, mask, route=route), model(future, mask, route=route)
