@@ -3,6 +3,7 @@ hidden 512, 8 heads, batch 4 x 1,024 tokens) with capacity 0.125 on every other 
 unmodified model, beside the speed-up its FLOPs predict.
 
     python -m modlab.bench_hf [--repeats N] [--seq T] [--batch B] [--capacity C] [--decode]
+    python -m modlab.bench_hf --vs-generate [DIR]   # dense decoding vs transformers' generate()
 
 As in modlab.bench, the two are timed in alternation (dense, routed, dense, ...) so a change of
 machine load hits both alike, and each keeps its fastest repeat. The prediction is the ratio of
@@ -448,6 +449,48 @@ def fit_routers_to_capacity(m, steps: int, rows: list[dict]) -> None:
     m.requires_grad_(False)
 
 
+def bench_decode_vs_generate(
+    model_dir: str | None = None, prompt: int = 128, new: int = 32, repeats: int = 3, seed: int = 0
+) -> dict:
+    """modlab's dense cached decoding (the loop MindSkip's speed test times) against transformers'
+    own greedy `generate()` on the same model, prompt, dtype and threads: batch 1, decode tokens/s
+    of each (generate's decode time = generate(new) - generate(1), i.e. new - 1 steps), measured
+    in alternation round by round, medians. `model_dir` None: a tiny random Llama."""
+    from modlab.mindskip.gate import MindSkip
+    from modlab.mindskip.inference import measure_speed
+    from modlab.models.hf_causal_lm import HFCausalLM, load_hf_causal_lm
+    from modlab.models.hf_tiny import tiny_causal_lm
+
+    if model_dir:
+        lm, _ = load_hf_causal_lm(model_dir)
+    else:
+        lm = HFCausalLM(tiny_causal_lm("llama", seed, hidden_size=256, intermediate_size=688).eval(), "tiny llama")
+    ids = torch.randint(0, min(lm.vocab_size, 32000), (1, prompt), generator=torch.Generator().manual_seed(seed))
+    skip = MindSkip(lm, [])  # nothing routed: the base model's loop
+
+    def hf_seconds(n: int) -> float:
+        t0 = time.perf_counter()
+        lm.hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)
+        return time.perf_counter() - t0
+
+    ours, theirs = [], []
+    with torch.no_grad():
+        hf_seconds(new)  # warm-up
+        for _ in range(repeats):
+            ours.append(measure_speed(lm, skip, [ids], new, {"base": {"routers": False}}, 1)["base"]["decode_tok_s"])
+            theirs.append((new - 1) / max(hf_seconds(new) - hf_seconds(1), 1e-9))
+    mod, hf = sorted(ours)[len(ours) // 2], sorted(theirs)[len(theirs) // 2]
+    return {
+        "model": model_dir or "tiny llama (hidden 256)",
+        "threads": torch.get_num_threads(),
+        "prompt": prompt,
+        "new_tokens": new,
+        "modlab_decode_tok_s": mod,
+        "generate_decode_tok_s": hf,
+        "modlab_over_generate": mod / hf,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=4)
@@ -455,7 +498,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--capacity", type=float, default=0.125)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--decode", action="store_true", help="also time batch-1 decoding with the compact KV cache")
+    p.add_argument(
+        "--vs-generate",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="only: modlab's dense decoding vs transformers' generate() on DIR (default: a tiny random Llama)",
+    )
     args = p.parse_args(argv)
+    if args.vs_generate is not None:
+        print(json.dumps(bench_decode_vs_generate(args.vs_generate or None, repeats=args.repeats), indent=2))
+        return
     result = {"training": bench_hf_mod_training(args.batch, args.seq, args.capacity, args.repeats)}
     if args.decode:
         result["decoding"] = bench_hf_mod_decoding(repeats=max(1, args.repeats // 2))

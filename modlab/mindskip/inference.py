@@ -42,7 +42,7 @@ def generate(lm, ids: torch.Tensor, max_new_tokens: int, skip=None, use_cache: b
     """Greedy continuation of unpadded prompts (B, T) -> (B, T + max_new_tokens)."""
     cache = lm.new_cache() if use_cache else None
     with _ctx(skip, reuse=False):
-        logits = lm(ids, cache=cache)
+        logits = lm(ids, cache=cache, last_only=True)
     out = ids
     for step in range(max_new_tokens):
         nxt = logits[:, -1].argmax(-1, keepdim=True)
@@ -50,16 +50,17 @@ def generate(lm, ids: torch.Tensor, max_new_tokens: int, skip=None, use_cache: b
         if step == max_new_tokens - 1:
             break
         with _ctx(skip, reuse=True):
-            logits = lm(nxt, cache=cache) if use_cache else lm(out)
+            logits = lm(nxt, cache=cache) if use_cache else lm(out, last_only=True)
     return out
 
 
 def generation_flops(token_flops, open_layers: list[bool], prompt_len: int, new_tokens: int) -> tuple[int, int]:
     """Matmul FLOPs of one prefill over `prompt_len` tokens (the full T x T attention, as it is
-    computed) and of `new_tokens` - 1 cached decode steps, with the given layers' attention on."""
+    computed; the head on the last position only, as generation runs it) and of `new_tokens` - 1
+    cached decode steps, with the given layers' attention on."""
     f, T = token_flops, prompt_len
     n_open, n_layer = sum(open_layers), len(open_layers)
-    prefill = T * (n_open * f.attn_linear + n_layer * f.mlp + f.head) + n_open * f.attn_per_key * T * T
+    prefill = T * (n_open * f.attn_linear + n_layer * f.mlp) + f.head + n_open * f.attn_per_key * T * T
     decode = 0
     for s in range(1, new_tokens):
         decode += n_open * (f.attn_linear + f.attn_per_key * (T + s)) + n_layer * f.mlp + f.head
@@ -97,7 +98,7 @@ def measure_speed(
                         cache = lm.new_cache()
                         t0 = time.perf_counter()
                         with skip.context(reuse=False):
-                            logits = lm(p, cache=cache)
+                            logits = lm(p, cache=cache, last_only=True)
                         t1 = time.perf_counter()
                         with skip.context(reuse=True):
                             for _ in range(new_tokens - 1):

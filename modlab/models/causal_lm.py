@@ -105,10 +105,17 @@ class CausalLM(nn.Module):
         return self.transformer.head.parameters()
 
     def forward(
-        self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: KVCache | None = None
+        self,
+        ids: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab). With a cache, `ids` continue the cached tokens (no padding);
-        without one, `valid` (B, T) marks real tokens (right padding)."""
+        without one, `valid` (B, T) marks real tokens (right padding). `last_only`: the last
+        position's logits alone (B, 1, vocab), what a generation step needs."""
+        if last_only:
+            return self.logits_of(self._run(ids, valid, cache, head=False)[:, -1:])
         return self._run(ids, valid, cache)
 
     def _run(self, ids, valid, cache: KVCache | None, head: bool = True) -> torch.Tensor:

@@ -122,14 +122,24 @@ class HFCausalLM(nn.Module):
         return self.hf.get_output_embeddings().parameters()
 
     def forward(
-        self, ids: torch.Tensor, valid: torch.Tensor | None = None, cache: HFCache | None = None
+        self,
+        ids: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        cache: HFCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
+        """Logits (B, T, vocab); `last_only`: the last position's alone (B, 1, vocab), what a
+        generation step needs (a 256-token prefill of a 262k vocabulary would spend more on the
+        head than on every layer together)."""
+        keep = 1 if last_only else 0  # transformers: 0 keeps every position
         if cache is None:
             mask = valid.long() if valid is not None else None
-            return self.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            return self.hf(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
         B, T = ids.shape
         positions = torch.arange(cache.length, cache.length + T, device=ids.device).expand(B, T)
-        logits = self.hf(input_ids=ids, position_ids=positions, cache=cache.kv, use_cache=True).logits
+        logits = self.hf(
+            input_ids=ids, position_ids=positions, cache=cache.kv, use_cache=True, logits_to_keep=keep
+        ).logits
         cache.length += T
         return logits
 

@@ -104,3 +104,13 @@ def test_the_decode_table_prints_routed_vs_dense_across_widths():
     for r in rows:
         assert r["predicted_speedup"] > 1.0 and r["routed_kv_mib"] < r["dense_kv_mib"] and r["routed_tok_s"] > 0
     json.dumps(results)
+
+
+def test_dense_decoding_vs_transformers_generate_runs_and_both_loops_decode():
+    """`python -m modlab.bench_hf --vs-generate [DIR]` at a tiny size: both loops produce a
+    positive decode rate and the ratio is theirs (the figures themselves are bench output)."""
+    from modlab.bench_hf import bench_decode_vs_generate
+
+    r = bench_decode_vs_generate(prompt=16, new=4, repeats=1)
+    assert r["modlab_decode_tok_s"] > 0 and r["generate_decode_tok_s"] > 0
+    assert r["modlab_over_generate"] == pytest.approx(r["modlab_decode_tok_s"] / r["generate_decode_tok_s"])
