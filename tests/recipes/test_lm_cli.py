@@ -26,6 +26,7 @@ def test_router_tuning_then_eval_of_checkpoint_and_router_file(lm_pretrained, tm
     m = json.loads((run / "metrics.json").read_text())
     assert m["params_trained"] == 2 * 32  # two routers of d_model weights, nothing else
     assert 0.0 <= m["test/capacity"] <= 1.0 and m["test/ppl_base"] > 1.0
+    assert m["test/skipped_attention_per_seq"] == pytest.approx((1 - m["test/capacity"]) * 2, abs=1e-6)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(ckpt["state_dict"]) == {"skip.routers.1.proj.weight", "skip.routers.2.proj.weight"}  # routers alone
 
