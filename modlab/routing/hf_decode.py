@@ -24,7 +24,7 @@ def greedy_decode(
     if not use_cache:
         seq = ids
         for _ in range(n_new):
-            logits = model(input_ids=seq, use_cache=False).logits[:, -1]
+            logits = model(input_ids=seq, use_cache=False, logits_to_keep=1).logits[:, -1]
             step_logits.append(logits)
             tokens.append(logits.argmax(-1, keepdim=True))
             seq = torch.cat([seq, tokens[-1]], 1)
@@ -33,7 +33,8 @@ def greedy_decode(
 
     cache = DynamicCache(config=model.config)
     positions = torch.arange(T, device=ids.device).expand(B, T)
-    logits = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
+    # the last position's logits only (a prefill's other positions would cost T x the head)
+    logits = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     for step in range(n_new):
         step_logits.append(logits)
         tokens.append(logits.argmax(-1, keepdim=True))
