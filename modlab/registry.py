@@ -3,7 +3,7 @@
 A family is a kind of model modlab can train, load, evaluate and analyse (Show-o-like, Emu3-like,
 the tiny causal LM, a Hugging Face causal LM). `model.arch` names it, and so does every checkpoint
 (`hyper_parameters.model.arch`). Everything that differs between families lives behind one
-`ModelFamily` object (modlab.families.base); commands ask the registry for it instead of testing
+`ModelFamily` object (modlab.families.model_family); commands ask the registry for it instead of testing
 the architecture's name.
 
 The registry itself is cheap to import (no torch) and sits on the lowest floor of the imports, so
@@ -170,13 +170,13 @@ def unified_model_types() -> list[str]:
 
 def hf_unified_spec(name: str, summary: str, unified: UnifiedSpec, **extra) -> FamilySpec:
     """A transformers unified model from a local directory (one HFUnifiedFamily built with this
-    spec, modlab.families.hf_unified), with MoD / UniMoD routing and Router-Tuning (MindSkip on its
+    spec, modlab.families.hf_unified_family), with MoD / UniMoD routing and Router-Tuning (MindSkip on its
     language model, the unified objective); `unified`: its parts; `extra`: more FamilySpec fields."""
     return FamilySpec(
         name,
         summary,
         "unified",
-        "modlab.families.hf_unified:HFUnifiedFamily",
+        "modlab.families.hf_unified_family:HFUnifiedFamily",
         routing=("mod", "unimod"),
         mindskip=True,
         router_tuning=("mindskip",),
@@ -194,7 +194,7 @@ for _spec in (
         "showo",
         "Show-o-like unified model (omni-attention, masked image tokens)",
         "unified",
-        "modlab.families.unified:SHOWO",
+        "modlab.families.unified_family:SHOWO",
         analyses=(*_UNIFIED_ANALYSES, "interactions"),
         routing=("mod", "unimod"),
         commands=COMMANDS,
@@ -203,7 +203,7 @@ for _spec in (
         "emu3",
         "Emu3-like unified model (causal, autoregressive images)",
         "unified",
-        "modlab.families.unified:EMU3",
+        "modlab.families.unified_family:EMU3",
         analyses=_UNIFIED_ANALYSES,
         routing=("mod", "unimod"),
         commands=COMMANDS,
@@ -212,7 +212,7 @@ for _spec in (
         "lm",
         "tiny causal LM over bytes",
         "lm",
-        "modlab.families.causal_lm:CAUSAL_LM",
+        "modlab.families.causal_lm_family:CAUSAL_LM",
         analyses=("importance", "redundancy"),
         mindskip=True,
         router_tuning=("mindskip",),
@@ -221,7 +221,7 @@ for _spec in (
         "hf",
         "Hugging Face causal LM (a local directory)",
         "lm",
-        "modlab.families.hf_causal_lm:HF_CAUSAL_LM",
+        "modlab.families.hf_causal_lm_family:HF_CAUSAL_LM",
         analyses=("attention", "importance", "redundancy"),
         routing=("mod",),  # token routing inside the decoder layers (UniMoD's task routers need tasks)
         mindskip=True,

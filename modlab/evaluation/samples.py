@@ -15,7 +15,7 @@ def generate_samples(module, c, out: Path) -> dict:
 
     from modlab.data import digits as D
     from modlab.data.rows import MMUPrompts, collate_rows, t2i_row
-    from modlab.evaluation.plots import save_image_grid
+    from modlab.evaluation.image_grid import save_image_grid
 
     e, sp, tok = c.eval, getattr(module, "space", None), module.image_tokenizer
     torch.manual_seed(c.seed)

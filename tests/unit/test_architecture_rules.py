@@ -349,7 +349,7 @@ def test_the_name_lookup_check_catches_each_kind(tmp_path):
         "def f(cfg, arch, name, config, model):\n"
         '    if config.model_type == "phi":\n'
         '        return arch.removeprefix("hf_")\n'
-        '    impl = f"modlab.families.hf_unified:{name.upper()}"\n'
+        '    impl = f"modlab.families.hf_unified_family:{name.upper()}"\n'
         "    cls = CLASSES[config.model_type] or CODECS.get(model.model_type)\n"
         '    return "hf_" + cfg["model_type"], TYPES[cfg["arch"]]\n'
         "def fine(ckpt, model):\n"

@@ -1,7 +1,7 @@
 """The Hugging Face causal-LM family (`hf`): a local `save_pretrained` directory (model.path),
 fine-tuned with or without Mixture-of-Depths token routing in its decoder layers (`routing=mod`),
 router-tuned with MindSkip, and analysed without a modlab checkpoint. Everything else is the
-native causal LM's (modlab.families.causal_lm)."""
+native causal LM's (modlab.families.causal_lm_family)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modlab.errors import ConfigError
-from modlab.families.base import PlanSpec
-from modlab.families.causal_lm import CausalLMFamily, LoadedLM
+from modlab.families.causal_lm_family import CausalLMFamily, LoadedLM
+from modlab.families.model_family import PlanSpec
 
 
 @dataclass

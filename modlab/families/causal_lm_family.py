@@ -1,6 +1,6 @@
 """The native causal-LM family (`lm`): modlab's tiny byte-level LM, pretrained with the `lm`
 objective and router-tuned with MindSkip (a router-tuned checkpoint holds the routers alone and
-names its base). The Hugging Face family (modlab.families.hf_causal_lm) shares all of this except
+names its base). The Hugging Face family (modlab.families.hf_causal_lm_family) shares all of this except
 where the weights come from.
 """
 
@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from modlab.errors import ConfigError
-from modlab.families.base import AnalysisTarget, ModelFamily
+from modlab.families.model_family import AnalysisTarget, ModelFamily
 
 ROUTER_FILE = "routers.safetensors"
 # modlab's own causal LM has no token routing (MindSkip chooses its own layers); a transformers
-# LM does (routing=mod), and `redundancy` writes it a plan (modlab.families.hf_causal_lm)
+# LM does (routing=mod), and `redundancy` writes it a plan (modlab.families.hf_causal_lm_family)
 NO_LM_PLAN = (
     "no routing plan for modlab's causal LM: it has no token routing (the ARank table can guide "
     "mindskip.layers); Hugging Face LMs get one (model=hf_causal_lm)"

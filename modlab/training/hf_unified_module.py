@@ -34,7 +34,7 @@ from modlab.training.unified import LM_TEST, MMU_TEST, T2I_TEST, UnifiedModule
 TEST_TASKS = {MMU_TEST: "mmu", T2I_TEST: "t2i", LM_TEST: "lm"}  # the test dataloaders' tasks
 
 ROUTERS = "skip.routers."  # the state-dict keys of MindSkip's routers
-log = logging.getLogger("modlab.training.hf_unified")
+log = logging.getLogger("modlab.training.hf_unified_module")
 
 
 class HFUnifiedModule(UnifiedModule):

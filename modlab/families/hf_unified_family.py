@@ -5,7 +5,7 @@ with UniMoD task routers or MoD in its language decoder layers, evaluated on MMU
 images (its own VQ decoder, scored on digits; Chameleon's has none in transformers, so its images
 are drawn but not scored: test/t2i_skipped), generating images with causal routing and the
 compact KV cache, and analysed per task. Everything the native unified families do is reused
-(modlab.families.unified); what differs is the model (modlab.models.hf_unified,
+(modlab.families.unified_family); what differs is the model (modlab.models.hf_unified,
 modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_datamodule).
 """
 
@@ -15,8 +15,8 @@ from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from modlab.families.base import AnalysisTarget, PlanSpec
-from modlab.families.unified import UnifiedFamily
+from modlab.families.model_family import AnalysisTarget, PlanSpec
+from modlab.families.unified_family import UnifiedFamily
 from modlab.routing.hf_routed_layer import unrouted
 
 
@@ -32,8 +32,8 @@ class HFUnifiedFamily(UnifiedFamily):
 
     def build(self, run):
         from modlab.errors import ConfigError
-        from modlab.training.hf_unified import HFUnifiedModule
         from modlab.training.hf_unified_datamodule import HFUnifiedDataModule
+        from modlab.training.hf_unified_module import HFUnifiedModule
 
         if run.init_from:
             raise ConfigError("init_from is for native models; a Hugging Face model's base is model.path")
@@ -65,7 +65,7 @@ class HFUnifiedFamily(UnifiedFamily):
     # ---- eval / generate -------------------------------------------------------------------------
 
     def load(self, ckpt_path: str):
-        from modlab.training.hf_unified import load_hf_unified_module
+        from modlab.training.hf_unified_module import load_hf_unified_module
 
         return load_hf_unified_module(ckpt_path)
 
@@ -88,7 +88,7 @@ class HFUnifiedFamily(UnifiedFamily):
 
         from modlab.data.config import DataConfig
         from modlab.training.config import EvalConfig, ObjectiveConfig
-        from modlab.training.hf_unified import HFUnifiedModule
+        from modlab.training.hf_unified_module import HFUnifiedModule
 
         data = DataConfig(batch_size=dict(ANALYSIS_ROWS))
         module = HFUnifiedModule(asdict(model_cfg), asdict(data), asdict(ObjectiveConfig()), asdict(EvalConfig()))

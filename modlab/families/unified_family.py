@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from modlab.families.base import AnalysisTarget, ModelFamily, PlanSpec
+from modlab.families.model_family import AnalysisTarget, ModelFamily, PlanSpec
 
 
 class UnifiedFamily(ModelFamily):
