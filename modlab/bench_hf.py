@@ -373,7 +373,7 @@ def bench_hf_emu3_generation(
 
     from modlab.data.rows import left_pad
     from modlab.models.hf_tiny import tiny_emu3
-    from modlab.models.hf_unified_loader import load_hf_unified
+    from modlab.models.hf_unified.loader import load_hf_unified
     from modlab.routing.hf_routed_layer import unrouted
 
     model, processor = tiny_emu3(n_layer=n_layer, hidden=hidden, heads=max(1, hidden // 64), seed=seed)

@@ -42,7 +42,7 @@ class UnifiedSpec:
     tiny: str  # saves a tiny random model directory for tests: (path, n_codes=32, n_layer=4, seed=0) -> path
     experiment: str  # its default experiment (conf/experiment/<name>.yaml): UniMoD on digits
     # reads a directory: (family spec, path, config, resolution, route_tokens, dtype) -> the model
-    loader: str = "modlab.models.hf_unified_loader:load_processor_directory"
+    loader: str = "modlab.models.hf_unified.loader:load_processor_directory"
 
     def part(self, name: str):
         """The object a part names (`spec.part("model")` is the model class)."""
@@ -233,7 +233,7 @@ for _spec in (
         "hf_emu3",
         "Hugging Face Emu3 (a local directory with its processor)",
         UnifiedSpec(
-            "modlab.models.hf_unified:HFEmu3",
+            "modlab.models.hf_unified.hf_emu3:HFEmu3",
             ("emu3",),
             "modlab.data.vq_codec:Emu3Codec",
             "emu3",
@@ -246,13 +246,13 @@ for _spec in (
         "hf_showo",
         "Show-o on transformers' Phi (a local directory with Show-o's vocabulary and image codebook)",
         UnifiedSpec(
-            "modlab.models.hf_showo_unified:HFShowo",
+            "modlab.models.hf_unified.hf_showo:HFShowo",
             ("phi",),  # Show-o is Phi-1.5 with image codes in its vocabulary
             "modlab.data.showo_codec:PatchCodebookCodec",
             "phi",
             "modlab.models.hf_tiny:save_tiny_showo",
             "hf_showo_unimod",
-            loader="modlab.models.hf_showo_unified:load_hf_showo",  # a directory of its own layout
+            loader="modlab.models.hf_unified.hf_showo:load_hf_showo",  # a directory of its own layout
         ),
         analyses=_UNIFIED_ANALYSES,
     ),
@@ -260,7 +260,7 @@ for _spec in (
         "hf_chameleon",
         "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
         UnifiedSpec(
-            "modlab.models.hf_chameleon_janus:HFChameleon",
+            "modlab.models.hf_unified.hf_chameleon:HFChameleon",
             ("chameleon",),
             "modlab.data.vq_codec:ChameleonCodec",
             "chameleon",
@@ -273,7 +273,7 @@ for _spec in (
         "hf_janus",
         "Hugging Face Janus (a local directory with its processor)",
         UnifiedSpec(
-            "modlab.models.hf_chameleon_janus:HFJanus",
+            "modlab.models.hf_unified.hf_janus:HFJanus",
             ("janus",),
             "modlab.data.vq_codec:JanusCodec",
             "janus",

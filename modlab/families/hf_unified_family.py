@@ -6,7 +6,7 @@ images (its own VQ decoder, scored on digits; Chameleon's has none in transforme
 are drawn but not scored: test/t2i_skipped), generating images with causal routing and the
 compact KV cache, and analysed per task. Everything the native unified families do is reused
 (modlab.families.unified_family); what differs is the model (modlab.models.hf_unified,
-modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_datamodule).
+modlab.models.hf_unified.hf_chameleon) and its data (modlab.training.hf_unified_datamodule).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class HFUnifiedFamily(UnifiedFamily):
 
         from modlab.analysis.hf_attention import hf_attention_capture
         from modlab.analysis.subject import Subject, hf_sublayers
-        from modlab.models.hf_unified import pixels_of
+        from modlab.models.hf_unified.base import pixels_of
 
         model = module.model
         batches, stats = calibration_rows(module, calibration)

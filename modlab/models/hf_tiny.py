@@ -259,7 +259,7 @@ def save_tiny_janus(path: Path, n_codes: int = 32, n_layer: int = 4, seed: int =
 def save_tiny_showo(
     path: Path, n_codes: int = 32, n_layer: int = 4, seed: int = 0, max_text_len: int = 32, released: bool = False
 ) -> Path:
-    """A tiny random Show-o on Phi (modlab.models.hf_showo_unified's directory): a byte-level
+    """A tiny random Show-o on Phi (modlab.models.hf_unified.hf_showo's directory): a byte-level
     tokenizer (<|endoftext|> = <|sot|> = <|eot|>), Show-o's vocabulary around it, and the stand-in
     image codebook fitted on the training digits at 32x32 (4x4 patches: an 8x8 code grid).
     `released`: the weights in Show-o's released layout (pytorch_model.bin, `showo.`-prefixed
@@ -269,8 +269,8 @@ def save_tiny_showo(
     from transformers import PhiConfig
     from transformers.utils import logging
 
-    from modlab.models.hf_showo import build_showo_phi
-    from modlab.models.hf_showo_unified import fit_digit_codebook, save_showo_directory
+    from modlab.models.hf_unified.hf_showo import fit_digit_codebook, save_showo_directory
+    from modlab.models.hf_unified.showo_phi import build_showo_phi
 
     path = Path(path)
     logging.disable_progress_bar()

@@ -49,7 +49,7 @@ class HFUnifiedModule(UnifiedModule):
         mindskip: dict | None = None,
     ):
         from modlab.data.hf_unified_rows import DigitCodec
-        from modlab.models.hf_unified_loader import load_hf_unified
+        from modlab.models.hf_unified.loader import load_hf_unified
 
         L.LightningModule.__init__(self)  # UnifiedModule's own __init__ builds a native model
         # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module

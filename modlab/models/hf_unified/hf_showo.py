@@ -1,4 +1,4 @@
-"""The `hf_showo` family's model: Show-o on transformers' PhiForCausalLM (modlab.models.hf_showo)
+"""The `hf_showo` family's model: Show-o on transformers' PhiForCausalLM (modlab.models.hf_unified.showo_phi)
 behind the Hugging Face unified interface (modlab.models.hf_unified), so that modlab's training,
 test, generation and analyses run on it as on Emu3.
 
@@ -49,8 +49,8 @@ import torch
 from modlab.data.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
 from modlab.data.tokens import IGNORE_INDEX
 from modlab.errors import CheckpointError, ConfigError
-from modlab.models import hf_showo as S
-from modlab.models.hf_unified import KIND_ID, HFUnifiedModel
+from modlab.models.hf_unified import showo_phi as S
+from modlab.models.hf_unified.base import KIND_ID, HFUnifiedModel
 from modlab.routing.install import threshold_routing
 
 SHOWO_MARKER = "showo_vocab.json"

@@ -3,7 +3,7 @@ directory, by the registered family (modlab.registry: its UnifiedSpec) that load
 of the directory's config: its processor, its weights (in the dtype asked, the VQ model kept in
 fp32), its model class and VQ codec, with one-line errors for every way the directory can be
 wrong. A family with a directory layout of its own names its own loader (Show-o on Phi:
-modlab.models.hf_showo_unified.load_hf_showo).
+modlab.models.hf_unified.hf_showo.load_hf_showo).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from modlab.data.vq_codec import vq_model
 from modlab.errors import CheckpointError, ConfigError
-from modlab.models.hf_unified import HFUnifiedModel
+from modlab.models.hf_unified.base import HFUnifiedModel
 from modlab.registry import get_family, unified_family, unified_model_types
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")

@@ -447,7 +447,7 @@ def maskgit_sample(
     """Image codes (B, n) for T2I prompt rows (t2i_row with codes=None), by Show-o's MaskGIT
     (see the module docstring). With guidance > 0 the conditional rows and their empty-caption
     copies run as one batch of 2B rows. `logits_of(ids, is_image, valid, task)`: the logits of a
-    batch of rows; default showo_logits of `model` with `routing` (modlab.models.hf_showo_unified
+    batch of rows; default showo_logits of `model` with `routing` (modlab.models.hf_unified.hf_showo
     passes its own, which also tells the routed layers which tokens are routed)."""
     if logits_of is None:
 
