@@ -29,6 +29,7 @@ from modlab.data.tokens import IGNORE_INDEX, TASK_ID
 from modlab.errors import ConfigError
 from modlab.hf_layer_map import decoder_layers, hf_family, text_config
 from modlab.models.config import TOKEN_KINDS
+from modlab.models.unified_model import drop_captions, per_task_cross_entropy
 from modlab.routing.install import threshold_routing
 
 KIND_ID = {k: i for i, k in enumerate(TOKEN_KINDS)}
@@ -189,8 +190,6 @@ class HFUnifiedModel(nn.Module):
 
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""
-        from modlab.models.unified_model import per_task_cross_entropy
-
         b = batch
         logits = self(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], **pixels_of(b))
         out = per_task_cross_entropy(logits, b["labels"], b["task"])
@@ -209,8 +208,6 @@ class HFUnifiedModel(nn.Module):
     def training_batch(self, batch: dict, cond_dropout: float = 0.0, generator: torch.Generator | None = None) -> dict:
         """Captions of a random `cond_dropout` share of T2I rows made invisible (classifier-free
         guidance learns the unconditional distribution); labels are already in the rows."""
-        from modlab.models.unified_model import drop_captions
-
         return {**batch, "valid": drop_captions(batch, cond_dropout, generator)}
 
     # ---- rows: per family ----------------------------------------------------------------------
@@ -245,6 +242,7 @@ class HFUnifiedModel(nn.Module):
     def answer(self, prompts: dict, max_new_tokens: int = 16) -> list[str]:
         """Greedy MMU answers (left-padded mmu_row prompts) with the KV cache; routed layers by
         their causal decision."""
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import DynamicCache
 
         ids, valid, task, kind = prompts["ids"], prompts["valid"], prompts["task"], prompts["kind"]
@@ -290,6 +288,7 @@ class HFUnifiedModel(nn.Module):
         """(codes (B, h * w), the DynamicCache that produced them): `draw` turns each step's
         guided logits over the image codes (B, n_codes) into codes (B,). With guidance the cache
         holds the prompts' rows, then the same rows without their captions (2B rows, one batch)."""
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import DynamicCache
 
         ids, valid, kind = prompts["ids"], prompts["valid"], prompts["kind"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from modlab.data.tokens import TASK_ID
 from modlab.errors import ConfigError
@@ -54,6 +55,7 @@ class HFJanus(HFUnifiedModel):
         """The generation aligner on every image code, the generation head where a code is
         predicted (as _embed and _logits run them), and the vision encoder + aligner on each MMU
         image (measured once by FlopCounterMode: a fixed cost per image at this resolution)."""
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.routing.hf_flops import linear_weights
 
         m, ids = self.hf.model, batch["ids"]
@@ -67,8 +69,6 @@ class HFJanus(HFUnifiedModel):
 
     def vision_flops_per_image(self) -> int:
         if getattr(self, "_vision_flops", None) is None:
-            from torch.utils.flop_counter import FlopCounterMode
-
             m, impl = self.hf.model, self.hf.config._attn_implementation
             param = next(m.vision_model.parameters())
             pixels = torch.zeros(

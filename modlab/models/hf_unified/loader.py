@@ -14,6 +14,7 @@ import torch
 
 from modlab.data.vq_codec import vq_model
 from modlab.errors import CheckpointError, ConfigError
+from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
 from modlab.models.hf_unified.base import HFUnifiedModel
 from modlab.registry import get_family, unified_family, unified_model_types
 
@@ -29,6 +30,7 @@ def load_hf_unified(
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import AutoConfig
 
     try:
@@ -54,10 +56,9 @@ def load_hf_unified(
 def load_processor_directory(family, p: Path, config, resolution: int, route_tokens, dtype: str) -> HFUnifiedModel:
     """A `save_pretrained` directory with its processor (Emu3, Chameleon, Janus): the model class
     and codec of `family` (its UnifiedSpec)."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging as hf_logging
-
-    from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
 
     path = str(p)
     if not any((p / f).is_file() for f in PROCESSOR_FILES):

@@ -84,6 +84,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from modlab.data.rows import collate_rows
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID
@@ -162,6 +163,7 @@ def build_showo_phi(
     length (Phi's config pads its embedding beyond it). <|sot|> / <|eot|> are the config's
     bos / eos ids."""
     try:
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import PhiConfig, PhiForCausalLM
     except ImportError:
         raise ConfigError("Show-o on Phi needs transformers: pip install 'modlab[hf]'") from None
@@ -255,8 +257,6 @@ def _read_state_dict(checkpoint) -> dict:
         raise CheckpointError(f"Show-o checkpoint '{path}' does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unreadable in any of the ways a file can be: one line
