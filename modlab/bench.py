@@ -18,14 +18,33 @@ with the compact KV cache vs dense (decode tok/s, cached K/V entries and MiB).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from modlab.data.config import DataConfig
+from modlab.data.digits import caption
+from modlab.data.rows import collate_rows, t2i_row
+from modlab.data.tokens import TokenSpace
+from modlab.flops import block_forward_flops, router_forward_flops, traced_train_step_flops
+from modlab.mindskip.config import MindSkipConfig
+from modlab.mindskip.gate import MindSkip
+from modlab.mindskip.inference import measure_speed
+from modlab.models.causal_lm import CausalLM
 from modlab.models.config import ModelConfig
+from modlab.models.omni_attention import causal_mask
+from modlab.models.transformer import Block
+from modlab.routing.config import RoutingConfig
+from modlab.routing.install import RouteInfo, apply_routing, install_routing
+from modlab.routing.routed_block import RoutedBlock
+from modlab.routing.trace import record_routing
+from modlab.training.config import EvalConfig
+from modlab.training.digits_datamodule import DigitsDataModule
 from modlab.training.unified import build_unified_model
 
 
@@ -45,9 +64,6 @@ def _interleaved_seconds(fns: dict, repeats: int = 9, warmup: int = 2) -> dict:
 
 def _experiment_batches():
     """One training step's task batches of the showo experiments (the default data config)."""
-    from modlab.training.config import EvalConfig
-    from modlab.training.digits_datamodule import DigitsDataModule
-
     dm = DigitsDataModule(DataConfig(), EvalConfig())
     return dm, [next(iter(loader)) for loader in dm.train_dataloader().iterables.values()]
 
@@ -55,8 +71,6 @@ def _experiment_batches():
 def _train_step(model, batches: list[dict], bf16: bool):
     """A step as UnifiedModule trains: one forward per task batch, one backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    from modlab.routing.trace import record_routing
 
     def batch_loss(b: dict) -> torch.Tensor:
         with record_routing(model) as trace:
@@ -91,13 +105,10 @@ def training_step_precision() -> dict:
 def routed_training_step() -> list[dict]:
     """The showo_unimod / showo_mod training step against showo_dense on the same batch: time
     cut beside the FLOPs cut (bf16 autocast, as `precision: auto` trains here)."""
+    # the front end's config (omegaconf, modlab.conf) only for this benchmark
     from omegaconf import OmegaConf
 
     import modlab.conf
-    from modlab.flops import traced_train_step_flops
-    from modlab.routing.config import RoutingConfig
-    from modlab.routing.install import apply_routing
-    from modlab.routing.trace import record_routing
 
     conf = Path(modlab.conf.__file__).parent / "routing"  # the experiments' routing configs
     dm, batches = _experiment_batches()
@@ -131,13 +142,6 @@ def routed_block_speed(
 ) -> list[dict]:
     """A routed block's forward + backward against the dense block, beside the FLOPs-predicted
     speed-up (dense FLOPs / routed FLOPs, router included). fp32, causal mask."""
-    from modlab.flops import block_forward_flops, router_forward_flops
-    from modlab.models.omni_attention import causal_mask
-    from modlab.models.transformer import Block
-    from modlab.routing.install import RouteInfo
-    from modlab.routing.routed_block import RoutedBlock
-    from modlab.routing.trace import record_routing
-
     cfg = ModelConfig(d_model=d, n_layer=1, n_head=n_head)
     torch.manual_seed(0)
     block = Block(cfg)
@@ -187,11 +191,6 @@ def mindskip_generation_speed(
     """Batch-1 prefill and decode of the tiny causal LM (lm_pretrain's shape) with MindSkip at
     capacity 0.5 over the default routed layers (half of them closed at prefill, as the tuned
     routers decide) against the base, beside the FLOPs-predicted speed-up. fp32, KV cache."""
-    from modlab.mindskip.config import MindSkipConfig
-    from modlab.mindskip.gate import MindSkip
-    from modlab.mindskip.inference import measure_speed
-    from modlab.models.causal_lm import CausalLM
-
     torch.manual_seed(0)
     lm = CausalLM(ModelConfig(arch="lm", d_model=d_model, n_layer=n_layer, n_head=n_head)).eval()
     routed = MindSkipConfig().routed_layers(n_layer)
@@ -236,13 +235,6 @@ def emu3_generation_speed(batch: int = 4, guidance: float = 1.5, repeats: int = 
     run them) with the compact cache vs dense with the cache. Tokens/s are image tokens drawn per
     second, prefill included; K/V entries and MiB are what the caches hold at the end. That the
     cache draws the same images as recomputation is what the tests check (test_emu3_kv_cache)."""
-    import copy
-
-    from modlab.data.digits import caption
-    from modlab.data.rows import collate_rows, t2i_row
-    from modlab.data.tokens import TokenSpace
-    from modlab.routing.install import install_routing
-
     space, n_image = TokenSpace(17), 64
     cfg = ModelConfig(arch="emu3", n_layer=n_layer)
     torch.manual_seed(0)
@@ -321,8 +313,6 @@ def emu3_generation_table(console, results: dict, **kwargs) -> None:
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
-    from rich.table import Table
-
     table = Table(title=title)
     for col in columns:
         table.add_column(col, justify="right")
@@ -334,6 +324,7 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]):
 def hf_emu3_generation_table(console, results: dict, **kwargs) -> None:
     """Hugging Face Emu3 generation, UniMoD compact cache vs dense cached (modlab.bench_hf)."""
     try:
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.bench_hf import bench_hf_emu3_generation
     except ImportError:  # transformers is the optional `hf` extra
         return
@@ -368,6 +359,7 @@ def hf_mod_tables(console, results: dict, training: dict | None = None, decoding
     """The HF MoD training step and compact-cache decoding (modlab.bench_hf), if transformers is
     installed; `training` / `decoding`: keyword arguments of bench_hf's functions (default: the issue's sizes)."""
     try:
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.bench_hf import bench_hf_mod_decoding, bench_hf_mod_training
     except ImportError:  # transformers is the optional `hf` extra
         console.print("HF MoD benchmarks skipped: transformers is not installed (pip install 'modlab[hf]')")
@@ -431,6 +423,7 @@ def decode_table(
     the fraction of tokens the routers run (modlab.bench_hf.bench_hf_decode: a 4-layer HF Llama,
     layers 1 and 3 routed), beside the FLOPs-predicted speed-up and KV memory."""
     try:
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.bench_hf import bench_hf_decode
     except ImportError:  # transformers is the optional `hf` extra
         return
@@ -481,8 +474,6 @@ def decode_table(
 
 
 def main() -> None:
-    from rich.console import Console
-
     console = Console()
     results = {"torch": torch.__version__, "threads": torch.get_num_threads()}
 

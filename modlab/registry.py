@@ -3,7 +3,7 @@
 A family is a kind of model modlab can train, load, evaluate and analyse (Show-o-like, Emu3-like,
 the tiny causal LM, a Hugging Face causal LM). `model.arch` names it, and so does every checkpoint
 (`hyper_parameters.model.arch`). Everything that differs between families lives behind one
-`ModelFamily` object (modlab.families.base); commands ask the registry for it instead of testing
+`ModelFamily` object (modlab.families.model_family); commands ask the registry for it instead of testing
 the architecture's name.
 
 The registry itself is cheap to import (no torch) and sits on the lowest floor of the imports, so
@@ -42,7 +42,7 @@ class UnifiedSpec:
     tiny: str  # saves a tiny random model directory for tests: (path, n_codes=32, n_layer=4, seed=0) -> path
     experiment: str  # its default experiment (conf/experiment/<name>.yaml): UniMoD on digits
     # reads a directory: (family spec, path, config, resolution, route_tokens, dtype) -> the model
-    loader: str = "modlab.models.hf_unified_loader:load_processor_directory"
+    loader: str = "modlab.models.hf_unified.loader:load_processor_directory"
 
     def part(self, name: str):
         """The object a part names (`spec.part("model")` is the model class)."""
@@ -170,13 +170,13 @@ def unified_model_types() -> list[str]:
 
 def hf_unified_spec(name: str, summary: str, unified: UnifiedSpec, **extra) -> FamilySpec:
     """A transformers unified model from a local directory (one HFUnifiedFamily built with this
-    spec, modlab.families.hf_unified), with MoD / UniMoD routing and Router-Tuning (MindSkip on its
+    spec, modlab.families.hf_unified_family), with MoD / UniMoD routing and Router-Tuning (MindSkip on its
     language model, the unified objective); `unified`: its parts; `extra`: more FamilySpec fields."""
     return FamilySpec(
         name,
         summary,
         "unified",
-        "modlab.families.hf_unified:HFUnifiedFamily",
+        "modlab.families.hf_unified_family:HFUnifiedFamily",
         routing=("mod", "unimod"),
         mindskip=True,
         router_tuning=("mindskip",),
@@ -194,7 +194,7 @@ for _spec in (
         "showo",
         "Show-o-like unified model (omni-attention, masked image tokens)",
         "unified",
-        "modlab.families.unified:SHOWO",
+        "modlab.families.unified_family:SHOWO",
         analyses=(*_UNIFIED_ANALYSES, "interactions"),
         routing=("mod", "unimod"),
         commands=COMMANDS,
@@ -203,7 +203,7 @@ for _spec in (
         "emu3",
         "Emu3-like unified model (causal, autoregressive images)",
         "unified",
-        "modlab.families.unified:EMU3",
+        "modlab.families.unified_family:EMU3",
         analyses=_UNIFIED_ANALYSES,
         routing=("mod", "unimod"),
         commands=COMMANDS,
@@ -212,7 +212,7 @@ for _spec in (
         "lm",
         "tiny causal LM over bytes",
         "lm",
-        "modlab.families.causal_lm:CAUSAL_LM",
+        "modlab.families.causal_lm_family:CAUSAL_LM",
         analyses=("importance", "redundancy"),
         mindskip=True,
         router_tuning=("mindskip",),
@@ -221,7 +221,7 @@ for _spec in (
         "hf",
         "Hugging Face causal LM (a local directory)",
         "lm",
-        "modlab.families.hf_causal_lm:HF_CAUSAL_LM",
+        "modlab.families.hf_causal_lm_family:HF_CAUSAL_LM",
         analyses=("attention", "importance", "redundancy"),
         routing=("mod",),  # token routing inside the decoder layers (UniMoD's task routers need tasks)
         mindskip=True,
@@ -233,7 +233,7 @@ for _spec in (
         "hf_emu3",
         "Hugging Face Emu3 (a local directory with its processor)",
         UnifiedSpec(
-            "modlab.models.hf_unified:HFEmu3",
+            "modlab.models.hf_unified.hf_emu3:HFEmu3",
             ("emu3",),
             "modlab.data.vq_codec:Emu3Codec",
             "emu3",
@@ -246,13 +246,13 @@ for _spec in (
         "hf_showo",
         "Show-o on transformers' Phi (a local directory with Show-o's vocabulary and image codebook)",
         UnifiedSpec(
-            "modlab.models.hf_showo_unified:HFShowo",
+            "modlab.models.hf_unified.hf_showo:HFShowo",
             ("phi",),  # Show-o is Phi-1.5 with image codes in its vocabulary
             "modlab.data.showo_codec:PatchCodebookCodec",
             "phi",
             "modlab.models.hf_tiny:save_tiny_showo",
             "hf_showo_unimod",
-            loader="modlab.models.hf_showo_unified:load_hf_showo",  # a directory of its own layout
+            loader="modlab.models.hf_unified.hf_showo:load_hf_showo",  # a directory of its own layout
         ),
         analyses=_UNIFIED_ANALYSES,
     ),
@@ -260,7 +260,7 @@ for _spec in (
         "hf_chameleon",
         "Hugging Face Chameleon (a local directory with its processor; no VQ decoder: T2I is drawn, not scored)",
         UnifiedSpec(
-            "modlab.models.hf_chameleon_janus:HFChameleon",
+            "modlab.models.hf_unified.hf_chameleon:HFChameleon",
             ("chameleon",),
             "modlab.data.vq_codec:ChameleonCodec",
             "chameleon",
@@ -273,7 +273,7 @@ for _spec in (
         "hf_janus",
         "Hugging Face Janus (a local directory with its processor)",
         UnifiedSpec(
-            "modlab.models.hf_chameleon_janus:HFJanus",
+            "modlab.models.hf_unified.hf_janus:HFJanus",
             ("janus",),
             "modlab.data.vq_codec:JanusCodec",
             "janus",

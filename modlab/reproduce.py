@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modlab.analysis.stats import paired_difference, spread
 from modlab.data.scenes import PROMPT_CATEGORIES, QUESTION_TYPES
 
 
@@ -89,6 +90,7 @@ class Row:
 
 
 def experiment_exists(name: str) -> bool:
+    # the front end's config (omegaconf, modlab.conf) only for this benchmark
     import modlab.conf
 
     return (Path(modlab.conf.__file__).parent / "experiment" / f"{name}.yaml").is_file()
@@ -223,8 +225,6 @@ def _value(row: Row, key: str, dense_flops: float):
 
 
 def _cell(values: list[float], fmt: str) -> str:
-    from modlab.analysis.stats import spread
-
     values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return "–"
@@ -244,8 +244,6 @@ DIFFERENCES = (
 def difference_lines(rows: list[Row]) -> list[str]:
     """Each fine-tune minus the dense control, paired by seed: mean, 95 % interval, and whether it
     exceeds the seed spread (the interval excludes 0)."""
-    from modlab.analysis.stats import paired_difference
-
     lines = [
         "",
         "Differences to the dense control (same FLOPs budget), paired by seed: mean ± 95 % interval;",
@@ -331,8 +329,8 @@ def write_table(
 def write_pareto(rows: list[Row], out: Path) -> Path:
     """Training cost vs MMU / T2I accuracy, one point per (family, method): the mean over seeds
     with a ± std error bar."""
+    # matplotlib only when a figure is drawn
     from modlab.analysis.plots import plot_pareto
-    from modlab.analysis.stats import spread
 
     x = "training GFLOPs per step"
     keys = {x: "train/flops_per_step", "MMU accuracy": "test/mmu_acc", "T2I accuracy": "test/t2i_acc"}

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from modlab.data.config import DataConfig
 from modlab.data.digits import load_digit_splits
+from modlab.data.instructions import ListRows, instruction_splits
 from modlab.data.rows import DigitRows, LMRows, SceneRows, collate_rows
 from modlab.data.text_corpus import corpus_tokens
 from modlab.data.tokens import TokenSpace
@@ -60,8 +61,6 @@ def calibration_batches(
     if {"t2i", "mmu"} & set(tasks):
         sets.update(image_rows(data_cfg, image_tokenizer, [t for t in ("t2i", "mmu") if t in tasks], split))
     if "lm" in tasks and getattr(data_cfg, "lm_format", "text") == "alpaca":  # instruction rows
-        from modlab.data.instructions import ListRows, instruction_splits
-
         sets["lm"] = ListRows(instruction_splits(data_cfg.lm_files, text_tokenizer, data_cfg.lm_length)[0][split])
     elif "lm" in tasks:
         fmt, field = getattr(data_cfg, "lm_format", "text"), getattr(data_cfg, "text_field", "text")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modlab.analysis.jobs import JOBS
 from modlab.data.tokens import TASKS
 from modlab.errors import ConfigError
 
@@ -147,7 +148,5 @@ class AnalysisConfig:
     interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
 
     def __post_init__(self) -> None:
-        from modlab.analysis.jobs import JOBS
-
         if self.job not in JOBS:
             raise ConfigError(f"unknown analysis job '{self.job}' (jobs: {', '.join(JOBS)})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+from matplotlib.colors import PowerNorm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -67,8 +68,6 @@ def plot_bars(panels: dict[str, dict[str, float]], ylabel: str, path: Path) -> P
 
 def plot_attention_maps(maps: dict, path: Path) -> Path:
     """maps: {task: (n_layer, T, T) mean attention}; a grid of tasks x layers (power-scaled)."""
-    from matplotlib.colors import PowerNorm
-
     tasks = list(maps)
     n_layer = maps[tasks[0]].shape[0]
     fig, axes = plt.subplots(len(tasks), n_layer, figsize=(2.6 * n_layer, 2.6 * len(tasks)), squeeze=False)

@@ -8,7 +8,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
 from modlab.outputs import write_csv
+from modlab.progress import INTERVAL_S, ProgressLines
 
 
 @dataclass
@@ -40,6 +46,7 @@ def fmt(v) -> str:
 
 def write_report(result: JobResult, out: Path, header: dict, seconds: float) -> dict:
     """Write every file of the job into `out`, print its tables; returns results.json's content."""
+    # matplotlib only when a figure is drawn
     from modlab.analysis import plots
 
     out = Path(out)
@@ -68,9 +75,6 @@ def write_report(result: JobResult, out: Path, header: dict, seconds: float) -> 
 
 
 def print_tables(result: JobResult, out: Path, seconds: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     for title, columns, rows in result.shown:
         table = Table(title=title, header_style="bold")
@@ -91,14 +95,9 @@ class Progress:
     (modlab.progress); `task(name, total)` returns the callable that advances both by one."""
 
     def __init__(self, interval_s: float | None = None):
-        from modlab.progress import INTERVAL_S, ProgressLines
-
         self.lines = ProgressLines(INTERVAL_S if interval_s is None else interval_s)
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as RichProgress
-
         self.bar = RichProgress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
         )

@@ -14,6 +14,7 @@ def spread(values: list[float]) -> dict:
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     ci = None
     if n > 1:
+        # scikit-learn / SciPy take a second to import: only when this runs
         from scipy.stats import t as student_t
 
         ci = float(student_t.ppf(0.975, n - 1)) * std / math.sqrt(n)

@@ -25,9 +25,12 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from modlab.analysis.hf_attention import hf_attention_capture
 from modlab.errors import ConfigError
+from modlab.hf_layer_map import decoder_layers
+from modlab.models.hf_causal_lm import HFCausalLM
 from modlab.models.token_nll import token_nll
-from modlab.models.transformer import Block
+from modlab.models.transformer import Block, attention_probs
 
 
 @dataclass
@@ -149,7 +152,6 @@ def layer_attention(subject: Subject, fn: Callable) -> Iterator[None]:
         with subject.attention(fn):
             yield
         return
-    from modlab.models.transformer import attention_probs
 
     def read(i, block, x, positions, mask):
         q, k, _ = block.attn.qk(block.norm_attn(x), positions)
@@ -182,7 +184,6 @@ def showo_subject(model) -> Subject:
 def lm_subject(lm) -> Subject:
     """A causal LM: modlab's CausalLM (its blocks are modlab Blocks) or a Hugging Face model
     (modlab.models.hf_causal_lm.HFCausalLM). One task, `lm`: next-token loss on the labels."""
-    from modlab.models.hf_causal_lm import HFCausalLM
 
     def run(batch: dict) -> torch.Tensor:
         # the hidden states, not the logits: the hooks read the layers, and a real vocabulary's
@@ -194,9 +195,6 @@ def lm_subject(lm) -> Subject:
         return {"lm": nll / max(count, 1)}
 
     if isinstance(lm, HFCausalLM):
-        from modlab.analysis.hf_attention import hf_attention_capture
-        from modlab.hf_layer_map import decoder_layers
-
         blocks = decoder_layers(lm.hf, lm.family)
         capture = partial(hf_attention_capture, lm)
         subject = Subject(

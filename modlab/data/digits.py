@@ -41,6 +41,7 @@ class DigitSplit:
 @lru_cache(maxsize=4)
 def load_digit_splits(seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2) -> dict[str, DigitSplit]:
     """Stratified split of the 1,797 real digits; the same seed always gives the same split."""
+    # scikit-learn / SciPy take a second to import: only when this runs
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

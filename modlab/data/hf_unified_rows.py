@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from modlab.data import digits as D
+from modlab.data.image_folder import load_image
 from modlab.data.vq_codec import digits_as_rgb, rgb_as_digits
 
 
@@ -53,8 +54,6 @@ class FolderImages:
         self.folder, self.records, self.resolution = Path(folder), records, resolution
 
     def __getitem__(self, i: int):
-        from modlab.data.image_folder import load_image
-
         return load_image(self.folder / self.records[i].file, self.resolution)
 
 

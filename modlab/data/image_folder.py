@@ -147,6 +147,7 @@ def read_image_folder(folder: str | Path) -> list[ImageRecord]:
 
 def load_image(path: str | Path, resolution: int) -> np.ndarray:
     """uint8 (R, R, 3): RGB, the centered largest square, resized bicubically to `resolution`."""
+    # Pillow only when an image file is read
     from PIL import Image, ImageOps
 
     try:

@@ -79,6 +79,7 @@ class PatchCodebook:
         return x.reshape(n, g * g, p * p * c)
 
     def fit(self, images: np.ndarray) -> PatchCodebook:
+        # scikit-learn / SciPy take a second to import: only when this runs
         from sklearn.cluster import KMeans
 
         patches = self._patches(images)

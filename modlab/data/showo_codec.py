@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save
 
 from modlab.data.image_tokenizer import PatchCodebook
 from modlab.data.vq_codec import ImageCodec
@@ -74,8 +76,6 @@ class PatchCodebookCodec(ImageCodec):
         return cls(book.centroids, images.shape[1], patch)
 
     def to_bytes(self) -> bytes:
-        from safetensors.torch import save
-
         meta = {"format": "modlab-patch-kmeans", "resolution": str(self.resolution), "patch": str(self.patch)}
         return save({"centroids": self.vq.centroids.detach().cpu().contiguous()}, metadata=meta)
 
@@ -89,8 +89,6 @@ class PatchCodebookCodec(ImageCodec):
     @classmethod
     def load(cls, path: str | Path) -> PatchCodebookCodec:
         """The codec of a codebook file; a missing or unreadable file is one CheckpointError line."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"the Show-o image codebook '{path}' does not exist")

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from pydoc_data.topics import topics
 
 from modlab.errors import DataError
 
 
 def pydoc_text() -> str:
-    from pydoc_data.topics import topics
-
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 

@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 
 from modlab.errors import ConfigError
 from modlab.evaluation.harness_config import HarnessConfig
@@ -33,6 +35,7 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # ids (1, T) -> logits (1, T,
 
 def _lm_eval():
     try:
+        # lm-eval is optional (modlab[harness]): imported when harness tasks run
         import lm_eval
         from lm_eval.api.model import LM
         from lm_eval.tasks import TaskManager
@@ -58,6 +61,7 @@ def task_manager(cfg: HarnessConfig):
 def harness_lm(logits: LogitsFn, tokenizer, cfg: HarnessConfig, device="cpu"):
     """An lm-eval `LM` over a logits function and a modlab text tokenizer (bytes or HF)."""
     _, LM, _ = _lm_eval()
+    # lm-eval is optional (modlab[harness]): imported when harness tasks run
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
     eos = getattr(getattr(tokenizer, "tok", None), "eos_token_id", None)
@@ -165,9 +169,6 @@ def side_by_side(metrics: dict) -> list[tuple[str, str, str, str]]:
 
 def print_harness_table(scores: dict) -> None:
     """The rich table of base vs routed scores per task and metric."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="lm-evaluation-harness: base vs routed")
     for col in ("task / metric", "base", "routed", "routed - base"):
         table.add_column(col, justify="left" if col.startswith("task") else "right")

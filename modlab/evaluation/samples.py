@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from modlab.data import digits as D
+from modlab.data import scenes as S
+from modlab.data.digits import load_digit_splits
+from modlab.data.hf_unified_rows import DigitImages, PromptRows
+from modlab.data.rows import MMUPrompts, SceneMMUPrompts, collate_rows, left_pad, t2i_row
+from modlab.evaluation.scene_scorers import answers_correct
+
 
 def generate_samples(module, c, out: Path) -> dict:
     """T2I samples of `c.prompts` (default: one per digit, or scene prompts) as a PNG grid, and
     greedy MMU answers about `c.mmu_images` test images, printed and written as JSON / text."""
-    import torch
-    from rich.console import Console
-    from rich.table import Table
-
-    from modlab.data import digits as D
-    from modlab.data.rows import MMUPrompts, collate_rows, t2i_row
-    from modlab.evaluation.plots import save_image_grid
+    # matplotlib only when a figure is drawn
+    from modlab.evaluation.image_grid import save_image_grid
 
     e, sp, tok = c.eval, getattr(module, "space", None), module.image_tokenizer
     torch.manual_seed(c.seed)
@@ -29,8 +35,6 @@ def generate_samples(module, c, out: Path) -> dict:
 
     hf = hasattr(module.model, "t2i_prompt")  # a Hugging Face unified model: rows in its own format
     if hf:
-        from modlab.data.rows import left_pad
-
         rows = [module.model.t2i_prompt(p) for p in prompts for _ in range(c.samples_per_prompt)]
         batch = left_pad(rows, module.model.pad)
     else:
@@ -77,8 +81,6 @@ def generate_samples(module, c, out: Path) -> dict:
         n = min(c.mmu_images, len(splits["test"].labels))
         codes, labels = tok.encode(splits["test"].images[:n]), splits["test"].labels[:n]
         if hf:
-            from modlab.data.hf_unified_rows import DigitImages, PromptRows
-
             images = DigitImages(splits["test"].images[:n], module.model.codec.resolution)
             ds, pad = PromptRows(module.model, "mmu", codes, labels, images=images), module.model.pad
             batch = left_pad([ds[i] for i in range(n)], pad)
@@ -104,9 +106,6 @@ def generate_samples(module, c, out: Path) -> dict:
 
 def _scene_prompts(data_cfg) -> list[str]:
     """Two test prompts of each category (the ones `modlab eval` starts with)."""
-    from modlab.data import scenes as S
-    from modlab.data.digits import load_digit_splits
-
     test = load_digit_splits(data_cfg.split_seed)["test"]
     n = 2 * len(S.PROMPT_CATEGORIES)
     return [
@@ -116,10 +115,6 @@ def _scene_prompts(data_cfg) -> list[str]:
 
 def _scene_answers(module, n: int, max_tokens: int) -> list[dict]:
     """Greedy answers to the first n test questions about scenes (one row at a time: they differ in length)."""
-    from modlab.data.digits import load_digit_splits
-    from modlab.data.rows import SceneMMUPrompts, collate_rows
-    from modlab.evaluation.scene_scorers import answers_correct
-
     d, sp = module.data_cfg, module.space
     ds = SceneMMUPrompts(sp, module.image_tokenizer, load_digit_splits(d.split_seed)["test"], d.grid, n, d.scene_seed)
     out = []

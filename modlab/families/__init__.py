@@ -1,5 +1,5 @@
 """The model families: what each command does with each kind of model (one `ModelFamily` per
-family, modlab.families.base), and the registry that names them (modlab.registry, re-exported
+family, modlab.families.model_family), and the registry that names them (modlab.registry, re-exported
 here so a family's code and its users import one place)."""
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class ModelConfig:
     dtype: str = "auto"  # arch=hf: weights dtype (auto | bfloat16 | float32); see DTYPES
     # Hugging Face unified models (hf_emu3, ...): the square image size the VQ codec takes
     # (0: the processor's), and which kinds of token the routers decide for (the others always
-    # run): image, caption, question, answer, text, special (modlab.models.hf_unified.TOKEN_KINDS)
+    # run): image, caption, question, answer, text, special (modlab.models.config.TOKEN_KINDS)
     resolution: int = 0
     route_tokens: list[str] = field(default_factory=lambda: ["image"])
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from modlab.errors import CheckpointError, ConfigError
+from modlab.models.hf_causal_lm import SUPPORTED
 from modlab.models.memory_fit import check_fits_memory, parameter_count
 
 GGUF_MAGIC = b"GGUF"
@@ -33,6 +34,7 @@ def read_gguf(path: Path):
         raise CheckpointError(f"{path}: {e.strerror}") from None
     if magic != GGUF_MAGIC:
         raise CheckpointError(f"{path} is not a GGUF file (it does not start with the bytes GGUF)")
+    # optional (modlab[real]): imported when a GGUF file is converted
     import gguf
 
     try:
@@ -45,9 +47,8 @@ def read_gguf(path: Path):
 
 def gguf_causal_lm_config(path: Path):
     """The transformers config of the GGUF's model, checked to be a supported causal-LM family."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import AutoConfig
-
-    from modlab.models.hf_causal_lm import SUPPORTED
 
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
@@ -61,6 +62,7 @@ def gguf_causal_lm_config(path: Path):
 def check_gguf(path: Path):
     """The config of the GGUF's model, once the file is known to be a readable GGUF of a supported
     family that fits in memory while converting; else a one-line ConfigError / CheckpointError."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -74,6 +76,7 @@ def save_gguf_as_hf(path: Path, out: Path, checked: bool = False) -> Path:
     """Dequantise the GGUF at `path` to float32 and write its model and tokenizer to `out` with
     save_pretrained. Every way the file can be wrong is a ConfigError / CheckpointError before
     anything is written (check_gguf; `checked`: the caller ran it already)."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)

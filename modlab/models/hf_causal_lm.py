@@ -77,6 +77,7 @@ class HFCausalLM(nn.Module):
         return list(decoder_layers(self.hf, self.family))
 
     def new_cache(self) -> HFCache:
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import DynamicCache
 
         return HFCache(DynamicCache(config=self.hf.config))
@@ -87,6 +88,7 @@ class HFCausalLM(nn.Module):
         fuses q, k, v. The attention's projections are the Linears under the attention module
         (a MindSkip gate's router excluded: it scores a whole row once); everything else of
         the layer is the MLP."""
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.routing.hf_flops import linear_weights, query_width
 
         c = self.hf.config
@@ -188,6 +190,7 @@ def load_hf_causal_lm(path: str, dtype: str = "float32") -> tuple[HFCausalLM, By
             )
         raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
     try:
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError:
         raise ConfigError("model=hf_causal_lm needs transformers: pip install 'modlab[hf]'") from None
@@ -229,6 +232,7 @@ def load_tokenizer(p: Path, vocab_size: int) -> ByteTokenizer | HFTokenizer:
     builds a tokenizer of only its special tokens from tokenizer_config.json), is a ConfigError."""
     wanted = "tokenizer.json or tokenizer.model (save the tokenizer with the model: tokenizer.save_pretrained(DIR))"
     if any((p / f).is_file() for f in TOKENIZER_FILES):
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import AutoTokenizer
 
         try:

@@ -6,9 +6,15 @@ processor) gives a directory that `model.path=` loads as it loads a real one."""
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import torch
+
+from modlab.hf_layer_map import HF_FAMILIES
+from modlab.models.hf_unified.hf_showo import fit_digit_codebook, save_showo_directory
+from modlab.models.hf_unified.showo_phi import build_showo_phi
 
 # The sizes of a tiny causal LM (a byte-level vocabulary needs at least 256 entries)
 TINY_LM_SIZES = dict(
@@ -30,9 +36,8 @@ TINY_LM_EXTRA = {"phi3": {"pad_token_id": 0}}
 def tiny_causal_lm_config(family: str, **values):
     """The transformers config of a small random causal LM of `family` (modlab.hf_layer_map):
     TINY_LM_SIZES, what the family needs at such sizes, then `values` (any config key)."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     import transformers
-
-    from modlab.hf_layer_map import HF_FAMILIES
 
     values = {**TINY_LM_SIZES, **TINY_LM_EXTRA.get(family, {}), **values}
     if family in SIZED_BY_HEAD_DIM:
@@ -43,9 +48,8 @@ def tiny_causal_lm_config(family: str, **values):
 def tiny_causal_lm(family: str, seed: int = 0, **values):
     """A small random causal LM of `family` (fp32, its weights drawn after torch.manual_seed(seed));
     `values` as for tiny_causal_lm_config."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     import transformers
-
-    from modlab.hf_layer_map import HF_FAMILIES
 
     config = tiny_causal_lm_config(family, **values)
     torch.manual_seed(seed)
@@ -55,6 +59,7 @@ def tiny_causal_lm(family: str, seed: int = 0, **values):
 def byte_level_tokenizer(specials: list[str], **named):
     """A byte-level BPE tokenizer with no merges (256 byte tokens), then `specials` (added
     special tokens) with `named` special-token attributes (e.g. boi_token="<|image start|>")."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -89,6 +94,7 @@ def _text_sizes(tok, n_layer: int, hidden: int, heads: int) -> dict:
 def tiny_emu3(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int = 4, seed: int = 0):
     """(Emu3ForConditionalGeneration, Emu3Processor): a tiny VQ-VAE (32x32 images, an 8x8 code
     grid of `n_codes` codes) and a `hidden`-wide, `n_layer`-deep text decoder, random weights."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3ImageProcessor, Emu3Processor
     from transformers.models.emu3.configuration_emu3 import Emu3TextConfig, Emu3VQVAEConfig
 
@@ -132,8 +138,6 @@ GRID_CODES = 8 * 8
 
 
 def _quiet_image_processor(cls, **kwargs):
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "torchvision is not installed: the PIL image processor"
         return cls(**kwargs)
@@ -144,6 +148,7 @@ def tiny_chameleon(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads:
     vocabulary names image code c "IMGIMG<the digits of c as letters A..J>Z" (what its vocabulary
     mapping parses); the processor's image start / end are <racm3:break> / <eoss>, and it ends
     every prompt with the tokenizer's sep token."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import (
         ChameleonConfig,
         ChameleonForConditionalGeneration,
@@ -178,6 +183,7 @@ def tiny_chameleon(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads:
 def tiny_janus(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int = 4, seed: int = 0):
     """(JanusForConditionalGeneration, JanusProcessor): tiny_emu3's sizes, a SigLIP encoder of
     8x8 patches (16 image placeholders for MMU) beside the VQ model (64 codes for T2I)."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import (
         JanusConfig,
         JanusForConditionalGeneration,
@@ -230,6 +236,7 @@ def tiny_janus(n_codes: int = 32, n_layer: int = 4, hidden: int = 64, heads: int
 
 
 def _save(model_and_processor, path: Path) -> Path:
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers.utils import logging
 
     logging.disable_progress_bar()
@@ -259,18 +266,14 @@ def save_tiny_janus(path: Path, n_codes: int = 32, n_layer: int = 4, seed: int =
 def save_tiny_showo(
     path: Path, n_codes: int = 32, n_layer: int = 4, seed: int = 0, max_text_len: int = 32, released: bool = False
 ) -> Path:
-    """A tiny random Show-o on Phi (modlab.models.hf_showo_unified's directory): a byte-level
+    """A tiny random Show-o on Phi (modlab.models.hf_unified.hf_showo's directory): a byte-level
     tokenizer (<|endoftext|> = <|sot|> = <|eot|>), Show-o's vocabulary around it, and the stand-in
     image codebook fitted on the training digits at 32x32 (4x4 patches: an 8x8 code grid).
     `released`: the weights in Show-o's released layout (pytorch_model.bin, `showo.`-prefixed
     keys) beside Phi's own config (its vocabulary not yet resized), as Show-o's checkpoint ships."""
-    import json
-
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import PhiConfig
     from transformers.utils import logging
-
-    from modlab.models.hf_showo import build_showo_phi
-    from modlab.models.hf_showo_unified import fit_digit_codebook, save_showo_directory
 
     path = Path(path)
     logging.disable_progress_bar()

@@ -69,6 +69,7 @@ def size(n_bytes: int) -> str:
 def parameter_count(config) -> int:
     """The number of parameters of the causal LM `config` describes (tied weights once), from a
     copy built on the meta device: no memory, no weights read."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):

@@ -32,7 +32,7 @@ def drop_captions(batch: dict, cond_dropout: float, generator: torch.Generator |
 
 def per_task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean cross-entropy over the labelled tokens of each task present in the batch (labels[i] is
-    what position i predicts; IGNORE_INDEX elsewhere). Shared with modlab.models.hf_showo."""
+    what position i predicts; IGNORE_INDEX elsewhere). Shared with modlab.models.hf_unified.showo_phi."""
     ce = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
     has_label = labels != IGNORE_INDEX
     out = {}

@@ -29,6 +29,7 @@ def greedy_decode(
             tokens.append(logits.argmax(-1, keepdim=True))
             seq = torch.cat([seq, tokens[-1]], 1)
         return torch.cat(tokens, 1), torch.stack(step_logits, 1), None
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)

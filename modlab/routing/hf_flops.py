@@ -15,10 +15,12 @@ modlab.flops and modlab.bench_hf count it.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from modlab.hf_layer_map import decoder_layers, text_config
 from modlab.routing.hf_routed_layer import HFRoutedLayer
+from modlab.routing.topk import tokens_to_keep
 
 
 def linear_weights(module: nn.Module) -> int:
@@ -74,10 +76,6 @@ def planned_parts_flops_ratio(model: nn.Module, parts: list[tuple]) -> float:
     one-column router scoring every token (routing.causal=predictor adds its predictor's weights,
     not counted here); other layers run every token; the outside cost (e.g. Janus's vision encoder)
     is the same routed or not."""
-    import torch
-
-    from modlab.routing.topk import tokens_to_keep
-
     config = text_config(model.config)
     layers = decoder_layers(model)
     routed = dense = 0

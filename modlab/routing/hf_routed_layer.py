@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from transformers.cache_utils import DynamicLayer
 
 from modlab.errors import ConfigError
 from modlab.hf_layer_map import HFFamily, decoder_layers, hf_family, layer_sliding_window, text_config
@@ -329,8 +330,6 @@ class HFRoutedLayer(RoutedBlock):
         """A preallocated (static) cache layer reports its full length as stored and holds slots
         nobody wrote: the compact cache would attend to them and decode wrong tokens, silently
         (e.g. Janus's image generation builds a StaticCache by default). Refuse it in one line."""
-        from transformers.cache_utils import DynamicLayer
-
         layer = self._cache_layer(cache)
         if layer is not None and not isinstance(layer, DynamicLayer):
             raise ConfigError(

@@ -51,6 +51,7 @@ from modlab.routing.config import CAUSAL_MODES, ROUTER_INPUTS, ROUTER_WEIGHTS
 from modlab.routing.router import RoutingPredictor, TaskRouter
 from modlab.routing.schedule import annealed_capacity
 from modlab.routing.topk import topk_select
+from modlab.routing.trace import LayerRouting
 
 
 @dataclass
@@ -257,7 +258,6 @@ class RoutedBlock(nn.Module):
     def _trace(self, mode, route, selected, groups, aux=None, agreement=None, x=None, scores=None) -> None:
         if not self.routing_traces:
             return
-        from modlab.routing.trace import LayerRouting
 
         routed = route.routed()  # kept fractions are over the tokens the router decides for
         record = LayerRouting(

@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, RichModelSummary
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
+from rich import get_console
+from rich.table import Table
 
 from modlab.progress import ProgressLines, format_duration, install_terminal_filter, log
 
@@ -87,10 +91,6 @@ class ParamSummary(RichModelSummary):
 
     @staticmethod
     def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, **kwargs):
-        from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
-        from rich import get_console
-        from rich.table import Table
-
         keep = [(name, values) for name, values in summary_data if name != "FLOPs"]
         table = Table(header_style="bold magenta")
         table.add_column(" ", style="dim")
@@ -144,8 +144,6 @@ class PreemptionCheckpoint(Callback):
         os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler, installed for the fit, marks the stop
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
         if self._previous is None or not isinstance(exception, SIGTERMException):
             return
         # every process stops at the same step (Lightning broadcasts rank 0's stop): all of them
@@ -193,7 +191,5 @@ class LastCheckpointAtEnd(Callback):
         self.checkpoint = checkpoint  # the ModelCheckpoint that writes last.ckpt
 
     def on_train_end(self, trainer, pl_module) -> None:
-        from pathlib import Path
-
         if getattr(self.checkpoint, "_last_global_step_saved", -1) != trainer.global_step:
             trainer.save_checkpoint(Path(self.checkpoint.dirpath) / "last.ckpt")

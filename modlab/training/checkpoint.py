@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from modlab.data.image_tokenizer import image_tokenizer_from_state
 from modlab.errors import CheckpointError, ConfigError
+from modlab.mindskip.router_file import read_routers
 from modlab.models.config import ModelConfig
 from modlab.registry import get_family
 from modlab.routing.install import dense_key
@@ -24,6 +26,7 @@ def load_checkpoint_file(ckpt_path: str, role: str = "checkpoint", mmap: bool = 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types for a damaged file
+        # Lightning (checkpoint_io) only to explain a failed load: analyses read checkpoints without it
         from modlab.training.checkpoint_io import load_reason
 
         raise CheckpointError(f"{role} '{ckpt_path}' is corrupt or not a torch checkpoint: {load_reason(e)}") from None
@@ -55,8 +58,6 @@ def build_lm(cfg: ModelConfig):
 def checkpoint_arch(ckpt_path: str) -> str:
     """The `model.arch` a modlab checkpoint (or MindSkip router file) records."""
     if str(ckpt_path).endswith(".safetensors"):
-        from modlab.mindskip.router_file import read_routers
-
         if not Path(ckpt_path).is_file():
             raise CheckpointError(f"checkpoint '{ckpt_path}' does not exist")
         _, info = read_routers(ckpt_path)
@@ -147,6 +148,4 @@ def init_from_checkpoint(module, ckpt_path: str) -> None:
     # the image tokenizer the weights were trained with, and nothing else of the old run: its
     # running FLOPs means (which on_load_checkpoint restores for an exact resume) would otherwise
     # be averaged into the fine-tune's train/flops_per_step
-    from modlab.data.image_tokenizer import image_tokenizer_from_state
-
     module.image_tokenizer = image_tokenizer_from_state(ckpt["image_tokenizer"])

@@ -3,6 +3,7 @@ the schemas of their config groups)."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 from modlab.data.tokens import TASKS
@@ -174,8 +175,6 @@ class LoggerConfig:
         if self.kind not in LOGGERS:
             raise ConfigError(f"logger.kind '{self.kind}' is unknown ({', '.join(LOGGERS)})")
         if self.kind in OPTIONAL_LOGGERS:  # at start, not after the model and data are built
-            import importlib.util
-
             modules, extra = OPTIONAL_LOGGERS[self.kind]
             if not any(importlib.util.find_spec(m) is not None for m in modules):
                 raise ConfigError(f"logger={self.kind} needs the {modules[0]} package (pip install 'modlab[{extra}]')")

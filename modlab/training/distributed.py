@@ -21,6 +21,7 @@ def layer_classes(model: nn.Module) -> set[type[nn.Module]]:
 def fsdp_strategy(model: nn.Module):
     """Lightning's FSDPStrategy, one FSDP unit per decoder layer; full (rank-0) checkpoints, so a
     checkpoint loads the same way whatever strategy wrote it."""
+    # Lightning only when an FSDP strategy is built
     from lightning.pytorch.strategies import FSDPStrategy
 
     return FSDPStrategy(auto_wrap_policy=layer_classes(model), state_dict_type="full")

@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from modlab.errors import ModlabError
+from modlab.mindskip.gate import MindSkipRouter
+from modlab.routing.router import TaskRouter
 
 log = logging.getLogger("modlab")
 
@@ -33,9 +35,6 @@ class NonFiniteError(ModlabError):
 
 
 def router_types() -> tuple[type, ...]:
-    from modlab.mindskip.gate import MindSkipRouter
-    from modlab.routing.router import TaskRouter
-
     return (TaskRouter, MindSkipRouter)
 
 

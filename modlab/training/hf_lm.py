@@ -24,6 +24,8 @@ Test metrics of a routed model (held-out text):
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import asdict
 
 import torch
@@ -32,8 +34,10 @@ from torchmetrics import MeanMetric
 from modlab.errors import CheckpointError, ConfigError
 from modlab.evaluation.perplexity import TokenPerplexity
 from modlab.hf_layer_map import decoder_layers
+from modlab.mindskip.gate import freeze_regularisation
 from modlab.models.token_nll import token_nll
 from modlab.routing.config import RoutingConfig
+from modlab.routing.hf_decode import greedy_decode
 from modlab.routing.hf_flops import forward_flops, train_step_flops
 from modlab.routing.hf_routed_layer import HFRouting, apply_hf_routing, unrouted
 from modlab.routing.install import set_anneal_fraction, threshold_routing
@@ -91,8 +95,6 @@ class HFLMModule(LMModule):
         trainable = self.objective_cfg.trainable
         self.routers_only = self.skip is None and self.routing is not None and trainable == "routers"
         if self.routers_only:
-            from modlab.mindskip.gate import freeze_regularisation
-
             self.lm.requires_grad_(False)
             # the routers train on the frozen model as it runs at inference: its dropout off
             # (Phi ships resid_pdrop=0.1), as MindSkip's Router-Tuning does
@@ -258,11 +260,6 @@ def decode_speed(module: HFLMModule, prompts: list[torch.Tensor], n_new: int, re
     """Batch-1 greedy decoding with the KV cache: the routed model under its causal decision (the
     compact cache: a token that skips a routed layer writes no K/V there) against the same weights
     unrouted. Median seconds over `repeats` rounds of all prompts; K/V entries summed over layers."""
-    import statistics
-    import time
-
-    from modlab.routing.hf_decode import greedy_decode
-
     hf, routing = module.lm.hf, module.routing
     blocked = sorted(i for i, layer in routing.layers.items() if layer.sizes_decode_masks)
     if blocked:

@@ -31,6 +31,7 @@ from modlab.data.hf_unified_rows import (
     TextRows,
     digit_codes,
 )
+from modlab.data.image_folder import tokenize_image_folder
 from modlab.data.rows import collate_rows, left_pad
 from modlab.data.text_corpus import load_corpus, split_corpus
 from modlab.training.resume import link_loaders, resumable_loader
@@ -46,8 +47,6 @@ class HFUnifiedDataModule(L.LightningDataModule):
         self.codes = digit_codes(self.image_tokenizer, self.splits, cfg.split_seed, cache_dir)
         self.folder = None
         if cfg.image_folder:
-            from modlab.data.image_folder import tokenize_image_folder
-
             self.folder = tokenize_image_folder(cfg.image_folder, model.codec, cache_dir)
         text = split_corpus(load_corpus(cfg.lm_files))
         self.text = {k: v.decode("utf-8", "replace") for k, v in text.items()}

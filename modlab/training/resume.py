@@ -20,8 +20,13 @@ Plain Python (no torch at import), so the command line can resolve `resume=` che
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import random
 from pathlib import Path
+
+import yaml
 
 from modlab.errors import CheckpointError, ConfigError
 
@@ -79,7 +84,6 @@ def train_argv(args: list[str]) -> list[str]:
     overrides_file = run / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         raise CheckpointError(f"resume: '{run}' is not a modlab run directory (no .hydra/overrides.yaml)")
-    import yaml
 
     try:
         original = yaml.safe_load(overrides_file.read_text()) or []
@@ -95,8 +99,6 @@ def logged_rows_before(metrics_csv: Path, step: int) -> list[dict[str, str]]:
     """The rows of a run's metrics.csv logged before global step `step` (the step a resumed run
     continues from), each without its empty cells, as the text the CSV holds (written back
     unchanged). The rows from `step` on are dropped: the resumed run logs those steps again."""
-    import csv
-
     if not metrics_csv.is_file():
         return []
     with metrics_csv.open(newline="") as f:
@@ -114,6 +116,7 @@ def _holds_jobs(directory: str) -> bool:
 
 def rng_states() -> dict:
     """Every global generator's state, in types a weights_only torch.load accepts."""
+    # torch stays out of `modlab --help`, argument rewriting and config validation
     import numpy as np
     import torch
 
@@ -129,6 +132,7 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
+    # torch stays out of `modlab --help`, argument rewriting and config validation
     import numpy as np
     import torch
 
@@ -148,6 +152,7 @@ def seed_rank_streams(seed: int, rank: int) -> None:
     masks, caption dropout) come from the global generators: seeded alike, rank 1 would draw
     exactly what rank 0 draws, and a 2-process run would train on every random window twice.
     PL_GLOBAL_SEED is left as it is, so the shards of the permutation still do not overlap."""
+    # torch stays out of `modlab --help`, argument rewriting and config validation
     import numpy as np
     import torch
 
@@ -158,8 +163,10 @@ def seed_rank_streams(seed: int, rank: int) -> None:
 
 
 def resume_state_callback():
-    import os
-
+    # torch and Lightning only when a run trains: `modlab train` rewrites its arguments (train_argv)
+    # with this module before anything heavy is imported
+    import torch
+    import torch.distributed as dist
     from lightning.pytorch.callbacks import Callback
 
     class ResumeState(Callback):
@@ -179,11 +186,6 @@ def resume_state_callback():
         def state_dict(self) -> dict:
             state = {"rng": rng_states()}
             if self.world > 1:  # every process builds the checkpoint (rank 0 writes it): a collective is safe
-                import io
-
-                import torch
-                import torch.distributed as dist
-
                 # as bytes: gloo's all_gather_object cannot pickle tensors with this torch
                 buf = io.BytesIO()
                 torch.save(state["rng"], buf)
@@ -225,6 +227,7 @@ _CLASSES: list = []
 def _classes():
     if _CLASSES:
         return _CLASSES
+    # torch stays out of `modlab --help`, argument rewriting and config validation
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
@@ -309,6 +312,7 @@ def _classes():
 
 def check_resume_checkpoint(ckpt_path: Path) -> int:
     """The global step of `ckpt_path`; a one-line CheckpointError unless Lightning can resume from it."""
+    # torch stays out of `modlab --help`, argument rewriting and config validation
     from modlab.training.checkpoint import load_checkpoint_file
 
     ckpt = load_checkpoint_file(str(ckpt_path), "resume checkpoint", mmap=True)

@@ -9,10 +9,11 @@ import logging
 from functools import partial
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from modlab.data.config import DataConfig
-from modlab.data.instructions import ListRows
+from modlab.data.instructions import ListRows, instruction_splits
 from modlab.data.rows import LMRows, collate_rows
 from modlab.data.text_corpus import corpus_tokens
 from modlab.errors import DataError
@@ -36,8 +37,6 @@ class TextDataModule(L.LightningDataModule):
         self.prefix = list(getattr(tokenizer, "prefix", []))  # e.g. <bos>: rows start as the model expects
         self.rows: dict[str, list[dict]] | None = None  # instruction rows (data.lm_format=alpaca)
         if cfg.lm_format == "alpaca":
-            from modlab.data.instructions import instruction_splits
-
             self.rows, dropped = instruction_splits(cfg.lm_files, tokenizer, cfg.lm_length)
             if dropped:
                 log.warning("%d instruction record(s) left out: no response fits in %d tokens", dropped, cfg.lm_length)
@@ -103,8 +102,6 @@ class TextDataModule(L.LightningDataModule):
     def prompts(self, n: int, length: int) -> list:
         """n batch-1 test prompts of `length` tokens for the speed measurement (wrapping the test
         text if it is short)."""
-        import torch
-
         toks, span = list(self.tokens["test"]), length - len(self.prefix)
         while len(toks) < n * span:
             toks = toks + toks

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import torch
 
 from modlab.errors import CheckpointError, ConfigError
+from modlab.progress import INTERVAL_S as PROGRESS_INTERVAL_S
+from modlab.training.checkpoint import load_checkpoint_file
+from modlab.training.distributed import fsdp_strategy
+from modlab.training.resume import check_resume_checkpoint, logged_rows_before, resume_state_callback, resume_target
 
 log = logging.getLogger("modlab")
 
@@ -56,10 +61,10 @@ def build_trainer(
     shards (one unit per decoder layer); `experiment` names the logger's experiment / project
     where it has one (MLflow, W&B); `resume_step`: the global step of the checkpoint the run
     continues from."""
+    # Lightning only when a trainer runs: `modlab analyze` imports this module (resolve_precision) without it
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-    from modlab.progress import INTERVAL_S as PROGRESS_INTERVAL_S
     from modlab.training.callbacks import LastCheckpointAtEnd, ParamSummary, PreemptionCheckpoint, ProgressLog
     from modlab.training.checkpoint_io import AtomicCheckpointIO
 
@@ -102,7 +107,6 @@ def build_trainer(
             callbacks.append(LearningRateMonitor(logging_interval="step"))
     if training:
         from modlab.training.guards import NonFiniteGuard
-        from modlab.training.resume import resume_state_callback
 
         callbacks += [NonFiniteGuard(skip=t.skip_nonfinite), resume_state_callback()]
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -110,8 +114,6 @@ def build_trainer(
     logger = make_logger(logger_cfg.kind, out_dir, experiment, resume_step)
     strategy = t.strategy
     if strategy == "fsdp" and model is not None:
-        from modlab.training.distributed import fsdp_strategy
-
         strategy = fsdp_strategy(model)
     return L.Trainer(
         accelerator=t.accelerator,
@@ -144,12 +146,11 @@ def make_logger(kind: str, out_dir: Path, experiment: str = "modlab", resume_ste
     if kind == "csv":
         return csv_logger(out_dir, resume_step)
     if kind == "tensorboard":
+        # Lightning only when a trainer runs: `modlab analyze` imports this module (resolve_precision) without it
         from lightning.pytorch.loggers import TensorBoardLogger
 
         return TensorBoardLogger(save_dir=out_dir, name="", version="", default_hp_metric=False)
     if kind == "mlflow":
-        import os
-
         from lightning.pytorch.loggers import MLFlowLogger
 
         # MLflow 3 reports usage to its telemetry server unless told not to: nothing leaves the machine
@@ -160,8 +161,6 @@ def make_logger(kind: str, out_dir: Path, experiment: str = "modlab", resume_ste
         # a local file store in the run directory (`mlflow ui --backend-store-uri <run dir>/mlruns`)
         return MLFlowLogger(experiment_name=experiment, tracking_uri=(Path(out_dir).resolve() / "mlruns").as_uri())
     if kind == "wandb":
-        import os
-
         from lightning.pytorch.loggers import WandbLogger
 
         # offline, whatever the environment says (WANDB_MODE=online would make wandb.init log in):
@@ -176,10 +175,9 @@ def csv_logger(out_dir: Path, resume_step: int | None = None):
     run leaves on disk all it logged, not only what the last flush of 100 steps wrote). A resumed
     run keeps the rows logged before its checkpoint and logs the steps from there on again, so its
     metrics.csv is that of an uninterrupted run (CSVLogger would start the file afresh)."""
+    # Lightning only when a trainer runs: `modlab analyze` imports this module (resolve_precision) without it
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.logger import rank_zero_experiment
-
-    from modlab.training.resume import logged_rows_before
 
     if resume_step is None:
         return CSVLogger(save_dir=out_dir, name="", version="", flush_logs_every_n_steps=1)
@@ -202,6 +200,7 @@ def close_logger(logger) -> None:
     """End the logger's run once the command is done, so that the next run in the same process (a
     sweep's next job, an Optuna trial) starts its own instead of logging into this one."""
     if type(logger).__name__ == "WandbLogger":
+        # optional logger extras: imported when that logger is chosen
         import wandb
 
         wandb.finish()  # a no-op where no run was started (ranks other than 0)
@@ -230,7 +229,6 @@ def tested_checkpoint(trainer, callbacks_cfg) -> tuple[str | None, int]:
     best = callback.best_model_path if callback else ""
     if not best or getattr(callbacks_cfg, "test_checkpoint", "best") == "last":
         return None, trainer.global_step
-    from modlab.training.checkpoint import load_checkpoint_file
 
     return best, int(load_checkpoint_file(best, mmap=True).get("global_step", -1))
 
@@ -239,13 +237,12 @@ def fit_and_test(family, run, out_dir: Path) -> tuple[dict, bool]:
     """`modlab train`: build the family's module and data, fit, test the best (or last) weights. Returns
     the metrics for metrics.json (test metrics, what the family adds, steps and seconds) and
     whether this process is rank 0 (the one that writes files)."""
+    # Lightning only when a trainer runs: `modlab analyze` imports this module (resolve_precision) without it
     import lightning as L
 
     L.seed_everything(run.seed, workers=True, verbose=False)
     resume_from = resume_step = None
     if getattr(run, "resume", None):
-        from modlab.training.resume import check_resume_checkpoint, resume_target
-
         resume_from = resume_target(run.resume)[1]
         resume_step = check_resume_checkpoint(resume_from)
     module, datamodule = family.build(run)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from modlab.data.tokens import IGNORE_INDEX
 from modlab.families import FamilySpec, register_family, unregister_family
-from modlab.families.base import AnalysisTarget, ModelFamily
+from modlab.families.model_family import AnalysisTarget, ModelFamily
 from modlab.models.config import ModelConfig
 from modlab.models.transformer import Block
 

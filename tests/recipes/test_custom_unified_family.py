@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from modlab.families import UnifiedSpec, hf_unified_spec, register_family, unregister_family
-from modlab.models.hf_unified import HFEmu3
+from modlab.models.hf_unified.hf_emu3 import HFEmu3
 
 pytest.importorskip("transformers")
 

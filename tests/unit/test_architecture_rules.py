@@ -1,6 +1,7 @@
 """Architecture rules. The library never imports its front end: no module under modlab/ imports
 Hydra or modlab.cli (the installed modlab.cli and modlab.conf live in cli/ and conf/, outside
-this tree). Nothing outside the family registry dispatches on the architecture's name."""
+this tree). Nothing outside the family registry dispatches on the architecture's name. Imports
+point down the floors, with no cycles. No two modules share a file name."""
 
 import ast
 from pathlib import Path
@@ -349,10 +350,52 @@ def test_the_name_lookup_check_catches_each_kind(tmp_path):
         "def f(cfg, arch, name, config, model):\n"
         '    if config.model_type == "phi":\n'
         '        return arch.removeprefix("hf_")\n'
-        '    impl = f"modlab.families.hf_unified:{name.upper()}"\n'
+        '    impl = f"modlab.families.hf_unified_family:{name.upper()}"\n'
         "    cls = CLASSES[config.model_type] or CODECS.get(model.model_type)\n"
         '    return "hf_" + cfg["model_type"], TYPES[cfg["arch"]]\n'
         "def fine(ckpt, model):\n"
         '    return (ckpt.get("model") or {}).get("arch", "lm"), model.arch, f"model.arch={model.arch}"\n'
     )
     assert [hit.split(":")[0] for hit in name_lookups(bad)] == ["2", "3", "4", "5", "5", "6", "6"]
+
+
+# ---- a file's name says its job ----------------------------------------------------------------
+#
+# No two modules under modlab/ share a file name (three `hf_unified.py` made a traceback or a grep
+# ambiguous), but for a package's `__init__.py` and each package's own `config.py` (its settings).
+
+SHARED_NAMES = ("__init__.py", "config.py")
+
+
+def repeated_file_names(root: Path, allowed=SHARED_NAMES) -> dict[str, list[str]]:
+    """{file name: its paths relative to root's parent} for each name that more than one module has."""
+    by_name: dict[str, list[str]] = {}
+    for f in sorted(root.rglob("*.py")):
+        by_name.setdefault(f.name, []).append(str(f.relative_to(root.parent)))
+    return {name: paths for name, paths in by_name.items() if len(paths) > 1 and name not in allowed}
+
+
+def test_no_two_modules_share_a_file_name():
+    root = Path(modlab.__file__).parent
+    assert len(list(root.rglob("*.py"))) > 40  # the walk really sees the library
+    repeated = repeated_file_names(root)
+    assert not repeated, "modules with the same file name (name each after its job):\n" + "\n".join(
+        f"{name}: {', '.join(paths)}" for name, paths in repeated.items()
+    )
+
+
+def test_the_name_check_catches_a_repeated_name(tmp_path):
+    synthetic_library(
+        tmp_path,
+        {
+            "models/__init__.py": "",
+            "models/config.py": "",
+            "models/unified.py": "",
+            "training/__init__.py": "",
+            "training/config.py": "",
+            "training/unified.py": "",
+        },
+    )
+    assert repeated_file_names(tmp_path / "modlab") == {
+        "unified.py": ["modlab/models/unified.py", "modlab/training/unified.py"]
+    }

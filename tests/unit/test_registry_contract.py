@@ -53,7 +53,7 @@ def test_every_family_has_its_model_config_and_an_experiment(name):
 def test_every_unified_familys_parts_import(name):
     from modlab.data.vq_codec import ImageCodec
     from modlab.hf_layer_map import HF_FAMILIES
-    from modlab.models.hf_unified import HFUnifiedModel
+    from modlab.models.hf_unified.base import HFUnifiedModel
 
     u = REGISTRY[name].unified
     assert issubclass(u.part("model"), HFUnifiedModel)
@@ -70,7 +70,7 @@ def tiny_models(tmp_path_factory):
 
     def get(name):
         if name not in built:
-            from modlab.models.hf_unified_loader import load_hf_unified
+            from modlab.models.hf_unified.loader import load_hf_unified
 
             path = REGISTRY[name].unified.part("tiny")(tmp_path_factory.mktemp(name) / "model", n_layer=2)
             built[name] = load_hf_unified(str(path), arch=name)
@@ -98,7 +98,7 @@ def a_batch(model):
 @pytest.mark.parametrize("name", UNIFIED)
 def test_every_unified_family_builds_and_capacity_one_equals_unrouted(name, tiny_models):
     from modlab.hf_layer_map import HF_FAMILIES
-    from modlab.models.hf_unified import HFUnifiedModel
+    from modlab.models.hf_unified.base import HFUnifiedModel
     from modlab.routing.hf_routed_layer import install_hf_routing, unrouted
 
     pytest.importorskip("transformers")

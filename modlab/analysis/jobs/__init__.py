@@ -35,24 +35,24 @@ JOBS: dict[str, AnalysisJob] = {
         AnalysisJob(
             "attention",
             "attention to text vs image tokens per layer, task and query modality; mean attention maps",
-            "modlab.analysis.jobs.attention:run",
+            "modlab.analysis.jobs.attention_job:run",
         ),
         AnalysisJob(
             "importance",
             "drop-one-layer task losses and metrics; LLM-Drop 1 - cos importance of every sublayer",
-            "modlab.analysis.jobs.importance:run",
+            "modlab.analysis.jobs.importance_job:run",
             ("importance",),
         ),
         AnalysisJob(
             "redundancy",
             "ARank (rank of Q_h K_h^T) per layer and task; writes a routing plan (routing.plan=<file>)",
-            "modlab.analysis.jobs.redundancy:run",
+            "modlab.analysis.jobs.redundancy_job:run",
             ("arank", "plan"),
         ),
         AnalysisJob(
             "interactions",
             "single-task vs joint training; a shared router with a joint budget vs task routers",
-            "modlab.analysis.jobs.interactions:run",
+            "modlab.analysis.jobs.interactions_job:run",
             ("interactions",),
         ),
     )

@@ -10,7 +10,7 @@ from helpers import save_tiny_hf_showo
 
 from modlab.analysis.config import CalibrationConfig
 from modlab.families import get_family
-from modlab.families.hf_unified import calibration_rows
+from modlab.families.hf_unified_family import calibration_rows
 from modlab.models.config import ModelConfig
 
 pytest.importorskip("transformers")

@@ -1,4 +1,4 @@
-"""Show-o on transformers' PhiForCausalLM (modlab.models.hf_showo), on tiny random Phi models built
+"""Show-o on transformers' PhiForCausalLM (modlab.models.hf_unified.showo_phi), on tiny random Phi models built
 from PhiConfig (nothing is downloaded): the released vocabulary layout, strict checkpoint loading,
 the omni-attention mask as Phi's layers take it, MaskGIT masking and sampling, the task losses, and
 UniMoD token routing inside the Phi layers."""
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID
 from modlab.errors import CheckpointError, ConfigError
-from modlab.models import hf_showo as S
+from modlab.models.hf_unified import showo_phi as S
 from modlab.routing.hf_routed_layer import install_hf_routing
 from modlab.routing.trace import record_routing
 

@@ -1,4 +1,4 @@
-"""The hf_showo family's model (modlab.models.hf_showo_unified) on a tiny random Show-o directory
+"""The hf_showo family's model (modlab.models.hf_unified.hf_showo) on a tiny random Show-o directory
 (tests/helpers.save_tiny_hf_showo: Phi from a PhiConfig, a byte-level tokenizer, the stand-in
 image codebook fitted on the digits; nothing is downloaded): the directory and its one-line
 errors, rows with token kinds, the forward against hf_showo's, UniMoD routing through
@@ -22,9 +22,9 @@ from modlab.data.rows import collate_rows, left_pad
 from modlab.data.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
 from modlab.data.tokens import TASK_ID
 from modlab.errors import CheckpointError, ConfigError
-from modlab.models import hf_showo as S
-from modlab.models.hf_unified import KIND_ID
-from modlab.models.hf_unified_loader import load_hf_unified
+from modlab.models.hf_unified import showo_phi as S
+from modlab.models.hf_unified.base import KIND_ID
+from modlab.models.hf_unified.loader import load_hf_unified
 from modlab.routing.hf_routed_layer import install_hf_routing
 from modlab.routing.trace import record_routing
 

@@ -24,8 +24,8 @@ from modlab.data.rows import (
 from modlab.data.tokens import TASK_ID  # noqa: E402
 from modlab.data.vq_codec import digits_as_rgb  # noqa: E402
 from modlab.errors import ConfigError  # noqa: E402
-from modlab.models.hf_unified import KIND_ID  # noqa: E402
-from modlab.models.hf_unified_loader import load_hf_unified  # noqa: E402
+from modlab.models.hf_unified.base import KIND_ID  # noqa: E402
+from modlab.models.hf_unified.loader import load_hf_unified  # noqa: E402
 from modlab.routing.hf_routed_layer import install_hf_routing  # noqa: E402
 from modlab.routing.install import threshold_routing  # noqa: E402
 from modlab.routing.trace import record_routing  # noqa: E402
@@ -285,8 +285,9 @@ def test_guided_sampling_runs_with_the_compact_cache(saved, family):
 
 
 def test_every_family_loads_through_its_own_class(saved):
-    from modlab.models.hf_chameleon_janus import HFChameleon, HFJanus
-    from modlab.models.hf_unified import HFEmu3
+    from modlab.models.hf_unified.hf_chameleon import HFChameleon
+    from modlab.models.hf_unified.hf_emu3 import HFEmu3
+    from modlab.models.hf_unified.hf_janus import HFJanus
     from modlab.registry import unified_model_types
 
     assert set(unified_model_types()) == {*FAMILIES, "phi"}  # phi: Show-o, tests/unit/models/test_hf_showo_unified.py

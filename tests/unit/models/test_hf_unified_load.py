@@ -9,7 +9,7 @@ from helpers import save_tiny_hf_unified
 
 from modlab.data.digits import load_digit_splits
 from modlab.data.vq_codec import digits_as_rgb
-from modlab.models.hf_unified_loader import load_hf_unified
+from modlab.models.hf_unified.loader import load_hf_unified
 
 pytest.importorskip("transformers")
 

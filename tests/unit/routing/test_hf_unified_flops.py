@@ -11,7 +11,7 @@ import torch
 from helpers import save_tiny_hf_showo, save_tiny_hf_unified
 
 from modlab.data.rows import collate_rows
-from modlab.models.hf_unified_loader import load_hf_unified
+from modlab.models.hf_unified.loader import load_hf_unified
 from modlab.routing.hf_flops import train_step_flops
 from modlab.routing.hf_routed_layer import install_hf_routing
 from modlab.routing.trace import record_routing

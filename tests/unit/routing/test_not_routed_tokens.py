@@ -9,7 +9,7 @@ import torch
 from helpers import save_tiny_hf_unified
 
 from modlab.data.rows import collate_rows
-from modlab.models.hf_unified_loader import load_hf_unified
+from modlab.models.hf_unified.loader import load_hf_unified
 from modlab.routing.hf_routed_layer import install_hf_routing
 
 pytest.importorskip("transformers")

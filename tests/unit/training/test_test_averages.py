@@ -96,7 +96,7 @@ def test_hf_lm_test_flops_ratio_is_the_tests_routed_over_dense_flops(tmp_path):
 
 def test_hf_unified_mindskip_capacity_per_task_weighted_by_rows(tmp_path):
     from modlab.data.rows import collate_rows
-    from modlab.training.hf_unified import HFUnifiedModule
+    from modlab.training.hf_unified_module import HFUnifiedModule
     from modlab.training.unified import LM_TEST
 
     path = save_tiny_hf_unified(tmp_path / "emu3")

@@ -84,6 +84,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from modlab.data.rows import collate_rows
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID
@@ -162,6 +163,7 @@ def build_showo_phi(
     length (Phi's config pads its embedding beyond it). <|sot|> / <|eot|> are the config's
     bos / eos ids."""
     try:
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import PhiConfig, PhiForCausalLM
     except ImportError:
         raise ConfigError("Show-o on Phi needs transformers: pip install 'modlab[hf]'") from None
@@ -255,8 +257,6 @@ def _read_state_dict(checkpoint) -> dict:
         raise CheckpointError(f"Show-o checkpoint '{path}' does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unreadable in any of the ways a file can be: one line
@@ -447,7 +447,7 @@ def maskgit_sample(
     """Image codes (B, n) for T2I prompt rows (t2i_row with codes=None), by Show-o's MaskGIT
     (see the module docstring). With guidance > 0 the conditional rows and their empty-caption
     copies run as one batch of 2B rows. `logits_of(ids, is_image, valid, task)`: the logits of a
-    batch of rows; default showo_logits of `model` with `routing` (modlab.models.hf_showo_unified
+    batch of rows; default showo_logits of `model` with `routing` (modlab.models.hf_unified.hf_showo
     passes its own, which also tells the routed layers which tokens are routed)."""
     if logits_of is None:
 

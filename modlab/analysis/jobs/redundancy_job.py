@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
+from modlab.analysis.arank import arank_analysis
+from modlab.analysis.importance import llm_drop_importance
+from modlab.analysis.plan_from_arank import lowest_reachable_ratio, plan_from_arank, unreachable_target_error
 from modlab.analysis.report import JobResult, PlotSpec
 from modlab.errors import ConfigError
+from modlab.routing.plan_file import plan_text
 
 PLAN_FILE = "routing_plan.yaml"
 
 
 def run(c, target, progress) -> JobResult:
-    from modlab.analysis.arank import arank_analysis
-
     subject, batches = target.subject, target.batches
     a, p = c.analysis.arank, c.analysis.plan
     L = subject.n_layer
@@ -59,10 +63,6 @@ def _plan_spec_config(c, target):
 def refuse_unreachable_target(c, target) -> None:
     """A FLOPs target that no plan can reach on this model's shape and data is a one-line error
     before any computation (the lowest reachable ratio needs only the calibration rows' lengths)."""
-    import torch
-
-    from modlab.analysis.plan_from_arank import lowest_reachable_ratio, unreachable_target_error
-
     spec, p = target.plan, _plan_spec_config(c, target)
     if p.target_flops_ratio >= 1.0:
         return
@@ -86,10 +86,6 @@ def refuse_unreachable_target(c, target) -> None:
 
 def add_plan(c, target, rows: list[dict], series: dict, result: JobResult, progress) -> None:
     """The routing plan from ARank (and LLM-Drop block importance with analysis.plan.importance)."""
-    from modlab.analysis.importance import llm_drop_importance
-    from modlab.analysis.plan_from_arank import plan_from_arank
-    from modlab.routing.plan_file import plan_text
-
     subject, batches, a, p = target.subject, target.batches, c.analysis.arank, c.analysis.plan
     importance = None
     if p.importance:

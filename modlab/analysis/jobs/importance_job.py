@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import math
 
+from modlab.analysis.importance import drop_layer_importance, llm_drop_importance
 from modlab.analysis.report import JobResult, PlotSpec, fmt
 
 
 def run(c, target, progress) -> JobResult:
-    from modlab.analysis.importance import drop_layer_importance, llm_drop_importance
-
     subject, batches, imp = target.subject, target.batches, c.analysis.importance
     L = subject.n_layer
     llm = llm_drop_importance(subject, batches, progress.task("LLM-Drop importance", sum(map(len, batches.values()))))

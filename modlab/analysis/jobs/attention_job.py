@@ -5,12 +5,11 @@ the first token, itself, the previous token, the mean distance back."""
 
 from __future__ import annotations
 
+from modlab.analysis.attention_stats import attention_analysis, text_attention_rows
 from modlab.analysis.report import JobResult, PlotSpec, fmt
 
 
 def run(c, target, progress) -> JobResult:
-    from modlab.analysis.attention_stats import attention_analysis
-
     subject, batches = target.subject, target.batches
     advance = progress.task("attention", sum(len(b) for b in batches.values()))
     rows, maps = attention_analysis(subject, batches, advance)
@@ -56,8 +55,6 @@ def run(c, target, progress) -> JobResult:
 
 def text_only_result(rows, maps, plots, n_layer: int) -> JobResult:
     """A text-only model (a causal LM): no image share to report; where its queries look instead."""
-    from modlab.analysis.attention_stats import text_attention_rows
-
     text_rows = text_attention_rows(maps)
     shown = [
         (

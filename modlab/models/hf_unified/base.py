@@ -14,20 +14,7 @@ A row is a dict of 1-D tensors (as modlab.data.rows), plus `kind`: what each tok
 is a setting; a row whose image the model's vision encoder reads (Janus MMU) also carries that
 image's `pixels` (3, R, R), and a batch stacks them in row order. Subclasses say how the family
 lays its rows out and computes its logits (`_logits`); the losses, greedy answers and image
-sampling are shared. Emu3 is here, Chameleon and Janus in modlab.models.hf_chameleon_janus.
-
-Emu3 (transformers' Emu3ForConditionalGeneration; rows as Emu3Processor lays them out):
-    image   <|image start|> "{h}*{w}" <|image token|> (w codes + <|extra_200|>) x h <|extra_201|> <|image end|>
-    MMU     <bos> image question " " answer <eos>        loss on the answer and <eos>
-    T2I     <bos> caption image <eos>                     next-token loss on the image span
-    LM      <bos> text                                    next-token loss
-The image codes are mapped to the vocabulary by the model's own `vocabulary_map` (what
-Emu3Model.get_image_tokens does to a processed image), so a pre-tokenized row is exactly the
-sequence the model embeds for the processor's input. Images are generated autoregressively, one
-code per step with the KV cache (routed layers by their causal decision, the compact cache), with
-each image row's end-of-line token forced as Emu3's own generation forces it; classifier-free
-guidance runs the uncaptioned rows in the same batch (2B rows), captions made invisible as in
-training (caption dropout).
+sampling are shared. Each family is a module of this package (see its __init__).
 """
 
 from __future__ import annotations
@@ -42,6 +29,7 @@ from modlab.data.tokens import IGNORE_INDEX, TASK_ID
 from modlab.errors import ConfigError
 from modlab.hf_layer_map import decoder_layers, hf_family, text_config
 from modlab.models.config import TOKEN_KINDS
+from modlab.models.unified_model import drop_captions, per_task_cross_entropy
 from modlab.routing.install import threshold_routing
 
 KIND_ID = {k: i for i, k in enumerate(TOKEN_KINDS)}
@@ -202,8 +190,6 @@ class HFUnifiedModel(nn.Module):
 
     def task_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean cross-entropy over the labelled tokens of each task present in the batch."""
-        from modlab.models.unified_model import per_task_cross_entropy
-
         b = batch
         logits = self(b["ids"], b["is_image"], b["valid"], b["task"], b["kind"], **pixels_of(b))
         out = per_task_cross_entropy(logits, b["labels"], b["task"])
@@ -222,8 +208,6 @@ class HFUnifiedModel(nn.Module):
     def training_batch(self, batch: dict, cond_dropout: float = 0.0, generator: torch.Generator | None = None) -> dict:
         """Captions of a random `cond_dropout` share of T2I rows made invisible (classifier-free
         guidance learns the unconditional distribution); labels are already in the rows."""
-        from modlab.models.unified_model import drop_captions
-
         return {**batch, "valid": drop_captions(batch, cond_dropout, generator)}
 
     # ---- rows: per family ----------------------------------------------------------------------
@@ -258,6 +242,7 @@ class HFUnifiedModel(nn.Module):
     def answer(self, prompts: dict, max_new_tokens: int = 16) -> list[str]:
         """Greedy MMU answers (left-padded mmu_row prompts) with the KV cache; routed layers by
         their causal decision."""
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import DynamicCache
 
         ids, valid, task, kind = prompts["ids"], prompts["valid"], prompts["task"], prompts["kind"]
@@ -303,6 +288,7 @@ class HFUnifiedModel(nn.Module):
         """(codes (B, h * w), the DynamicCache that produced them): `draw` turns each step's
         guided logits over the image codes (B, n_codes) into codes (B,). With guidance the cache
         holds the prompts' rows, then the same rows without their captions (2B rows, one batch)."""
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from transformers import DynamicCache
 
         ids, valid, kind = prompts["ids"], prompts["valid"], prompts["kind"]
@@ -343,55 +329,6 @@ class HFUnifiedModel(nn.Module):
                 k = torch.full((rows, 1), nxt_kind, device=ids.device)
                 logits = self._step(nxt[:, None], positions, mask, task, k, one, cache)
         return codes, cache
-
-
-class HFEmu3(HFUnifiedModel):
-    """Emu3ForConditionalGeneration (see the module docstring for its rows)."""
-
-    def __init__(self, hf, processor, codec, path, route_tokens=("image",)):
-        super().__init__(hf, processor, codec, path, route_tokens)
-        vocab = hf.model.vocabulary_mapping
-        self.register_buffer("code_to_id", vocabulary_code_ids(vocab.img2bpe, codec.n_codes), False)
-        tok = self.tokenizer
-        ids = tok.convert_tokens_to_ids
-        self.boi, self.eoi = ids(tok.boi_token), ids(tok.eoi_token)
-        self.wrapper, self.eof, self.eol = ids(tok.image_wrapper_token), ids(tok.eof_token), vocab.eol_token_id
-        self.row_end = (self.eol,)  # Emu3's generation forces the end of each image row
-        h, w = codec.grid
-        self.size_ids = self.text_ids(f"{h}*{w}")
-
-    def _logits(self, ids, mask, positions, task, cache, pixels) -> torch.Tensor:
-        out = self.hf(
-            input_ids=ids, attention_mask=mask.long(), position_ids=positions, cache=cache, use_cache=cache is not None
-        )
-        return out.logits
-
-    # ---- rows ------------------------------------------------------------------------------------
-
-    def image_span(self, codes: torch.Tensor | None) -> tuple[list[int], list[str]]:
-        """The image as Emu3's processor lays it out; codes None: placeholders (a prompt's image)."""
-        h, w = self.codec.grid
-        ids = [self.boi, *self.size_ids, self.wrapper]
-        kinds = ["special"] * len(ids)
-        flat = self.code_ids(codes) if codes is not None else [self.pad] * (h * w)
-        grid = [flat[r * w : (r + 1) * w] for r in range(h)]
-        for row in grid:
-            ids += [*row, self.eol]
-            kinds += ["image"] * w + ["special"]
-        return ids + [self.eof, self.eoi], kinds + ["special", "special"]
-
-    def t2i_row(self, caption, codes, digit=-1) -> dict:
-        text = self.text_ids(caption)
-        img, img_kinds = self.image_span(codes)
-        ids = [self.bos, *text, *img, self.eos]
-        kinds = ["special", *["caption"] * len(text), *img_kinds, "special"]
-        # from the last special before the first code: the codes, their end-of-line tokens, the end
-        labels = t2i_labels(ids, 1 + len(text) + len(self.size_ids) + 1)
-        return make_row(ids, labels, kinds, [k == "caption" for k in kinds], "t2i", digit)
-
-    def mmu_row(self, codes, question, answer, digit=-1, image=None) -> dict:
-        img, img_kinds = self.image_span(codes)
-        return answer_row(self, [self.bos, *img], ["special", *img_kinds], question + " ", [], answer, digit)
 
 
 def answer_row(model, prefix, prefix_kinds, question: str, question_end: list[int], answer, digit=-1, **extra) -> dict:

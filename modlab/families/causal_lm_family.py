@@ -1,6 +1,6 @@
 """The native causal-LM family (`lm`): modlab's tiny byte-level LM, pretrained with the `lm`
 objective and router-tuned with MindSkip (a router-tuned checkpoint holds the routers alone and
-names its base). The Hugging Face family (modlab.families.hf_causal_lm) shares all of this except
+names its base). The Hugging Face family (modlab.families.hf_causal_lm_family) shares all of this except
 where the weights come from.
 """
 
@@ -9,12 +9,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from modlab.errors import ConfigError
-from modlab.families.base import AnalysisTarget, ModelFamily
+from modlab.analysis.calibration import calibration_batches
+from modlab.analysis.subject import lm_subject
+from modlab.data.config import DataConfig
+from modlab.data.text_tokenizer import ByteTokenizer
+from modlab.errors import CheckpointError, ConfigError
+from modlab.families.model_family import AnalysisTarget, ModelFamily
+from modlab.mindskip.gate import MindSkip
+from modlab.mindskip.router_file import load_routers, read_routers, save_routers
+from modlab.models.causal_lm import CausalLM
+from modlab.models.config import ModelConfig
+from modlab.training.checkpoint import load_pretrained_lm, read_pretrained_lm_checkpoint
+from modlab.training.config import EvalConfig, ObjectiveConfig
+from modlab.training.trainer import resolve_precision
 
 ROUTER_FILE = "routers.safetensors"
 # modlab's own causal LM has no token routing (MindSkip chooses its own layers); a transformers
-# LM does (routing=mod), and `redundancy` writes it a plan (modlab.families.hf_causal_lm)
+# LM does (routing=mod), and `redundancy` writes it a plan (modlab.families.hf_causal_lm_family)
 NO_LM_PLAN = (
     "no routing plan for modlab's causal LM: it has no token routing (the ARank table can guide "
     "mindskip.layers); Hugging Face LMs get one (model=hf_causal_lm)"
@@ -35,9 +46,6 @@ class CausalLMFamily(ModelFamily):
 
     def new_lm(self, model_cfg):
         """A fresh model of this family and its tokenizer."""
-        from modlab.data.text_tokenizer import ByteTokenizer
-        from modlab.models.causal_lm import CausalLM
-
         return CausalLM(model_cfg), ByteTokenizer()
 
     def base_of(self, run):
@@ -47,8 +55,6 @@ class CausalLMFamily(ModelFamily):
             return run.model, None
         if not run.init_from:
             raise ConfigError("router tuning a native LM needs init_from=<an lm_pretrain checkpoint>")
-        from modlab.models.config import ModelConfig
-        from modlab.training.checkpoint import read_pretrained_lm_checkpoint
 
         ckpt = read_pretrained_lm_checkpoint(run.init_from, "init_from")
         return ModelConfig(**ckpt["hyper_parameters"]["model"]), str(Path(run.init_from).resolve())
@@ -56,6 +62,7 @@ class CausalLMFamily(ModelFamily):
     # ---- train -----------------------------------------------------------------------------------
 
     def build(self, run):
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.lm import LMModule, load_lm_weights
         from modlab.training.text_datamodule import TextDataModule
 
@@ -74,7 +81,6 @@ class CausalLMFamily(ModelFamily):
     def after_test(self, module, trainer, out_dir: Path, metrics: dict) -> dict:
         if module.skip is None:
             return {}
-        from modlab.mindskip.router_file import save_routers
 
         # the best checkpoint's routers (trainer.test loaded them)
         routers = save_routers(module.skip, Path(out_dir) / ROUTER_FILE, module.router_info())
@@ -85,12 +91,11 @@ class CausalLMFamily(ModelFamily):
     def load(self, ckpt_path: str):
         """An LMModule from a Lightning LM checkpoint or a routers.safetensors file (whose metadata
         says which base to rebuild)."""
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.lm import LMModule, load_lm_module
 
         if not str(ckpt_path).endswith(".safetensors"):
             return load_lm_module(ckpt_path)
-        from modlab.mindskip.router_file import load_routers, read_routers
-        from modlab.training.config import EvalConfig, ObjectiveConfig
 
         _, info = read_routers(ckpt_path)
         module = LMModule(
@@ -106,10 +111,9 @@ class CausalLMFamily(ModelFamily):
 
     def evaluate(self, module, run, out_dir: Path) -> dict:
         """Perplexity with and without the routers, capacity, the static LLM-Drop baseline, speed."""
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.mindskip.evaluate import evaluate_routed_lm
-        from modlab.mindskip.gate import MindSkip
         from modlab.training.text_datamodule import TextDataModule
-        from modlab.training.trainer import resolve_precision
 
         e = run.eval
         data_cfg = replace(module.data_cfg, lm_files=list(module.data_cfg.lm_files))
@@ -151,10 +155,6 @@ class CausalLMFamily(ModelFamily):
     # ---- analyze ---------------------------------------------------------------------------------
 
     def load_for_analysis(self, ckpt_path: str) -> LoadedLM:
-        from modlab.data.config import DataConfig
-        from modlab.errors import CheckpointError
-        from modlab.training.checkpoint import load_pretrained_lm
-
         if str(ckpt_path).endswith(".safetensors"):
             raise CheckpointError(
                 f"'{ckpt_path}' is a MindSkip router file; analyse the LM it routes (its base checkpoint)"
@@ -164,9 +164,6 @@ class CausalLMFamily(ModelFamily):
 
     def analysis_target(self, loaded: LoadedLM, calibration, seed: int) -> AnalysisTarget:
         """One task, `lm`: windows of the held-out text in the model's own tokens."""
-        from modlab.analysis.calibration import calibration_batches
-        from modlab.analysis.subject import lm_subject
-
         c = calibration
         if "lm" not in c.tasks:
             raise ConfigError(

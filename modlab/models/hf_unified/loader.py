@@ -3,7 +3,7 @@ directory, by the registered family (modlab.registry: its UnifiedSpec) that load
 of the directory's config: its processor, its weights (in the dtype asked, the VQ model kept in
 fp32), its model class and VQ codec, with one-line errors for every way the directory can be
 wrong. A family with a directory layout of its own names its own loader (Show-o on Phi:
-modlab.models.hf_showo_unified.load_hf_showo).
+modlab.models.hf_unified.hf_showo.load_hf_showo).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 
 from modlab.data.vq_codec import vq_model
 from modlab.errors import CheckpointError, ConfigError
-from modlab.models.hf_unified import HFUnifiedModel
+from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
+from modlab.models.hf_unified.base import HFUnifiedModel
 from modlab.registry import get_family, unified_family, unified_model_types
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -29,6 +30,7 @@ def load_hf_unified(
     p = Path(path)
     if not (p / "config.json").is_file():
         raise ConfigError(f"model.path '{path}' is not a Hugging Face model directory (no config.json)")
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import AutoConfig
 
     try:
@@ -54,10 +56,9 @@ def load_hf_unified(
 def load_processor_directory(family, p: Path, config, resolution: int, route_tokens, dtype: str) -> HFUnifiedModel:
     """A `save_pretrained` directory with its processor (Emu3, Chameleon, Janus): the model class
     and codec of `family` (its UnifiedSpec)."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging as hf_logging
-
-    from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
 
     path = str(p)
     if not any((p / f).is_file() for f in PROCESSOR_FILES):

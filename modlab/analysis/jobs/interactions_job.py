@@ -8,7 +8,14 @@ Only a difference whose 95 % interval excludes 0 ("exceeds the seed spread") is 
 
 from __future__ import annotations
 
+from modlab.analysis.calibration import image_rows
+from modlab.analysis.interactions import RowSampler, joint_vs_single_seeds, router_competition
 from modlab.analysis.report import JobResult, PlotSpec
+from modlab.data.rows import LMRows
+from modlab.data.text_corpus import load_corpus, split_corpus
+from modlab.errors import ConfigError
+from modlab.models.showo import ShowO
+from modlab.routing.install import dense_key
 
 
 def _pm(r: dict) -> str:
@@ -21,13 +28,6 @@ def _diff(r: dict) -> str:
 
 
 def run(c, target, progress) -> JobResult:
-    from modlab.analysis.calibration import image_rows
-    from modlab.analysis.interactions import RowSampler, joint_vs_single_seeds, router_competition
-    from modlab.data.rows import LMRows
-    from modlab.data.text_corpus import load_corpus, split_corpus
-    from modlab.errors import ConfigError
-    from modlab.models.showo import ShowO
-
     module, batches = target.loaded, target.batches
     ic = c.analysis.interactions
     missing = [t for t in ic.tasks if t not in batches]
@@ -150,9 +150,6 @@ def run(c, target, progress) -> JobResult:
 
 def dense_copy(module):
     """The checkpoint's model without its routers (routed layers unwrapped), in eval mode."""
-    from modlab.models.showo import ShowO
-    from modlab.routing.install import dense_key
-
     model = ShowO(module.model_cfg, module.space, module.image_tokenizer.n_tokens)
     model.load_state_dict({dense_key(k): v for k, v in module.model.state_dict().items() if ".router." not in k})
     return model.eval()

@@ -21,20 +21,23 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from modlab.data.config import DataConfig
+from modlab.data.hf_unified_rows import DigitCodec
 from modlab.errors import CheckpointError, ConfigError
 from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
 from modlab.models.config import ModelConfig
+from modlab.models.hf_unified.loader import load_hf_unified
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_flops import train_step_flops
 from modlab.routing.hf_routed_layer import apply_hf_routing
+from modlab.training.checkpoint import load_checkpoint_file
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.unified import LM_TEST, MMU_TEST, T2I_TEST, UnifiedModule
 
 TEST_TASKS = {MMU_TEST: "mmu", T2I_TEST: "t2i", LM_TEST: "lm"}  # the test dataloaders' tasks
 
 ROUTERS = "skip.routers."  # the state-dict keys of MindSkip's routers
-log = logging.getLogger("modlab.training.hf_unified")
+log = logging.getLogger("modlab.training.hf_unified_module")
 
 
 class HFUnifiedModule(UnifiedModule):
@@ -48,9 +51,6 @@ class HFUnifiedModule(UnifiedModule):
         seed: int = 0,
         mindskip: dict | None = None,
     ):
-        from modlab.data.hf_unified_rows import DigitCodec
-        from modlab.models.hf_unified_loader import load_hf_unified
-
         L.LightningModule.__init__(self)  # UnifiedModule's own __init__ builds a native model
         # plain dicts as hyper-parameters: the checkpoint alone rebuilds the module
         self.save_hyperparameters(
@@ -200,8 +200,6 @@ class HFUnifiedModule(UnifiedModule):
 def load_hf_unified_module(ckpt_path: str) -> HFUnifiedModule:
     """An HFUnifiedModule from one of its checkpoints (the model is rebuilt from model.path, then
     the checkpoint's weights are loaded strictly)."""
-    from modlab.training.checkpoint import load_checkpoint_file
-
     ckpt = load_checkpoint_file(ckpt_path)
     try:
         module = HFUnifiedModule(**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"})

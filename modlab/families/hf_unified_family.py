@@ -5,19 +5,36 @@ with UniMoD task routers or MoD in its language decoder layers, evaluated on MMU
 images (its own VQ decoder, scored on digits; Chameleon's has none in transformers, so its images
 are drawn but not scored: test/t2i_skipped), generating images with causal routing and the
 compact KV cache, and analysed per task. Everything the native unified families do is reused
-(modlab.families.unified); what differs is the model (modlab.models.hf_unified,
-modlab.models.hf_chameleon_janus) and its data (modlab.training.hf_unified_datamodule).
+(modlab.families.unified_family); what differs is the model (modlab.models.hf_unified,
+modlab.models.hf_unified.hf_chameleon) and its data (modlab.training.hf_unified_datamodule).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
-from modlab.families.base import AnalysisTarget, PlanSpec
-from modlab.families.unified import UnifiedFamily
+import torch
+
+from modlab.analysis.hf_attention import hf_attention_capture
+from modlab.analysis.subject import Subject, hf_sublayers
+from modlab.data import digits as D
+from modlab.data.config import DataConfig
+from modlab.data.hf_unified_rows import DigitImages, ImageRows, TextRows
+from modlab.data.rows import collate_rows
+from modlab.data.text_corpus import load_corpus, split_corpus
+from modlab.data.tokens import TASKS
+from modlab.errors import ConfigError
+from modlab.families.model_family import AnalysisTarget, PlanSpec
+from modlab.families.unified_family import UnifiedFamily
+from modlab.models.hf_causal_lm import resolve_dtype
+from modlab.models.hf_unified.base import pixels_of
+from modlab.routing.hf_flops import planned_parts_flops_ratio
 from modlab.routing.hf_routed_layer import unrouted
+from modlab.training.config import EvalConfig, ObjectiveConfig
+from modlab.training.trainer import test_module
 
 
 class HFUnifiedFamily(UnifiedFamily):
@@ -31,9 +48,9 @@ class HFUnifiedFamily(UnifiedFamily):
     # ---- train -----------------------------------------------------------------------------------
 
     def build(self, run):
-        from modlab.errors import ConfigError
-        from modlab.training.hf_unified import HFUnifiedModule
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.hf_unified_datamodule import HFUnifiedDataModule
+        from modlab.training.hf_unified_module import HFUnifiedModule
 
         if run.init_from:
             raise ConfigError("init_from is for native models; a Hugging Face model's base is model.path")
@@ -42,7 +59,6 @@ class HFUnifiedFamily(UnifiedFamily):
                 f"data.kind={run.data.kind}: Hugging Face unified models train on digits or your images "
                 "(data.image_folder=DIR)"
             )
-        from modlab.models.hf_causal_lm import resolve_dtype
 
         # model.dtype=auto: bf16 weights on a CUDA device with bf16, fp32 on CPU (recorded in the checkpoint)
         run = replace(run, model=replace(run.model, dtype=resolve_dtype(run.model.dtype, run.trainer.accelerator)))
@@ -57,6 +73,7 @@ class HFUnifiedFamily(UnifiedFamily):
         return {"params": m.num_params(), "vq_params": sum(p.numel() for p in m.codec.vq.parameters())}
 
     def dry_run(self, run) -> dict:
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.unified import probe_training_flops
 
         module, dm = self.build(run)
@@ -65,13 +82,14 @@ class HFUnifiedFamily(UnifiedFamily):
     # ---- eval / generate -------------------------------------------------------------------------
 
     def load(self, ckpt_path: str):
-        from modlab.training.hf_unified import load_hf_unified_module
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
+        from modlab.training.hf_unified_module import load_hf_unified_module
 
         return load_hf_unified_module(ckpt_path)
 
     def evaluate(self, module, run, out_dir: Path) -> dict:
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.hf_unified_datamodule import HFUnifiedDataModule
-        from modlab.training.trainer import test_module
 
         module.eval_cfg = run.eval
         data_cfg = replace(module.data_cfg, image_folder=None)  # the test is on the digits
@@ -84,11 +102,8 @@ class HFUnifiedFamily(UnifiedFamily):
     def load_pretrained(self, model_cfg):
         """The directory itself (no fine-tuning yet: the paper analyses the model it prunes), with
         the training rows of this family's UniMoD experiment for the plan's FLOPs workload."""
-        from dataclasses import asdict
-
-        from modlab.data.config import DataConfig
-        from modlab.training.config import EvalConfig, ObjectiveConfig
-        from modlab.training.hf_unified import HFUnifiedModule
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
+        from modlab.training.hf_unified_module import HFUnifiedModule
 
         data = DataConfig(batch_size=dict(ANALYSIS_ROWS))
         module = HFUnifiedModule(asdict(model_cfg), asdict(data), asdict(ObjectiveConfig()), asdict(EvalConfig()))
@@ -98,12 +113,6 @@ class HFUnifiedFamily(UnifiedFamily):
         """Per-task calibration rows in the model's own format; the decoder layers read as
         transformers runs them (a routed checkpoint is analysed unrouted: every token runs every
         layer with the fine-tuned weights). The plan routes the tasks of analysis.plan.tasks."""
-        from functools import partial
-
-        from modlab.analysis.hf_attention import hf_attention_capture
-        from modlab.analysis.subject import Subject, hf_sublayers
-        from modlab.models.hf_unified import pixels_of
-
         model = module.model
         batches, stats = calibration_rows(module, calibration)
         routing = model.routing
@@ -144,9 +153,6 @@ class HFUnifiedFamily(UnifiedFamily):
 def require_rows_for_routed_tasks(routing_cfg, n_layer: int, tasks: list[str], data_cfg) -> None:
     """A task with its own routers (UniMoD) must have training rows, or its routers never learn:
     e.g. routing MMU on an image folder whose captions file has no questions and answers."""
-    from modlab.data.tokens import TASKS
-    from modlab.errors import ConfigError
-
     if routing_cfg.kind != "unimod":
         return
     caps = routing_cfg.layer_capacities(n_layer)
@@ -173,13 +179,6 @@ def calibration_rows(module, c) -> tuple[dict[str, list[dict]], dict[str, dict[s
     """{task: [collated batch, ...]} of `c.n_per_task` rows of the digits split `c.split` (and its
     text), and per task the mean tokens per row, and of its real ones (HFUnifiedModel.real_tokens)
     those routed and those that always run (the plan's FLOPs workload)."""
-    import torch
-
-    from modlab.data import digits as D
-    from modlab.data.hf_unified_rows import DigitImages, ImageRows, TextRows
-    from modlab.data.rows import collate_rows
-    from modlab.data.text_corpus import load_corpus, split_corpus
-
     model, g = module.model, torch.Generator().manual_seed(c.seed)
     split = D.load_digit_splits(module.data_cfg.split_seed)[c.split]
     idx = torch.randperm(len(split.labels), generator=g)[: c.n_per_task]
@@ -214,8 +213,6 @@ def planned_unimod_flops_ratio(model, stats: dict, layer_caps: dict, workload: d
     """Training FLOPs of a UniMoD plan over the dense step's, on the transformers model: each task's
     rows (workload) of its mean length, where a planned layer runs the row's real tokens that are
     not routed plus ceil(C * routable) of the others (modlab.routing.hf_flops)."""
-    from modlab.routing.hf_flops import planned_parts_flops_ratio
-
     parts = [
         (layer_caps.get(task, {}), rows, round(st["tokens"]), st["routable"], round(st["always"]), st["outside"])
         for task, (rows, _) in workload.items()

@@ -1,16 +1,23 @@
 """The Hugging Face causal-LM family (`hf`): a local `save_pretrained` directory (model.path),
 fine-tuned with or without Mixture-of-Depths token routing in its decoder layers (`routing=mod`),
 router-tuned with MindSkip, and analysed without a modlab checkpoint. Everything else is the
-native causal LM's (modlab.families.causal_lm)."""
+native causal LM's (modlab.families.causal_lm_family)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
+from modlab.data.config import DataConfig
 from modlab.errors import ConfigError
-from modlab.families.base import PlanSpec
-from modlab.families.causal_lm import CausalLMFamily, LoadedLM
+from modlab.families.causal_lm_family import CausalLMFamily, LoadedLM
+from modlab.families.model_family import PlanSpec
+from modlab.models.hf_causal_lm import load_hf_causal_lm, resolve_dtype
+from modlab.routing.install import threshold_routing
+from modlab.training.checkpoint import read_lm_checkpoint
+from modlab.training.trainer import router_metrics, test_module
 
 
 @dataclass
@@ -22,8 +29,6 @@ class HFCausalLMFamily(CausalLMFamily):
     name = "hf"
 
     def new_lm(self, model_cfg):
-        from modlab.models.hf_causal_lm import load_hf_causal_lm
-
         return load_hf_causal_lm(model_cfg.path, model_cfg.dtype)
 
     def base_of(self, run):
@@ -37,7 +42,7 @@ class HFCausalLMFamily(CausalLMFamily):
     def build(self, run):
         """An HFLMModule (token routing, Router-Tuning or plain fine-tuning) in the weights dtype
         `model.dtype` resolves to on the trainer's device (recorded in the checkpoint)."""
-        from modlab.models.hf_causal_lm import resolve_dtype
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.training.hf_lm import HFLMModule
         from modlab.training.text_datamodule import TextDataModule
 
@@ -48,8 +53,6 @@ class HFCausalLMFamily(CausalLMFamily):
         return module, TextDataModule(run.data, run.eval, module.tokenizer)
 
     def after_fit(self, module, trainer, out_dir: Path) -> dict:
-        from modlab.training.trainer import router_metrics
-
         return {**module.flops_summary(), **router_metrics(trainer), "dtype": module.model_cfg.dtype}
 
     def dry_run(self, run) -> dict:
@@ -58,8 +61,7 @@ class HFCausalLMFamily(CausalLMFamily):
         module, dm = self.build(run)
         out = self.describe(module)
         if module.routing is not None:
-            import torch
-
+            # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
             from modlab.routing.hf_flops import train_step_flops
 
             batch = next(iter(dm.train_dataloader()))
@@ -79,6 +81,7 @@ class HFCausalLMFamily(CausalLMFamily):
     def load(self, ckpt_path: str):
         if str(ckpt_path).endswith(".safetensors"):  # a MindSkip router file
             return super().load(ckpt_path)
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.training.hf_lm import load_hf_lm_module
 
         return load_hf_lm_module(ckpt_path)
@@ -89,9 +92,9 @@ class HFCausalLMFamily(CausalLMFamily):
         native LM (MindSkip: routed vs base vs static drop)."""
         if getattr(module, "routing", None) is None:
             return super().evaluate(module, run, out_dir)
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.training.hf_lm import decode_speed
         from modlab.training.text_datamodule import TextDataModule
-        from modlab.training.trainer import test_module
 
         e = run.eval
         data_cfg = replace(module.data_cfg, lm_files=list(module.data_cfg.lm_files))
@@ -107,8 +110,8 @@ class HFCausalLMFamily(CausalLMFamily):
         same weights unrouted; otherwise as the native LM (MindSkip gates or none)."""
         if getattr(module, "routing", None) is None:
             return super().harness_variants(module)
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.routing.hf_routed_layer import unrouted
-        from modlab.routing.install import threshold_routing
 
         lm = module.lm
 
@@ -127,13 +130,12 @@ class HFCausalLMFamily(CausalLMFamily):
     def load_for_analysis(self, ckpt_path: str):
         """A token-routed (MoD) checkpoint is analysed unrouted: every token runs every layer with
         the fine-tuned weights, so each layer is seen with its full sequence; others as the native LM."""
-        from modlab.training.checkpoint import read_lm_checkpoint
-
         if str(ckpt_path).endswith(".safetensors"):
             return super().load_for_analysis(ckpt_path)
         hp = read_lm_checkpoint(ckpt_path)["hyper_parameters"]
         if (hp.get("routing") or {}).get("kind", "dense") == "dense":
             return super().load_for_analysis(ckpt_path)
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.training.hf_lm import load_hf_lm_module
 
         module = load_hf_lm_module(ckpt_path)
@@ -143,6 +145,7 @@ class HFCausalLMFamily(CausalLMFamily):
         target = super().analysis_target(loaded, calibration, seed)
         routing = getattr(loaded, "routing", None)
         if routing is not None:
+            # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
             from modlab.routing.hf_routed_layer import unrouted
 
             run = target.subject.run
@@ -162,6 +165,7 @@ class HFCausalLMFamily(CausalLMFamily):
         the FLOPs target, counted by modlab.routing.hf_flops on the model itself. The layers that
         size transformers' decode masks (layer 0, the first of each attention type) keep every
         token, as the routed wrapper requires."""
+        # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
         from modlab.routing.hf_flops import planned_flops_ratio
 
         hf = loaded.lm.hf
@@ -181,8 +185,6 @@ class HFCausalLMFamily(CausalLMFamily):
     def load_pretrained(self, model_cfg) -> LoadedLM:
         """The directory itself, its text read with the default text settings (96-token windows
         of Python's docs)."""
-        from modlab.data.config import DataConfig
-
         lm, tokenizer = self.new_lm(model_cfg)
         return LoadedLM(lm.eval(), tokenizer, DataConfig(name="text"))
 

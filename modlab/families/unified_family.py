@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from modlab.families.base import AnalysisTarget, ModelFamily, PlanSpec
+from modlab.analysis.calibration import calibration_batches
+from modlab.analysis.showo_metrics import showo_task_metrics
+from modlab.analysis.subject import showo_subject
+from modlab.evaluation.samples import generate_samples
+from modlab.families.model_family import AnalysisTarget, ModelFamily, PlanSpec
+from modlab.training.checkpoint import init_from_checkpoint
+from modlab.training.trainer import router_metrics, test_module
 
 
 class UnifiedFamily(ModelFamily):
@@ -30,7 +36,7 @@ class UnifiedFamily(ModelFamily):
     # ---- train -----------------------------------------------------------------------------------
 
     def build(self, run):
-        from modlab.training.checkpoint import init_from_checkpoint
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.digits_datamodule import DigitsDataModule
         from modlab.training.unified import UnifiedModule
 
@@ -46,11 +52,10 @@ class UnifiedFamily(ModelFamily):
         return {"params": module.model.num_params()}
 
     def after_fit(self, module, trainer, out_dir: Path) -> dict:
-        from modlab.training.trainer import router_metrics
-
         return {**module.flops_summary(), **router_metrics(trainer)}
 
     def dry_run(self, run) -> dict:
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.unified import probe_training_flops
 
         module, dm = self.build(run)
@@ -59,13 +64,14 @@ class UnifiedFamily(ModelFamily):
     # ---- eval / generate -------------------------------------------------------------------------
 
     def load(self, ckpt_path: str):
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.unified import load_unified_module
 
         return load_unified_module(ckpt_path)
 
     def evaluate(self, module, run, out_dir: Path) -> dict:
+        # Lightning only where a model is trained, tested or loaded from a Lightning checkpoint
         from modlab.training.digits_datamodule import DigitsDataModule
-        from modlab.training.trainer import test_module
 
         module.eval_cfg = run.eval
         dm = DigitsDataModule(module.data_cfg, run.eval, image_tokenizer=module.image_tokenizer)
@@ -73,16 +79,11 @@ class UnifiedFamily(ModelFamily):
         return {**metrics, "params": module.model.num_params(), "ckpt_path": run.ckpt_path}
 
     def generate(self, module, run, out_dir: Path) -> dict:
-        from modlab.evaluation.samples import generate_samples
-
         return generate_samples(module, run, out_dir)
 
     # ---- analyze ---------------------------------------------------------------------------------
 
     def analysis_target(self, module, calibration, seed: int) -> AnalysisTarget:
-        from modlab.analysis.calibration import calibration_batches
-        from modlab.analysis.subject import showo_subject
-
         c = calibration
         batches = calibration_batches(
             module.data_cfg, module.image_tokenizer, c.tasks, c.n_per_task, c.seed, c.split, c.batch_size
@@ -90,8 +91,6 @@ class UnifiedFamily(ModelFamily):
 
         def task_metrics(importance_cfg, tasks) -> dict:
             """MMU answers and T2I samples, re-scored with each layer dropped."""
-            from modlab.analysis.showo_metrics import showo_task_metrics
-
             i = importance_cfg
             return showo_task_metrics(
                 module.model,

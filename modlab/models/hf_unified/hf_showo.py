@@ -1,4 +1,4 @@
-"""The `hf_showo` family's model: Show-o on transformers' PhiForCausalLM (modlab.models.hf_showo)
+"""The `hf_showo` family's model: Show-o on transformers' PhiForCausalLM (modlab.models.hf_unified.showo_phi)
 behind the Hugging Face unified interface (modlab.models.hf_unified), so that modlab's training,
 test, generation and analyses run on it as on Emu3.
 
@@ -46,11 +46,15 @@ from pathlib import Path
 
 import torch
 
+from modlab.data.digits import load_digit_splits
+from modlab.data.rows import same_length_batches
 from modlab.data.showo_codec import SHOWO_CODEBOOK_FILE, PatchCodebookCodec
 from modlab.data.tokens import IGNORE_INDEX
+from modlab.data.vq_codec import digits_as_rgb
 from modlab.errors import CheckpointError, ConfigError
-from modlab.models import hf_showo as S
-from modlab.models.hf_unified import KIND_ID, HFUnifiedModel
+from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
+from modlab.models.hf_unified import showo_phi as S
+from modlab.models.hf_unified.base import KIND_ID, HFUnifiedModel
 from modlab.routing.install import threshold_routing
 
 SHOWO_MARKER = "showo_vocab.json"
@@ -168,8 +172,6 @@ class HFShowo(HFUnifiedModel):
         """Greedy MMU answers (text ids only), to <|eot|>; the whole row recomputed each step (no
         KV cache, as Show-o's mmu_generate), routed layers by their causal decision. Prompts of
         different lengths (left- or right-padded) are decoded in groups of one length."""
-        from modlab.data.rows import same_length_batches
-
         valid = prompts["valid"]
         lengths = valid.sum(1).tolist()
         out: list[str] = [""] * len(lengths)
@@ -266,9 +268,6 @@ def save_showo_directory(path, model, vocab: S.ShowoVocab, tokenizer, codec: Pat
 
 def fit_digit_codebook(resolution: int, n_codes: int, patch: int, split_seed: int = 0, seed: int = 0):
     """The stand-in codebook fitted on the training digits rendered as RGB at `resolution`."""
-    from modlab.data.digits import load_digit_splits
-    from modlab.data.vq_codec import digits_as_rgb
-
     train = load_digit_splits(split_seed)["train"]
     return PatchCodebookCodec.fit(digits_as_rgb(train.images, resolution), n_codes, patch, seed)
 
@@ -277,6 +276,7 @@ def load_hf_showo(family, path: Path, config, resolution: int = 0, route_tokens=
     """The HFShowo of a `hf_showo` directory (in eval mode); a Phi directory without
     showo_vocab.json, and every way the directory can be wrong, is one ConfigError /
     CheckpointError line."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -314,9 +314,8 @@ def load_hf_showo(family, path: Path, config, resolution: int = 0, route_tokens=
 
 def _load_phi(path: Path, config, vocab: S.ShowoVocab, dtype: str):
     """save_pretrained's weights (model.safetensors) as they are, or Show-o's released layout."""
+    # transformers is optional (modlab[hf]): imported when a Hugging Face model is used
     from transformers import PhiForCausalLM
-
-    from modlab.models.hf_causal_lm import TORCH_DTYPES, resolve_dtype
 
     torch_dtype = TORCH_DTYPES[resolve_dtype(dtype, None)]
     saved = any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
