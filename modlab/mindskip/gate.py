@@ -15,6 +15,12 @@ training mode while the routers train), each forward would drop a random 40 % of
 sublayers per row: four identical forwards gave four losses, and a dropped sublayer gives its
 router no gradient.
 
+Where the model normalises the attention's output before the residual add (Gemma 2 / 3:
+x + RMSNorm(Attn(LN(x)))), a gate on the attention's output would be normalised away: RMSNorm(g a)
+= RMSNorm(a) for every g > 0, so the open gate's gradient is exactly zero and the router learns
+nothing from the LM loss while its gate is open. There the gate multiplies the output norm's
+result instead (`GatedOutNorm`): x + g RMSNorm(Attn(LN(x))), what skipping the sublayer removes.
+
 Inference really skips: with sequence granularity a closed gate returns zeros without calling
 the attention (no q/k/v/o projections, no KV entry). The decision is made at prefill and held
 while decoding (`MindSkip.context(reuse=True)`), so cached and uncached generation agree. With
@@ -103,11 +109,16 @@ class GatedAttention(nn.Module):
         self.held_batch: str | None = None
         self.last_capacity: torch.Tensor | None = None  # differentiable mean gate of the last forward
         self.calls = 0  # attention executions (what skipping saves)
+        # set by MindSkip where a norm follows the attention: the gate is applied after that norm
+        # (GatedOutNorm takes `pending`, the gate of this forward), not to the attention's output
+        self.scale_after_norm = False
+        self.pending: torch.Tensor | None = None
 
     def forward(self, *args, **kwargs):
         # transformers passes the hidden state by keyword, modlab's blocks by position
         h = args[0] if args else kwargs["hidden_states"]
         self.last_capacity = None
+        self.pending = None
         if self.mode == OPEN:
             return self._run(args, kwargs)
         if self.mode == CLOSED:
@@ -148,10 +159,32 @@ class GatedAttention(nn.Module):
         return (zeros, None) if self.returns_tuple else zeros
 
     def _scaled(self, result, gate: torch.Tensor):
+        if self.scale_after_norm:  # GatedOutNorm applies it to the normalised output
+            self.pending = gate
+            return result
         out = result[0] if self.returns_tuple else result
         g = gate[:, None, None] if gate.dim() == 1 else gate[..., None]
         out = out * g.to(out.dtype)
         return (out, *result[1:]) if self.returns_tuple else out
+
+
+class GatedOutNorm(nn.Module):
+    """Wraps the norm a layer applies to its attention's output (Gemma 2 / 3) and multiplies its
+    result by the gate its GatedAttention computed in the same forward (none: unchanged)."""
+
+    def __init__(self, norm: nn.Module, gate: GatedAttention):
+        super().__init__()
+        self.norm = norm
+        self._gate = [gate]  # a plain list: the gate is a module of the model already, not of this one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        gate = self._gate[0]
+        g, gate.pending = gate.pending, None
+        if g is None:
+            return y
+        g = g[:, None, None] if g.dim() == 1 else g[..., None]
+        return y * g.to(y.dtype)
 
 
 def freeze_regularisation(lm: nn.Module) -> None:
@@ -201,6 +234,11 @@ class MindSkip(nn.Module):
             setattr(parent, name, gate)
             gates.append(gate)
         self.gates = gates  # a plain list, not submodules: the wrappers live in the model
+        out_norms = lm.attention_out_norm_slots()
+        for i in self.layers if out_norms else ():  # the gate goes after the attention's output norm
+            parent, name = out_norms[i]
+            gates[i].scale_after_norm = True
+            setattr(parent, name, GatedOutNorm(getattr(parent, name), gates[i]))
         if self.layers:
             freeze_regularisation(lm)
 

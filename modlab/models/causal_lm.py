@@ -76,6 +76,10 @@ class CausalLM(nn.Module):
         """(parent, attribute) of each layer's attention module: where MindSkip wraps it."""
         return [(block, "attn") for block in self.transformer.blocks]
 
+    def attention_out_norm_slots(self) -> None:
+        """None: each block adds its attention's output to the stream as it is (no output norm)."""
+        return None
+
     def decoder_layers(self) -> list[nn.Module]:
         """Each layer's module; its first argument is the residual stream x."""
         return list(self.transformer.blocks)

@@ -73,6 +73,13 @@ class HFCausalLM(nn.Module):
     def attention_slots(self) -> list[tuple[nn.Module, str]]:
         return [(layer, self.family.attention) for layer in self.decoder_layers()]
 
+    def attention_out_norm_slots(self) -> list[tuple[nn.Module, str]] | None:
+        """(parent, attribute) of the norm each layer applies to its attention's output before
+        the residual add (Gemma 2 / 3's post_attention_layernorm); None where the attention's
+        output is added as it is (Llama, ...)."""
+        name = self.family.attn_out_norm
+        return [(layer, name) for layer in self.decoder_layers()] if name else None
+
     def decoder_layers(self) -> list[nn.Module]:
         return list(decoder_layers(self.hf, self.family))
 

@@ -121,6 +121,12 @@ class HFUnifiedModel(nn.Module):
     def attention_slots(self) -> list[tuple[nn.Module, str]]:
         return [(getattr(layer, "block", layer), self.family.attention) for layer in self.decoder_layers()]
 
+    def attention_out_norm_slots(self) -> list[tuple[nn.Module, str]] | None:
+        """Where a norm follows the attention's output (modlab.hf_layer_map `attn_out_norm`; none
+        of the unified families has one): MindSkip gates after it."""
+        name = self.family.attn_out_norm
+        return [(getattr(layer, "block", layer), name) for layer in self.decoder_layers()] if name else None
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

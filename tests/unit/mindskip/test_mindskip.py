@@ -487,3 +487,74 @@ def test_the_lm_evaluation_prints_progress_lines_for_each_stage(caplog):
         "speed (prompts generated) 2/2",
     ):
         assert any(line.startswith(stage) for line in lines), (stage, lines)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_open_gate_gets_the_lm_gradient_in_every_family(family: str, tmp_path):
+    """The router must learn from the LM loss while its gate is open: its gradient is
+    sigmoid'(s) * <dL/d(what the sublayer adds), what it adds> * pool(h), here checked against
+    that reference computed on an untouched copy of the model. Gemma 2 / 3 normalise the
+    attention's output before the residual add; a gate on the raw output was normalised away
+    (RMSNorm(g a) = RMSNorm(a)), so the open gate's gradient was ~0 on those families (on Gemma 3
+    270M every router then moved by lr x |input| per step, whatever its layer cost). The gate now
+    multiplies the normalised output there."""
+    import copy
+
+    from modlab.hf_layer_map import HF_FAMILIES
+
+    lm, _ = load_hf_causal_lm(str(save_tiny_hf(tmp_path / family, family)))
+    lm.requires_grad_(False)
+    ref = copy.deepcopy(lm)
+    ids = torch.randint(0, 256, (3, 12), generator=torch.Generator().manual_seed(0))
+
+    def loss_of(model):
+        return model(ids)[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).mean().neg()
+
+    # reference: d loss / d g where layer 1 adds g * (its attention branch), g = 1 per row
+    fam = HF_FAMILIES[lm.hf.config.model_type]
+    layer = ref.decoder_layers()[1]
+    added = getattr(layer, fam.attn_out_norm) if fam.attn_out_norm else getattr(layer, fam.attention)
+    g = torch.ones(3, requires_grad=True)
+    seen = {}
+
+    def scale(m, args, out):
+        if isinstance(out, tuple):
+            return (out[0] * g[:, None, None], *out[1:])
+        return out * g[:, None, None]
+
+    added.register_forward_hook(scale)
+    getattr(layer, fam.attention).register_forward_hook(
+        lambda m, args, kwargs, out: seen.update(h=(args[0] if args else kwargs["hidden_states"]).detach()),
+        with_kwargs=True,
+    )
+    ref.train()
+    (dg,) = torch.autograd.grad(loss_of(ref), g)
+    s2 = torch.sigmoid(torch.tensor(2.0))
+    expected = (dg * s2 * (1 - s2)) @ seen["h"].mean(1)
+
+    skip = MindSkip(lm, [1], init_logit=2.0)
+    lm.train()
+    with skip.context():
+        loss_of(lm).backward()
+    got = skip.routers["1"].proj.weight.grad[0]
+    assert float(expected.abs().max()) > 1e-5  # a real signal to compare
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-7)
+
+
+def test_on_gemma_the_gate_scales_what_the_sublayer_adds_after_its_output_norm(tmp_path):
+    """Gemma 3: x + g * RMSNorm(Attn(LN(x))). A gate of 0 equals the static drop, 1 the base, and
+    the open gate's gradient is <dL/d(layer output), RMSNorm(Attn(LN(x)))> sigmoid'(s) pool(h)."""
+    lm, _ = load_hf_causal_lm(str(save_tiny_hf(tmp_path / "g3", "gemma3_text")))
+    lm.requires_grad_(False)
+    ids = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = lm(ids)
+    skip = MindSkip(lm, [1], init_logit=2.0)
+    with torch.no_grad(), skip.context():
+        torch.testing.assert_close(lm(ids), base)  # open: the base
+        with skip.variant(routers=False, closed=[1]):
+            dropped = lm(ids)
+        skip.routers["1"].init_logit = -2.0  # closed by its router
+        torch.testing.assert_close(lm(ids), dropped)
+    layer = lm.decoder_layers()[1]
+    assert type(layer.post_attention_layernorm).__name__ == "GatedOutNorm"
