@@ -30,7 +30,7 @@ from modlab.models.hf_unified.loader import load_hf_unified
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_flops import train_step_flops
 from modlab.routing.hf_routed_layer import apply_hf_routing
-from modlab.training.checkpoint import load_checkpoint_file
+from modlab.training.checkpoint import load_checkpoint_file, load_module
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.unified import LM_TEST, MMU_TEST, T2I_TEST, UnifiedModule
 
@@ -200,16 +200,4 @@ class HFUnifiedModule(UnifiedModule):
 def load_hf_unified_module(ckpt_path: str) -> HFUnifiedModule:
     """An HFUnifiedModule from one of its checkpoints (the model is rebuilt from model.path, then
     the checkpoint's weights are loaded strictly)."""
-    ckpt = load_checkpoint_file(ckpt_path)
-    try:
-        module = HFUnifiedModule(**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"})
-    except (TypeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
-    module.on_load_checkpoint(ckpt)
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=module.skip is None)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
-        ) from None
-    return module.eval()
+    return load_module(HFUnifiedModule, load_checkpoint_file(ckpt_path), ckpt_path)

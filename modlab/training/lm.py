@@ -32,7 +32,7 @@ from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
 from modlab.models.config import ModelConfig
 from modlab.models.token_nll import head_is_frozen, token_nll
-from modlab.training.checkpoint import LM_KIND, build_lm, load_lm_weights, module_hparams, read_lm_checkpoint
+from modlab.training.checkpoint import LM_KIND, build_lm, load_lm_weights, load_module, read_lm_checkpoint
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.optim import adamw_warmup_cosine
 
@@ -197,16 +197,4 @@ class LMModule(L.LightningModule):
 
 def load_lm_module(ckpt_path: str) -> LMModule:
     """An LMModule from an LM checkpoint (a router-tuned one rebuilds its base first)."""
-    ckpt = read_lm_checkpoint(ckpt_path)
-    try:
-        module = LMModule(**module_hparams(ckpt["hyper_parameters"]))
-    except (TypeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
-    module.on_load_checkpoint(ckpt)
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=module.skip is None)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
-        ) from None
-    return module.eval()
+    return load_module(LMModule, read_lm_checkpoint(ckpt_path), ckpt_path)
