@@ -12,9 +12,9 @@ from rich.table import Table
 from modlab.data import digits as D
 from modlab.data import scenes as S
 from modlab.data.digits import load_digit_splits
-from modlab.data.hf_unified_rows import DigitImages, PromptRows
-from modlab.data.rows import MMUPrompts, SceneMMUPrompts, collate_rows, left_pad, t2i_row
+from modlab.data.rows import SceneMMUPrompts, collate_rows
 from modlab.evaluation.scene_scorers import answers_correct
+from modlab.models.unified_protocol import UnifiedModelProtocol
 
 
 def generate_samples(module, c, out: Path) -> dict:
@@ -23,7 +23,8 @@ def generate_samples(module, c, out: Path) -> dict:
     # matplotlib only when a figure is drawn
     from modlab.evaluation.image_grid import save_image_grid
 
-    e, sp, tok = c.eval, getattr(module, "space", None), module.image_tokenizer
+    e, tok = c.eval, module.image_tokenizer
+    model: UnifiedModelProtocol = module.model  # modlab's own or a Hugging Face one: the same calls
     torch.manual_seed(c.seed)
     g = torch.Generator().manual_seed(c.seed)
     scenes = module.data_cfg.kind == "scenes"
@@ -33,30 +34,19 @@ def generate_samples(module, c, out: Path) -> dict:
         else [D.EVAL_CAPTION.format(d=d, name=D.DIGIT_NAMES[d]) for d in range(10)]
     )
 
-    hf = hasattr(module.model, "t2i_prompt")  # a Hugging Face unified model: rows in its own format
-    if hf:
-        rows = [module.model.t2i_prompt(p) for p in prompts for _ in range(c.samples_per_prompt)]
-        batch = left_pad(rows, module.model.pad)
-    else:
-        rows = [t2i_row(sp, p, None, tok.n_tokens) for p in prompts for _ in range(c.samples_per_prompt)]
-        batch = collate_rows(rows, sp.pad)
+    batch = model.t2i_prompts([p for p in prompts for _ in range(c.samples_per_prompt)])
     with torch.no_grad():
-        codes = module.model.sample_images(batch, e.maskgit_steps, e.guidance, e.temperature, g)
-    if hf and not module.model.codec.has_decoder:  # Chameleon in transformers: codes, no pixels
+        codes = model.sample_images(batch, e.maskgit_steps, e.guidance, e.temperature, g)
+        images = model.decode_images(codes, tok)
+    if images is None:  # a model that cannot draw pixels (Chameleon in transformers): its codes
         grid = out / "t2i_codes.json"
         grid.write_text(
             json.dumps({"prompts": prompts, "codes": codes.view(len(prompts), c.samples_per_prompt, -1).tolist()})
         )
-        Console().print(
-            f"{type(module.model.codec).__name__} has no VQ decoder in transformers: the drawn codes, not images"
-        )
-    elif hf:  # RGB at the VQ codec's resolution, decoded by the model's own VQ decoder
-        images = module.model.codec.decode(codes)
-        images = images.reshape(len(prompts), c.samples_per_prompt, *images.shape[1:])
-        grid = save_image_grid(images, prompts, out / "t2i_samples.png", vmax=1.0)
+        Console().print(f"{type(model).__name__} has no VQ decoder in transformers: the drawn codes, not images")
     else:
-        images = tok.decode(codes).reshape(len(prompts), c.samples_per_prompt, tok.image_size, tok.image_size)
-        grid = save_image_grid(images, prompts, out / "t2i_samples.png")
+        images = images.reshape(len(prompts), c.samples_per_prompt, *images.shape[1:])
+        grid = save_image_grid(images, prompts, out / "t2i_samples.png", vmax=model.image_vmax)
 
     console = Console()
     answers = []
@@ -80,14 +70,8 @@ def generate_samples(module, c, out: Path) -> dict:
         splits = D.load_digit_splits(module.data_cfg.split_seed)
         n = min(c.mmu_images, len(splits["test"].labels))
         codes, labels = tok.encode(splits["test"].images[:n]), splits["test"].labels[:n]
-        if hf:
-            images = DigitImages(splits["test"].images[:n], module.model.codec.resolution)
-            ds, pad = PromptRows(module.model, "mmu", codes, labels, images=images), module.model.pad
-            batch = left_pad([ds[i] for i in range(n)], pad)
-        else:
-            ds = MMUPrompts(sp, codes, labels)
-            batch = collate_rows([ds[i] for i in range(n)], sp.pad)
-        texts = module.model.answer(batch, e.max_answer_tokens)
+        batch = model.mmu_prompts(codes, labels, splits["test"].images[:n])
+        texts = model.answer(batch, e.max_answer_tokens)
         table = Table(title=f'MMU: "{D.question(0)}" on test digits', header_style="bold")
         for col in ("#", "true digit", "answer", "right"):
             table.add_column(col)

@@ -67,6 +67,12 @@ class ModelFamily:
         """Rank 0, after testing the best checkpoint: more metrics or files (e.g. a router file)."""
         return {}
 
+    def new_lm(self, model_cfg):
+        """(a fresh causal LM of `model_cfg`, its tokenizer): what objective=lm trains."""
+        raise ConfigError(
+            f"objective=lm needs a causal LM (model=lm or model=hf_causal_lm), not model.arch={model_cfg.arch}"
+        )
+
     def load(self, ckpt_path: str):
         """A trained model from one of this family's checkpoints, in eval mode."""
         raise ConfigError(f"model family '{self.name}' has no checkpoints to load")

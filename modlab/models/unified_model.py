@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modlab.data.rows import MMUPrompts, collate_rows, t2i_row
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS, TEXT_VOCAB, TokenSpace
 from modlab.models.config import ModelConfig
 from modlab.models.transformer import Transformer
@@ -44,9 +45,13 @@ def per_task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, task: tor
 
 
 class UnifiedModel(nn.Module):
+    """A modlab unified model; it offers what modlab.models.unified_protocol states."""
+
+    image_vmax = 16.0  # the digits' grey levels, as the image tokenizers decode them
+
     def __init__(self, cfg: ModelConfig, space: TokenSpace, n_image_tokens: int):
         super().__init__()
-        self.cfg, self.space = cfg, space
+        self.cfg, self.space, self.n_image_tokens = cfg, space, n_image_tokens
         self.transformer = Transformer(cfg, space.vocab_size)
         # RoPE gives only 1-D offsets; a learned embedding of each image token's place in the
         # image (its raster index) tells the model where a pixel / patch sits in 2-D.
@@ -87,7 +92,21 @@ class UnifiedModel(nn.Module):
         logits = self(batch["ids"], batch["is_image"], batch["valid"], batch["task"])
         return per_task_cross_entropy(logits, batch["labels"], batch["task"])
 
+    # ---- prompts (rows in modlab's token space, right-padded) -------------------------------
+
+    def t2i_prompts(self, captions: list[str]) -> dict:
+        return collate_rows([t2i_row(self.space, c, None, self.n_image_tokens) for c in captions], self.space.pad)
+
+    def mmu_prompts(self, codes: torch.Tensor, labels, images=None) -> dict:
+        ds = MMUPrompts(self.space, codes, labels)
+        return collate_rows([ds[i] for i in range(len(ds))], self.space.pad)
+
     # ---- inference ------------------------------------------------------------------------
+
+    def decode_images(self, codes: torch.Tensor, image_tokenizer) -> torch.Tensor:
+        """Grey images (N, S, S) in [0, image_vmax], through the module's image tokenizer."""
+        t = image_tokenizer
+        return t.decode(codes).reshape(len(codes), t.image_size, t.image_size)
 
     def sample_images(
         self,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from modlab.data.image_tokenizer import image_tokenizer_from_state
-from modlab.errors import CheckpointError, ConfigError
+from modlab.errors import CheckpointError, ModlabError
 from modlab.mindskip.router_file import read_routers
 from modlab.models.config import ModelConfig
 from modlab.registry import get_family
@@ -49,10 +49,7 @@ def read_lm_checkpoint(ckpt_path: str, role: str = "checkpoint") -> dict:
 def build_lm(cfg: ModelConfig):
     """A fresh causal LM of the family `cfg.arch` names (native over bytes, or a Hugging Face
     model from `cfg.path`), and its tokenizer."""
-    family = get_family(cfg.arch).family()
-    if not hasattr(family, "new_lm"):
-        raise ConfigError(f"objective=lm needs a causal LM (model=lm or model=hf_causal_lm), not model.arch={cfg.arch}")
-    return family.new_lm(cfg)
+    return get_family(cfg.arch).family().new_lm(cfg)  # ModelFamily.new_lm: a one-line error for other families
 
 
 def checkpoint_arch(ckpt_path: str) -> str:
@@ -71,11 +68,35 @@ def checkpoint_arch(ckpt_path: str) -> str:
 
 
 def module_hparams(hp: dict) -> dict:
-    """A checkpoint's hyper-parameters under today's names (`task` was renamed `objective`)."""
-    hp = dict(hp)
+    """A checkpoint's hyper-parameters under today's names (`task` was renamed `objective`),
+    without Lightning's own `_instantiator` entry."""
+    hp = {k: v for k, v in hp.items() if k != "_instantiator"}
     if "task" in hp and "objective" not in hp:
         hp["objective"] = hp.pop("task")
     return hp
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0]
+
+
+def load_module(module_class, ckpt: dict, ckpt_path: str):
+    """The one checkpoint loader of modlab's LightningModules: `module_class` rebuilt from the
+    checkpoint's hyper-parameters (`ckpt`, already read and checked by its kind's reader), its
+    `on_load_checkpoint` run, its weights loaded (strictly unless the module keeps
+    `strict_loading=False`: a router-only checkpoint), in eval mode. A checkpoint this code cannot
+    rebuild or fill is one CheckpointError line."""
+    try:
+        module = module_class(**module_hparams(ckpt["hyper_parameters"]))
+        module.on_load_checkpoint(ckpt)
+        module.load_state_dict(ckpt["state_dict"], strict=module.strict_loading)
+    except (TypeError, KeyError, RuntimeError, ValueError) as e:
+        if isinstance(e, ModlabError):  # already one line (e.g. a ConfigError of the rebuilt model)
+            raise
+        raise CheckpointError(
+            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {_first_line(e)}"
+        ) from None
+    return module.eval()
 
 
 def read_pretrained_lm_checkpoint(ckpt_path: str, role: str = "checkpoint") -> dict:
@@ -108,7 +129,7 @@ def load_pretrained_lm(ckpt_path: str, role: str = "checkpoint"):
     try:
         lm, tokenizer = build_lm(ModelConfig(**ckpt["hyper_parameters"]["model"]))
     except (TypeError, KeyError) as e:
-        raise CheckpointError(f"{role} '{ckpt_path}' does not fit this version of modlab: {e}") from None
+        raise CheckpointError(f"{role} '{ckpt_path}' does not fit this version of modlab: {_first_line(e)}") from None
     _load_lm_state(lm, ckpt, ckpt_path, role)
     return lm.eval(), tokenizer, ckpt["hyper_parameters"]
 

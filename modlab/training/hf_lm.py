@@ -43,7 +43,7 @@ from modlab.routing.hf_routed_layer import HFRouting, apply_hf_routing, unrouted
 from modlab.routing.install import set_anneal_fraction, threshold_routing
 from modlab.routing.schedule import anneal_fraction
 from modlab.routing.trace import record_routing
-from modlab.training.checkpoint import module_hparams, read_lm_checkpoint
+from modlab.training.checkpoint import load_module, read_lm_checkpoint
 from modlab.training.lm import LMModule
 
 
@@ -240,19 +240,7 @@ class HFLMModule(LMModule):
 
 def load_hf_lm_module(ckpt_path: str) -> HFLMModule:
     """An HFLMModule from one of its checkpoints (a routers-only one rebuilds the model from model.path)."""
-    ckpt = read_lm_checkpoint(ckpt_path)
-    try:
-        module = HFLMModule(**module_hparams(ckpt["hyper_parameters"]))
-    except (TypeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
-    module.on_load_checkpoint(ckpt)
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=module.skip is None and not module.routers_only)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
-        ) from None
-    return module.eval()
+    return load_module(HFLMModule, read_lm_checkpoint(ckpt_path), ckpt_path)
 
 
 @torch.no_grad()

@@ -17,7 +17,6 @@ from dataclasses import asdict
 
 import lightning as L
 import torch.nn as nn
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from modlab.data.config import DataConfig
@@ -25,18 +24,18 @@ from modlab.data.hf_unified_rows import DigitCodec
 from modlab.errors import CheckpointError, ConfigError
 from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
+from modlab.mindskip.router_tuning import RouterTuning
 from modlab.models.config import ModelConfig
 from modlab.models.hf_unified.loader import load_hf_unified
 from modlab.routing.config import RoutingConfig
 from modlab.routing.hf_flops import train_step_flops
 from modlab.routing.hf_routed_layer import apply_hf_routing
-from modlab.training.checkpoint import load_checkpoint_file
+from modlab.training.checkpoint import load_checkpoint_file, load_module
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.unified import LM_TEST, MMU_TEST, T2I_TEST, UnifiedModule
 
 TEST_TASKS = {MMU_TEST: "mmu", T2I_TEST: "t2i", LM_TEST: "lm"}  # the test dataloaders' tasks
 
-ROUTERS = "skip.routers."  # the state-dict keys of MindSkip's routers
 log = logging.getLogger("modlab.training.hf_unified_module")
 
 
@@ -90,15 +89,11 @@ class HFUnifiedModule(UnifiedModule):
         # Router-Tuning (MindSkip): the model frozen, a gate on the attention of the routed layers,
         # only the routers train on the unified objective (+ lam * the capacity penalty)
         self.skip_cfg = MindSkipConfig(**(mindskip or {}))
-        self.skip = None
-        if self.skip_cfg.enabled:
-            s = self.skip_cfg
-            self.model.requires_grad_(False)
-            self.skip = MindSkip(
-                self.model, s.routed_layers(n_layer, self.model.always_runs), s.granularity, s.threshold, s.init_logit
-            )
-            self.model.skip = self.skip
-            self.strict_loading = False  # its checkpoints hold the routers alone
+        self.skip: MindSkip | None = None
+        self.router_tuning = RouterTuning(self.skip_cfg, self.model) if self.skip_cfg.enabled else None
+        if self.router_tuning is not None:
+            self.router_tuning.attach(self)  # self.skip; its checkpoints hold the routers alone
+            self.model.skip = self.skip  # the model opens each forward's gate context
         # per test task (MMU, T2I, LM run different forwards), each weighted by what it counts
         self.test_skip_capacity = nn.ModuleDict({task: MeanMetric() for task in TEST_TASKS.values()})
         self.test_skip_capacity_all = MeanMetric()  # over every task's rows (or tokens)
@@ -121,27 +116,25 @@ class HFUnifiedModule(UnifiedModule):
 
     def _weighted_loss(self, losses: dict):
         loss = super()._weighted_loss(losses)
-        if self.skip is not None and "mindskip_capacity" in losses:
-            s = self.skip_cfg
-            gap = losses["mindskip_capacity"] - s.target_capacity
-            loss = loss + s.lam * (F.relu(gap) if s.penalty == "relu" else gap.abs())
+        if self.router_tuning is not None and "mindskip_capacity" in losses:
+            loss = loss + self.router_tuning.penalty(losses["mindskip_capacity"])
         return loss
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
         super().test_step(batch, batch_idx, dataloader_idx)
-        if self.skip is not None:  # the mean gate over the routed layers, as the test ran them
+        if self.router_tuning is not None:  # the mean gate over the routed layers, as the test ran them
             self.update_skip_capacity(TEST_TASKS[dataloader_idx], batch["valid"])
 
     def update_skip_capacity(self, task: str, valid) -> None:
         """The last forward's mean gate into `task`'s mean, weighted by the rows (sequence
         granularity) or valid tokens (token granularity) of its batch."""
-        capacity, weight = self.skip.capacity(), self.skip.capacity_weight(valid)
+        capacity, weight = self.router_tuning.capacity_sample(valid)
         self.test_skip_capacity[task].update(capacity, weight=weight)
         self.test_skip_capacity_all.update(capacity, weight=weight)
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        if self.skip is not None:
+        if self.router_tuning is not None:
             for task, m in self.test_skip_capacity.items():
                 if m.update_count > 0:
                     self.log(f"test/mindskip_capacity/{task}", m.compute())
@@ -151,16 +144,14 @@ class HFUnifiedModule(UnifiedModule):
     # ---- checkpoints: the VQ codec is part of the model's weights ------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.skip is not None:  # Router-Tuning: the routers alone (the model is model.path's)
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(ROUTERS)}
+        if self.router_tuning is not None:  # the routers alone (the model is model.path's)
+            self.router_tuning.save(checkpoint)
         checkpoint["image_tokenizer"] = self.image_tokenizer.state_dict()  # the codec's identity
         self.save_train_flops(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.skip is not None and set(checkpoint["state_dict"]) != {
-            k for k in self.state_dict() if k.startswith(ROUTERS)
-        }:
-            raise CheckpointError("the checkpoint's MindSkip routers do not match the routed layers of this model")
+        if self.router_tuning is not None:
+            self.router_tuning.check(checkpoint, self.state_dict())
         saved = checkpoint.get("image_tokenizer", {}).get("identity")
         if saved is not None and saved != self.model.codec.identity:
             raise CheckpointError(
@@ -200,16 +191,4 @@ class HFUnifiedModule(UnifiedModule):
 def load_hf_unified_module(ckpt_path: str) -> HFUnifiedModule:
     """An HFUnifiedModule from one of its checkpoints (the model is rebuilt from model.path, then
     the checkpoint's weights are loaded strictly)."""
-    ckpt = load_checkpoint_file(ckpt_path)
-    try:
-        module = HFUnifiedModule(**{k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"})
-    except (TypeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
-    module.on_load_checkpoint(ckpt)
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=module.skip is None)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
-        ) from None
-    return module.eval()
+    return load_module(HFUnifiedModule, load_checkpoint_file(ckpt_path), ckpt_path)

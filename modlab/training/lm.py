@@ -18,25 +18,22 @@ gate over the routed layers), and for a routed model test/ppl_base (the base mod
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from modlab.data.config import DataConfig
-from modlab.errors import CheckpointError
 from modlab.evaluation.perplexity import TokenPerplexity
 from modlab.mindskip.config import MindSkipConfig
 from modlab.mindskip.gate import MindSkip
+from modlab.mindskip.router_tuning import RouterTuning, deterministic
 from modlab.models.config import ModelConfig
 from modlab.models.token_nll import head_is_frozen, token_nll
-from modlab.training.checkpoint import LM_KIND, build_lm, load_lm_weights, module_hparams, read_lm_checkpoint
+from modlab.training.checkpoint import LM_KIND, build_lm, load_lm_weights, load_module, read_lm_checkpoint
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.optim import adamw_warmup_cosine
-
-ROUTER_PREFIX = "skip.routers."
 
 
 class LMModule(L.LightningModule):
@@ -57,17 +54,14 @@ class LMModule(L.LightningModule):
         self.objective_cfg, self.eval_cfg = ObjectiveConfig(**objective), EvalConfig(**eval)
         self.skip_cfg = MindSkipConfig(**(mindskip or {}))
         if self.skip_cfg.enabled:  # routers train on the deterministic base (MindSkip also enforces it)
-            self.model_cfg = replace(self.model_cfg, attn_layer_drop=0.0, dropout=0.0)
+            self.model_cfg = deterministic(self.model_cfg)
         self.lm, self.tokenizer = build_lm(self.model_cfg)
         if base is not None:
             load_lm_weights(self.lm, base, "the base checkpoint")
         self.skip: MindSkip | None = None
-        if self.skip_cfg.enabled:
-            s = self.skip_cfg
-            self.lm.requires_grad_(False)
-            layers = s.routed_layers(self.lm.n_layer, getattr(self.lm, "always_runs", frozenset()))
-            self.skip = MindSkip(self.lm, layers, s.granularity, s.threshold, s.init_logit)
-            self.strict_loading = False  # router-tuning checkpoints hold the routers only
+        self.router_tuning = RouterTuning(self.skip_cfg, self.lm) if self.skip_cfg.enabled else None
+        if self.router_tuning is not None:
+            self.router_tuning.attach(self)  # self.skip; router-tuning checkpoints hold the routers only
         self.test_ppl, self.test_ppl_base = TokenPerplexity(), TokenPerplexity()
         self.test_capacity, self.val_loss = MeanMetric(), MeanMetric()
 
@@ -88,16 +82,12 @@ class LMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["modlab_kind"] = LM_KIND
-        if self.skip is not None:
-            checkpoint["state_dict"] = {
-                k: v for k, v in checkpoint["state_dict"].items() if k.startswith(ROUTER_PREFIX)
-            }
+        if self.router_tuning is not None:
+            self.router_tuning.save(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.skip is not None:
-            ours = {k for k in self.state_dict() if k.startswith(ROUTER_PREFIX)}
-            if set(checkpoint["state_dict"]) != ours:
-                raise CheckpointError("the checkpoint's routers do not match the routed layers of this model")
+        if self.router_tuning is not None:
+            self.router_tuning.check(checkpoint, self.state_dict())
 
     def router_info(self) -> dict:
         """What `routers.safetensors` records besides the weights: enough to rebuild the base."""
@@ -143,12 +133,10 @@ class LMModule(L.LightningModule):
         nll, count = self.nll(batch)
         lm_loss = nll / max(count, 1)
         out = {"loss": lm_loss, "lm_loss": lm_loss}
-        if self.skip is not None:
-            s = self.skip_cfg
+        if self.router_tuning is not None:
             capacity = self.skip.capacity().to(lm_loss.device)
             out["capacity"] = capacity
-            gap = capacity - s.target_capacity
-            out["loss"] = lm_loss + s.lam * (F.relu(gap) if s.penalty == "relu" else gap.abs())
+            out["loss"] = lm_loss + self.router_tuning.penalty(capacity)
         return out
 
     def training_step(self, batch: dict, batch_idx: int):
@@ -180,33 +168,20 @@ class LMModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int):
         self.test_ppl.update(*self.nll(batch))
         self.log("test/ppl", self.test_ppl)
-        if self.skip is not None:
+        if self.router_tuning is not None:
             valid = batch.get("valid", torch.ones_like(batch["ids"], dtype=torch.bool))
-            self.test_capacity.update(self.skip.capacity(), weight=self.skip.capacity_weight(valid))  # rows / tokens
+            capacity, weight = self.router_tuning.capacity_sample(valid)  # weighted by rows / tokens
+            self.test_capacity.update(capacity, weight=weight)
             self.log("test/capacity", self.test_capacity)
             self.test_ppl_base.update(*self.nll(batch, routers=False))
             self.log("test/ppl_base", self.test_ppl_base)
 
     def on_test_epoch_end(self) -> None:
-        if self.skip is not None and self.test_capacity.update_called:
-            # what the static LLM-Drop baseline is compared at: attention executions skipped per
-            # sequence (per token-position on average with token granularity)
-            skipped = (1 - self.test_capacity.compute()) * len(self.skip.layers)
+        if self.router_tuning is not None and self.test_capacity.update_called:
+            skipped = self.router_tuning.skipped_attention(self.test_capacity.compute())
             self.log("test/skipped_attention_per_seq", skipped)
 
 
 def load_lm_module(ckpt_path: str) -> LMModule:
     """An LMModule from an LM checkpoint (a router-tuned one rebuilds its base first)."""
-    ckpt = read_lm_checkpoint(ckpt_path)
-    try:
-        module = LMModule(**module_hparams(ckpt["hyper_parameters"]))
-    except (TypeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint '{ckpt_path}' does not fit this version of modlab: {e}") from None
-    module.on_load_checkpoint(ckpt)
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=module.skip is None)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
-        ) from None
-    return module.eval()
+    return load_module(LMModule, read_lm_checkpoint(ckpt_path), ckpt_path)

@@ -42,7 +42,6 @@ from modlab.data.config import DataConfig
 from modlab.data.digits import answered_digit, load_digit_splits
 from modlab.data.image_tokenizer import image_tokenizer_from_state
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID, TASKS, TokenSpace
-from modlab.errors import CheckpointError
 from modlab.evaluation.reference_classifier import train_reference_classifier
 from modlab.evaluation.scene_metrics import SceneMetrics
 from modlab.flops import traced_train_step_flops, train_step_flops
@@ -58,7 +57,7 @@ from modlab.routing.install import (
 )
 from modlab.routing.schedule import anneal_fraction
 from modlab.routing.trace import RouterState, RoutingTrace, record_routing, start_recording, stop_recording
-from modlab.training.checkpoint import module_hparams, read_unified_checkpoint
+from modlab.training.checkpoint import load_module, read_unified_checkpoint
 from modlab.training.config import EvalConfig, ObjectiveConfig
 from modlab.training.digits_datamodule import image_tokenizer_for
 from modlab.training.optim import adamw_warmup_cosine
@@ -360,13 +359,4 @@ def probe_training_flops(module: UnifiedModule, datamodule, n_batches: int = 4) 
 
 def load_unified_module(ckpt_path: str):
     """A UnifiedModule from a modlab checkpoint, with one-line errors for every way it can fail."""
-    ckpt = read_unified_checkpoint(ckpt_path)
-    try:
-        module = UnifiedModule(**module_hparams(ckpt["hyper_parameters"]))
-        module.on_load_checkpoint(ckpt)
-        module.load_state_dict(ckpt["state_dict"])
-    except (TypeError, KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint '{ckpt_path}' does not fit this version of modlab: {str(e).splitlines()[0]}"
-        ) from None
-    return module.eval()
+    return load_module(UnifiedModule, read_unified_checkpoint(ckpt_path), ckpt_path)

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modlab.data.hf_unified_rows import DigitImages, PromptRows
+from modlab.data.rows import left_pad
 from modlab.data.tokens import IGNORE_INDEX, TASK_ID
 from modlab.errors import ConfigError
 from modlab.hf_layer_map import decoder_layers, hf_family, text_config
@@ -73,7 +75,10 @@ def t2i_labels(ids: list[int], start: int) -> list[int]:
 
 
 class HFUnifiedModel(nn.Module):
-    """A transformers unified model with its processor and VQ codec (see the module docstring)."""
+    """A transformers unified model with its processor and VQ codec (see the module docstring); it
+    offers what modlab.models.unified_protocol states."""
+
+    image_vmax = 1.0  # decode_images gives RGB in [0, 1] (the VQ decoder's pixels)
 
     def __init__(self, hf: nn.Module, processor, codec, path: str, route_tokens: tuple[str, ...] = ("image",)):
         super().__init__()
@@ -237,6 +242,20 @@ class HFUnifiedModel(nn.Module):
         row = self.t2i_row(caption, None, digit)
         n = int(row["is_image"].nonzero()[0])
         return {k: (v[:n] if v.dim() else v) for k, v in row.items()}
+
+    def t2i_prompts(self, captions: list[str]) -> dict:
+        """T2I prompts, left-padded (sampling continues every row at its last column)."""
+        return left_pad([self.t2i_prompt(c) for c in captions], self.pad)
+
+    def mmu_prompts(self, codes: torch.Tensor, labels, images) -> dict:
+        """MMU prompts, left-padded; families that read pixels see `images` at the codec's resolution."""
+        ds = PromptRows(self, "mmu", codes, labels, images=DigitImages(images, self.codec.resolution))
+        return left_pad([ds[i] for i in range(len(ds))], self.pad)
+
+    def decode_images(self, codes: torch.Tensor, image_tokenizer=None) -> torch.Tensor | None:
+        """RGB images (N, R, R, 3) in [0, 1] at the codec's resolution, by the model's own VQ
+        decoder; None without one (Chameleon in transformers)."""
+        return self.codec.decode(codes) if self.codec.has_decoder else None
 
     # ---- inference: the KV cache, routed layers by their causal decision -------------------------
 
